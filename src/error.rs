@@ -1,0 +1,232 @@
+//! The one error type of portalock.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use camino::Utf8PathBuf;
+
+use crate::owner::OwnerRecord;
+use crate::strategy::LockStrategy;
+
+/// A `Result` whose error is portalock's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of file system object was found where a lock artifact was
+/// expected; carried by [`Error::WrongFileType`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else: a socket, a FIFO, a device.
+    Other,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::File => "a regular file",
+            FileKind::Directory => "a directory",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::Other => "a special file",
+        })
+    }
+}
+
+/// Everything that can go wrong when taking, releasing or inspecting a lock.
+///
+/// Every variant names the lock path it concerns. Contention errors
+/// ([`WouldBlock`](Error::WouldBlock), [`Timeout`](Error::Timeout)) carry the
+/// holder's [`OwnerRecord`] when it could be read, so that a caller can say
+/// who holds the lock.
+///
+/// `Display` prints one line that includes the underlying cause; the cause
+/// is not repeated by [`std::error::Error::source`]. The I/O error, when
+/// there is one, is available through [`Error::io_error`], and
+/// `From<Error> for io::Error` keeps its kind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A try-once acquire found the lock held.
+    #[error("lock `{path}` is held{}", holder_suffix(.holder.as_deref()))]
+    WouldBlock {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The holder's owner record, when it could be read.
+        holder: Option<Box<OwnerRecord>>,
+    },
+    /// A bounded wait ended before the lock became free.
+    #[error(
+        "timed out after {:.3}s waiting for lock `{path}`{}",
+        .timeout.as_secs_f64(),
+        holder_suffix(.holder.as_deref())
+    )]
+    Timeout {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// How long the caller asked to wait.
+        timeout: Duration,
+        /// The holder's owner record, when it could be read.
+        holder: Option<Box<OwnerRecord>>,
+    },
+    /// `release` was called on a handle that does not hold the lock.
+    #[error("lock `{path}` is not held by this handle")]
+    NotLocked {
+        /// The lock path.
+        path: Utf8PathBuf,
+    },
+    /// The lock this handle held was removed or taken over by someone else;
+    /// nothing of theirs was touched.
+    #[error("lock `{path}` was lost: its owner record no longer carries this handle's token{}", holder_suffix(.holder.as_deref()))]
+    LockLost {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The record now in place, when there is a readable one.
+        holder: Option<Box<OwnerRecord>>,
+    },
+    /// The strategy cannot work here (platform or file system).
+    #[error("the {strategy} strategy is not supported for lock `{path}`: {reason}")]
+    Unsupported {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The strategy that was asked for.
+        strategy: LockStrategy,
+        /// Why not.
+        reason: String,
+    },
+    /// The lock path is not valid UTF-8.
+    #[error("lock path {} is not valid UTF-8", .path.display())]
+    NonUtf8Path {
+        /// The path as it was given.
+        path: PathBuf,
+    },
+    /// The directory that should hold the lock does not exist. portalock
+    /// never creates it: a typo in a path should not silently lock nothing.
+    #[error("the parent directory of lock `{path}` does not exist")]
+    MissingParent {
+        /// The lock path.
+        path: Utf8PathBuf,
+    },
+    /// The lock path is a symbolic link. portalock never follows one to
+    /// write, truncate or delete its target.
+    #[error("lock path `{path}` is a symbolic link; refusing to follow it")]
+    Symlink {
+        /// The lock path.
+        path: Utf8PathBuf,
+    },
+    /// The lock path names a file system object of the wrong kind for the
+    /// strategy (a directory for `Os` or `Link`, a regular file for `Mkdir`).
+    #[error("lock path `{path}` is {found}, but the {strategy} strategy needs {expected}")]
+    WrongFileType {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The strategy in use.
+        strategy: LockStrategy,
+        /// What the strategy needs there.
+        expected: FileKind,
+        /// What was found.
+        found: FileKind,
+    },
+    /// The lock file holds data that is not a portalock owner record, so it
+    /// was not overwritten.
+    #[error("lock file `{path}` holds data that is not a portalock owner record; refusing to overwrite it")]
+    Foreign {
+        /// The lock path.
+        path: Utf8PathBuf,
+    },
+    /// An I/O error, with the path and the operation it concerns.
+    #[error("failed to {op} `{path}`: {cause}")]
+    Io {
+        /// The path the operation concerned.
+        path: Utf8PathBuf,
+        /// The operation, as a verb phrase ("create lock directory").
+        op: &'static str,
+        /// The underlying error (printed by `Display`, not returned by
+        /// `source()`).
+        cause: io::Error,
+    },
+}
+
+impl Error {
+    /// The lock path this error concerns, when it is valid UTF-8.
+    pub fn path(&self) -> Option<&camino::Utf8Path> {
+        match self {
+            Error::WouldBlock { path, .. }
+            | Error::Timeout { path, .. }
+            | Error::NotLocked { path }
+            | Error::LockLost { path, .. }
+            | Error::Unsupported { path, .. }
+            | Error::MissingParent { path }
+            | Error::Symlink { path }
+            | Error::WrongFileType { path, .. }
+            | Error::Foreign { path }
+            | Error::Io { path, .. } => Some(path),
+            Error::NonUtf8Path { .. } => None,
+        }
+    }
+
+    /// The holder's owner record, for contention and lost-lock errors.
+    pub fn holder(&self) -> Option<&OwnerRecord> {
+        match self {
+            Error::WouldBlock { holder, .. }
+            | Error::Timeout { holder, .. }
+            | Error::LockLost { holder, .. } => holder.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The underlying I/O error, for [`Error::Io`].
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::Io { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Whether this error means "someone else holds the lock"
+    /// ([`WouldBlock`](Error::WouldBlock) or [`Timeout`](Error::Timeout)).
+    pub fn is_contended(&self) -> bool {
+        matches!(self, Error::WouldBlock { .. } | Error::Timeout { .. })
+    }
+
+    pub(crate) fn io(path: &camino::Utf8Path, op: &'static str, cause: io::Error) -> Self {
+        Error::Io {
+            path: path.to_owned(),
+            op,
+            cause,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Io { cause, .. } => cause.kind(),
+            Error::WouldBlock { .. } => io::ErrorKind::WouldBlock,
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::MissingParent { .. } => io::ErrorKind::NotFound,
+            Error::Unsupported { .. } => io::ErrorKind::Unsupported,
+            Error::NonUtf8Path { .. } | Error::Symlink { .. } | Error::WrongFileType { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::Foreign { .. } => io::ErrorKind::InvalidData,
+            Error::NotLocked { .. } | Error::LockLost { .. } => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+fn holder_suffix(holder: Option<&OwnerRecord>) -> String {
+    match holder {
+        Some(rec) => format!(
+            " by pid {} on {} since {}",
+            rec.pid, rec.hostname, rec.acquired_at
+        ),
+        None => String::new(),
+    }
+}

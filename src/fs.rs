@@ -1,0 +1,153 @@
+//! File-system helpers shared by the strategies: opening without following
+//! symbolic links, classifying what sits at a lock path, and turning
+//! `io::Error`s into errors that name the path.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+
+use camino::Utf8Path;
+
+use crate::error::{Error, FileKind, Result};
+use crate::strategy::LockStrategy;
+
+/// Mode of every lock artifact portalock creates (before the umask).
+#[cfg(unix)]
+pub(crate) const FILE_MODE: u32 = 0o644;
+
+/// The kind of object `meta` describes (from `symlink_metadata`).
+pub(crate) fn kind(meta: &Metadata) -> FileKind {
+    let ty = meta.file_type();
+    if ty.is_symlink() {
+        FileKind::Symlink
+    } else if ty.is_dir() {
+        FileKind::Directory
+    } else if ty.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    }
+}
+
+/// What is at `path`, without following a symbolic link; `None` if nothing.
+pub(crate) fn lkind(path: &Utf8Path) -> io::Result<Option<FileKind>> {
+    match path.symlink_metadata() {
+        Ok(meta) => Ok(Some(kind(&meta))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error for finding `found` at `path` where `strategy` needs `expected`.
+pub(crate) fn wrong_kind(
+    path: &Utf8Path,
+    strategy: LockStrategy,
+    expected: FileKind,
+    found: FileKind,
+) -> Error {
+    if found == FileKind::Symlink {
+        Error::Symlink {
+            path: path.to_owned(),
+        }
+    } else {
+        Error::WrongFileType {
+            path: path.to_owned(),
+            strategy,
+            expected,
+            found,
+        }
+    }
+}
+
+/// Fails unless the object at `path` (if any) is of kind `expected`.
+pub(crate) fn expect_kind(
+    path: &Utf8Path,
+    strategy: LockStrategy,
+    expected: FileKind,
+    found: FileKind,
+) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(wrong_kind(path, strategy, expected, found))
+    }
+}
+
+/// Turns an I/O error of operation `op` on `path` into an [`Error`]:
+/// a missing parent directory becomes [`Error::MissingParent`], a symbolic
+/// link refused by `O_NOFOLLOW` becomes [`Error::Symlink`]; the rest is
+/// [`Error::Io`] naming the path.
+pub(crate) fn io_error(path: &Utf8Path, op: &'static str, err: io::Error) -> Error {
+    if err.kind() == io::ErrorKind::NotFound && parent_missing(path) {
+        return Error::MissingParent {
+            path: path.to_owned(),
+        };
+    }
+    if is_symlink_refusal(&err) && matches!(lkind(path), Ok(Some(FileKind::Symlink))) {
+        return Error::Symlink {
+            path: path.to_owned(),
+        };
+    }
+    Error::io(path, op, err)
+}
+
+fn parent_missing(path: &Utf8Path) -> bool {
+    match path.parent() {
+        Some(parent) if !parent.as_str().is_empty() => !parent.is_dir(),
+        _ => false,
+    }
+}
+
+/// Opens `path` for reading without following a final symbolic link.
+pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    no_follow(&mut opts);
+    opts.open(path)
+}
+
+/// Opens `path` for reading and writing, creating it if needed (mode
+/// [`FILE_MODE`] less the umask), without following a final symbolic link
+/// and without truncating it.
+pub(crate) fn open_create(path: &Utf8Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    no_follow(&mut opts);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
+    }
+    opts.open(path)
+}
+
+/// A builder for the private files that hold a record before it is linked
+/// or renamed into place.
+pub(crate) fn private_file_builder(prefix: &str) -> tempfile::Builder<'_, '_> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(FILE_MODE));
+    }
+    builder
+}
+
+#[cfg(unix)]
+fn no_follow(opts: &mut OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt;
+    opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+}
+
+#[cfg(not(unix))]
+fn no_follow(_opts: &mut OpenOptions) {}
+
+#[cfg(unix)]
+fn is_symlink_refusal(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ELOOP)
+}
+
+#[cfg(not(unix))]
+fn is_symlink_refusal(_err: &io::Error) -> bool {
+    false
+}

@@ -1,0 +1,104 @@
+//! Portable cross-process locks that live in the file system.
+//!
+//! A [`LockFile`] is a lock identified by its path: two handles on the same
+//! path exclude each other, whether they are in one process or in two. It
+//! follows the contract of Python's `locket`: non-reentrant
+//! [`acquire`](LockFile::acquire) / [`release`](LockFile::release), try-once,
+//! bounded and unbounded waits, and `release` on an unlocked handle is an
+//! error. Every lock carries an [`OwnerRecord`] (JSON: pid, host, process
+//! start time, a random token), so a waiter can say who holds the lock and a
+//! holder never removes a lock that is no longer its own.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use portalock::{Error, LockFile, LockStrategy};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("deploy.lock");
+//!
+//! // The idiomatic form: a guard that releases the lock when dropped.
+//! let lock = LockFile::with_strategy(&path, LockStrategy::Mkdir)?;
+//! let guard = lock.lock()?;
+//!
+//! // A second handle on the same path is excluded, in this process as in any
+//! // other, and the error names the holder.
+//! let other = LockFile::with_strategy(&path, LockStrategy::Mkdir)?;
+//! match other.try_acquire() {
+//!     Err(Error::WouldBlock { holder: Some(owner), .. }) => {
+//!         assert_eq!(owner.pid, std::process::id());
+//!     }
+//!     other => panic!("expected WouldBlock, got {other:?}"),
+//! }
+//! assert!(matches!(
+//!     other.acquire_timeout(Duration::from_millis(20)),
+//!     Err(Error::Timeout { .. })
+//! ));
+//!
+//! drop(guard);
+//! other.try_acquire()?;
+//! other.release()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Choosing a strategy
+//!
+//! | [`LockStrategy`] | takes the lock with | a crashed holder's lock | use it on |
+//! | --- | --- | --- | --- |
+//! | [`Os`](LockStrategy::Os) (default) | `flock` / `LockFileEx` on an open file, through `fd-lock` | is released by the kernel | local disks |
+//! | [`Mkdir`](LockStrategy::Mkdir) | atomic `mkdir` | stays until broken | any file system, network ones included |
+//! | [`Link`](LockStrategy::Link) | atomic `link()` of a fully written file | stays until broken | Unix file systems, NFS included |
+//!
+//! `Os` is the fastest and the only one a crash cannot leave behind, but an
+//! advisory lock taken on one NFS or sshfs client does not exclude processes
+//! on another client. `Mkdir` and `Link` exclude across clients because the
+//! server decides whether the directory or link already exists.
+//!
+//! # What a crash leaves behind
+//!
+//! An `Os` lock is released when its holder dies; the lock file stays (empty
+//! or holding the dead holder's record) and is reused. A `Mkdir` or `Link`
+//! lock stays held after its holder dies; its owner record names the dead
+//! process.
+//!
+//! # Waiting
+//!
+//! Handles in one process wait on a condition variable and wake as soon as
+//! the lock is released. A handle waiting for another process polls with
+//! exponential backoff and jitter, never longer than the poll interval
+//! ([`LockOptions::poll_interval`]); an unbounded wait on an `Os` lock sleeps
+//! in the kernel instead.
+//!
+//! # Paths
+//!
+//! Lock paths are UTF-8 ([`camino`]); a path that is not gets
+//! [`Error::NonUtf8Path`]. Paths are made absolute when the handle is
+//! opened. The parent directory must exist ([`Error::MissingParent`]).
+//! portalock never follows a symbolic link at the lock path
+//! ([`Error::Symlink`]), and never overwrites a file at the lock path that
+//! does not hold an owner record ([`Error::Foreign`]). Files are created
+//! with mode `0644` less the umask.
+//!
+//! # Processes and threads
+//!
+//! A [`LockFile`] is `Send` and `Sync`: share it with `Arc` and release it
+//! from any thread. After `fork()`, the child must not use handles it
+//! inherited: their state is undefined there.
+#![deny(missing_docs, missing_debug_implementations, nonstandard_style)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod fs;
+mod lock;
+mod owner;
+mod registry;
+mod strategy;
+mod wait;
+
+pub use camino::{Utf8Path, Utf8PathBuf};
+pub use error::{Error, FileKind, Result};
+pub use lock::{lock_file, LockFile, LockGuard, LockOptions, LockStatus, DEFAULT_POLL_INTERVAL};
+pub use owner::{OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
+pub use strategy::{LockStrategy, ParseStrategyError};

@@ -1,0 +1,236 @@
+//! The owner record that every lock carries.
+//!
+//! A record is a small JSON object (format version 1):
+//!
+//! ```json
+//! {"v":1,"token":"5f0c…","pid":4242,"hostname":"build-7",
+//!  "boot":"aef3770f-…","pidns":"pid:[4026531836]","start":1732280000,
+//!  "acquired_at":"2026-11-22T10:00:00Z","strategy":"mkdir","lease_ms":null}
+//! ```
+//!
+//! It is written so that a reader never sees half of it (a private file
+//! linked or renamed into place, or, for the `Os` strategy, one write into a
+//! file the writer has locked), and it is read with a size cap: anything
+//! larger than [`MAX_RECORD_LEN`], not UTF-8, not JSON, of another version or
+//! with fields this version does not know is an *unknown owner*
+//! (`None`), never a panic and never an unbounded read.
+
+use std::io::{self, Read};
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::strategy::LockStrategy;
+
+/// The largest owner record portalock reads, in bytes. Readers never read
+/// more than this (plus one byte to notice the excess).
+pub const MAX_RECORD_LEN: usize = 4096;
+
+/// The format version written by this release.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Who holds a lock: the JSON owner record stored in every lock artifact.
+///
+/// Read one with [`LockFile::owner`](crate::LockFile::owner) or parse one
+/// with [`OwnerRecord::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OwnerRecord {
+    /// Format version; always [`RECORD_VERSION`] for a parsed record.
+    pub v: u32,
+    /// 128 random bits, hex encoded, unique to one acquisition. A holder
+    /// releases only an artifact that still carries its token.
+    pub token: String,
+    /// Process id of the holder.
+    pub pid: u32,
+    /// Host name of the holder's machine.
+    pub hostname: String,
+    /// Boot id of the holder's machine (Linux `boot_id`; elsewhere the boot
+    /// time), when known.
+    pub boot: Option<String>,
+    /// PID namespace of the holder (Linux), when known.
+    pub pidns: Option<String>,
+    /// Start time of the holder's process, in seconds since the Unix epoch,
+    /// when known. A PID reused by a later process has another start time.
+    pub start: Option<u64>,
+    /// When the lock was taken, RFC 3339 in UTC.
+    pub acquired_at: String,
+    /// The strategy that took the lock.
+    pub strategy: LockStrategy,
+    /// Lease length in milliseconds, when the holder keeps a lease.
+    pub lease_ms: Option<u64>,
+}
+
+impl OwnerRecord {
+    /// Parses a record from raw bytes.
+    ///
+    /// Returns `None` for anything that is not a complete version-1 record:
+    /// empty input, more than [`MAX_RECORD_LEN`] bytes, invalid UTF-8,
+    /// malformed or truncated JSON, wrong field types, unknown fields or
+    /// another format version.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::OwnerRecord;
+    ///
+    /// assert!(OwnerRecord::parse(b"not json").is_none());
+    /// let json = br#"{"v":1,"token":"ab","pid":7,"hostname":"h","boot":null,
+    ///   "pidns":null,"start":null,"acquired_at":"2026-11-22T10:00:00Z",
+    ///   "strategy":"link","lease_ms":null}"#;
+    /// assert_eq!(OwnerRecord::parse(json).map(|r| r.pid), Some(7));
+    /// ```
+    pub fn parse(bytes: &[u8]) -> Option<OwnerRecord> {
+        if bytes.is_empty() || bytes.len() > MAX_RECORD_LEN {
+            return None;
+        }
+        let record: OwnerRecord = serde_json::from_slice(bytes).ok()?;
+        (record.v == RECORD_VERSION).then_some(record)
+    }
+
+    /// Serializes the record as one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A fresh record for the calling process, with a new random token.
+    pub(crate) fn for_this_process(strategy: LockStrategy) -> io::Result<OwnerRecord> {
+        let me = Identity::get();
+        Ok(OwnerRecord {
+            v: RECORD_VERSION,
+            token: new_token()?,
+            pid: me.pid,
+            hostname: me.hostname.clone(),
+            boot: me.boot.clone(),
+            pidns: me.pidns.clone(),
+            start: me.start,
+            acquired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            strategy,
+            lease_ms: None,
+        })
+    }
+}
+
+impl OwnerRecord {
+    /// Sets `acquired_at` to now, for a record about to be written again
+    /// after a wait.
+    pub(crate) fn touch(&mut self) {
+        self.acquired_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    }
+}
+
+/// Reads at most [`MAX_RECORD_LEN`] + 1 bytes and parses them.
+pub(crate) fn read_record(reader: impl Read) -> io::Result<Option<OwnerRecord>> {
+    let bytes = read_capped(reader)?;
+    Ok(OwnerRecord::parse(&bytes))
+}
+
+/// Reads at most [`MAX_RECORD_LEN`] + 1 bytes.
+pub(crate) fn read_capped(reader: impl Read) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(256);
+    reader
+        .take(MAX_RECORD_LEN as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn new_token() -> io::Result<String> {
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(io::Error::other)?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What identifies the calling process to a reader of its records; computed
+/// once per process.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub(crate) pid: u32,
+    pub(crate) hostname: String,
+    pub(crate) boot: Option<String>,
+    pub(crate) pidns: Option<String>,
+    pub(crate) start: Option<u64>,
+}
+
+impl Identity {
+    pub(crate) fn get() -> &'static Identity {
+        static ME: OnceLock<Identity> = OnceLock::new();
+        ME.get_or_init(|| {
+            let pid = std::process::id();
+            Identity {
+                pid,
+                hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned()),
+                boot: boot_id(),
+                pidns: pid_namespace(),
+                start: process_start(pid),
+            }
+        })
+    }
+}
+
+/// Start time of `pid` in seconds since the Unix epoch, refreshing only that
+/// one process.
+pub(crate) fn process_start(pid: u32) -> Option<u64> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let pid = Pid::from_u32(pid);
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        false,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(pid).map(|p| p.start_time())
+}
+
+#[cfg(target_os = "linux")]
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn boot_id() -> Option<String> {
+    Some(format!("boot-time:{}", sysinfo::System::boot_time()))
+}
+
+#[cfg(target_os = "linux")]
+fn pid_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    link.to_str().map(str::to_owned)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pid_namespace() -> Option<String> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let rec = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+        assert_eq!(rec.token.len(), 32);
+        assert_eq!(rec.pid, std::process::id());
+        assert!(rec.start.is_some(), "own start time is known");
+        let parsed = OwnerRecord::parse(rec.to_json().as_bytes()).expect("parses");
+        assert_eq!(parsed, rec);
+    }
+
+    #[test]
+    fn tokens_differ() {
+        let a = OwnerRecord::for_this_process(LockStrategy::Os).expect("record");
+        let b = OwnerRecord::for_this_process(LockStrategy::Os).expect("record");
+        assert_ne!(a.token, b.token);
+    }
+
+    #[test]
+    fn trailing_whitespace_is_accepted() {
+        let rec = OwnerRecord::for_this_process(LockStrategy::Os).expect("record");
+        let padded = format!("{}\n      ", rec.to_json());
+        assert_eq!(OwnerRecord::parse(padded.as_bytes()), Some(rec));
+    }
+}

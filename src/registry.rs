@@ -1,0 +1,97 @@
+//! The process-wide table of held locks.
+//!
+//! Neither `flock` nor `LockFileEx` makes two handles of one process exclude
+//! each other in every case (POSIX `fcntl` locks are per process, Windows
+//! locks are per handle), and a waiter in the same process should wake the
+//! moment the lock is released instead of polling. So every handle first
+//! takes its path in this table, keyed by the absolute lock path, and only
+//! then the lock in the file system. Waiters in this process sleep on one
+//! condition variable, woken by every release.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::wait::Deadline;
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    /// Lock path -> id of the handle that holds it (or is taking it).
+    held: Mutex<HashMap<Utf8PathBuf, u64>>,
+    released: Condvar,
+}
+
+/// The registry of this process.
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+impl Registry {
+    fn table(&self) -> MutexGuard<'_, HashMap<Utf8PathBuf, u64>> {
+        // The table stays consistent even if a thread panicked while
+        // holding the mutex: every critical section is a single insert,
+        // remove or lookup.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `path` for handle `id`, waiting until the deadline while
+    /// another handle of this process has it. Returns `false` on timeout.
+    pub(crate) fn enter(&self, path: &Utf8Path, id: u64, deadline: &Deadline) -> bool {
+        let mut table = self.table();
+        loop {
+            if !table.contains_key(path) {
+                table.insert(path.to_owned(), id);
+                return true;
+            }
+            table = match deadline.remaining() {
+                None => self
+                    .released
+                    .wait(table)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(left) if left.is_zero() => return false,
+                Some(left) => {
+                    self.released
+                        .wait_timeout(table, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Gives up `path` if handle `id` has it, and wakes the waiters.
+    pub(crate) fn leave(&self, path: &Utf8Path, id: u64) {
+        let mut table = self.table();
+        if table.get(path) == Some(&id) {
+            table.remove(path);
+            drop(table);
+            self.released.notify_all();
+        }
+    }
+
+    /// Whether some handle of this process has `path`.
+    pub(crate) fn contains(&self, path: &Utf8Path) -> bool {
+        self.table().contains_key(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn second_handle_waits_and_times_out() {
+        let reg = Registry::default();
+        let p = Utf8Path::new("/registry/test/a");
+        assert!(reg.enter(p, 1, &Deadline::after(None)));
+        assert!(!reg.enter(p, 2, &Deadline::after(Some(Duration::from_millis(5)))));
+        reg.leave(p, 2); // not the holder: no effect
+        assert!(reg.contains(p));
+        reg.leave(p, 1);
+        assert!(!reg.contains(p));
+        assert!(reg.enter(p, 2, &Deadline::after(Some(Duration::ZERO))));
+    }
+}

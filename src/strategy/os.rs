@@ -1,0 +1,172 @@
+//! `Os`: an advisory lock on an open file, through `fd-lock`.
+//!
+//! The lock file is created if needed (never truncated before the lock is
+//! held: truncating a live holder's file would destroy its record), locked
+//! exclusively, and only then given this holder's owner record. The file
+//! stays after release, emptied: unlinking it would let a later waiter lock
+//! a new inode while an earlier one still holds the old.
+//!
+//! `fd-lock`'s write guard borrows its `RwLock`, so a handle cannot keep it
+//! between `acquire` and `release` without a self-referential struct. The
+//! guard is instead forgotten once the lock is taken: the lock belongs to
+//! the open file description, which the handle keeps, and release unlocks
+//! that file explicitly and closes it (closing alone would also unlock).
+//!
+//! The record is written with one write at offset 0, padded with spaces to
+//! the length of what it replaces, then the file is cut to the record's
+//! length. JSON allows trailing white space, so a reader sees either a whole
+//! record or, in the rare case of a torn read, bytes that do not parse and
+//! count as an unknown owner, never a wrong one.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+
+use camino::Utf8Path;
+
+use crate::error::{Error, FileKind, Result};
+use crate::fs;
+use crate::owner::{read_capped, OwnerRecord, MAX_RECORD_LEN};
+use crate::strategy::{lost, LockStrategy, Probe};
+
+#[derive(Debug)]
+pub(crate) struct Held {
+    file: File,
+    pub(crate) token: String,
+}
+
+pub(crate) fn try_acquire(
+    path: &Utf8Path,
+    record: &OwnerRecord,
+    block: bool,
+) -> Result<Option<Held>> {
+    let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
+    check_regular(path, &file)?;
+    let mut lock = fd_lock::RwLock::new(file);
+    let taken = if block {
+        lock.write().map(std::mem::forget)
+    } else {
+        lock.try_write().map(std::mem::forget)
+    };
+    match taken {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(Error::io(path, "lock", e)),
+    }
+    let mut file = lock.into_inner();
+    // The lock is ours from here; any error below must unlock it.
+    match write_record(path, &mut file, record) {
+        Ok(()) => Ok(Some(Held {
+            file,
+            token: record.token.clone(),
+        })),
+        Err(e) => {
+            unlock(file);
+            Err(e)
+        }
+    }
+}
+
+pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<()> {
+    let Held { mut file, token } = held;
+    let current = read_from_start(&mut file).map(|bytes| OwnerRecord::parse(&bytes));
+    let result = match current {
+        Ok(Some(rec)) if rec.token == token => file
+            .set_len(0)
+            .map_err(|e| Error::io(path, "clear the owner record of", e)),
+        Ok(other) => Err(lost(path, other)),
+        Err(e) => Err(Error::io(path, "read the owner record of", e)),
+    };
+    unlock(file);
+    result
+}
+
+pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
+    let file = match fs::open_read(path) {
+        Ok(file) => file,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound && path.parent().is_some_and(|p| p.is_dir()) =>
+        {
+            return Ok(Probe::Free)
+        }
+        Err(e) => return Err(open_error(path, e)),
+    };
+    check_regular(path, &file)?;
+    let lock = fd_lock::RwLock::new(file);
+    match lock.try_read() {
+        Ok(guard) => {
+            drop(guard);
+            return Ok(Probe::Free);
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(Error::io(path, "probe", e)),
+    }
+    let mut file = lock.into_inner();
+    // The holder may be between locking and writing its record: try a few
+    // times before calling the owner unknown.
+    let mut record = None;
+    for _ in 0..3 {
+        let bytes = read_from_start(&mut file).map_err(|e| Error::io(path, "read", e))?;
+        record = OwnerRecord::parse(&bytes);
+        if record.is_some() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    Ok(Probe::Held(record))
+}
+
+fn open_error(path: &Utf8Path, err: io::Error) -> Error {
+    if err.kind() == io::ErrorKind::IsADirectory || path.is_dir() && !path.is_symlink() {
+        return fs::wrong_kind(path, LockStrategy::Os, FileKind::File, FileKind::Directory);
+    }
+    fs::io_error(path, "open lock file", err)
+}
+
+fn check_regular(path: &Utf8Path, file: &File) -> Result<()> {
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(path, "inspect lock file", e))?;
+    fs::expect_kind(path, LockStrategy::Os, FileKind::File, fs::kind(&meta))
+}
+
+fn read_from_start(file: &mut File) -> io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(0))?;
+    read_capped(&mut *file)
+}
+
+/// Whether the current contents of a lock file may be overwritten: empty,
+/// white space, or something that is (or was being written as) an owner
+/// record of any version.
+fn is_ours(bytes: &[u8]) -> bool {
+    let trimmed = bytes.trim_ascii();
+    trimmed.is_empty()
+        || OwnerRecord::parse(bytes).is_some()
+        || (bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":"))
+}
+
+fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<()> {
+    let old = read_from_start(file).map_err(|e| Error::io(path, "read", e))?;
+    if !is_ours(&old) {
+        return Err(Error::Foreign {
+            path: path.to_owned(),
+        });
+    }
+    let mut bytes = record.to_json().into_bytes();
+    bytes.push(b'\n');
+    let len = bytes.len() as u64;
+    if bytes.len() < old.len() {
+        bytes.resize(old.len(), b' ');
+    }
+    let written = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.write_all(&bytes))
+        .and_then(|()| file.set_len(len));
+    written.map_err(|e| Error::io(path, "write the owner record to", e))
+}
+
+fn unlock(file: File) {
+    // Closing the file releases the lock too; unlocking first makes the
+    // release immediate on platforms that defer it to the close.
+    let _ = file.unlock();
+    drop(file);
+}

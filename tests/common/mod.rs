@@ -1,0 +1,251 @@
+//! Helpers shared by the integration tests: child processes that take locks.
+//!
+//! A test binary re-runs itself as a child: `spawn` starts the current test
+//! executable with the role in an environment variable and asks the test
+//! harness to run only the test named `child`, which every test file that
+//! spawns children defines as `fn child() { common::child_entry() }`. In a
+//! normal test run that test does nothing.
+//!
+//! Children talk to the parent in lines: they print `PL:<EVENT> <data>` on
+//! standard output and read commands from standard input. Every wait of the
+//! parent is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use portalock::{Error, LockFile, LockOptions, LockStrategy};
+
+const ROLE_ENV: &str = "PORTALOCK_TEST_ROLE";
+const ARGS_ENV: &str = "PORTALOCK_TEST_ARGS";
+const SEP: char = '\u{1f}';
+
+/// How long the parent waits for any one event from a child.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child test process.
+pub struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    role: String,
+}
+
+/// Starts a child in `role` with `args`.
+pub fn spawn(role: &str, args: &[&str]) -> Proc {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut child = Command::new(exe)
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, role)
+        .env(ARGS_ENV, args.join(&SEP.to_string()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child test process");
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("child stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The harness may have written "test child ... " on this line
+            // before the child's first event.
+            if let Some(at) = line.find("PL:") {
+                if tx.send(line[at + 3..].to_owned()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Proc {
+        child,
+        stdin,
+        lines,
+        role: role.to_owned(),
+    }
+}
+
+impl Proc {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the event `name` and returns its data; fails the test if
+    /// the child says something else, exits, or stays silent too long.
+    pub fn expect(&mut self, name: &str) -> String {
+        match self.lines.recv_timeout(EVENT_TIMEOUT) {
+            Ok(line) => {
+                let (event, data) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                assert_eq!(event, name, "child {} said {line:?}", self.role);
+                data.to_owned()
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "child {} did not say {name} within {EVENT_TIMEOUT:?}",
+                    self.role
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().ok();
+                panic!(
+                    "child {} exited ({status:?}) before saying {name}",
+                    self.role
+                )
+            }
+        }
+    }
+
+    /// Sends one command line to the child.
+    pub fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("child stdin is open");
+        writeln!(stdin, "{command}").expect("write to child");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// Waits (bounded) for the child to exit and returns its status.
+    pub fn wait(mut self) -> ExitStatus {
+        self.stdin.take();
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child {} did not exit within {EVENT_TIMEOUT:?}",
+                self.role
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A test that failed half way must not leave children behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The entry point of child processes; does nothing in a normal test run.
+pub fn child_entry() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return;
+    };
+    let args = std::env::var(ARGS_ENV).unwrap_or_default();
+    let args: Vec<&str> = args.split(SEP).collect();
+    let code = match role.as_str() {
+        "hold" => hold(&args),
+        "count" => count(&args),
+        other => {
+            eprintln!("unknown child role {other}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "PL:{line}");
+    let _ = out.flush();
+}
+
+fn open(strategy: &str, path: &str) -> LockFile {
+    let strategy: LockStrategy = strategy.parse().expect("strategy");
+    LockOptions::new()
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(5))
+        .open(path)
+        .expect("open lock")
+}
+
+/// `hold STRATEGY PATH`: takes the lock, says `ACQUIRED <pid>`, and on the
+/// command `release` releases it and says `RELEASED`; exits on end of input.
+fn hold(args: &[&str]) -> i32 {
+    let lock = open(args[0], args[1]);
+    if let Err(e) = lock.acquire() {
+        say(&format!("ERROR {e}"));
+        return 1;
+    }
+    say(&format!("ACQUIRED {}", std::process::id()));
+    for line in std::io::stdin().lock().lines() {
+        match line.as_deref() {
+            Ok("release") => {
+                let result = lock.release();
+                say(&format!("RELEASED {result:?}"));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    0
+}
+
+/// `count STRATEGY LOCK COUNTER N`: says `READY`, waits for `go`, then N
+/// times under the lock: marks the critical section occupied (failing if it
+/// already is), reads the counter, yields, writes it plus one. Says `DONE`.
+fn count(args: &[&str]) -> i32 {
+    let lock = open(args[0], args[1]);
+    let counter = Path::new(args[2]);
+    let occupied = counter.with_extension("occupied");
+    let n: u32 = args[3].parse().expect("iterations");
+    say("READY");
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+        return 2;
+    }
+    for _ in 0..n {
+        let guard = match lock.lock() {
+            Ok(guard) => guard,
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        };
+        if std::fs::File::create_new(&occupied).is_err() {
+            say("OVERLAP");
+            return 3;
+        }
+        let value: u64 = std::fs::read_to_string(counter)
+            .expect("read counter")
+            .trim()
+            .parse()
+            .expect("counter holds a number");
+        std::thread::yield_now();
+        std::fs::write(counter, format!("{}\n", value + 1)).expect("write counter");
+        std::fs::remove_file(&occupied).expect("clear occupancy marker");
+        if let Err(e) = guard.release() {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+    }
+    say("DONE");
+    0
+}
+
+/// Asserts that `result` is `Err(WouldBlock)` naming `pid` as the holder.
+pub fn assert_would_block_by(result: Result<(), Error>, pid: u32) {
+    match result {
+        Err(Error::WouldBlock {
+            holder: Some(holder),
+            ..
+        }) => assert_eq!(holder.pid, pid),
+        other => panic!("expected WouldBlock naming pid {pid}, got {other:?}"),
+    }
+}

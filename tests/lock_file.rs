@@ -1,0 +1,564 @@
+//! The contract of `LockFile` (DESIGN section 1), for every strategy.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use camino::Utf8PathBuf;
+use portalock::{Error, FileKind, LockFile, LockOptions, LockStatus, LockStrategy};
+use rstest::rstest;
+use tempfile::TempDir;
+
+use common::{assert_would_block_by, spawn, EVENT_TIMEOUT};
+
+#[test]
+fn child() {
+    common::child_entry();
+}
+
+fn scratch() -> (TempDir, Utf8PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = Utf8PathBuf::from_path_buf(dir.path().join("test.lock")).expect("utf-8 tempdir");
+    (dir, path)
+}
+
+fn open(path: &Utf8PathBuf, strategy: LockStrategy) -> LockFile {
+    LockOptions::new()
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(5))
+        .open(path)
+        .expect("open")
+}
+
+#[rstest]
+fn two_handles_in_one_process_exclude_each_other(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let a = open(&path, strategy);
+    let b = open(&path, strategy);
+    a.acquire().expect("a acquires");
+    assert_would_block_by(b.try_acquire(), std::process::id());
+    assert!(!b.is_held());
+    a.release().expect("a releases");
+    b.try_acquire().expect("b acquires once a released");
+    assert_would_block_by(a.try_acquire(), std::process::id());
+    b.release().expect("b releases");
+}
+
+#[rstest]
+fn acquire_is_not_reentrant(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    lock.acquire().expect("first acquire");
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(30)),
+        Err(Error::Timeout { .. })
+    ));
+    // The failed attempts left the first acquisition intact.
+    assert!(lock.is_held());
+    lock.release().expect("release");
+    assert!(matches!(lock.release(), Err(Error::NotLocked { .. })));
+}
+
+#[rstest]
+fn another_thread_may_release(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = Arc::new(open(&path, strategy));
+    lock.acquire().expect("acquire on the main thread");
+    let releaser = Arc::clone(&lock);
+    std::thread::spawn(move || releaser.release())
+        .join()
+        .expect("releasing thread")
+        .expect("release from another thread");
+    assert!(!lock.is_held());
+    assert!(!lock.is_locked().expect("is_locked"));
+    open(&path, strategy).try_acquire().expect("free again");
+}
+
+#[rstest]
+fn release_of_an_unlocked_handle_is_an_error(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    match lock.release() {
+        Err(Error::NotLocked { path: p }) => assert_eq!(p, path),
+        other => panic!("expected NotLocked, got {other:?}"),
+    }
+    // Releasing a handle that is unlocked must not release another's lock.
+    let holder = open(&path, strategy);
+    holder.acquire().expect("holder acquires");
+    assert!(matches!(lock.release(), Err(Error::NotLocked { .. })));
+    assert!(holder.is_held());
+    assert!(lock.is_locked().expect("is_locked"));
+}
+
+#[rstest]
+fn try_once_names_the_holder_in_another_process(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
+    let pid: u32 = child.expect("ACQUIRED").parse().expect("pid");
+    assert_eq!(pid, child.pid());
+    let lock = open(&path, strategy);
+    assert_would_block_by(lock.try_acquire(), pid);
+    assert!(lock.is_locked().expect("is_locked"));
+    assert!(!lock.is_held());
+    let owner = lock.owner().expect("owner").expect("a readable record");
+    assert_eq!(owner.pid, pid);
+    assert_eq!(owner.strategy, strategy);
+    assert_eq!(owner.token.len(), 32);
+    child.send("release");
+    assert_eq!(child.expect("RELEASED"), "Ok(())");
+    assert_eq!(lock.status().expect("status"), LockStatus::Free);
+    lock.try_acquire().expect("free after the child released");
+    lock.release().expect("release");
+    assert!(child.wait().success());
+}
+
+#[rstest]
+fn bounded_wait_times_out_after_its_duration(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
+    let pid: u32 = child.expect("ACQUIRED").parse().expect("pid");
+    let lock = open(&path, strategy);
+    let wanted = Duration::from_millis(300);
+    let started = Instant::now();
+    let result = lock.acquire_timeout(wanted);
+    let waited = started.elapsed();
+    match result {
+        Err(Error::Timeout {
+            timeout,
+            holder: Some(holder),
+            ..
+        }) => {
+            assert_eq!(timeout, wanted);
+            assert_eq!(holder.pid, pid);
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(waited >= wanted, "gave up early, after {waited:?}");
+    assert!(
+        waited < wanted + Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    assert!(!lock.is_held());
+}
+
+#[rstest]
+fn a_waiter_gets_the_lock_when_another_process_releases(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+    #[values(true, false)] bounded: bool,
+) {
+    let (_dir, path) = scratch();
+    let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
+    child.expect("ACQUIRED");
+    let lock = Arc::new(open(&path, strategy));
+    let waiter = Arc::clone(&lock);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let result = if bounded {
+            waiter.acquire_timeout(EVENT_TIMEOUT)
+        } else {
+            waiter.acquire()
+        };
+        let _ = tx.send(result);
+    });
+    // The waiter cannot get the lock before the child lets go of it.
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+    child.send("release");
+    child.expect("RELEASED");
+    rx.recv_timeout(EVENT_TIMEOUT)
+        .expect("the waiter finished in time")
+        .expect("the waiter got the lock");
+    assert!(lock.is_held());
+    lock.release().expect("release");
+}
+
+#[rstest]
+fn a_waiter_in_the_same_process_wakes_on_release(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let holder = open(&path, strategy);
+    holder.acquire().expect("acquire");
+    let waiter = Arc::new(open(&path, strategy));
+    let (tx, rx) = mpsc::channel();
+    let w = Arc::clone(&waiter);
+    std::thread::spawn(move || {
+        let _ = tx.send(w.acquire());
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+    holder.release().expect("release");
+    rx.recv_timeout(EVENT_TIMEOUT)
+        .expect("the waiter woke in time")
+        .expect("the waiter got the lock");
+    assert!(waiter.is_held());
+    waiter.release().expect("release");
+}
+
+#[rstest]
+fn dropping_a_guard_or_a_handle_releases(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let other = open(&path, strategy);
+    let lock = open(&path, strategy);
+    {
+        let guard = lock.lock().expect("lock");
+        assert_eq!(guard.lock_file().path(), path.as_path());
+        assert!(lock.is_held());
+        assert!(matches!(other.try_acquire(), Err(Error::WouldBlock { .. })));
+    }
+    assert!(!lock.is_held());
+    other.try_acquire().expect("free after the guard dropped");
+    other.release().expect("release");
+
+    lock.acquire().expect("acquire");
+    drop(lock);
+    other.try_acquire().expect("free after the handle dropped");
+    other.release().expect("release");
+}
+
+#[rstest]
+fn a_process_that_drops_its_lock_frees_it_for_others(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
+    child.expect("ACQUIRED");
+    // Closing the child's input ends its loop; the handle is dropped on exit.
+    assert!(child.wait().success());
+    let lock = open(&path, strategy);
+    lock.try_acquire().expect("free after the holder exited");
+    lock.release().expect("release");
+}
+
+#[rstest]
+fn an_old_guard_does_not_release_a_newer_acquisition(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    let guard = lock.lock().expect("lock");
+    lock.release().expect("release through the handle");
+    lock.acquire().expect("acquire again");
+    drop(guard);
+    assert!(lock.is_held(), "the old guard released the new acquisition");
+    let guard = lock.try_lock().expect_err("still held");
+    assert!(guard.is_contended());
+    lock.release().expect("release");
+}
+
+#[rstest]
+fn guard_release_reports_errors(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    let guard = lock.lock_timeout(Duration::from_secs(1)).expect("lock");
+    assert_eq!(guard.token().len(), 32);
+    guard.release().expect("explicit release");
+    assert!(!lock.is_held());
+    let guard = lock.lock().expect("lock again");
+    lock.release().expect("release through the handle");
+    assert!(matches!(guard.release(), Err(Error::NotLocked { .. })));
+}
+
+#[rstest]
+fn status_and_owner_follow_the_lock(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    assert_eq!(lock.status().expect("status"), LockStatus::Free);
+    assert!(lock.owner().expect("owner").is_none());
+    assert!(!lock.is_locked().expect("is_locked"));
+    let guard = lock.lock().expect("lock");
+    let owner = lock.owner().expect("owner").expect("a record");
+    assert_eq!(owner.pid, std::process::id());
+    assert_eq!(owner.token, guard.token());
+    assert_eq!(owner.strategy, strategy);
+    assert_eq!(owner.v, 1);
+    assert!(owner.start.is_some());
+    assert!(!owner.hostname.is_empty());
+    assert!(owner.acquired_at.ends_with('Z'), "{}", owner.acquired_at);
+    drop(guard);
+    assert_eq!(lock.status().expect("status"), LockStatus::Free);
+}
+
+#[rstest]
+fn release_leaves_the_documented_artifacts(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (dir, path) = scratch();
+    let lock = open(&path, strategy);
+    lock.acquire().expect("acquire");
+    lock.release().expect("release");
+    match strategy {
+        // The Os lock file stays, emptied, so that later waiters all lock
+        // the same inode.
+        LockStrategy::Os => {
+            assert_eq!(std::fs::read(&path).expect("lock file stays"), b"");
+        }
+        _ => assert!(!path.exists(), "{strategy} left {path}"),
+    }
+    // No private record files are left behind either.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    let expected = usize::from(strategy == LockStrategy::Os);
+    assert_eq!(names.len(), expected, "left behind: {names:?}");
+}
+
+#[rstest]
+fn release_after_the_lock_was_taken_over_is_lock_lost(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    lock.acquire().expect("acquire");
+    let mut theirs = lock.owner().expect("owner").expect("record");
+    theirs.token = "f".repeat(32);
+    theirs.pid = 1;
+    let record_path = match strategy {
+        LockStrategy::Mkdir => path.join("owner.json"),
+        _ => path.clone(),
+    };
+    std::fs::write(&record_path, theirs.to_json()).expect("replace the record");
+    match lock.release() {
+        Err(Error::LockLost {
+            holder: Some(holder),
+            ..
+        }) => assert_eq!(holder.token, theirs.token),
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+    assert!(!lock.is_held());
+    // Nothing of the new holder's was touched.
+    assert_eq!(
+        std::fs::read_to_string(&record_path).expect("record stays"),
+        theirs.to_json()
+    );
+}
+
+#[rstest]
+fn a_missing_parent_directory_is_a_typed_error(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (dir, _) = scratch();
+    let path = dir.path().join("no-such-dir").join("x.lock");
+    let lock = open(
+        &Utf8PathBuf::try_from(path.clone()).expect("utf-8"),
+        strategy,
+    );
+    for result in [lock.try_acquire(), lock.status().map(drop)] {
+        match result {
+            Err(Error::MissingParent { path: p }) => assert_eq!(p.as_std_path(), path),
+            other => panic!("expected MissingParent, got {other:?}"),
+        }
+    }
+    assert!(
+        !dir.path().join("no-such-dir").exists(),
+        "created the parent"
+    );
+}
+
+#[rstest]
+#[case::os_on_a_directory(LockStrategy::Os, FileKind::Directory)]
+#[case::link_on_a_directory(LockStrategy::Link, FileKind::Directory)]
+#[case::mkdir_on_a_file(LockStrategy::Mkdir, FileKind::File)]
+fn a_lock_path_of_the_wrong_kind_is_a_typed_error(
+    #[case] strategy: LockStrategy,
+    #[case] found: FileKind,
+) {
+    let (_dir, path) = scratch();
+    match found {
+        FileKind::Directory => std::fs::create_dir(&path).expect("mkdir"),
+        _ => std::fs::write(&path, "precious").expect("write"),
+    }
+    let lock = open(&path, strategy);
+    for result in [
+        lock.try_acquire(),
+        lock.acquire_timeout(Duration::from_millis(20)),
+        lock.status().map(drop),
+    ] {
+        match result {
+            Err(Error::WrongFileType {
+                found: f,
+                strategy: s,
+                ..
+            }) => {
+                assert_eq!(f, found);
+                assert_eq!(s, strategy);
+            }
+            other => panic!("expected WrongFileType, got {other:?}"),
+        }
+    }
+    // Nothing was lost.
+    match found {
+        FileKind::Directory => assert_eq!(std::fs::read_dir(&path).expect("dir").count(), 0),
+        _ => assert_eq!(std::fs::read_to_string(&path).expect("file"), "precious"),
+    }
+}
+
+#[cfg(unix)]
+#[rstest]
+fn a_symlink_at_the_lock_path_is_refused_and_not_followed(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+    #[values(true, false)] dangling: bool,
+) {
+    let (dir, path) = scratch();
+    let victim = dir.path().join("victim");
+    if !dangling {
+        std::fs::write(&victim, "precious").expect("victim");
+    }
+    std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+    let lock = open(&path, strategy);
+    for result in [lock.try_acquire(), lock.status().map(drop)] {
+        assert!(
+            matches!(result, Err(Error::Symlink { .. })),
+            "expected Symlink, got {result:?}"
+        );
+    }
+    if dangling {
+        assert!(!victim.exists(), "created the symlink's target");
+    } else {
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious"
+        );
+    }
+    assert!(path.is_symlink());
+}
+
+#[test]
+fn a_foreign_file_is_never_overwritten_by_an_os_lock() {
+    let (_dir, path) = scratch();
+    std::fs::write(&path, "important data\n").expect("write");
+    let lock = open(&path, LockStrategy::Os);
+    assert!(matches!(lock.try_acquire(), Err(Error::Foreign { .. })));
+    assert!(!lock.is_held());
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        "important data\n"
+    );
+    // The failed attempt left nothing locked.
+    assert!(!lock.is_locked().expect("is_locked"));
+}
+
+#[rstest]
+#[case::link(LockStrategy::Link)]
+#[case::mkdir(LockStrategy::Mkdir)]
+fn a_foreign_artifact_is_a_lock_with_an_unknown_holder(#[case] strategy: LockStrategy) {
+    let (_dir, path) = scratch();
+    match strategy {
+        LockStrategy::Mkdir => std::fs::create_dir(&path).expect("mkdir"),
+        _ => std::fs::write(&path, "not a record").expect("write"),
+    }
+    let lock = open(&path, strategy);
+    assert!(matches!(
+        lock.try_acquire(),
+        Err(Error::WouldBlock { holder: None, .. })
+    ));
+    assert_eq!(lock.status().expect("status"), LockStatus::Held(None));
+    assert!(path.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_path_is_a_typed_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/lock-\xff.lock"));
+    match LockFile::new(path) {
+        Err(Error::NonUtf8Path { path: p }) => assert_eq!(p, path),
+        other => panic!("expected NonUtf8Path, got {other:?}"),
+    }
+    assert!(matches!(
+        portalock::lock_file(path),
+        Err(Error::NonUtf8Path { .. })
+    ));
+}
+
+#[test]
+fn paths_without_a_file_name_are_refused() {
+    for bad in ["", "/", "..", "/tmp/.."] {
+        assert!(
+            matches!(LockFile::new(bad), Err(Error::Io { .. })),
+            "{bad:?} was accepted"
+        );
+    }
+}
+
+#[test]
+fn a_relative_path_is_made_absolute_at_open() {
+    let lock = LockFile::new("relative.lock").expect("open");
+    assert!(lock.path().is_absolute());
+    let cwd = std::env::current_dir().expect("cwd");
+    assert_eq!(lock.path().as_std_path(), cwd.join("relative.lock"));
+}
+
+#[test]
+fn lock_file_shortcut_returns_a_held_lock() {
+    let (_dir, path) = scratch();
+    let lock = portalock::lock_file(&path).expect("lock_file");
+    assert!(lock.is_held());
+    assert_eq!(lock.strategy(), LockStrategy::default());
+    assert!(matches!(
+        portalock::LockFile::new(&path).expect("open").try_acquire(),
+        Err(Error::WouldBlock { .. })
+    ));
+    drop(lock);
+    portalock::lock_file(&path)
+        .expect("free after drop")
+        .release()
+        .expect("release");
+}
+
+#[test]
+fn the_os_lock_is_freed_by_the_kernel_when_its_holder_is_killed() {
+    let (_dir, path) = scratch();
+    let mut child = spawn("hold", &["os", path.as_str()]);
+    child.expect("ACQUIRED");
+    let lock = open(&path, LockStrategy::Os);
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    child.kill();
+    lock.acquire_timeout(EVENT_TIMEOUT)
+        .expect("freed by the kernel");
+    // The dead holder's record was replaced by ours.
+    assert_eq!(
+        lock.owner().expect("owner").map(|o| o.pid),
+        Some(std::process::id())
+    );
+}
+
+#[test]
+fn errors_name_the_path_and_convert_to_io_errors() {
+    let (_dir, path) = scratch();
+    let holder = open(&path, LockStrategy::Link);
+    holder.acquire().expect("acquire");
+    let err = open(&path, LockStrategy::Link)
+        .try_acquire()
+        .expect_err("held");
+    let text = err.to_string();
+    assert!(text.contains(path.as_str()), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
+    assert_eq!(err.path(), Some(path.as_path()));
+    assert_eq!(err.holder().map(|h| h.pid), Some(std::process::id()));
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
+}
