@@ -62,7 +62,7 @@ pub enum Error {
     },
     /// A bounded wait ended before the lock became free.
     #[error(
-        "timed out after {:.3}s waiting for lock `{path}`{}",
+        "timed out after {:.3}s waiting for lock `{path}`, held{}",
         .timeout.as_secs_f64(),
         holder_suffix(.holder.as_deref())
     )]
@@ -82,7 +82,10 @@ pub enum Error {
     },
     /// The lock this handle held was removed or taken over by someone else;
     /// nothing of theirs was touched.
-    #[error("lock `{path}` was lost: its owner record no longer carries this handle's token{}", holder_suffix(.holder.as_deref()))]
+    #[error(
+        "lock `{path}` was lost: it no longer carries this handle's token{}",
+        .holder.as_deref().map(|h| format!("; now held{}", holder_suffix(Some(h)))).unwrap_or_default()
+    )]
     LockLost {
         /// The lock path.
         path: Utf8PathBuf,

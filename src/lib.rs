@@ -102,3 +102,8 @@ pub use error::{Error, FileKind, Result};
 pub use lock::{lock_file, LockFile, LockGuard, LockOptions, LockStatus, DEFAULT_POLL_INTERVAL};
 pub use owner::{OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
 pub use strategy::{LockStrategy, ParseStrategyError};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
