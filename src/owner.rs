@@ -107,7 +107,7 @@ impl OwnerRecord {
             boot: me.boot.clone(),
             pidns: me.pidns.clone(),
             start: me.start,
-            acquired_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            acquired_at: now_rfc3339(),
             strategy,
             lease_ms: None,
         })
@@ -118,7 +118,7 @@ impl OwnerRecord {
     /// Sets `acquired_at` to now, for a record about to be written again
     /// after a wait.
     pub(crate) fn touch(&mut self) {
-        self.acquired_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        self.acquired_at = now_rfc3339();
     }
 }
 
@@ -135,6 +135,10 @@ pub(crate) fn read_capped(reader: impl Read) -> io::Result<Vec<u8>> {
         .take(MAX_RECORD_LEN as u64 + 1)
         .read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 fn new_token() -> io::Result<String> {
