@@ -92,6 +92,21 @@ pub enum Error {
         /// The record now in place, when there is a readable one.
         holder: Option<Box<OwnerRecord>>,
     },
+    /// [`LockFile::break_lock`](crate::LockFile::break_lock) found the lock
+    /// held by an owner that is not stale: alive, of another host without
+    /// a lease, or a lease that was refreshed while it watched.
+    #[error(
+        "lock `{path}` is not stale ({why}){}; not broken without force",
+        holder_suffix(.holder.as_deref())
+    )]
+    NotStale {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// Why the lock counts as live.
+        why: &'static str,
+        /// The holder's owner record, when readable.
+        holder: Option<Box<OwnerRecord>>,
+    },
     /// The strategy cannot work here (platform or file system).
     #[error("the {strategy} strategy is not supported for lock `{path}`: {reason}")]
     Unsupported {
@@ -163,6 +178,7 @@ impl Error {
             | Error::Timeout { path, .. }
             | Error::NotLocked { path }
             | Error::LockLost { path, .. }
+            | Error::NotStale { path, .. }
             | Error::Unsupported { path, .. }
             | Error::MissingParent { path }
             | Error::Symlink { path }
@@ -173,12 +189,14 @@ impl Error {
         }
     }
 
-    /// The holder's owner record, for contention and lost-lock errors.
+    /// The holder's owner record, for contention, lost-lock and not-stale
+    /// errors.
     pub fn holder(&self) -> Option<&OwnerRecord> {
         match self {
             Error::WouldBlock { holder, .. }
             | Error::Timeout { holder, .. }
-            | Error::LockLost { holder, .. } => holder.as_deref(),
+            | Error::LockLost { holder, .. }
+            | Error::NotStale { holder, .. } => holder.as_deref(),
             _ => None,
         }
     }
@@ -218,6 +236,7 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             Error::Foreign { .. } => io::ErrorKind::InvalidData,
+            Error::NotStale { .. } => io::ErrorKind::ResourceBusy,
             Error::NotLocked { .. } | Error::LockLost { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)

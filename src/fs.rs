@@ -120,17 +120,82 @@ pub(crate) fn open_create(path: &Utf8Path) -> io::Result<File> {
     opts.open(path)
 }
 
-/// A builder for the private files that hold a record before it is linked
-/// or renamed into place.
-pub(crate) fn private_file_builder(prefix: &str) -> tempfile::Builder<'_, '_> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(prefix).suffix(".tmp");
+/// Creates `path`, which must not exist, for reading and writing (mode
+/// [`FILE_MODE`] less the umask). `O_EXCL` also refuses a symbolic link.
+pub(crate) fn create_new(path: &Utf8Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    no_follow(&mut opts);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(FILE_MODE));
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
     }
-    builder
+    opts.open(path)
+}
+
+/// Whether `err`, from opening or inspecting `path`, means that nothing is
+/// there while its directory exists: a free lock rather than an error.
+pub(crate) fn is_absent(path: &Utf8Path, err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound && !parent_missing(path)
+}
+
+/// The inode number in `meta` (0 where the platform has none to offer).
+pub(crate) fn ino(meta: &Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// A change stamp of `meta`: inode, size and modification time, for
+/// artifacts without a record whose changes a contender watches.
+pub(crate) fn stamp(meta: &Metadata) -> Vec<u8> {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}:{}:{modified}", ino(meta), meta.len()).into_bytes()
+}
+
+/// Writes `bytes` at offset 0 of `file` in one call, padded with spaces to
+/// `old_len`, without moving any cursor and without cutting the file:
+/// readers see the old record, the new one, or (rarely) bytes that do not
+/// parse, never a mix that parses.
+pub(crate) fn rewrite(file: &File, bytes: &[u8], old_len: usize) -> io::Result<()> {
+    let mut padded = bytes.to_vec();
+    if padded.len() < old_len {
+        padded.resize(old_len, b' ');
+    }
+    write_all_at(file, &padded)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(bytes, 0)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut bytes: &[u8]) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    let mut offset = 0;
+    while !bytes.is_empty() {
+        let n = file.seek_write(bytes, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(unix)]

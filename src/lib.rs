@@ -91,16 +91,19 @@
 
 mod error;
 mod fs;
+mod holding;
 mod lock;
 mod owner;
 mod registry;
+pub mod stale;
 mod strategy;
 mod wait;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, FileKind, Result};
 pub use lock::{lock_file, LockFile, LockGuard, LockOptions, LockStatus, DEFAULT_POLL_INTERVAL};
-pub use owner::{OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
+pub use owner::{Liveness, OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
+pub use stale::DEFAULT_GRACE;
 pub use strategy::{LockStrategy, ParseStrategyError};
 
 /// The README's examples, compiled and run as doctests.

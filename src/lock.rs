@@ -1,16 +1,19 @@
 //! [`LockFile`], its options and its guard.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
+use crate::holding::{Holding, OnLost};
 use crate::owner::OwnerRecord;
 use crate::registry::registry;
-use crate::strategy::{self, Held, LockStrategy, Probe};
+use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
+use crate::strategy::{self, Broken, Held, LockStrategy, Probe, Released};
 use crate::wait::{Backoff, Deadline};
 
 /// The longest pause between two attempts on a lock held by another process,
@@ -35,11 +38,15 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// assert_eq!(lock.strategy(), LockStrategy::Link);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LockOptions {
     strategy: LockStrategy,
     timeout: Option<Duration>,
     poll_interval: Duration,
+    break_stale: bool,
+    grace: Duration,
+    lease: Option<Duration>,
+    on_lost: Option<OnLost>,
 }
 
 impl Default for LockOptions {
@@ -48,7 +55,25 @@ impl Default for LockOptions {
             strategy: LockStrategy::default(),
             timeout: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            break_stale: true,
+            grace: DEFAULT_GRACE,
+            lease: None,
+            on_lost: None,
         }
+    }
+}
+
+impl fmt::Debug for LockOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockOptions")
+            .field("strategy", &self.strategy)
+            .field("timeout", &self.timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("break_stale", &self.break_stale)
+            .field("grace", &self.grace)
+            .field("lease", &self.lease)
+            .field("on_lost", &self.on_lost.as_ref().map(|_| "Fn(&Utf8Path)"))
+            .finish()
     }
 }
 
@@ -81,6 +106,73 @@ impl LockOptions {
         self
     }
 
+    /// Whether waiting breaks stale locks (default: yes): locks of dead
+    /// owners on this host, leases that went unrefreshed for a whole lease,
+    /// and `Mkdir` directories without a record after the
+    /// [grace period](LockOptions::grace). Locks of other hosts without a
+    /// lease are never broken automatically; `Os` locks need no breaking
+    /// (the kernel releases them). See [`LockFile::break_lock`] for the
+    /// explicit break.
+    pub fn break_stale(&mut self, yes: bool) -> &mut Self {
+        self.break_stale = yes;
+        self
+    }
+
+    /// How long a lock artifact without a readable owner record must stay
+    /// unchanged before it counts as stale (default [`DEFAULT_GRACE`]). Such
+    /// an artifact is left by a holder that crashed between creating the
+    /// artifact and writing its record, or is being written right now.
+    pub fn grace(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Holds locks with a lease of `lease` (at least 1 ms): the holder's
+    /// owner record says so, and a heartbeat thread (one per process, for
+    /// all its leases) rewrites the record three times per lease. A
+    /// contender that sees the record unchanged for a whole lease, on its
+    /// own clock, breaks the lock, even if its owner lives (paused, or on
+    /// another host). `None` (the default) keeps no lease.
+    ///
+    /// A lease lets locks of other hosts be recovered, at a price: a holder
+    /// that stalls for longer than its lease loses the lock. It finds out
+    /// through [`LockFile::ensure_held`], the [`on_lost`](LockOptions::on_lost)
+    /// callback and [`Error::LockLost`] from
+    /// [`release`](LockFile::release). `Os` locks cannot be taken away; for
+    /// them the lease only keeps the record fresh.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portalock::{LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockOptions::new()
+    ///     .strategy(LockStrategy::Mkdir)
+    ///     .lease(Some(Duration::from_secs(30)))
+    ///     .open(dir.path().join("job.lock"))?;
+    /// let _guard = lock.lock()?;
+    /// assert_eq!(lock.owner()?.and_then(|o| o.lease()), Some(Duration::from_secs(30)));
+    /// lock.ensure_held()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lease(&mut self, lease: Option<Duration>) -> &mut Self {
+        self.lease = lease.map(|l| l.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// A callback run once, with the lock path, when an acquisition is found
+    /// lost: by the heartbeat of a lease, or by
+    /// [`ensure_held`](LockFile::ensure_held) or
+    /// [`release`](LockFile::release). It runs on the thread that found
+    /// out (for leases, the heartbeat thread): keep it short, and do not
+    /// take the lock from it.
+    pub fn on_lost(&mut self, callback: impl Fn(&Utf8Path) + Send + Sync + 'static) -> &mut Self {
+        self.on_lost = Some(Arc::new(callback));
+        self
+    }
+
     /// Opens a handle on the lock at `path`, without taking it.
     ///
     /// The path is made absolute against the current directory now, so a
@@ -100,6 +192,10 @@ impl LockOptions {
             strategy: self.strategy,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
+            break_stale: self.break_stale,
+            grace: self.grace,
+            lease: self.lease,
+            on_lost: self.on_lost.clone(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
         })
@@ -172,15 +268,30 @@ pub enum LockStatus {
 /// assert!(matches!(lock.release(), Err(portalock::Error::NotLocked { .. })));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct LockFile {
     path: Utf8PathBuf,
     strategy: LockStrategy,
     timeout: Option<Duration>,
     poll_interval: Duration,
+    break_stale: bool,
+    grace: Duration,
+    lease: Option<Duration>,
+    on_lost: Option<OnLost>,
     /// Unique in this process; the registry's claim on the path.
     id: u64,
-    held: Mutex<Option<Held>>,
+    held: Mutex<Option<Arc<Holding>>>,
+}
+
+impl fmt::Debug for LockFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockFile")
+            .field("path", &self.path)
+            .field("strategy", &self.strategy)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .field("held", &self.is_held())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LockFile {
@@ -299,17 +410,101 @@ impl LockFile {
     /// Releases the lock this handle holds. Any thread may call it.
     ///
     /// The lock artifact is removed (or, for `Os`, emptied and unlocked) only
-    /// if it still carries this handle's token.
+    /// if it is still this acquisition's: its claim is removed first, so a
+    /// lock that was broken and taken by someone else is never touched.
     ///
     /// # Errors
     ///
     /// [`Error::NotLocked`] if this handle does not hold the lock;
-    /// [`Error::LockLost`] if the artifact was removed or replaced by someone
+    /// [`Error::LockLost`] if the lock was broken or replaced by someone
     /// else meanwhile (nothing of theirs is touched, and the handle is
     /// unlocked afterwards); [`Error::Io`].
     pub fn release(&self) -> Result<()> {
-        let held = self.state().take().ok_or_else(|| self.not_locked())?;
-        self.finish_release(held)
+        let holding = self.state().take().ok_or_else(|| self.not_locked())?;
+        self.finish_release(&holding)
+    }
+
+    /// Checks that the lock this handle holds is still its own: not broken
+    /// (a lease that went unrefreshed, a forced break) and not replaced.
+    ///
+    /// Call it before acting on what the lock protects, when a stall could
+    /// have outlasted a lease. The check costs a `stat` or two.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if this handle does not hold the lock;
+    /// [`Error::LockLost`] if it was lost (the handle still counts as
+    /// holding it until [`release`](LockFile::release), which then returns
+    /// `LockLost` too); [`Error::Io`] if the check itself failed.
+    pub fn ensure_held(&self) -> Result<()> {
+        let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
+        match holding.check() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.lost()),
+            Err(e) => Err(Error::io(&self.path, "check the lock at", e)),
+        }
+    }
+
+    /// Breaks the lock if it is stale, and returns the owner record it
+    /// removed (`None` if the lock was free, or the artifact had no
+    /// readable record).
+    ///
+    /// Stale means: the owner is dead (same host, boot and PID namespace;
+    /// PID gone or reused); or its lease went unrefreshed for a whole lease;
+    /// or a `Mkdir` directory has no readable record for the grace period.
+    /// To judge a lease or a grace period this call watches the lock, on
+    /// this process's clock, for up to that long. Breaking is safe when
+    /// many processes try at once: exactly one removes the stale lock, and
+    /// a lock taken afresh meanwhile is never removed (the protocol is
+    /// argued in [`stale`](crate::stale)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotStale`] if the lock is held by a live owner, by an owner
+    /// of another host without a lease, or is an `Os` lock (which the
+    /// kernel releases); [`Error::Foreign`] for an artifact portalock cannot
+    /// identify as its own; the typed path errors and [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{Error, LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("x.lock");
+    /// let holder = LockFile::with_strategy(&path, LockStrategy::Mkdir)?;
+    /// holder.acquire()?;
+    ///
+    /// // Its owner (this process) is alive: not broken.
+    /// let other = LockFile::with_strategy(&path, LockStrategy::Mkdir)?;
+    /// assert!(matches!(other.break_lock(), Err(Error::NotStale { .. })));
+    ///
+    /// // Forced, it goes; the holder finds out.
+    /// let removed = other.force_break()?.expect("the holder's record");
+    /// assert_eq!(removed.pid, std::process::id());
+    /// assert!(matches!(holder.ensure_held(), Err(Error::LockLost { .. })));
+    /// assert!(matches!(holder.release(), Err(Error::LockLost { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn break_lock(&self) -> Result<Option<OwnerRecord>> {
+        self.break_with(false)
+    }
+
+    /// Breaks the lock whatever its owner's state, and returns the owner
+    /// record it removed, as [`break_lock`](LockFile::break_lock) does.
+    ///
+    /// This is for an operator who knows the holder is gone when portalock
+    /// cannot tell (another host without a lease). A live holder loses its
+    /// lock and finds out only when it next checks. The removal is as safe
+    /// under races as `break_lock`'s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for an `Os` lock held by a process (only the
+    /// kernel releases it); [`Error::Foreign`] for an artifact portalock
+    /// cannot identify as its own; the typed path errors and [`Error::Io`].
+    pub fn force_break(&self) -> Result<Option<OwnerRecord>> {
+        self.break_with(true)
     }
 
     /// Whether this handle holds the lock.
@@ -342,7 +537,7 @@ impl LockFile {
     pub fn status(&self) -> Result<LockStatus> {
         Ok(match strategy::probe(self.strategy, &self.path)? {
             Probe::Free => LockStatus::Free,
-            Probe::Held(rec) => LockStatus::Held(rec),
+            Probe::Held(seen) => LockStatus::Held(seen.record),
         })
     }
 
@@ -372,7 +567,7 @@ impl LockFile {
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, Option<Held>> {
+    fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
         // `held` is replaced whole under the mutex; a panic elsewhere cannot
         // leave it half updated.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
@@ -400,9 +595,10 @@ impl LockFile {
             return Err(self.contended(timeout));
         }
         match self.acquire_in_fs(timeout, &deadline) {
-            Ok(held) => {
-                let token = held.token().to_owned();
-                *self.state() = Some(held);
+            Ok((held, record)) => {
+                let holding = Holding::start(&self.path, held, record, self.on_lost.clone());
+                let token = holding.token().to_owned();
+                *self.state() = Some(holding);
                 Ok(token)
             }
             Err(e) => {
@@ -412,14 +608,24 @@ impl LockFile {
         }
     }
 
-    fn acquire_in_fs(&self, timeout: Option<Duration>, deadline: &Deadline) -> Result<Held> {
+    fn acquire_in_fs(
+        &self,
+        timeout: Option<Duration>,
+        deadline: &Deadline,
+    ) -> Result<(Held, OwnerRecord)> {
         let mut record = OwnerRecord::for_this_process(self.strategy)
             .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
+        record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
         let block = deadline.is_unbounded() && strategy::can_block(self.strategy);
+        let may_break = self.break_stale && !strategy::can_block(self.strategy);
         let mut backoff = Backoff::new(self.poll_interval);
+        let mut watch = Watch::default();
         loop {
             if let Some(held) = strategy::try_acquire(self.strategy, &self.path, &record, block)? {
-                return Ok(held);
+                return Ok((held, record));
+            }
+            if may_break && self.break_if_stale(&mut watch)? {
+                continue;
             }
             if !backoff.sleep(deadline) {
                 return Err(self.contended(timeout));
@@ -428,12 +634,73 @@ impl LockFile {
         }
     }
 
+    /// One look at a held lock while waiting: breaks it if it is stale.
+    /// Returns whether to try again at once (broken, or free meanwhile).
+    fn break_if_stale(&self, watch: &mut Watch) -> Result<bool> {
+        let Probe::Held(seen) = strategy::probe(self.strategy, &self.path)? else {
+            return Ok(true);
+        };
+        let unchanged = watch.observe(&seen);
+        if !judge(&seen, unchanged, self.grace).is_stale() {
+            return Ok(false);
+        }
+        let recover = unchanged >= self.grace;
+        Ok(
+            match strategy::break_claim(&self.path, &seen.claim, recover)? {
+                Broken::Removed | Broken::Raced => true,
+                Broken::Orphan => false,
+            },
+        )
+    }
+
+    fn break_with(&self, force: bool) -> Result<Option<OwnerRecord>> {
+        // Each race lost means the lock changed under us; after this many
+        // the lock is plainly busy, and taken afresh each time.
+        const MAX_RACES: u32 = 64;
+        let mut watch = Watch::default();
+        let mut races = 0;
+        loop {
+            let seen = match strategy::probe(self.strategy, &self.path)? {
+                Probe::Free => return Ok(None),
+                Probe::Held(seen) => *seen,
+            };
+            let unchanged = watch.observe(&seen);
+            let verdict = if force {
+                Verdict::Dead
+            } else {
+                judge(&seen, unchanged, self.grace)
+            };
+            let not_stale = |why| Error::NotStale {
+                path: self.path.clone(),
+                why,
+                holder: seen.record.clone().map(Box::new),
+            };
+            match verdict {
+                Verdict::Live(why) => return Err(not_stale(why)),
+                Verdict::Pending(left) => {
+                    std::thread::sleep(left.min(self.poll_interval));
+                    continue;
+                }
+                _ => {}
+            }
+            let recover = force || unchanged >= self.grace;
+            match strategy::break_claim(&self.path, &seen.claim, recover)? {
+                Broken::Removed => return Ok(seen.record),
+                Broken::Raced if races < MAX_RACES => races += 1,
+                Broken::Raced => {
+                    return Err(not_stale("it was taken afresh each time it was broken"))
+                }
+                Broken::Orphan => std::thread::sleep(self.poll_interval),
+            }
+        }
+    }
+
     /// The error for a wait that ended with the lock still held.
     fn contended(&self, timeout: Option<Duration>) -> Error {
-        let holder = match strategy::probe(self.strategy, &self.path) {
-            Ok(Probe::Held(rec)) => rec.map(Box::new),
-            _ => None,
-        };
+        let holder = strategy::probe(self.strategy, &self.path)
+            .ok()
+            .and_then(Probe::into_record)
+            .map(Box::new);
         let path = self.path.clone();
         match timeout {
             Some(t) if !t.is_zero() => Error::Timeout {
@@ -445,23 +712,49 @@ impl LockFile {
         }
     }
 
-    fn finish_release(&self, held: Held) -> Result<()> {
-        let result = strategy::release(&self.path, held);
+    /// The `LockLost` error, naming whoever holds the lock now.
+    fn lost(&self) -> Error {
+        Error::LockLost {
+            path: self.path.clone(),
+            holder: strategy::probe(self.strategy, &self.path)
+                .ok()
+                .and_then(Probe::into_record)
+                .map(Box::new),
+        }
+    }
+
+    fn finish_release(&self, holding: &Holding) -> Result<()> {
+        let result = match holding.take() {
+            Some(held) => strategy::release(&self.path, held),
+            None => Ok(Released::Lost(None)),
+        };
         registry().leave(&self.path, self.id);
-        result
+        match result? {
+            Released::Done => Ok(()),
+            Released::Lost(seen) => {
+                holding.mark_lost();
+                Err(match seen {
+                    Some(holder) => Error::LockLost {
+                        path: self.path.clone(),
+                        holder: holder.map(Box::new),
+                    },
+                    None => self.lost(),
+                })
+            }
+        }
     }
 
     /// Releases the lock if it is still the acquisition that issued `token`.
     fn release_token(&self, token: &str) -> Result<()> {
-        let held = {
+        let holding = {
             let mut state = self.state();
             match state.as_ref() {
-                Some(held) if held.token() == token => state.take(),
+                Some(holding) if holding.token() == token => state.take(),
                 _ => None,
             }
         };
-        let held = held.ok_or_else(|| self.not_locked())?;
-        self.finish_release(held)
+        let holding = holding.ok_or_else(|| self.not_locked())?;
+        self.finish_release(&holding)
     }
 }
 
@@ -472,9 +765,9 @@ impl Drop for LockFile {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(held) = held {
+        if let Some(holding) = held {
             // Best effort: a caller who wants the error calls `release`.
-            let _ = self.finish_release(held);
+            let _ = self.finish_release(&holding);
         }
     }
 }

@@ -8,6 +8,9 @@
 //!  "acquired_at":"2026-11-22T10:00:00Z","strategy":"mkdir","lease_ms":null}
 //! ```
 //!
+//! A holder with a lease adds `"beat":N`, the number of times it has
+//! refreshed the record.
+//!
 //! It is written so that a reader never sees half of it (a private file
 //! linked or renamed into place, or, for the `Os` strategy, one write into a
 //! file the writer has locked), and it is read with a size cap: anything
@@ -15,9 +18,10 @@
 //! with fields this version does not know is an *unknown owner*
 //! (`None`), never a panic and never an unbounded read.
 
+use std::fmt;
 use std::io::{self, Read};
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +65,56 @@ pub struct OwnerRecord {
     pub strategy: LockStrategy,
     /// Lease length in milliseconds, when the holder keeps a lease.
     pub lease_ms: Option<u64>,
+    /// How many times a holder with a lease has refreshed this record. A
+    /// contender that sees it change knows the holder is still there.
+    /// Absent (0) in records without a lease.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub beat: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Whether the process named by an owner record still runs, as far as the
+/// calling process can tell.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{LockFile, Liveness};
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = LockFile::new(dir.path().join("x.lock"))?;
+/// let _guard = lock.lock()?;
+/// let owner = lock.owner()?.expect("our own record");
+/// assert_eq!(owner.liveness(), Liveness::Alive);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Same host, same boot, same PID namespace, and a process with the
+    /// record's PID and start time runs.
+    Alive,
+    /// Same host, same boot, same PID namespace, and no process with that
+    /// PID runs, or the PID now belongs to a process with another start
+    /// time (the PID was reused), or the process is a zombie.
+    Dead,
+    /// The record names another host, another boot or another PID
+    /// namespace (a container sharing the volume): its PID means nothing
+    /// here. An unknown owner is never judged dead.
+    Unknown,
+}
+
+impl fmt::Display for Liveness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::Unknown => "unknown",
+        })
+    }
 }
 
 impl OwnerRecord {
@@ -110,7 +164,33 @@ impl OwnerRecord {
             acquired_at: now_rfc3339(),
             strategy,
             lease_ms: None,
+            beat: 0,
         })
+    }
+
+    /// Whether the holder named by this record still runs, judged only
+    /// where its PID means something to the caller (see [`Liveness`]).
+    ///
+    /// Looks up the one PID (through `sysinfo`, refreshing only that
+    /// process), never the whole process table.
+    pub fn liveness(&self) -> Liveness {
+        let me = Identity::get();
+        if self.hostname != me.hostname || self.boot != me.boot || self.pidns != me.pidns {
+            return Liveness::Unknown;
+        }
+        match process_state(self.pid) {
+            None => Liveness::Dead,
+            Some((_, true)) => Liveness::Dead,
+            Some((start, false)) => match (self.start, start) {
+                (Some(recorded), Some(now)) if recorded != now => Liveness::Dead,
+                _ => Liveness::Alive,
+            },
+        }
+    }
+
+    /// The lease of this record, if its holder keeps one.
+    pub fn lease(&self) -> Option<Duration> {
+        self.lease_ms.map(Duration::from_millis)
     }
 }
 
@@ -120,12 +200,6 @@ impl OwnerRecord {
     pub(crate) fn touch(&mut self) {
         self.acquired_at = now_rfc3339();
     }
-}
-
-/// Reads at most [`MAX_RECORD_LEN`] + 1 bytes and parses them.
-pub(crate) fn read_record(reader: impl Read) -> io::Result<Option<OwnerRecord>> {
-    let bytes = read_capped(reader)?;
-    Ok(OwnerRecord::parse(&bytes))
 }
 
 /// Reads at most [`MAX_RECORD_LEN`] + 1 bytes.
@@ -177,7 +251,13 @@ impl Identity {
 /// Start time of `pid` in seconds since the Unix epoch, refreshing only that
 /// one process.
 pub(crate) fn process_start(pid: u32) -> Option<u64> {
-    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    process_state(pid).and_then(|(start, _)| start)
+}
+
+/// Whether `pid` exists: its start time (when known) and whether it is a
+/// zombie. Refreshes only that one process.
+fn process_state(pid: u32) -> Option<(Option<u64>, bool)> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
     let pid = Pid::from_u32(pid);
     let mut sys = System::new();
     sys.refresh_processes_specifics(
@@ -185,7 +265,9 @@ pub(crate) fn process_start(pid: u32) -> Option<u64> {
         false,
         ProcessRefreshKind::nothing(),
     );
-    sys.process(pid).map(|p| p.start_time())
+    let process = sys.process(pid)?;
+    let start = Some(process.start_time()).filter(|&s| s != 0);
+    Some((start, process.status() == ProcessStatus::Zombie))
 }
 
 #[cfg(target_os = "linux")]

@@ -333,9 +333,21 @@ fn release_after_the_lock_was_taken_over_is_lock_lost(
     let mut theirs = lock.owner().expect("owner").expect("record");
     theirs.token = "f".repeat(32);
     theirs.pid = 1;
+    let ours = lock.owner().expect("owner").expect("record").token;
+    // Take the lock over the way a breaker and a new holder would.
     let record_path = match strategy {
-        LockStrategy::Mkdir => path.join("owner.json"),
-        _ => path.clone(),
+        // The kernel lock cannot be taken; only the record can change.
+        LockStrategy::Os => path.clone(),
+        LockStrategy::Mkdir => {
+            std::fs::remove_file(path.join(format!("{ours}.json"))).expect("break");
+            path.join(format!("{}.json", theirs.token))
+        }
+        _ => {
+            let claim = path.with_file_name(format!(".test.lock.{ours}.owner"));
+            std::fs::remove_file(claim).expect("break the claim");
+            std::fs::remove_file(&path).expect("break the lock");
+            path.clone()
+        }
     };
     std::fs::write(&record_path, theirs.to_json()).expect("replace the record");
     match lock.release() {

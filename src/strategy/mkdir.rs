@@ -2,30 +2,39 @@
 //!
 //! `mkdir` either creates the directory or fails with `EEXIST`, atomically,
 //! on every file system that portalock knows of, network ones included. The
-//! owner record is then written to a private file inside the new directory
-//! and renamed to `owner.json`, so a reader sees no record or a whole one.
-//! A directory without a record is a lock whose holder is unknown (it may be
-//! about to write it, or it crashed first).
+//! holder then writes its owner record inside the new directory, in a file
+//! named after the record's token: `<token>.json`.
+//!
+//! The token in the name is what makes removal safe. Whoever removes the
+//! lock (its holder releasing, or a breaker) first unlinks the record *by
+//! its token's name*: only one `unlink` of a name can succeed, and a newer
+//! lock, whose record has another name, can never be touched by it. The
+//! winner then removes the directory with `rmdir`, which removes only an
+//! empty directory. A directory without any record (a holder that crashed
+//! between `mkdir` and writing its record) is removed with `rmdir` alone
+//! after the grace period, which likewise fails if a record appeared. See
+//! the `stale` module for the whole argument.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, FileKind, Result};
 use crate::fs;
-use crate::owner::{read_record, OwnerRecord};
-use crate::strategy::{lost, LockStrategy, Probe};
-
-/// The name of the owner record inside the lock directory.
-pub(crate) const RECORD_NAME: &str = "owner.json";
+use crate::owner::{read_capped, OwnerRecord};
+use crate::strategy::link::is_token;
+use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
 
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) token: String,
+    pub(crate) file: Arc<File>,
 }
 
-fn record_path(path: &Utf8Path) -> Utf8PathBuf {
-    path.join(RECORD_NAME)
+fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
+    path.join(format!("{token}.json"))
 }
 
 pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Option<Held>> {
@@ -45,73 +54,141 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
         }
         Err(e) => return Err(fs::io_error(path, "create lock directory", e)),
     }
-    // The directory is ours: a failure to write the record must not leave
-    // a lock behind that nobody will release.
-    match write_record(path, record) {
-        Ok(()) => Ok(Some(Held {
-            token: record.token.clone(),
-        })),
+    let made = dir_ino(path);
+    let target = record_path(path, &record.token);
+    let written = fs::create_new(&target).and_then(|mut file| {
+        file.write_all(record.to_json().as_bytes())?;
+        Ok(file)
+    });
+    let file = match written {
+        Ok(file) => file,
+        // A breaker removed the directory while it was still empty (this
+        // process paused past the grace period): not ours, try again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
+            // The directory is ours: a failure to write the record must not
+            // leave a lock behind that nobody will release.
+            let _ = std::fs::remove_file(&target);
             let _ = std::fs::remove_dir(path);
-            Err(e)
+            return Err(Error::io(&target, "write owner record", e));
         }
-    }
-}
-
-fn write_record(path: &Utf8Path, record: &OwnerRecord) -> Result<()> {
-    let target = record_path(path);
-    let mut tmp = fs::private_file_builder(".owner.")
-        .tempfile_in(path)
-        .map_err(|e| Error::io(path, "create the owner record in", e))?;
-    tmp.write_all(record.to_json().as_bytes())
-        .map_err(|e| Error::io(&target, "write owner record", e))?;
-    tmp.persist(&target)
-        .map_err(|e| Error::io(&target, "move owner record into place at", e.error))?;
-    Ok(())
-}
-
-fn read_current(path: &Utf8Path) -> Result<Option<OwnerRecord>> {
-    let target = record_path(path);
-    match fs::open_read(&target) {
-        Ok(file) => read_record(file).map_err(|e| Error::io(&target, "read owner record", e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(fs::io_error(&target, "open owner record", e)),
-    }
-}
-
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<()> {
-    let current = match fs::lkind(path) {
-        Ok(Some(FileKind::Directory)) => read_current(path)?,
-        Ok(_) => return Err(lost(path, None)),
-        Err(e) => return Err(Error::io(path, "inspect lock directory", e)),
     };
-    match current {
-        Some(rec) if rec.token == held.token => {}
-        other => return Err(lost(path, other)),
+    if made.is_some() && dir_ino(path) != made {
+        // Paused for longer than the grace period between `mkdir` and the
+        // record, this process lost its empty directory to a breaker and
+        // wrote its record into someone else's. Take it back out (the name
+        // is ours alone) and count the lock as busy.
+        let _ = std::fs::remove_file(&target);
+        return Ok(None);
     }
-    let target = record_path(path);
-    std::fs::remove_file(&target).map_err(|e| Error::io(&target, "remove owner record", e))?;
-    std::fs::remove_dir(path).map_err(|e| Error::io(path, "remove lock directory", e))
+    Ok(Some(Held {
+        token: record.token.clone(),
+        file: Arc::new(file),
+    }))
+}
+
+fn dir_ino(path: &Utf8Path) -> Option<u64> {
+    let meta = path.symlink_metadata().ok()?;
+    Some(fs::ino(&meta)).filter(|&ino| ino != 0)
+}
+
+pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
+    match record_path(path, &held.token).symlink_metadata() {
+        Ok(meta) => Ok(meta.is_file()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
+    Ok(match break_record(path, &held.token)? {
+        Broken::Removed => Released::Done,
+        _ => Released::Lost(None),
+    })
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    match fs::lkind(path) {
-        Ok(None) => {
-            if path.parent().is_some_and(|p| !p.is_dir()) {
-                Err(Error::MissingParent {
-                    path: path.to_owned(),
-                })
-            } else {
-                Ok(Probe::Free)
-            }
+    let meta = match path.symlink_metadata() {
+        Ok(meta) => meta,
+        Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
+        Err(e) => return Err(fs::io_error(path, "inspect lock directory", e)),
+    };
+    fs::expect_kind(
+        path,
+        LockStrategy::Mkdir,
+        FileKind::Directory,
+        fs::kind(&meta),
+    )?;
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        // Removed since the look above: free now.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
+        Err(e) => return Err(Error::io(path, "list lock directory", e)),
+    };
+    let mut tokens = Vec::new();
+    let mut others = 0usize;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(path, "list lock directory", e))?;
+        let name = entry.file_name();
+        match name.to_str().and_then(|n| n.strip_suffix(".json")) {
+            Some(token) if is_token(token) => tokens.push(token.to_owned()),
+            _ => others += 1,
         }
-        Ok(Some(FileKind::Directory)) => Ok(Probe::Held(read_current(path)?)),
-        Ok(Some(found)) => Err(fs::wrong_kind(
-            path,
-            LockStrategy::Mkdir,
-            FileKind::Directory,
-            found,
-        )),
-        Err(e) => Err(Error::io(path, "inspect lock directory", e)),
+        if tokens.len() + others > 8 {
+            break;
+        }
+    }
+    let mut stamp = fs::stamp(&meta);
+    let (record, claim) = match (tokens.as_slice(), others) {
+        ([], 0) => (None, Claim::MkdirEmpty),
+        ([token], 0) => {
+            let target = record_path(path, token);
+            let bytes = match fs::open_read(&target) {
+                Ok(file) => read_capped(file).map_err(|e| Error::io(&target, "read", e))?,
+                // Released since the listing; an empty stamp marks the change.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(fs::io_error(&target, "open owner record", e)),
+            };
+            stamp.extend_from_slice(&bytes);
+            let record = OwnerRecord::parse(&bytes).filter(|r| r.token == *token);
+            (
+                record,
+                Claim::Mkdir {
+                    token: token.clone(),
+                },
+            )
+        }
+        _ => (None, Claim::Foreign),
+    };
+    Ok(Probe::Held(Box::new(Seen {
+        record,
+        claim,
+        stamp,
+    })))
+}
+
+/// Removes the lock whose record is named after `token`: the record first
+/// (only one remover can), then the directory if it is empty.
+pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
+    let target = record_path(path, token);
+    match std::fs::remove_file(&target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
+        Err(e) => return Err(Error::io(&target, "remove owner record", e)),
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(Broken::Removed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Removed),
+        Err(e) => Err(Error::io(path, "remove lock directory", e)),
+    }
+}
+
+/// Removes a lock directory without a record, if it is still empty.
+pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(Broken::Removed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(Broken::Raced),
+        Err(e) => Err(Error::io(path, "remove lock directory", e)),
     }
 }

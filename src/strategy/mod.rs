@@ -1,17 +1,20 @@
 //! Lock strategies: how the lock is taken in the file system.
 //!
-//! Each strategy module exports the same three functions:
-//! `try_acquire(path, record, block) -> Result<Option<Held>>`,
-//! `release(path, held) -> Result<()>` and `probe(path) -> Result<Probe>`.
-//! This module dispatches on [`LockStrategy`].
+//! Each strategy module exports `try_acquire`, `release`, `check` (is the
+//! lock still ours?), `probe` (who holds it, and how it could be broken)
+//! and, for the strategies whose artifacts outlive their holder, the break
+//! functions. This module dispatches on [`LockStrategy`].
 
 use std::fmt;
+use std::fs::File;
+use std::io;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::owner::OwnerRecord;
 
 mod link;
@@ -50,12 +53,15 @@ pub enum LockStrategy {
     #[default]
     Os,
     /// An atomic `mkdir` of the lock path. Works on every file system,
-    /// network ones included. The owner record is `owner.json` inside the
-    /// directory; release removes both.
+    /// network ones included. The owner record is a file inside the
+    /// directory named after the record's token (`<token>.json`); release
+    /// removes both.
     Mkdir,
     /// An atomic `link()` of a fully written private file onto the lock
     /// path. Works on Unix file systems with hard links, network ones
-    /// included. The lock file is the owner record; release removes it.
+    /// included. The lock file is the owner record; the private file stays
+    /// beside it (`.<name>.<token>.owner`) while the lock is held, as the
+    /// claim that release and break remove first. Release removes both.
     Link,
 }
 
@@ -112,6 +118,55 @@ impl Held {
             Held::Link(h) => &h.token,
         }
     }
+
+    /// The open file of this holder's own record (its inode, whatever the
+    /// lock path names now).
+    pub(crate) fn record_file(&self) -> Arc<File> {
+        match self {
+            Held::Os(h) => Arc::clone(&h.file),
+            Held::Mkdir(h) => Arc::clone(&h.file),
+            Held::Link(h) => Arc::clone(&h.file),
+        }
+    }
+
+    /// Whether the lock at `path` is still this acquisition's: its artifact
+    /// was neither broken nor replaced.
+    pub(crate) fn check(&self, path: &Utf8Path) -> io::Result<bool> {
+        match self {
+            Held::Os(h) => os::check(path, h),
+            Held::Mkdir(h) => mkdir::check(path, h),
+            Held::Link(h) => link::check(path, h),
+        }
+    }
+}
+
+/// What a look at a held lock saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The holder's record, when readable.
+    pub(crate) record: Option<OwnerRecord>,
+    /// How exactly this artifact can be broken, if at all.
+    pub(crate) claim: Claim,
+    /// Changes whenever the artifact or its record changes (a lease
+    /// refresh, a new holder): a contender's clock restarts on any change.
+    pub(crate) stamp: Vec<u8>,
+}
+
+/// The handle by which a breaker removes one particular artifact and never
+/// another (see the `stale` module for the protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// An `Os` lock: only the kernel releases it.
+    Os,
+    /// A `Mkdir` lock whose record file is named after `token`.
+    Mkdir { token: String },
+    /// A `Mkdir` directory without any record: a holder that crashed
+    /// between `mkdir` and writing its record, or one about to write it.
+    MkdirEmpty,
+    /// A `Link` lock file with the record of `token`, inode `ino`.
+    Link { token: String, ino: u64 },
+    /// Something portalock cannot identify as its own.
+    Foreign,
 }
 
 /// What a look at a lock found.
@@ -119,8 +174,31 @@ impl Held {
 pub(crate) enum Probe {
     /// Nobody holds it.
     Free,
-    /// Somebody holds it; their record, when readable.
-    Held(Option<OwnerRecord>),
+    /// Somebody holds it.
+    Held(Box<Seen>),
+}
+
+impl Probe {
+    /// The holder's record, if held and readable.
+    pub(crate) fn into_record(self) -> Option<OwnerRecord> {
+        match self {
+            Probe::Free => None,
+            Probe::Held(seen) => seen.record,
+        }
+    }
+}
+
+/// How a break attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// This caller removed the artifact it had judged.
+    Removed,
+    /// The artifact changed or someone else is removing it: look again.
+    Raced,
+    /// The artifact lacks the claim that would let it be removed safely
+    /// (a `Link` lock whose private name vanished); it can be recovered
+    /// only after the grace period.
+    Orphan,
 }
 
 /// One attempt at taking the lock; `Ok(None)` when someone else holds it.
@@ -139,8 +217,18 @@ pub(crate) fn try_acquire(
     })
 }
 
-/// Releases a lock this process holds, if it still carries its token.
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<()> {
+/// How a release ended.
+#[derive(Debug)]
+pub(crate) enum Released {
+    /// The lock was this acquisition's and is released.
+    Done,
+    /// The lock was lost (broken or replaced); nothing was touched. The
+    /// record found in its place, when the strategy saw one.
+    Lost(Option<Option<OwnerRecord>>),
+}
+
+/// Releases a lock this process holds, if it is still this acquisition's.
+pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
     match held {
         Held::Os(h) => os::release(path, h),
         Held::Mkdir(h) => mkdir::release(path, h),
@@ -157,15 +245,26 @@ pub(crate) fn probe(strategy: LockStrategy, path: &Utf8Path) -> Result<Probe> {
     }
 }
 
+/// Removes the artifact that `claim` names, and no other.
+pub(crate) fn break_claim(path: &Utf8Path, claim: &Claim, recover: bool) -> Result<Broken> {
+    match claim {
+        Claim::Mkdir { token } => mkdir::break_record(path, token),
+        Claim::MkdirEmpty => mkdir::break_empty(path),
+        Claim::Link { token, ino } => link::break_link(path, token, *ino, recover),
+        Claim::Os => Err(Error::Unsupported {
+            path: path.to_owned(),
+            strategy: LockStrategy::Os,
+            reason: "an OS lock held by a process cannot be broken; the kernel releases it \
+                     when that process exits"
+                .to_owned(),
+        }),
+        Claim::Foreign => Err(Error::Foreign {
+            path: path.to_owned(),
+        }),
+    }
+}
+
 /// Whether `try_acquire` can block in the kernel for `strategy`.
 pub(crate) fn can_block(strategy: LockStrategy) -> bool {
     strategy == LockStrategy::Os
-}
-
-/// The `LockLost` error for `path`, naming whoever holds it now.
-pub(crate) fn lost(path: &Utf8Path, holder: Option<OwnerRecord>) -> crate::Error {
-    crate::Error::LockLost {
-        path: path.to_owned(),
-        holder: holder.map(Box::new),
-    }
 }

@@ -20,18 +20,20 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
+use std::sync::Arc;
 
 use camino::Utf8Path;
 
 use crate::error::{Error, FileKind, Result};
 use crate::fs;
 use crate::owner::{read_capped, OwnerRecord, MAX_RECORD_LEN};
-use crate::strategy::{lost, LockStrategy, Probe};
+use crate::strategy::{Claim, LockStrategy, Probe, Released, Seen};
 
 #[derive(Debug)]
 pub(crate) struct Held {
-    file: File,
+    pub(crate) file: Arc<File>,
     pub(crate) token: String,
+    ino: u64,
 }
 
 pub(crate) fn try_acquire(
@@ -55,39 +57,61 @@ pub(crate) fn try_acquire(
     let mut file = lock.into_inner();
     // The lock is ours from here; any error below must unlock it.
     match write_record(path, &mut file, record) {
-        Ok(()) => Ok(Some(Held {
-            file,
+        Ok(ino) => Ok(Some(Held {
+            file: Arc::new(file),
             token: record.token.clone(),
+            ino,
         })),
         Err(e) => {
-            unlock(file);
+            unlock(&file);
             Err(e)
         }
     }
 }
 
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<()> {
-    let Held { mut file, token } = held;
-    let current = read_from_start(&mut file).map(|bytes| OwnerRecord::parse(&bytes));
-    let result = match current {
-        Ok(Some(rec)) if rec.token == token => file
-            .set_len(0)
-            .map_err(|e| Error::io(path, "clear the owner record of", e)),
-        Ok(other) => Err(lost(path, other)),
-        Err(e) => Err(Error::io(path, "read the owner record of", e)),
-    };
-    unlock(file);
+pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
+    let Held { file, token, ino } = held;
+    let result = release_locked(path, &file, &token, ino);
+    unlock(&file);
     result
+}
+
+fn release_locked(path: &Utf8Path, file: &File, token: &str, ino: u64) -> Result<Released> {
+    if !check_inode(path, ino).map_err(|e| Error::io(path, "inspect lock file", e))? {
+        // Deleted or replaced: others lock another inode now.
+        return Ok(Released::Lost(None));
+    }
+    let bytes =
+        read_from_start(file).map_err(|e| Error::io(path, "read the owner record of", e))?;
+    match OwnerRecord::parse(&bytes) {
+        Some(rec) if rec.token == token => {
+            file.set_len(0)
+                .map_err(|e| Error::io(path, "clear the owner record of", e))?;
+            Ok(Released::Done)
+        }
+        other => Ok(Released::Lost(Some(other))),
+    }
+}
+
+/// The lock is ours while the path still names the inode we locked: the
+/// kernel lock cannot be taken away, but the file can be deleted or
+/// replaced, after which other processes lock another inode.
+pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
+    check_inode(path, held.ino)
+}
+
+fn check_inode(path: &Utf8Path, ino: u64) -> io::Result<bool> {
+    match path.symlink_metadata() {
+        Ok(meta) => Ok(fs::ino(&meta) == ino),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let file = match fs::open_read(path) {
         Ok(file) => file,
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound && path.parent().is_some_and(|p| p.is_dir()) =>
-        {
-            return Ok(Probe::Free)
-        }
+        Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
         Err(e) => return Err(open_error(path, e)),
     };
     check_regular(path, &file)?;
@@ -100,19 +124,24 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => return Err(Error::io(path, "probe", e)),
     }
-    let mut file = lock.into_inner();
+    let file = lock.into_inner();
     // The holder may be between locking and writing its record: try a few
     // times before calling the owner unknown.
     let mut record = None;
+    let mut stamp = Vec::new();
     for _ in 0..3 {
-        let bytes = read_from_start(&mut file).map_err(|e| Error::io(path, "read", e))?;
-        record = OwnerRecord::parse(&bytes);
+        stamp = read_from_start(&file).map_err(|e| Error::io(path, "read", e))?;
+        record = OwnerRecord::parse(&stamp);
         if record.is_some() {
             break;
         }
         std::thread::yield_now();
     }
-    Ok(Probe::Held(record))
+    Ok(Probe::Held(Box::new(Seen {
+        record,
+        claim: Claim::Os,
+        stamp,
+    })))
 }
 
 fn open_error(path: &Utf8Path, err: io::Error) -> Error {
@@ -129,9 +158,9 @@ fn check_regular(path: &Utf8Path, file: &File) -> Result<()> {
     fs::expect_kind(path, LockStrategy::Os, FileKind::File, fs::kind(&meta))
 }
 
-fn read_from_start(file: &mut File) -> io::Result<Vec<u8>> {
+fn read_from_start(mut file: &File) -> io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(0))?;
-    read_capped(&mut *file)
+    read_capped(file)
 }
 
 /// Whether the current contents of a lock file may be overwritten: empty,
@@ -144,7 +173,8 @@ fn is_ours(bytes: &[u8]) -> bool {
         || (bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":"))
 }
 
-fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<()> {
+/// Writes the record into the locked file and returns the file's inode.
+fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<u64> {
     let old = read_from_start(file).map_err(|e| Error::io(path, "read", e))?;
     if !is_ours(&old) {
         return Err(Error::Foreign {
@@ -160,13 +190,16 @@ fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Resul
     let written = file
         .seek(SeekFrom::Start(0))
         .and_then(|_| file.write_all(&bytes))
-        .and_then(|()| file.set_len(len));
-    written.map_err(|e| Error::io(path, "write the owner record to", e))
+        .and_then(|()| file.set_len(len))
+        .and_then(|()| file.metadata());
+    written
+        .map(|meta| fs::ino(&meta))
+        .map_err(|e| Error::io(path, "write the owner record to", e))
 }
 
-fn unlock(file: File) {
-    // Closing the file releases the lock too; unlocking first makes the
-    // release immediate on platforms that defer it to the close.
+fn unlock(file: &File) {
+    // Closing the file releases the lock too, once the last handle on it
+    // is gone (a lease's heartbeat may still hold one for a moment);
+    // unlocking first makes the release immediate.
     let _ = file.unlock();
-    drop(file);
 }

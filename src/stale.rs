@@ -1,0 +1,180 @@
+//! Stale locks: when a lock may be broken, and how breaking stays safe when
+//! many processes try at once.
+//!
+//! # When a lock is stale
+//!
+//! A contender judges what it sees at the lock path ([`Seen`]):
+//!
+//! * **A dead owner.** The record names this host, this boot and this PID
+//!   namespace, and its PID is gone, a zombie, or now belongs to a process
+//!   with another start time ([`Liveness::Dead`]). Stale at once.
+//! * **An expired lease.** The record carries a lease and the contender has
+//!   seen the record unchanged for the whole lease, measured on its own
+//!   monotonic clock from the first time it saw that very record. A holder
+//!   with a lease rewrites its record (its `beat` counter) three times per
+//!   lease, so a live holder is seen to change; clocks of other hosts never
+//!   enter into it.
+//! * **No record, past the grace period.** A `Mkdir` directory without a
+//!   record (a crash between `mkdir` and writing it), or with a record file
+//!   that does not parse, unchanged for the grace period on the contender's
+//!   clock. `Link` locks always carry their record (it is written before
+//!   the link), so a `Link` lock file without a readable record is foreign
+//!   and never broken.
+//!
+//! An owner of another host, boot or PID namespace ([`Liveness::Unknown`])
+//! without a lease is never judged stale: only a forced break removes it.
+//! `Os` locks are never broken: the kernel releases them when their holder
+//! dies.
+//!
+//! # How a lock is broken
+//!
+//! The hazard is the one that hit other lock libraries: two contenders see
+//! the same stale lock; the first removes it and takes a fresh lock; the
+//! second, acting on what it saw before, removes the fresh one. Removal by
+//! *name* after a check is always racy. portalock never removes a lock
+//! path on the strength of an earlier look. Every removal, by a breaker or
+//! by the holder itself, first removes a name that belongs to **one
+//! acquisition only**, its *claim*, derived from the 128-bit token of the
+//! record that was judged:
+//!
+//! * `Mkdir`: the claim is the record file `<lock>/<token>.json`. The winner
+//!   of its `unlink` then calls `rmdir` on the lock directory, which the
+//!   kernel refuses unless the directory is empty.
+//! * `Link`: the claim is the private file `.<name>.<token>.owner` that the
+//!   holder linked onto the lock path and keeps while it holds the lock.
+//!   The winner of its `unlink` then removes the lock path if it still
+//!   names the claim's inode.
+//!
+//! Why this is safe:
+//!
+//! 1. `unlink` of one name succeeds for exactly one caller. Two breakers of
+//!    one stale lock (or a breaker and a holder that wakes up to release)
+//!    cannot both go on: the loser sees `ENOENT` and looks again.
+//! 2. A fresh lock has a fresh token, hence a claim of another name. A
+//!    breaker holding an old judgment can only ever remove the old claim,
+//!    which no longer exists: it cannot touch the fresh lock.
+//! 3. Between winning the claim and removing the lock path, nobody else can
+//!    remove the path: that needs the claim, and creating a lock needs the
+//!    path to be absent. So the path still names the judged lock. (`Mkdir`:
+//!    `rmdir` could only fail, never remove a non-empty directory; `Link`:
+//!    the inode is compared anyway, in case something outside portalock
+//!    replaced the lock file.)
+//! 4. A `Mkdir` directory without a record is removed only by `rmdir`, which
+//!    fails as soon as a record is in it. An acquirer that paused between
+//!    its `mkdir` and its record for longer than the grace period finds its
+//!    directory gone (its record write fails) or replaced (the directory's
+//!    inode changed): it then removes its own record, by its own name, and
+//!    counts the lock as busy.
+//!
+//! The multi-process test `sixteen_processes_race_to_break_one_stale_lock`
+//! checks this: in every round exactly one of 16 contenders holds the lock
+//! and no fresh lock is ever removed.
+//!
+//! What remains, and is documented rather than hidden:
+//!
+//! * A `Link` lock whose claim is gone while the lock file stays (its remover
+//!   was killed between the two `unlink`s, or a temporary-file cleaner took
+//!   the hidden file) is an *orphan*. After the grace period a contender
+//!   makes a new claim with `link()` (which one contender alone can do) and
+//!   breaks it as above. Two contenders that both recover the same orphan
+//!   within microseconds of a third process taking the lock could still
+//!   collide; this needs a crash in the middle of a break to begin with.
+//! * A lease is a promise about time. A holder paused past its lease loses
+//!   the lock, finds out through [`LockFile::ensure_held`], the `on_lost`
+//!   callback and [`Error::LockLost`] from `release`, and never removes its
+//!   successor's lock (its claim is gone). What it did between losing the
+//!   lock and finding out is not undone: protect shared resources with the
+//!   record's token where that matters.
+//!
+//! [`Liveness::Dead`]: crate::Liveness::Dead
+//! [`Liveness::Unknown`]: crate::Liveness::Unknown
+//! [`LockFile::ensure_held`]: crate::LockFile::ensure_held
+//! [`Error::LockLost`]: crate::Error::LockLost
+
+use std::time::{Duration, Instant};
+
+use crate::owner::Liveness;
+use crate::strategy::{Claim, Seen};
+
+/// The grace period for lock artifacts without a readable record, unless
+/// [`LockOptions::grace`](crate::LockOptions::grace) says otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a lock was judged stale, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Its owner is dead.
+    Dead,
+    /// Its lease went unrefreshed for the whole lease.
+    LeaseExpired,
+    /// No readable record, unchanged for the grace period.
+    NoRecord,
+    /// Not stale now; the reason, for `NotStale` errors.
+    Live(&'static str),
+    /// Not stale yet: it becomes stale if it stays unchanged for this long
+    /// (a lease or the grace period), counted from the first look.
+    Pending(Duration),
+}
+
+impl Verdict {
+    pub(crate) fn is_stale(self) -> bool {
+        matches!(
+            self,
+            Verdict::Dead | Verdict::LeaseExpired | Verdict::NoRecord
+        )
+    }
+}
+
+/// Judges `seen`, unchanged since `unchanged_for` on this process's clock.
+pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration) -> Verdict {
+    if seen.claim == Claim::Os {
+        return Verdict::Live("an OS lock is released by the kernel when its holder exits");
+    }
+    if seen.claim == Claim::Foreign {
+        return Verdict::Live("the lock artifact is not one portalock can identify as its own");
+    }
+    let Some(record) = &seen.record else {
+        if matches!(seen.claim, Claim::Link { .. }) {
+            return Verdict::Live("a link lock always has a record");
+        }
+        return expiring(unchanged_for, grace, Verdict::NoRecord);
+    };
+    match record.liveness() {
+        Liveness::Dead => Verdict::Dead,
+        liveness => match record.lease() {
+            Some(lease) => expiring(unchanged_for, lease, Verdict::LeaseExpired),
+            None if liveness == Liveness::Alive => Verdict::Live("its owner is alive"),
+            None => Verdict::Live("its owner is on another host and keeps no lease"),
+        },
+    }
+}
+
+fn expiring(unchanged_for: Duration, limit: Duration, stale: Verdict) -> Verdict {
+    if unchanged_for >= limit {
+        stale
+    } else {
+        Verdict::Pending(limit - unchanged_for)
+    }
+}
+
+/// A contender's memory of what it saw at the lock path, and since when
+/// (its own monotonic clock).
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    last: Option<(Vec<u8>, Instant)>,
+}
+
+impl Watch {
+    /// Records a look; returns how long the artifact has been seen
+    /// unchanged (zero on the first look and after any change).
+    pub(crate) fn observe(&mut self, seen: &Seen) -> Duration {
+        let now = Instant::now();
+        match &self.last {
+            Some((stamp, since)) if *stamp == seen.stamp => now.duration_since(*since),
+            _ => {
+                self.last = Some((seen.stamp.clone(), now));
+                Duration::ZERO
+            }
+        }
+    }
+}
