@@ -101,6 +101,18 @@ impl Proc {
         }
     }
 
+    /// Waits for the next event, whatever it is, and returns its name and
+    /// data; fails the test if the child exits or stays silent too long.
+    pub fn next_event(&mut self) -> (String, String) {
+        match self.lines.recv_timeout(EVENT_TIMEOUT) {
+            Ok(line) => {
+                let (event, data) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                (event.to_owned(), data.to_owned())
+            }
+            Err(e) => panic!("child {} said nothing more: {e:?}", self.role),
+        }
+    }
+
     /// Sends one command line to the child.
     pub fn send(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("child stdin is open");
@@ -123,6 +135,16 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Sends signal `name` (`STOP`, `CONT`, ...) to the child, through
+    /// `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
     }
 
     /// Kills the child with SIGKILL and reaps it.
@@ -152,6 +174,7 @@ pub fn child_entry() {
     let code = match role.as_str() {
         "hold" => hold(&args),
         "count" => count(&args),
+        "race" => race(&args),
         other => {
             eprintln!("unknown child role {other}");
             2
@@ -175,25 +198,65 @@ fn open(strategy: &str, path: &str) -> LockFile {
         .expect("open lock")
 }
 
-/// `hold STRATEGY PATH`: takes the lock, says `ACQUIRED <pid>`, and on the
-/// command `release` releases it and says `RELEASED`; exits on end of input.
+/// `hold STRATEGY PATH [LEASE_MS]`: takes the lock (with a lease if given;
+/// the `on_lost` callback says `ONLOST`), says `ACQUIRED <pid>`, then
+/// serves commands until end of input: `check` says `CHECKED <result of
+/// ensure_held>`, `release` says `RELEASED <result>`.
 fn hold(args: &[&str]) -> i32 {
-    let lock = open(args[0], args[1]);
+    let strategy: LockStrategy = args[0].parse().expect("strategy");
+    let mut options = LockOptions::new();
+    options
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(5))
+        .on_lost(|_| say("ONLOST"));
+    if let Some(ms) = args.get(2) {
+        let ms: u64 = ms.parse().expect("lease in ms");
+        options.lease(Some(Duration::from_millis(ms)));
+    }
+    let lock = options.open(args[1]).expect("open lock");
     if let Err(e) = lock.acquire() {
         say(&format!("ERROR {e}"));
         return 1;
     }
     say(&format!("ACQUIRED {}", std::process::id()));
+    serve(&lock);
+    0
+}
+
+/// Answers `check`, `try` and `release` on `lock` until end of input.
+fn serve(lock: &LockFile) {
     for line in std::io::stdin().lock().lines() {
         match line.as_deref() {
-            Ok("release") => {
-                let result = lock.release();
-                say(&format!("RELEASED {result:?}"));
-            }
+            Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
+            Ok("try") => say(&format!("TRIED {}", outcome(lock.try_acquire()))),
+            Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
             Ok(_) => {}
             Err(_) => break,
         }
     }
+}
+
+/// `Ok`, or the error's variant name (`LockLost`, `WouldBlock`, ...).
+fn outcome(result: Result<(), Error>) -> String {
+    match result {
+        Ok(()) => "Ok".to_owned(),
+        Err(e) => {
+            let debug = format!("{e:?}");
+            debug
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    }
+}
+
+/// `race STRATEGY PATH`: says `READY`, then serves `try`, `check` and
+/// `release` (see `serve`).
+fn race(args: &[&str]) -> i32 {
+    let lock = open(args[0], args[1]);
+    say("READY");
+    serve(&lock);
     0
 }
 

@@ -1,0 +1,514 @@
+//! Stale locks across processes: dead holders, races to break, leases and
+//! records of other hosts (DESIGN section 4).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use camino::{Utf8Path, Utf8PathBuf};
+use portalock::{Error, Liveness, LockFile, LockOptions, LockStrategy, OwnerRecord};
+use rstest::rstest;
+use tempfile::TempDir;
+
+use common::{assert_would_block_by, spawn, Proc, EVENT_TIMEOUT};
+
+#[test]
+fn child() {
+    common::child_entry();
+}
+
+fn scratch() -> (TempDir, Utf8PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = Utf8PathBuf::from_path_buf(dir.path().join("stale.lock")).expect("utf-8 tempdir");
+    (dir, path)
+}
+
+fn open(path: &Utf8Path, strategy: LockStrategy) -> LockFile {
+    options(strategy).open(path).expect("open")
+}
+
+fn options(strategy: LockStrategy) -> LockOptions {
+    let mut options = LockOptions::new();
+    options
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(10));
+    options
+}
+
+/// A real record of this process, taken by `strategy`, to edit.
+fn template(strategy: LockStrategy) -> OwnerRecord {
+    let (_dir, path) = scratch();
+    let lock = open(&path, strategy);
+    lock.acquire().expect("acquire");
+    let record = lock.owner().expect("owner").expect("record");
+    lock.release().expect("release");
+    record
+}
+
+/// A token no acquisition has used.
+fn fresh_token() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    format!(
+        "{:016x}{:016x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Leaves `record` at `path` as a holder taking the lock with `strategy`
+/// would have left it.
+fn plant(strategy: LockStrategy, path: &Utf8Path, record: &OwnerRecord) {
+    match strategy {
+        LockStrategy::Mkdir => {
+            std::fs::create_dir(path).expect("mkdir");
+            let file = path.join(format!("{}.json", record.token));
+            std::fs::write(file, record.to_json()).expect("write record");
+        }
+        LockStrategy::Link => {
+            let claim = claim_of(path, &record.token);
+            std::fs::write(&claim, record.to_json()).expect("write claim");
+            std::fs::hard_link(&claim, path).expect("link");
+        }
+        other => panic!("cannot plant an {other} lock"),
+    }
+}
+
+fn claim_of(path: &Utf8Path, token: &str) -> Utf8PathBuf {
+    let name = path.file_name().expect("file name");
+    path.with_file_name(format!(".{name}.{token}.owner"))
+}
+
+/// A record of this process for `strategy` with a fresh token, edited by
+/// `edit`.
+fn record(strategy: LockStrategy, edit: impl FnOnce(&mut OwnerRecord)) -> OwnerRecord {
+    let mut record = template(strategy);
+    record.token = fresh_token();
+    edit(&mut record);
+    record
+}
+
+/// The PID of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("reap");
+    pid
+}
+
+#[rstest]
+fn a_killed_holder_is_replaced_within_two_poll_intervals(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let poll = Duration::from_millis(300);
+    let mut holder = spawn("hold", &[strategy.as_str(), path.as_str()]);
+    let pid: u32 = holder.expect("ACQUIRED").parse().expect("pid");
+    let waiter = options(strategy)
+        .poll_interval(poll)
+        .open(&path)
+        .expect("open");
+    assert_eq!(waiter.owner().expect("owner").map(|o| o.pid), Some(pid));
+    assert_would_block_by(waiter.try_acquire(), pid);
+
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let result = waiter.acquire_timeout(EVENT_TIMEOUT);
+        let _ = tx.send(Instant::now());
+        (waiter, result)
+    });
+    holder.kill();
+    let died = Instant::now();
+    let acquired = rx.recv_timeout(EVENT_TIMEOUT).expect("the waiter finished");
+    let (waiter, result) = thread.join().expect("waiter thread");
+    result.expect("the waiter got the lock");
+    let latency = acquired.saturating_duration_since(died);
+    eprintln!("{strategy}: lock of a killed holder taken {latency:?} after its death");
+    assert!(
+        latency <= 2 * poll,
+        "{strategy}: took {latency:?}, more than two poll intervals"
+    );
+    let owner = waiter.owner().expect("owner").expect("record");
+    assert_eq!(owner.pid, std::process::id());
+}
+
+#[rstest]
+fn sixteen_processes_race_to_break_one_stale_lock(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    const RACERS: usize = 16;
+    const ROUNDS: usize = 20;
+    let (_dir, path) = scratch();
+    let observer = open(&path, strategy);
+    let mut racers: Vec<Proc> = (0..RACERS)
+        .map(|_| spawn("race", &[strategy.as_str(), path.as_str()]))
+        .collect();
+    for racer in &mut racers {
+        racer.expect("READY");
+    }
+    for round in 0..ROUNDS {
+        // A holder dies with the lock: the lock is stale.
+        let mut holder = spawn("hold", &[strategy.as_str(), path.as_str()]);
+        let dead: u32 = holder.expect("ACQUIRED").parse().expect("pid");
+        holder.kill();
+        let stale = observer.owner().expect("owner").expect("record");
+        assert_eq!(stale.pid, dead);
+        assert_eq!(stale.liveness(), Liveness::Dead);
+
+        for racer in &mut racers {
+            racer.send("try");
+        }
+        let results: Vec<String> = racers.iter_mut().map(|r| r.expect("TRIED")).collect();
+        let winners: Vec<usize> = (0..RACERS).filter(|&i| results[i] == "Ok").collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().all(|r| r == "Ok" || r == "WouldBlock"),
+            "round {round}: {results:?}"
+        );
+        // Nobody removed the winner's fresh lock after it took it.
+        let winner = &mut racers[winners[0]];
+        winner.send("check");
+        assert_eq!(winner.expect("CHECKED"), "Ok", "round {round}");
+        let owner = observer.owner().expect("owner").expect("record");
+        assert_eq!(owner.pid, winner.pid(), "round {round}");
+        winner.send("release");
+        assert_eq!(winner.expect("RELEASED"), "Ok", "round {round}");
+    }
+    assert!(!path.exists());
+    let left: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[rstest]
+fn another_hosts_lock_without_a_lease_is_never_broken(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let theirs = record(strategy, |r| {
+        r.hostname = "elsewhere.invalid".to_owned();
+        r.pid = dead_pid();
+    });
+    plant(strategy, &path, &theirs);
+    let lock = options(strategy)
+        .grace(Duration::from_millis(50))
+        .open(&path)
+        .expect("open");
+    assert_eq!(theirs.liveness(), Liveness::Unknown);
+    match lock.acquire_timeout(Duration::from_millis(300)) {
+        Err(Error::Timeout {
+            holder: Some(holder),
+            ..
+        }) => assert_eq!(holder.hostname, "elsewhere.invalid"),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(matches!(lock.break_lock(), Err(Error::NotStale { .. })));
+    let owner = lock.owner().expect("owner").expect("record");
+    assert_eq!(owner.token, theirs.token, "the lock is intact");
+    // Only an explicit, forced break removes it.
+    let removed = lock.force_break().expect("force").expect("record");
+    assert_eq!(removed.token, theirs.token);
+    lock.try_acquire().expect("free after the forced break");
+}
+
+#[rstest]
+fn another_hosts_unrefreshed_lease_is_broken_after_the_lease(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lease = Duration::from_millis(400);
+    let theirs = record(strategy, |r| {
+        r.hostname = "elsewhere.invalid".to_owned();
+        r.lease_ms = Some(lease.as_millis() as u64);
+    });
+    plant(strategy, &path, &theirs);
+    let lock = open(&path, strategy);
+    let started = Instant::now();
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    lock.acquire_timeout(EVENT_TIMEOUT)
+        .expect("broken after the lease");
+    assert!(
+        started.elapsed() >= lease,
+        "broken after {:?}, before the lease ran out",
+        started.elapsed()
+    );
+    assert_eq!(
+        lock.owner().expect("owner").map(|o| o.pid),
+        Some(std::process::id())
+    );
+}
+
+#[rstest]
+fn a_live_pid_with_another_start_time_is_stale(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    // This process's PID, alive, with its true start time: not stale.
+    let live = record(strategy, |_| {});
+    plant(strategy, &path, &live);
+    let lock = open(&path, strategy);
+    assert_eq!(live.liveness(), Liveness::Alive);
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    assert!(matches!(lock.break_lock(), Err(Error::NotStale { .. })));
+    lock.force_break().expect("clean up");
+
+    // The same PID with another start time: the PID was reused.
+    let reused = record(strategy, |r| r.start = r.start.map(|s| s - 1000));
+    assert_eq!(reused.liveness(), Liveness::Dead);
+    plant(strategy, &path, &reused);
+    lock.try_acquire().expect("a reused PID's lock is stale");
+    assert_ne!(
+        lock.owner().expect("owner").expect("record").token,
+        reused.token
+    );
+}
+
+#[rstest]
+fn a_holder_paused_past_its_lease_loses_the_lock(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lease = Duration::from_millis(300);
+    let lease_ms = lease.as_millis().to_string();
+    let mut holder = spawn("hold", &[strategy.as_str(), path.as_str(), &lease_ms]);
+    let pid: u32 = holder.expect("ACQUIRED").parse().expect("pid");
+    holder.signal("STOP");
+    let stopped = Instant::now();
+
+    let waiter = open(&path, strategy);
+    assert_would_block_by(waiter.try_acquire(), pid);
+    waiter
+        .acquire_timeout(EVENT_TIMEOUT)
+        .expect("the paused holder's lease ran out");
+    assert!(
+        stopped.elapsed() >= lease,
+        "broken before the lease ran out"
+    );
+    let mine = waiter.owner().expect("owner").expect("record");
+    assert_eq!(mine.pid, std::process::id());
+
+    holder.signal("CONT");
+    holder.send("check");
+    holder.send("release");
+    let mut events = Vec::new();
+    while events.last().map(|(e, _): &(String, String)| e.as_str()) != Some("RELEASED") {
+        events.push(holder.next_event());
+    }
+    let said = |name: &str| {
+        events
+            .iter()
+            .filter(|(e, _)| e == name)
+            .map(|(_, d)| d.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(said("CHECKED"), ["LockLost"], "{events:?}");
+    assert_eq!(said("RELEASED"), ["LockLost"], "{events:?}");
+    assert_eq!(said("ONLOST").len(), 1, "on_lost fires once: {events:?}");
+
+    // The new holder's lock is intact.
+    waiter.ensure_held().expect("still held");
+    assert_eq!(
+        waiter.owner().expect("owner").expect("record").token,
+        mine.token
+    );
+    waiter.release().expect("release");
+    drop(holder);
+}
+
+#[rstest]
+fn break_lock_returns_the_dead_owners_record(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (dir, path) = scratch();
+    let dead = record(strategy, |r| r.pid = dead_pid());
+    plant(strategy, &path, &dead);
+    let lock = open(&path, strategy);
+    let removed = lock.break_lock().expect("break").expect("record");
+    assert_eq!(removed, dead);
+    assert!(!path.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Nothing left to break.
+    assert_eq!(lock.break_lock().expect("free"), None);
+}
+
+#[test]
+fn an_os_lock_is_never_broken() {
+    let (_dir, path) = scratch();
+    let mut holder = spawn("hold", &["os", path.as_str()]);
+    let pid: u32 = holder.expect("ACQUIRED").parse().expect("pid");
+    let lock = open(&path, LockStrategy::Os);
+    assert!(matches!(lock.break_lock(), Err(Error::NotStale { .. })));
+    assert!(matches!(lock.force_break(), Err(Error::Unsupported { .. })));
+    assert_would_block_by(lock.try_acquire(), pid);
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+}
+
+#[rstest]
+#[case::link_garbage(LockStrategy::Link)]
+#[case::mkdir_other_files(LockStrategy::Mkdir)]
+fn a_foreign_artifact_is_not_broken_even_by_force(#[case] strategy: LockStrategy) {
+    let (_dir, path) = scratch();
+    let inside = path.join("notes.txt");
+    match strategy {
+        LockStrategy::Link => std::fs::write(&path, "not a record").expect("write"),
+        _ => {
+            std::fs::create_dir(&path).expect("mkdir");
+            std::fs::write(&inside, "keep me").expect("write");
+        }
+    }
+    let lock = options(strategy)
+        .grace(Duration::ZERO)
+        .open(&path)
+        .expect("open");
+    assert!(matches!(lock.break_lock(), Err(Error::NotStale { .. })));
+    assert!(matches!(lock.force_break(), Err(Error::Foreign { .. })));
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    match strategy {
+        LockStrategy::Link => {
+            assert_eq!(
+                std::fs::read_to_string(&path).expect("kept"),
+                "not a record"
+            )
+        }
+        _ => assert_eq!(std::fs::read_to_string(&inside).expect("kept"), "keep me"),
+    }
+}
+
+#[test]
+fn an_empty_lock_directory_is_broken_after_the_grace_period() {
+    let (_dir, path) = scratch();
+    let grace = Duration::from_millis(300);
+    std::fs::create_dir(&path).expect("mkdir");
+    let patient = options(LockStrategy::Mkdir)
+        .grace(grace)
+        .break_stale(false)
+        .open(&path)
+        .expect("open");
+    assert!(matches!(
+        patient.acquire_timeout(grace + Duration::from_millis(100)),
+        Err(Error::Timeout { holder: None, .. })
+    ));
+    let lock = options(LockStrategy::Mkdir)
+        .grace(grace)
+        .open(&path)
+        .expect("open");
+    let started = Instant::now();
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    lock.acquire_timeout(EVENT_TIMEOUT)
+        .expect("broken after the grace period");
+    assert!(started.elapsed() >= grace);
+}
+
+#[test]
+fn a_link_lock_whose_claim_vanished_is_recovered_after_the_grace_period() {
+    let (_dir, path) = scratch();
+    let grace = Duration::from_millis(300);
+    let dead = record(LockStrategy::Link, |r| r.pid = dead_pid());
+    plant(LockStrategy::Link, &path, &dead);
+    std::fs::remove_file(claim_of(&path, &dead.token)).expect("remove the claim");
+    let lock = options(LockStrategy::Link)
+        .grace(grace)
+        .open(&path)
+        .expect("open");
+    let started = Instant::now();
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    lock.acquire_timeout(EVENT_TIMEOUT).expect("recovered");
+    assert!(started.elapsed() >= grace);
+    assert_ne!(
+        lock.owner().expect("owner").expect("record").token,
+        dead.token
+    );
+}
+
+#[test]
+fn liveness_is_judged_only_where_the_pid_means_something() {
+    let mine = template(LockStrategy::Mkdir);
+    assert_eq!(mine.liveness(), Liveness::Alive);
+    let mut gone = mine.clone();
+    gone.pid = dead_pid();
+    assert_eq!(gone.liveness(), Liveness::Dead);
+    let mut other_host = gone.clone();
+    other_host.hostname = "elsewhere.invalid".to_owned();
+    assert_eq!(other_host.liveness(), Liveness::Unknown);
+    let mut other_boot = gone.clone();
+    other_boot.boot = Some("another-boot".to_owned());
+    assert_eq!(other_boot.liveness(), Liveness::Unknown);
+    let mut other_ns = gone;
+    other_ns.pidns = Some("pid:[1]".to_owned());
+    assert_eq!(other_ns.liveness(), Liveness::Unknown);
+}
+
+#[rstest]
+fn a_lease_is_refreshed_while_held(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let lock = options(strategy)
+        .lease(Some(Duration::from_millis(30)))
+        .open(&path)
+        .expect("open");
+    lock.acquire().expect("acquire");
+    let first = lock.owner().expect("owner").expect("record");
+    assert_eq!(first.lease_ms, Some(30));
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let beat = loop {
+        let now = lock.owner().expect("owner").expect("record");
+        if now.beat >= 3 || Instant::now() > deadline {
+            break now.beat;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(beat >= 3, "the heartbeat refreshed {beat} times");
+    lock.ensure_held().expect("held");
+    lock.release().expect("release");
+}
+
+#[rstest]
+fn on_lost_fires_once_when_a_lock_is_broken_under_its_holder(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let fired = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&fired);
+    let holder = options(strategy)
+        .lease(Some(Duration::from_millis(30)))
+        .on_lost(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .open(&path)
+        .expect("open");
+    holder.acquire().expect("acquire");
+    open(&path, strategy).force_break().expect("force");
+    // The heartbeat notices within a lease; bounded wait for it.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while fired.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(fired.load(Ordering::SeqCst), 1);
+    assert!(matches!(holder.ensure_held(), Err(Error::LockLost { .. })));
+    assert!(matches!(holder.release(), Err(Error::LockLost { .. })));
+    assert_eq!(fired.load(Ordering::SeqCst), 1, "fires once");
+}
+
+#[test]
+fn an_os_lock_whose_file_was_replaced_is_lost() {
+    let (_dir, path) = scratch();
+    let lock = open(&path, LockStrategy::Os);
+    lock.acquire().expect("acquire");
+    lock.ensure_held().expect("held");
+    std::fs::remove_file(&path).expect("remove");
+    std::fs::write(&path, "").expect("replace");
+    assert!(matches!(lock.ensure_held(), Err(Error::LockLost { .. })));
+    assert!(matches!(lock.release(), Err(Error::LockLost { .. })));
+    assert_eq!(std::fs::read(&path).expect("kept"), b"");
+}
