@@ -59,8 +59,14 @@
 //!
 //! An `Os` lock is released when its holder dies; the lock file stays (empty
 //! or holding the dead holder's record) and is reused. A `Mkdir` or `Link`
-//! lock stays held after its holder dies; its owner record names the dead
-//! process.
+//! lock stays after its holder dies; its owner record names the dead
+//! process, and a waiter breaks it
+//! ([`LockOptions::break_stale`], on by default) once it is *stale*: a dead
+//! owner on this host, a [lease](LockOptions::lease) that went unrefreshed,
+//! or no readable record for the [grace period](LockOptions::grace).
+//! [`LockFile::break_lock`] breaks a stale lock on request and
+//! [`LockFile::force_break`] any lock. Breaking is safe when many processes
+//! try at once; the [`stale`] module argues why.
 //!
 //! # Waiting
 //!

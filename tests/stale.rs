@@ -116,10 +116,15 @@ fn a_killed_holder_is_replaced_within_two_poll_intervals(
 
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
+        let _ = tx.send(Instant::now());
         let result = waiter.acquire_timeout(EVENT_TIMEOUT);
         let _ = tx.send(Instant::now());
         (waiter, result)
     });
+    rx.recv_timeout(EVENT_TIMEOUT).expect("the waiter started");
+    // Not a synchronisation: the waiter's pauses grow to the poll interval
+    // within a few polls, and the bound must hold in that worst case.
+    std::thread::sleep(4 * poll);
     holder.kill();
     let died = Instant::now();
     let acquired = rx.recv_timeout(EVENT_TIMEOUT).expect("the waiter finished");
