@@ -3,7 +3,7 @@
 //!
 //! # When a lock is stale
 //!
-//! A contender judges what it sees at the lock path ([`Seen`]):
+//! A contender judges what it sees at the lock path:
 //!
 //! * **A dead owner.** The record names this host, this boot and this PID
 //!   namespace, and its PID is gone, a zombie, or now belongs to a process
