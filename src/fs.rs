@@ -58,6 +58,17 @@ pub(crate) fn wrong_kind(
     }
 }
 
+/// After `EEXIST` from creating the artifact at `path`: the lock is busy
+/// (`Ok(())`) if what is there is of kind `expected` (or already gone),
+/// else the typed error for what was found.
+pub(crate) fn busy(path: &Utf8Path, strategy: LockStrategy, expected: FileKind) -> Result<()> {
+    match lkind(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(found)) => expect_kind(path, strategy, expected, found),
+        Err(e) => Err(Error::io(path, "inspect lock artifact", e)),
+    }
+}
+
 /// Fails unless the object at `path` (if any) is of kind `expected`.
 pub(crate) fn expect_kind(
     path: &Utf8Path,

@@ -66,16 +66,9 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
     };
     let linked = match std::fs::hard_link(&claim, path) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs::lkind(path) {
-            Ok(Some(FileKind::File)) | Ok(None) => Ok(false),
-            Ok(Some(found)) => Err(fs::wrong_kind(
-                path,
-                LockStrategy::Link,
-                FileKind::File,
-                found,
-            )),
-            Err(e) => Err(Error::io(path, "inspect lock file", e)),
-        },
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::busy(path, LockStrategy::Link, FileKind::File).map(|()| false)
+        }
         Err(e) if link_count(&file) == Some(2) => {
             // The link was made, but the reply said otherwise (NFS).
             let _ = e;

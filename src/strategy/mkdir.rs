@@ -41,16 +41,7 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
     match std::fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return match fs::lkind(path) {
-                Ok(Some(FileKind::Directory)) | Ok(None) => Ok(None),
-                Ok(Some(found)) => Err(fs::wrong_kind(
-                    path,
-                    LockStrategy::Mkdir,
-                    FileKind::Directory,
-                    found,
-                )),
-                Err(e) => Err(Error::io(path, "inspect lock directory", e)),
-            };
+            return fs::busy(path, LockStrategy::Mkdir, FileKind::Directory).map(|()| None);
         }
         Err(e) => return Err(fs::io_error(path, "create lock directory", e)),
     }
