@@ -620,16 +620,22 @@ impl LockFile {
         let may_break = self.break_stale && !strategy::can_block(self.strategy);
         let mut backoff = Backoff::new(self.poll_interval);
         let mut watch = Watch::default();
+        // Retries at once after a break, a few times in a row at most: a
+        // lock that keeps looking breakable without giving way (a claim
+        // that is not the lock's own, say) must not make this loop spin.
+        let mut quick = 0;
         loop {
             if let Some(held) = strategy::try_acquire(self.strategy, &self.path, &record, block)? {
                 return Ok((held, record));
             }
-            if may_break && self.break_if_stale(&mut watch)? {
+            if may_break && quick < 3 && self.break_if_stale(&mut watch)? {
+                quick += 1;
                 continue;
             }
             if !backoff.sleep(deadline) {
                 return Err(self.contended(timeout));
             }
+            quick = 0;
             record.touch();
         }
     }
@@ -659,12 +665,22 @@ impl LockFile {
         const MAX_RACES: u32 = 64;
         let mut watch = Watch::default();
         let mut races = 0;
+        let mut watching = false;
         loop {
             let seen = match strategy::probe(self.strategy, &self.path)? {
                 Probe::Free => return Ok(None),
                 Probe::Held(seen) => *seen,
             };
             let unchanged = watch.observe(&seen);
+            if watching && unchanged.is_zero() {
+                // A lease refreshed, a record written, or a new holder: the
+                // lock showed life while we watched it.
+                return Err(Error::NotStale {
+                    path: self.path.clone(),
+                    why: "it changed while it was watched",
+                    holder: seen.record.map(Box::new),
+                });
+            }
             let verdict = if force {
                 Verdict::Dead
             } else {
@@ -678,6 +694,7 @@ impl LockFile {
             match verdict {
                 Verdict::Live(why) => return Err(not_stale(why)),
                 Verdict::Pending(left) => {
+                    watching = true;
                     std::thread::sleep(left.min(self.poll_interval));
                     continue;
                 }
@@ -686,11 +703,19 @@ impl LockFile {
             let recover = force || unchanged >= self.grace;
             match strategy::break_claim(&self.path, &seen.claim, recover)? {
                 Broken::Removed => return Ok(seen.record),
-                Broken::Raced if races < MAX_RACES => races += 1,
+                Broken::Raced if races < MAX_RACES => {
+                    races += 1;
+                    watching = false;
+                    watch = Watch::default();
+                    std::thread::yield_now();
+                }
                 Broken::Raced => {
                     return Err(not_stale("it was taken afresh each time it was broken"))
                 }
-                Broken::Orphan => std::thread::sleep(self.poll_interval),
+                Broken::Orphan => {
+                    watching = true;
+                    std::thread::sleep(self.poll_interval);
+                }
             }
         }
     }

@@ -517,3 +517,48 @@ fn an_os_lock_whose_file_was_replaced_is_lost() {
     assert!(matches!(lock.release(), Err(Error::LockLost { .. })));
     assert_eq!(std::fs::read(&path).expect("kept"), b"");
 }
+
+#[rstest]
+fn break_lock_refuses_a_lease_that_is_being_refreshed(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let holder = options(strategy)
+        .lease(Some(Duration::from_millis(200)))
+        .open(&path)
+        .expect("open");
+    holder.acquire().expect("acquire");
+    // The owner is alive, but a lease makes the verdict wait for the lease;
+    // the heartbeat changes the record meanwhile.
+    match open(&path, strategy).break_lock() {
+        Err(Error::NotStale {
+            holder: Some(h), ..
+        }) => assert_eq!(h.pid, std::process::id()),
+        other => panic!("expected NotStale, got {other:?}"),
+    }
+    holder.ensure_held().expect("still held");
+    holder.release().expect("release");
+}
+
+#[test]
+fn a_link_lock_whose_claim_is_not_its_own_is_left_alone() {
+    let (_dir, path) = scratch();
+    let dead = record(LockStrategy::Link, |r| r.pid = dead_pid());
+    // The claim is a copy, not a hard link of the lock file (restored from
+    // a backup without hard links, say): it proves nothing.
+    std::fs::write(&path, dead.to_json()).expect("lock file");
+    std::fs::write(claim_of(&path, &dead.token), dead.to_json()).expect("claim");
+    let lock = options(LockStrategy::Link)
+        .grace(Duration::from_secs(60))
+        .open(&path)
+        .expect("open");
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout { .. })
+    ));
+    assert_eq!(
+        lock.owner().expect("owner").expect("record").token,
+        dead.token
+    );
+    assert!(claim_of(&path, &dead.token).exists());
+}
