@@ -108,11 +108,18 @@ fn parent_missing(path: &Utf8Path) -> bool {
     }
 }
 
-/// Opens `path` for reading without following a final symbolic link.
+/// Opens `path` for reading without following a final symbolic link, and
+/// without blocking on a FIFO planted at the path (its kind is checked
+/// after opening).
 pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true);
     no_follow(&mut opts);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    }
     opts.open(path)
 }
 

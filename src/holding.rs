@@ -100,7 +100,10 @@ impl Holding {
     pub(crate) fn mark_lost(&self) {
         if !self.lost.swap(true, Ordering::AcqRel) {
             if let Some(on_lost) = &self.on_lost {
-                on_lost(&self.path);
+                // A panicking callback must not take the heartbeat thread
+                // (and every other lease of the process) down with it.
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_lost(&self.path)));
             }
         }
     }
@@ -123,6 +126,19 @@ impl Holding {
     /// Rewrites the record with the next beat and checks the lock is still
     /// ours. Returns whether the heartbeat should keep refreshing it.
     fn refresh(&self) -> bool {
+        let ours = self.refresh_locked();
+        if ours {
+            return true;
+        }
+        // The guard on `held` is gone: the callback may call `release`.
+        if lock(&self.held).is_some() {
+            self.mark_lost();
+        }
+        false
+    }
+
+    /// Rewrites the record and checks the lock, under the `held` mutex.
+    fn refresh_locked(&self) -> bool {
         let held = lock(&self.held);
         let Some(held) = held.as_ref() else {
             return false;
@@ -139,12 +155,7 @@ impl Holding {
             written
         };
         let ours = written.and_then(|()| held.check(&self.path));
-        if matches!(ours, Ok(true)) {
-            true
-        } else {
-            self.mark_lost();
-            false
-        }
+        matches!(ours, Ok(true))
     }
 }
 

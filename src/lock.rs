@@ -20,6 +20,12 @@ use crate::wait::{Backoff, Deadline};
 /// unless [`LockOptions::poll_interval`] says otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The shortest lease: three refreshes of at least 1 ms each.
+const MIN_LEASE: Duration = Duration::from_millis(3);
+/// The longest lease; longer ones are clamped (no `Instant` overflow, and
+/// the record's millisecond count stays exact).
+const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Options for opening a [`LockFile`], in the manner of
 /// [`std::fs::OpenOptions`].
 ///
@@ -127,7 +133,8 @@ impl LockOptions {
         self
     }
 
-    /// Holds locks with a lease of `lease` (at least 1 ms): the holder's
+    /// Holds locks with a lease of `lease` (clamped to 3 ms ..= 30 days):
+    /// the holder's
     /// owner record says so, and a heartbeat thread (one per process, for
     /// all its leases) rewrites the record three times per lease. A
     /// contender that sees the record unchanged for a whole lease, on its
@@ -158,7 +165,7 @@ impl LockOptions {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lease(&mut self, lease: Option<Duration>) -> &mut Self {
-        self.lease = lease.map(|l| l.max(Duration::from_millis(1)));
+        self.lease = lease.map(|l| l.clamp(MIN_LEASE, MAX_LEASE));
         self
     }
 
@@ -166,8 +173,9 @@ impl LockOptions {
     /// lost: by the heartbeat of a lease, or by
     /// [`ensure_held`](LockFile::ensure_held) or
     /// [`release`](LockFile::release). It runs on the thread that found
-    /// out (for leases, the heartbeat thread): keep it short, and do not
-    /// take the lock from it.
+    /// out (for leases, the heartbeat thread), holding no lock of
+    /// portalock's: it may call [`release`](LockFile::release). Keep it
+    /// short, and do not wait in it for the lock. A panic in it is caught.
     pub fn on_lost(&mut self, callback: impl Fn(&Utf8Path) + Send + Sync + 'static) -> &mut Self {
         self.on_lost = Some(Arc::new(callback));
         self
@@ -650,9 +658,10 @@ impl LockFile {
         if !judge(&seen, unchanged, self.grace).is_stale() {
             return Ok(false);
         }
-        let recover = unchanged >= self.grace;
+        // An orphan (a Link lock whose claim is gone) is never recovered
+        // automatically: concurrent recoverers could collide.
         Ok(
-            match strategy::break_claim(&self.path, &seen.claim, recover)? {
+            match strategy::break_claim(&self.path, &seen.claim, false)? {
                 Broken::Removed | Broken::Raced => true,
                 Broken::Orphan => false,
             },
@@ -700,8 +709,7 @@ impl LockFile {
                 }
                 _ => {}
             }
-            let recover = force || unchanged >= self.grace;
-            match strategy::break_claim(&self.path, &seen.claim, recover)? {
+            match strategy::break_claim(&self.path, &seen.claim, force)? {
                 Broken::Removed => return Ok(seen.record),
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
@@ -713,8 +721,9 @@ impl LockFile {
                     return Err(not_stale("it was taken afresh each time it was broken"))
                 }
                 Broken::Orphan => {
-                    watching = true;
-                    std::thread::sleep(self.poll_interval);
+                    return Err(not_stale(
+                        "its claim file is missing; only force_break recovers it",
+                    ))
                 }
             }
         }

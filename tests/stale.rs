@@ -415,20 +415,23 @@ fn an_empty_lock_directory_is_broken_after_the_grace_period() {
 }
 
 #[test]
-fn a_link_lock_whose_claim_vanished_is_recovered_after_the_grace_period() {
+fn a_link_lock_whose_claim_vanished_is_recovered_only_by_force() {
     let (_dir, path) = scratch();
-    let grace = Duration::from_millis(300);
     let dead = record(LockStrategy::Link, |r| r.pid = dead_pid());
     plant(LockStrategy::Link, &path, &dead);
     std::fs::remove_file(claim_of(&path, &dead.token)).expect("remove the claim");
     let lock = options(LockStrategy::Link)
-        .grace(grace)
+        .grace(Duration::from_millis(50))
         .open(&path)
         .expect("open");
-    let started = Instant::now();
-    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
-    lock.acquire_timeout(EVENT_TIMEOUT).expect("recovered");
-    assert!(started.elapsed() >= grace);
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout { .. })
+    ));
+    assert!(matches!(lock.break_lock(), Err(Error::NotStale { .. })));
+    let removed = lock.force_break().expect("force").expect("record");
+    assert_eq!(removed.token, dead.token);
+    lock.try_acquire().expect("free after the forced break");
     assert_ne!(
         lock.owner().expect("owner").expect("record").token,
         dead.token
@@ -561,4 +564,71 @@ fn a_link_lock_whose_claim_is_not_its_own_is_left_alone() {
         dead.token
     );
     assert!(claim_of(&path, &dead.token).exists());
+}
+
+#[test]
+fn on_lost_may_release_the_lock_it_reports() {
+    let (_dir, path) = scratch();
+    let (tx, rx) = mpsc::channel();
+    let cell: Arc<std::sync::OnceLock<Arc<LockFile>>> = Arc::new(std::sync::OnceLock::new());
+    let inside = Arc::clone(&cell);
+    // The callback releases the very handle it reports on, from the
+    // heartbeat thread: this must not deadlock.
+    let lock = Arc::new(
+        options(LockStrategy::Mkdir)
+            .lease(Some(Duration::from_millis(30)))
+            .on_lost(move |_| {
+                if let Some(lock) = inside.get() {
+                    let _ = tx.send(format!("{:?}", lock.release()));
+                }
+            })
+            .open(&path)
+            .expect("open"),
+    );
+    assert!(cell.set(Arc::clone(&lock)).is_ok());
+    lock.acquire().expect("acquire");
+    open(&path, LockStrategy::Mkdir)
+        .force_break()
+        .expect("force");
+    let said = rx.recv_timeout(EVENT_TIMEOUT).expect("on_lost ran");
+    assert!(said.contains("LockLost"), "{said}");
+    assert!(!lock.is_held());
+    // The heartbeat still serves other leases.
+    let (_dir2, other) = scratch();
+    let second = options(LockStrategy::Mkdir)
+        .lease(Some(Duration::from_millis(30)))
+        .open(&other)
+        .expect("open");
+    second.acquire().expect("acquire");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while second.owner().expect("owner").expect("record").beat < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(second.owner().expect("owner").expect("record").beat >= 2);
+}
+
+#[cfg(unix)]
+#[rstest]
+fn a_fifo_at_the_lock_path_is_refused_without_hanging(
+    #[values(LockStrategy::Os, LockStrategy::Link, LockStrategy::Mkdir)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let fifo = match strategy {
+        LockStrategy::Mkdir => {
+            std::fs::create_dir(&path).expect("mkdir");
+            path.join(format!("{}.json", fresh_token()))
+        }
+        _ => path.clone(),
+    };
+    let status = std::process::Command::new("mkfifo")
+        .arg(fifo.as_str())
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    let lock = open(&path, strategy);
+    // Each of these returns (a hang would time the test run out).
+    let _ = lock.status();
+    let _ = lock.break_lock();
+    assert!(lock.try_acquire().is_err());
+    assert!(fifo.exists(), "the FIFO is left alone");
 }

@@ -64,11 +64,15 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
             return Err(Error::io(&target, "write owner record", e));
         }
     };
-    if made.is_some() && dir_ino(path) != made {
-        // Paused for longer than the grace period between `mkdir` and the
-        // record, this process lost its empty directory to a breaker and
-        // wrote its record into someone else's. Take it back out (the name
-        // is ours alone) and count the lock as busy.
+    if (made.is_some() && dir_ino(path) != made) || !alone(path, &record.token) {
+        // This process lost its still empty directory to a breaker (acting
+        // on an earlier, empty directory of the same name) and wrote its
+        // record into someone else's: the directory was replaced, or holds
+        // another record. Inode numbers are reused at once on some file
+        // systems, so the listing is what decides. Take our record back out
+        // (the name is ours alone) and count the lock as busy; if both
+        // writers withdraw, the empty directory is broken after the grace
+        // period.
         let _ = std::fs::remove_file(&target);
         return Ok(None);
     }
@@ -76,6 +80,23 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
         token: record.token.clone(),
         file: Arc::new(file),
     }))
+}
+
+/// Whether our record is the only entry of the lock directory (an error
+/// counts as no: the caller withdraws, which is always safe).
+fn alone(path: &Utf8Path, token: &str) -> bool {
+    let ours = format!("{token}.json");
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    let mut count = 0;
+    for entry in entries {
+        match entry {
+            Ok(e) if e.file_name().to_str() == Some(ours.as_str()) => count += 1,
+            _ => return false,
+        }
+    }
+    count == 1
 }
 
 fn dir_ino(path: &Utf8Path) -> Option<u64> {
@@ -135,7 +156,17 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         ([token], 0) => {
             let target = record_path(path, token);
             let bytes = match fs::open_read(&target) {
-                Ok(file) => read_capped(file).map_err(|e| Error::io(&target, "read", e))?,
+                Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => {
+                    read_capped(file).map_err(|e| Error::io(&target, "read", e))?
+                }
+                // A FIFO or device under a record's name: not ours.
+                Ok(_) => {
+                    return Ok(Probe::Held(Box::new(Seen {
+                        record: None,
+                        claim: Claim::Foreign,
+                        stamp,
+                    })))
+                }
                 // Released since the listing; an empty stamp marks the change.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(fs::io_error(&target, "open owner record", e)),
