@@ -59,36 +59,44 @@
 //!    `rmdir` could only fail, never remove a non-empty directory; `Link`:
 //!    the inode is compared anyway, in case something outside portalock
 //!    replaced the lock file.)
-//! 4. A `Mkdir` directory without a record is removed only by `rmdir`, which
-//!    fails as soon as a record is in it. An acquirer that paused between
-//!    its `mkdir` and its record for longer than the grace period finds its
-//!    directory gone (its record write fails) or replaced (the directory's
-//!    inode changed): it then removes its own record, by its own name, and
-//!    counts the lock as busy.
+//! 4. A `Mkdir` directory without a record is removed only by `rmdir`,
+//!    which fails as soon as a record is in it. That `rmdir` acts on an
+//!    earlier look, so it may remove a directory another acquirer has just
+//!    made and not yet written to. Every acquirer therefore checks, after
+//!    writing its record, that the directory is still the one it made and
+//!    that its record is the only entry; otherwise it removes its own
+//!    record, by its own name, and counts the lock as busy. Two acquirers
+//!    that meet in one directory both withdraw, which is safe (the empty
+//!    directory is broken after the grace period).
 //!
 //! The multi-process test `sixteen_processes_race_to_break_one_stale_lock`
-//! checks this: in every round exactly one of 16 contenders holds the lock
-//! and no fresh lock is ever removed.
+//! checks points 1 to 3: in every round exactly one of 16 contenders holds
+//! the lock and no fresh lock is ever removed (with a plain unlink of the
+//! lock path instead of the claim, 8 to 12 contenders "win" a round).
 //!
 //! What remains, and is documented rather than hidden:
 //!
 //! * A `Link` lock whose claim is gone while the lock file stays (its remover
-//!   was killed between the two `unlink`s, or a temporary-file cleaner took
-//!   the hidden file) is an *orphan*. After the grace period a contender
-//!   makes a new claim with `link()` (which one contender alone can do) and
-//!   breaks it as above. Two contenders that both recover the same orphan
-//!   within microseconds of a third process taking the lock could still
-//!   collide; this needs a crash in the middle of a break to begin with.
+//!   was killed between its two `unlink`s, or a temporary-file cleaner took
+//!   the hidden file) is an *orphan*. It is never broken automatically,
+//!   because two contenders recovering it at once could collide;
+//!   [`LockFile::break_lock`] reports it as not stale and
+//!   [`LockFile::force_break`] recovers it by making a new claim with
+//!   `link()` (run one forced break at a time).
 //! * A lease is a promise about time. A holder paused past its lease loses
 //!   the lock, finds out through [`LockFile::ensure_held`], the `on_lost`
 //!   callback and [`Error::LockLost`] from `release`, and never removes its
 //!   successor's lock (its claim is gone). What it did between losing the
 //!   lock and finding out is not undone: protect shared resources with the
 //!   record's token where that matters.
+//! * Liveness trusts the process table: where `/proc` hides other users'
+//!   processes (`hidepid`), their live locks look dead. Use leases there.
 //!
 //! [`Liveness::Dead`]: crate::Liveness::Dead
 //! [`Liveness::Unknown`]: crate::Liveness::Unknown
 //! [`LockFile::ensure_held`]: crate::LockFile::ensure_held
+//! [`LockFile::break_lock`]: crate::LockFile::break_lock
+//! [`LockFile::force_break`]: crate::LockFile::force_break
 //! [`Error::LockLost`]: crate::Error::LockLost
 
 use std::time::{Duration, Instant};
