@@ -117,6 +117,26 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// An explicit [`Os`](LockStrategy::Os) lock was asked for on a file
+    /// system where OS advisory locks do not exclude processes on its other
+    /// clients (sshfs and other FUSE mounts, NFS mounted `nolock`, ...): it
+    /// would exclude nobody there. Use [`Auto`](LockStrategy::Auto),
+    /// [`Link`](LockStrategy::Link) or [`Mkdir`](LockStrategy::Mkdir), or
+    /// opt in with
+    /// [`LockOptions::trust_os_locks`](crate::LockOptions::trust_os_locks)
+    /// when every process that takes the lock runs on this machine.
+    #[error(
+        "OS locks on `{path}` would not exclude processes on other clients of its \
+         {file_system} file system; use the auto, link or mkdir strategy, or opt in \
+         with LockOptions::trust_os_locks"
+    )]
+    OsLocksNotShared {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The file system, as [`FileSystem`](crate::FileSystem) prints it
+        /// (`fuse.sshfs (FUSE)`).
+        file_system: String,
+    },
     /// The lock path is not valid UTF-8.
     #[error("lock path {} is not valid UTF-8", .path.display())]
     NonUtf8Path {
@@ -180,6 +200,7 @@ impl Error {
             | Error::LockLost { path, .. }
             | Error::NotStale { path, .. }
             | Error::Unsupported { path, .. }
+            | Error::OsLocksNotShared { path, .. }
             | Error::MissingParent { path }
             | Error::Symlink { path }
             | Error::WrongFileType { path, .. }
@@ -231,7 +252,9 @@ impl From<Error> for io::Error {
             Error::WouldBlock { .. } => io::ErrorKind::WouldBlock,
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::MissingParent { .. } => io::ErrorKind::NotFound,
-            Error::Unsupported { .. } => io::ErrorKind::Unsupported,
+            Error::Unsupported { .. } | Error::OsLocksNotShared { .. } => {
+                io::ErrorKind::Unsupported
+            }
             Error::NonUtf8Path { .. } | Error::Symlink { .. } | Error::WrongFileType { .. } => {
                 io::ErrorKind::InvalidInput
             }

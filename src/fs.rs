@@ -234,3 +234,40 @@ fn is_symlink_refusal(err: &io::Error) -> bool {
 fn is_symlink_refusal(_err: &io::Error) -> bool {
     false
 }
+
+/// Flushes the directory that holds `path` (the entry for `path`) to
+/// stable storage. A no-op where directories cannot be opened (Windows,
+/// whose file systems journal their metadata).
+pub(crate) fn sync_parent(path: &Utf8Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Flushes the directory `dir` to stable storage (see [`sync_parent`]).
+pub(crate) fn sync_dir(dir: &Utf8Path) -> io::Result<()> {
+    if cfg!(unix) {
+        File::open(dir)?.sync_all()
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `e` is an error that trying again may cure: a stale NFS file
+/// handle, an interrupted or timed-out call, an I/O error of a network
+/// file system.
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::StaleNetworkFileHandle | K::Interrupted | K::TimedOut | K::WouldBlock
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EIO) {
+        return true;
+    }
+    false
+}

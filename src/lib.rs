@@ -46,14 +46,18 @@
 //!
 //! | [`LockStrategy`] | takes the lock with | a crashed holder's lock | use it on |
 //! | --- | --- | --- | --- |
-//! | [`Os`](LockStrategy::Os) (default) | `flock` / `LockFileEx` on an open file, through `fd-lock` | is released by the kernel | local disks |
+//! | [`Auto`](LockStrategy::Auto) (default) | one of the three below, picked from the file system | | any file system |
+//! | [`Os`](LockStrategy::Os) | `flock` / `LockFileEx` on an open file, through `fd-lock` | is released by the kernel | local disks |
 //! | [`Mkdir`](LockStrategy::Mkdir) | atomic `mkdir` | stays until broken | any file system, network ones included |
-//! | [`Link`](LockStrategy::Link) | atomic `link()` of a fully written file | stays until broken | Unix file systems, NFS included |
+//! | [`Link`](LockStrategy::Link) | atomic `link()` of a fully written file | stays until broken | file systems with hard links, NFS and sshfs included |
 //!
 //! `Os` is the fastest and the only one a crash cannot leave behind, but an
-//! advisory lock taken on one NFS or sshfs client does not exclude processes
-//! on another client. `Mkdir` and `Link` exclude across clients because the
-//! server decides whether the directory or link already exists.
+//! advisory lock taken on one sshfs client does not exclude processes on
+//! another client. `Mkdir` and `Link` exclude across clients because the
+//! server decides whether the directory or link already exists. `Auto`
+//! picks `Os` on a local file system and `Link` or `Mkdir` on a network or
+//! FUSE one; an explicit `Os` lock where it would exclude nobody is refused
+//! ([`Error::OsLocksNotShared`]). The [`filesystem`] module has the rules.
 //!
 //! # What a crash leaves behind
 //!
@@ -92,10 +96,12 @@
 //! from any thread. After `fork()`, the child must not use handles it
 //! inherited: their state is undefined there.
 #![deny(missing_docs, missing_debug_implementations, nonstandard_style)]
-#![forbid(unsafe_code)]
+// The one exception, `GetDriveTypeW` on Windows, is allowed where it is.
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+pub mod filesystem;
 mod fs;
 mod holding;
 mod lock;
@@ -107,6 +113,7 @@ mod wait;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, FileKind, Result};
+pub use filesystem::{FileSystem, Locality};
 pub use lock::{lock_file, LockFile, LockGuard, LockOptions, LockStatus, DEFAULT_POLL_INTERVAL};
 pub use owner::{Liveness, OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
 pub use stale::DEFAULT_GRACE;

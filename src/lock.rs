@@ -9,11 +9,13 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
+use crate::filesystem::FileSystem;
+use crate::fs;
 use crate::holding::{Holding, OnLost};
 use crate::owner::OwnerRecord;
 use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
-use crate::strategy::{self, Broken, Held, LockStrategy, Probe, Released};
+use crate::strategy::{self, Broken, Concrete, Held, LockStrategy, Probe, Released};
 use crate::wait::{Backoff, Deadline};
 
 /// The longest pause between two attempts on a lock held by another process,
@@ -53,6 +55,8 @@ pub struct LockOptions {
     grace: Duration,
     lease: Option<Duration>,
     on_lost: Option<OnLost>,
+    trust_os_locks: bool,
+    sync: bool,
 }
 
 impl Default for LockOptions {
@@ -65,6 +69,8 @@ impl Default for LockOptions {
             grace: DEFAULT_GRACE,
             lease: None,
             on_lost: None,
+            trust_os_locks: false,
+            sync: false,
         }
     }
 }
@@ -79,6 +85,8 @@ impl fmt::Debug for LockOptions {
             .field("grace", &self.grace)
             .field("lease", &self.lease)
             .field("on_lost", &self.on_lost.as_ref().map(|_| "Fn(&Utf8Path)"))
+            .field("trust_os_locks", &self.trust_os_locks)
+            .field("sync", &self.sync)
             .finish()
     }
 }
@@ -181,23 +189,68 @@ impl LockOptions {
         self
     }
 
+    /// Allows an explicit [`LockStrategy::Os`] on a file system where OS
+    /// advisory locks do not reach its other clients (sshfs and other FUSE
+    /// mounts, NFS mounted `nolock`, ...; see [`FileSystem`]). Without it,
+    /// [`open`](LockOptions::open) refuses such a lock with
+    /// [`Error::OsLocksNotShared`]. Set it only when every process that
+    /// takes the lock runs on this machine (and, for FUSE, through one
+    /// mount). Default: off. [`LockStrategy::Auto`] never picks `Os` there.
+    pub fn trust_os_locks(&mut self, yes: bool) -> &mut Self {
+        self.trust_os_locks = yes;
+        self
+    }
+
+    /// Flushes the owner record and the lock's directory to stable storage
+    /// (`fsync`) when the lock is taken and when it is released, so that a
+    /// crash of the machine, or of an NFS server, cannot lose a lock that
+    /// was granted or bring back one that was released. Costs one or two
+    /// `fsync`s per acquire and per release. Default: off (most locks are
+    /// only as durable as the processes they exclude).
+    pub fn sync(&mut self, yes: bool) -> &mut Self {
+        self.sync = yes;
+        self
+    }
+
     /// Opens a handle on the lock at `path`, without taking it.
     ///
     /// The path is made absolute against the current directory now, so a
     /// later `set_current_dir` does not change which lock the handle names.
-    /// Nothing is created until the lock is taken.
+    /// Nothing is created until the lock is taken. For
+    /// [`LockStrategy::Auto`] and [`LockStrategy::Os`], the file system
+    /// that holds the lock's directory is inspected now (if the directory
+    /// does not exist yet, its nearest existing ancestor's), and `Auto` is
+    /// resolved: [`LockFile::strategy`] says to what.
     ///
     /// # Errors
     ///
     /// [`Error::NonUtf8Path`] if `path` (or the current directory, for a
-    /// relative path) is not UTF-8; [`Error::Io`] if the path has no file
-    /// name or the current directory cannot be read.
+    /// relative path) is not UTF-8; [`Error::OsLocksNotShared`] for an
+    /// explicit `Os` lock on a file system where it would exclude nobody;
+    /// [`Error::Io`] if the path has no file name, the current directory
+    /// cannot be read, or the file system cannot be inspected.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile> {
         let path = absolute(path.as_ref())?;
+        let (strategy, file_system) = match Concrete::explicit(self.strategy) {
+            Some(explicit @ (Concrete::Mkdir | Concrete::Link)) => (explicit, None),
+            _ => {
+                let fs = detect(&path)?;
+                let strategy = Concrete::resolve(self.strategy, &fs);
+                if strategy == Concrete::Os && !fs.os_locks_shared() && !self.trust_os_locks {
+                    return Err(Error::OsLocksNotShared {
+                        path,
+                        file_system: fs.to_string(),
+                    });
+                }
+                (strategy, Some(fs))
+            }
+        };
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(LockFile {
             path,
-            strategy: self.strategy,
+            strategy,
+            file_system,
+            sync: self.sync,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
             break_stale: self.break_stale,
@@ -208,6 +261,13 @@ impl LockOptions {
             held: Mutex::new(None),
         })
     }
+}
+
+/// The file system of the directory of `path` (an absolute path with a
+/// file name).
+fn detect(path: &Utf8Path) -> Result<FileSystem> {
+    let dir = path.parent().unwrap_or(path);
+    FileSystem::detect(dir).map_err(|e| Error::io(path, "detect the file system of", e))
 }
 
 fn absolute(path: &Path) -> Result<Utf8PathBuf> {
@@ -278,7 +338,10 @@ pub enum LockStatus {
 /// ```
 pub struct LockFile {
     path: Utf8PathBuf,
-    strategy: LockStrategy,
+    strategy: Concrete,
+    /// Inspected at open for `Auto` and `Os`.
+    file_system: Option<FileSystem>,
+    sync: bool,
     timeout: Option<Duration>,
     poll_interval: Duration,
     break_stale: bool,
@@ -342,9 +405,25 @@ impl LockFile {
         &self.path
     }
 
-    /// The strategy this handle locks with.
+    /// The strategy this handle locks with; never
+    /// [`Auto`](LockStrategy::Auto), which is resolved when the handle is
+    /// opened.
     pub fn strategy(&self) -> LockStrategy {
-        self.strategy
+        self.strategy.into()
+    }
+
+    /// The file system that holds the lock's directory (inspected when the
+    /// handle was opened, for [`Auto`](LockStrategy::Auto) and
+    /// [`Os`](LockStrategy::Os) handles; now, for the others).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file system cannot be inspected.
+    pub fn file_system(&self) -> Result<FileSystem> {
+        match &self.file_system {
+            Some(fs) => Ok(fs.clone()),
+            None => detect(&self.path),
+        }
     }
 
     /// The timeout [`acquire`](LockFile::acquire) and
@@ -621,7 +700,7 @@ impl LockFile {
         timeout: Option<Duration>,
         deadline: &Deadline,
     ) -> Result<(Held, OwnerRecord)> {
-        let mut record = OwnerRecord::for_this_process(self.strategy)
+        let mut record = OwnerRecord::for_this_process(self.strategy.into())
             .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
         record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
         let block = deadline.is_unbounded() && strategy::can_block(self.strategy);
@@ -632,9 +711,21 @@ impl LockFile {
         // lock that keeps looking breakable without giving way (a claim
         // that is not the lock's own, say) must not make this loop spin.
         let mut quick = 0;
+        // Errors that may pass (a stale NFS handle, a timeout) are retried
+        // after a poll, a few times in a row at most.
+        let mut transient = 0;
         loop {
-            if let Some(held) = strategy::try_acquire(self.strategy, &self.path, &record, block)? {
-                return Ok((held, record));
+            match strategy::try_acquire(self.strategy, &self.path, &record, block, self.sync) {
+                Ok(Some(held)) => return Ok((held, record)),
+                Ok(None) => transient = 0,
+                Err(e) if transient < 3 && e.io_error().is_some_and(fs::is_transient) => {
+                    transient += 1;
+                    if !backoff.sleep(deadline) {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             if may_break && quick < 3 && self.break_if_stale(&mut watch)? {
                 quick += 1;

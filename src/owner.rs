@@ -141,7 +141,8 @@ impl OwnerRecord {
             return None;
         }
         let record: OwnerRecord = serde_json::from_slice(bytes).ok()?;
-        (record.v == RECORD_VERSION).then_some(record)
+        // A record names the strategy that took the lock, never `auto`.
+        (record.v == RECORD_VERSION && record.strategy != LockStrategy::Auto).then_some(record)
     }
 
     /// Serializes the record as one line of JSON (no trailing newline).

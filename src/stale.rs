@@ -42,8 +42,10 @@
 //!   kernel refuses unless the directory is empty.
 //! * `Link`: the claim is the private file `.<name>.<token>.owner` that the
 //!   holder linked onto the lock path and keeps while it holds the lock.
-//!   The winner of its `unlink` then removes the lock path if it still
-//!   names the claim's inode.
+//!   The winner of its `unlink` then removes the lock path if it is still
+//!   that acquisition's lock file: it names the claim's inode, or (where
+//!   inode numbers do not tell, as on sshfs, which numbers names rather
+//!   than files) it holds the record with the claim's token.
 //!
 //! Why this is safe:
 //!
@@ -57,8 +59,8 @@
 //!    remove the path: that needs the claim, and creating a lock needs the
 //!    path to be absent. So the path still names the judged lock. (`Mkdir`:
 //!    `rmdir` could only fail, never remove a non-empty directory; `Link`:
-//!    the inode is compared anyway, in case something outside portalock
-//!    replaced the lock file.)
+//!    the inode or token is compared anyway, in case something outside
+//!    portalock replaced the lock file.)
 //! 4. A `Mkdir` directory without a record is removed only by `rmdir`,
 //!    which fails as soon as a record is in it. That `rmdir` acts on an
 //!    earlier look, so it may remove a directory another acquirer has just

@@ -526,7 +526,10 @@ fn lock_file_shortcut_returns_a_held_lock() {
     let (_dir, path) = scratch();
     let lock = portalock::lock_file(&path).expect("lock_file");
     assert!(lock.is_held());
-    assert_eq!(lock.strategy(), LockStrategy::default());
+    // The default, Auto, resolved for the scratch directory's file system.
+    assert_eq!(LockStrategy::default(), LockStrategy::Auto);
+    let fs = lock.file_system().expect("file system");
+    assert_eq!(lock.strategy(), fs.auto_strategy());
     assert!(matches!(
         portalock::LockFile::new(&path).expect("open").try_acquire(),
         Err(Error::WouldBlock { .. })

@@ -547,10 +547,12 @@ fn break_lock_refuses_a_lease_that_is_being_refreshed(
 fn a_link_lock_whose_claim_is_not_its_own_is_left_alone() {
     let (_dir, path) = scratch();
     let dead = record(LockStrategy::Link, |r| r.pid = dead_pid());
-    // The claim is a copy, not a hard link of the lock file (restored from
-    // a backup without hard links, say): it proves nothing.
+    let other = record(LockStrategy::Link, |r| r.pid = dead_pid());
+    // The claim is neither a hard link of the lock file nor a record of the
+    // same acquisition (a stray copy of another lock's record): it proves
+    // nothing.
     std::fs::write(&path, dead.to_json()).expect("lock file");
-    std::fs::write(claim_of(&path, &dead.token), dead.to_json()).expect("claim");
+    std::fs::write(claim_of(&path, &dead.token), other.to_json()).expect("claim");
     let lock = options(LockStrategy::Link)
         .grace(Duration::from_secs(60))
         .open(&path)
@@ -564,6 +566,22 @@ fn a_link_lock_whose_claim_is_not_its_own_is_left_alone() {
         dead.token
     );
     assert!(claim_of(&path, &dead.token).exists());
+}
+
+#[test]
+fn a_link_claim_with_another_inode_but_the_same_record_is_the_claim() {
+    // sshfs numbers names, not files: a hard link's two names show two
+    // inode numbers there. The claim's record (its token) identifies the
+    // acquisition as exactly.
+    let (_dir, path) = scratch();
+    let dead = record(LockStrategy::Link, |r| r.pid = dead_pid());
+    std::fs::write(&path, dead.to_json()).expect("lock file");
+    std::fs::write(claim_of(&path, &dead.token), dead.to_json()).expect("claim");
+    let lock = options(LockStrategy::Link).open(&path).expect("open");
+    lock.acquire_timeout(Duration::from_secs(5))
+        .expect("the dead owner's lock is broken");
+    assert!(!claim_of(&path, &dead.token).exists());
+    lock.release().expect("release");
 }
 
 #[test]

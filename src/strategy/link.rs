@@ -5,17 +5,20 @@
 //! after the record's token (`.<name>.<token>.owner`), then hard linked to
 //! the lock path. `link()` fails with `EEXIST` if the lock path exists,
 //! atomically, also on NFS. A successful `link()` means the lock is ours;
-//! only after an ambiguous error (an NFS reply lost and retried, say) does
-//! the link count of the private file decide (2 means the link was made).
-//! Some file systems (sshfs) report a link count of 1 after a successful
-//! `link()`, so the count is never a condition on success. The lock file is
-//! the record, so a reader sees no lock or a whole record.
+//! only after an error, which may hide a success (an NFS reply lost and the
+//! request retransmitted), is the outcome looked up: a link count of 2 on
+//! the private file, or the lock path naming its inode or holding its
+//! token. Some file systems (sshfs) report a link count of 1 and a new
+//! inode number per name after a successful `link()`, so neither is ever a
+//! condition on success. The lock file is the record, so a reader sees no
+//! lock or a whole record.
 //!
 //! The private file stays while the lock is held: it is the lock's *claim*.
 //! Whoever removes the lock (its holder releasing, or a breaker) first
 //! unlinks the claim. Only one `unlink` of a name can succeed, so exactly
 //! one remover goes on, and it then unlinks the lock path only if the path
-//! still names the claim's inode. Nobody else can have removed the lock in
+//! is still the claim's lock file (same inode, or same token where inode
+//! numbers do not tell). Nobody else can have removed the lock in
 //! between: that too would have needed the claim. See the `stale` module
 //! for the whole argument.
 
@@ -36,6 +39,7 @@ pub(crate) struct Held {
     pub(crate) file: Arc<File>,
     claim: Utf8PathBuf,
     ino: u64,
+    sync: bool,
 }
 
 /// The private name of the record of `token` beside `path`.
@@ -50,12 +54,17 @@ fn claim_path(path: &Utf8Path, token: &str) -> Result<Utf8PathBuf> {
     }
 }
 
-pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Option<Held>> {
+pub(crate) fn try_acquire(
+    path: &Utf8Path,
+    record: &OwnerRecord,
+    sync: bool,
+) -> Result<Option<Held>> {
     let claim = claim_path(path, &record.token)?;
     let mut file = fs::create_new(&claim)
         .map_err(|e| fs::io_error(path, "create a private record file beside", e))?;
     let written = file
         .write_all(record.to_json().as_bytes())
+        .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
         .and_then(|()| file.metadata());
     let meta = match written {
         Ok(meta) => meta,
@@ -64,24 +73,23 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
             return Err(Error::io(path, "write a private record file beside", e));
         }
     };
-    let linked = match std::fs::hard_link(&claim, path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            fs::busy(path, LockStrategy::Link, FileKind::File).map(|()| false)
+    let ino = fs::ino(&meta);
+    let linked = link(path, &claim, &file, ino, &record.token).and_then(|ours| {
+        if ours && sync {
+            if let Err(e) = fs::sync_parent(path) {
+                let _ = std::fs::remove_file(path);
+                return Err(Error::io(path, "flush the new lock file", e));
+            }
         }
-        Err(e) if link_count(&file) == Some(2) => {
-            // The link was made, but the reply said otherwise (NFS).
-            let _ = e;
-            Ok(true)
-        }
-        Err(e) => Err(fs::io_error(path, "link lock file", e)),
-    };
+        Ok(ours)
+    });
     match linked {
         Ok(true) => Ok(Some(Held {
             token: record.token.clone(),
             file: Arc::new(file),
             claim,
-            ino: fs::ino(&meta),
+            ino,
+            sync,
         })),
         other => {
             let _ = std::fs::remove_file(&claim);
@@ -89,6 +97,53 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
         }
     }
 }
+
+/// Links `claim` (open as `file`, inode `ino`) to the lock path: whether
+/// the lock is now ours.
+///
+/// A successful `link()` is the answer. Any error may hide a success: on
+/// NFS, a reply lost and the request retransmitted makes the server answer
+/// `EEXIST` (or `ESTALE`, or the RPC times out) for a link it made. So after
+/// every error the outcome is looked up: the lock is ours if the claim's
+/// link count is 2 or the lock path names the claim's inode (on platforms
+/// without inode numbers: holds our token). Errors that a retry may cure
+/// (`ESTALE`, `EINTR`, `ETIMEDOUT`, `EIO`, ...) are retried a few times.
+fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, ino: u64, token: &str) -> Result<bool> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        let err = match std::fs::hard_link(claim, path) {
+            Ok(()) => return Ok(true),
+            Err(e) => e,
+        };
+        if link_count(file) == Some(2) || names(path, ino, token).unwrap_or(false) {
+            return Ok(true);
+        }
+        if err.kind() == io::ErrorKind::AlreadyExists {
+            return fs::busy(path, LockStrategy::Link, FileKind::File).map(|()| false);
+        }
+        if err.kind() == io::ErrorKind::Unsupported || err.raw_os_error() == Some(EPERM) {
+            return Err(Error::Unsupported {
+                path: path.to_owned(),
+                strategy: LockStrategy::Link,
+                reason: format!(
+                    "the file system does not make hard links ({err}); use the mkdir strategy"
+                ),
+            });
+        }
+        if !fs::is_transient(&err) || attempt >= ATTEMPTS {
+            return Err(fs::io_error(path, "link lock file", err));
+        }
+        attempt += 1;
+        std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+    }
+}
+
+/// `EPERM`: what `link()` returns on file systems without hard links.
+#[cfg(unix)]
+const EPERM: i32 = libc::EPERM;
+#[cfg(not(unix))]
+const EPERM: i32 = i32::MIN;
 
 #[cfg(unix)]
 fn link_count(file: &File) -> Option<u64> {
@@ -101,15 +156,18 @@ fn link_count(_file: &File) -> Option<u64> {
     None
 }
 
-/// Whether `path` names the inode `ino` (on platforms without inode
-/// numbers: whether its record carries `token`).
+/// Whether `path` is the lock file of the acquisition with `token`, whose
+/// claim has inode `ino`: it names that inode, or, where inode numbers do
+/// not tell (platforms without them; sshfs, which numbers names rather than
+/// files), it holds a record with that token. Tokens are unique per
+/// acquisition, so either answer is exact.
 fn names(path: &Utf8Path, ino: u64, token: &str) -> io::Result<bool> {
-    if cfg!(unix) {
-        return match path.symlink_metadata() {
-            Ok(meta) => Ok(meta.is_file() && fs::ino(&meta) == ino),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        };
+    match path.symlink_metadata() {
+        Ok(meta) if !meta.is_file() => return Ok(false),
+        Ok(meta) if cfg!(unix) && fs::ino(&meta) == ino => return Ok(true),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     }
     match fs::open_read(path) {
         Ok(file) => {
@@ -130,16 +188,30 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 }
 
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    match std::fs::remove_file(&held.claim) {
+    let Held {
+        token,
+        file,
+        claim,
+        ino,
+        sync,
+    } = held;
+    // Close the claim before unlinking it: FUSE file systems (sshfs) and
+    // NFS keep an unlinked open file as a hidden name (`.fuse_hidden*`,
+    // `.nfs*`) beside the lock until it is closed.
+    drop(file);
+    match std::fs::remove_file(&claim) {
         Ok(()) => {}
         // A breaker took the claim: the lock is no longer ours.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
-        Err(e) => return Err(Error::io(&held.claim, "remove the claim of", e)),
+        Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
     }
     // The claim was ours, so nobody else may remove the lock path now; it
     // is still ours unless something outside portalock removed it.
-    match names(path, held.ino, &held.token) {
+    match names(path, ino, &token) {
         Ok(true) => match std::fs::remove_file(path) {
+            Ok(()) if sync => fs::sync_parent(path)
+                .map(|()| Released::Done)
+                .map_err(|e| Error::io(path, "flush the removal of", e)),
             Ok(()) => Ok(Released::Done),
             Err(e) => Err(Error::io(path, "remove lock file", e)),
         },
@@ -191,10 +263,10 @@ pub(crate) fn is_token(token: &str) -> bool {
 /// made it first.
 pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) -> Result<Broken> {
     let claim = claim_path(path, token)?;
-    match claim.symlink_metadata() {
-        Ok(meta) if meta.is_file() && (fs::ino(&meta) == ino || !cfg!(unix)) => {}
-        Ok(_) => return Ok(Broken::Raced),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    match names(&claim, ino, token) {
+        Ok(true) => {}
+        Ok(false) if fs::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
+        Ok(false) => {
             if !recover {
                 return Ok(Broken::Orphan);
             }

@@ -31,13 +31,18 @@ use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
 pub(crate) struct Held {
     pub(crate) token: String,
     pub(crate) file: Arc<File>,
+    sync: bool,
 }
 
 fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
     path.join(format!("{token}.json"))
 }
 
-pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Option<Held>> {
+pub(crate) fn try_acquire(
+    path: &Utf8Path,
+    record: &OwnerRecord,
+    sync: bool,
+) -> Result<Option<Held>> {
     match std::fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -49,6 +54,11 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
     let target = record_path(path, &record.token);
     let written = fs::create_new(&target).and_then(|mut file| {
         file.write_all(record.to_json().as_bytes())?;
+        if sync {
+            file.sync_all()?;
+            fs::sync_dir(path)?;
+            fs::sync_parent(path)?;
+        }
         Ok(file)
     });
     let file = match written {
@@ -79,6 +89,7 @@ pub(crate) fn try_acquire(path: &Utf8Path, record: &OwnerRecord) -> Result<Optio
     Ok(Some(Held {
         token: record.token.clone(),
         file: Arc::new(file),
+        sync,
     }))
 }
 
@@ -113,8 +124,18 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 }
 
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    Ok(match break_record(path, &held.token)? {
-        Broken::Removed => Released::Done,
+    let Held { token, file, sync } = held;
+    // Close the record before unlinking it: FUSE file systems (sshfs) and
+    // NFS keep an unlinked open file as a hidden name (`.fuse_hidden*`,
+    // `.nfs*`) until it is closed, and the directory could not be removed.
+    drop(file);
+    Ok(match break_record(path, &token)? {
+        Broken::Removed => {
+            if sync {
+                fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+            }
+            Released::Done
+        }
         _ => Released::Lost(None),
     })
 }

@@ -15,6 +15,7 @@ use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::filesystem::FileSystem;
 use crate::owner::OwnerRecord;
 
 mod link;
@@ -28,8 +29,11 @@ mod os;
 /// | [`Os`](LockStrategy::Os) | advisory lock on an open file (`flock`, `LockFileEx`) | yes, by the kernel | local file systems |
 /// | [`Mkdir`](LockStrategy::Mkdir) | `mkdir` of a directory that must not exist | no | everywhere, network file systems included |
 /// | [`Link`](LockStrategy::Link) | `link()` of a fully written private file onto the lock path | no | Unix and NTFS, network file systems included |
+/// | [`Auto`](LockStrategy::Auto) (default) | one of the above, chosen from the file system | | everywhere |
 ///
-/// The default is [`Os`](LockStrategy::Os).
+/// The default is [`Auto`](LockStrategy::Auto): `Os` on a local file
+/// system, `Link` or `Mkdir` on a network or FUSE one (see
+/// [`FileSystem`](crate::FileSystem) for the rules).
 ///
 /// # Examples
 ///
@@ -47,10 +51,15 @@ mod os;
 pub enum LockStrategy {
     /// An advisory lock on an open file, through `fd-lock` (`flock` on Unix,
     /// `LockFileEx` on Windows). The kernel releases it when the holder
-    /// dies. It does not exclude processes on other clients of a network
-    /// file system. The lock file stays in place after release and holds
-    /// the owner record while the lock is held.
-    #[default]
+    /// dies. The lock file stays in place after release and holds the owner
+    /// record while the lock is held.
+    ///
+    /// On file systems where such locks do not reach other clients (sshfs
+    /// and other FUSE mounts, NFS mounted `nolock`, ...) opening a handle
+    /// with this strategy fails with
+    /// [`Error::OsLocksNotShared`](crate::Error::OsLocksNotShared) unless
+    /// [`LockOptions::trust_os_locks`](crate::LockOptions::trust_os_locks)
+    /// is set.
     Os,
     /// An atomic `mkdir` of the lock path. Works on every file system,
     /// network ones included. The owner record is a file inside the
@@ -63,10 +72,27 @@ pub enum LockStrategy {
     /// beside it (`.<name>.<token>.owner`) while the lock is held, as the
     /// claim that release and break remove first. Release removes both.
     Link,
+    /// Chosen per lock when its handle is opened, from the file system
+    /// that holds the lock's directory ([`FileSystem::auto_strategy`]):
+    /// `Os` on a local file system, `Link` on network and FUSE file
+    /// systems that make hard links (NFS, sshfs, ...), `Mkdir` on the
+    /// others (SMB shares, ...). [`LockFile::strategy`] reports the choice;
+    /// owner records name it, never `auto`.
+    ///
+    /// Every process that takes one lock must end up with the same
+    /// strategy. Processes on an NFS server that lock its exported
+    /// directory directly see a local file system and would pick `Os`
+    /// where its clients pick `Link`: name the strategy explicitly there.
+    ///
+    /// [`FileSystem::auto_strategy`]: crate::FileSystem::auto_strategy
+    /// [`LockFile::strategy`]: crate::LockFile::strategy
+    #[default]
+    Auto,
 }
 
 impl LockStrategy {
-    /// Every strategy, in declaration order.
+    /// Every strategy that takes a lock itself ([`Auto`](LockStrategy::Auto)
+    /// resolves to one of these), in declaration order.
     pub const ALL: [LockStrategy; 3] = [LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link];
 
     /// The lower-case name used in owner records and on the command line.
@@ -75,6 +101,16 @@ impl LockStrategy {
             LockStrategy::Os => "os",
             LockStrategy::Mkdir => "mkdir",
             LockStrategy::Link => "link",
+            LockStrategy::Auto => "auto",
+        }
+    }
+
+    /// This strategy, with [`Auto`](LockStrategy::Auto) resolved for a lock
+    /// whose directory is on `fs`.
+    pub fn resolve(self, fs: &FileSystem) -> LockStrategy {
+        match self {
+            LockStrategy::Auto => fs.auto_strategy(),
+            other => other,
         }
     }
 }
@@ -87,7 +123,7 @@ impl fmt::Display for LockStrategy {
 
 /// The error of parsing a [`LockStrategy`] from a string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown lock strategy `{0}` (expected os, mkdir or link)")]
+#[error("unknown lock strategy `{0}` (expected auto, os, mkdir or link)")]
 pub struct ParseStrategyError(String);
 
 impl FromStr for LockStrategy {
@@ -96,8 +132,50 @@ impl FromStr for LockStrategy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         LockStrategy::ALL
             .into_iter()
+            .chain([LockStrategy::Auto])
             .find(|strategy| strategy.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| ParseStrategyError(s.to_owned()))
+    }
+}
+
+/// A strategy that takes a lock itself: a [`LockStrategy`] with `Auto`
+/// resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Concrete {
+    Os,
+    Mkdir,
+    Link,
+}
+
+impl Concrete {
+    /// `strategy` for a lock in `dir`; the file system is looked at only
+    /// for `Auto`.
+    pub(crate) fn resolve(strategy: LockStrategy, fs: &FileSystem) -> Concrete {
+        match strategy.resolve(fs) {
+            LockStrategy::Mkdir => Concrete::Mkdir,
+            LockStrategy::Link => Concrete::Link,
+            LockStrategy::Os | LockStrategy::Auto => Concrete::Os,
+        }
+    }
+
+    /// A strategy that needs no file system to resolve.
+    pub(crate) fn explicit(strategy: LockStrategy) -> Option<Concrete> {
+        match strategy {
+            LockStrategy::Os => Some(Concrete::Os),
+            LockStrategy::Mkdir => Some(Concrete::Mkdir),
+            LockStrategy::Link => Some(Concrete::Link),
+            LockStrategy::Auto => None,
+        }
+    }
+}
+
+impl From<Concrete> for LockStrategy {
+    fn from(c: Concrete) -> LockStrategy {
+        match c {
+            Concrete::Os => LockStrategy::Os,
+            Concrete::Mkdir => LockStrategy::Mkdir,
+            Concrete::Link => LockStrategy::Link,
+        }
     }
 }
 
@@ -203,17 +281,20 @@ pub(crate) enum Broken {
 
 /// One attempt at taking the lock; `Ok(None)` when someone else holds it.
 /// With `block`, strategies that can sleep in the kernel until the lock is
-/// free (`Os`) do so instead of returning `None`.
+/// free (`Os`) do so instead of returning `None`. With `sync`, the record
+/// and the directory entries are flushed to stable storage (`fsync`) before
+/// the lock counts as taken, and again when it is released.
 pub(crate) fn try_acquire(
-    strategy: LockStrategy,
+    strategy: Concrete,
     path: &Utf8Path,
     record: &OwnerRecord,
     block: bool,
+    sync: bool,
 ) -> Result<Option<Held>> {
     Ok(match strategy {
-        LockStrategy::Os => os::try_acquire(path, record, block)?.map(Held::Os),
-        LockStrategy::Mkdir => mkdir::try_acquire(path, record)?.map(Held::Mkdir),
-        LockStrategy::Link => link::try_acquire(path, record)?.map(Held::Link),
+        Concrete::Os => os::try_acquire(path, record, block, sync)?.map(Held::Os),
+        Concrete::Mkdir => mkdir::try_acquire(path, record, sync)?.map(Held::Mkdir),
+        Concrete::Link => link::try_acquire(path, record, sync)?.map(Held::Link),
     })
 }
 
@@ -237,11 +318,11 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
 }
 
 /// Looks at the lock without taking it.
-pub(crate) fn probe(strategy: LockStrategy, path: &Utf8Path) -> Result<Probe> {
+pub(crate) fn probe(strategy: Concrete, path: &Utf8Path) -> Result<Probe> {
     match strategy {
-        LockStrategy::Os => os::probe(path),
-        LockStrategy::Mkdir => mkdir::probe(path),
-        LockStrategy::Link => link::probe(path),
+        Concrete::Os => os::probe(path),
+        Concrete::Mkdir => mkdir::probe(path),
+        Concrete::Link => link::probe(path),
     }
 }
 
@@ -265,6 +346,6 @@ pub(crate) fn break_claim(path: &Utf8Path, claim: &Claim, recover: bool) -> Resu
 }
 
 /// Whether `try_acquire` can block in the kernel for `strategy`.
-pub(crate) fn can_block(strategy: LockStrategy) -> bool {
-    strategy == LockStrategy::Os
+pub(crate) fn can_block(strategy: Concrete) -> bool {
+    strategy == Concrete::Os
 }

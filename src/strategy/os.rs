@@ -34,12 +34,14 @@ pub(crate) struct Held {
     pub(crate) file: Arc<File>,
     pub(crate) token: String,
     ino: u64,
+    sync: bool,
 }
 
 pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     block: bool,
+    sync: bool,
 ) -> Result<Option<Held>> {
     let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
     check_regular(path, &file)?;
@@ -56,11 +58,20 @@ pub(crate) fn try_acquire(
     }
     let mut file = lock.into_inner();
     // The lock is ours from here; any error below must unlock it.
-    match write_record(path, &mut file, record) {
+    let written = write_record(path, &mut file, record).and_then(|ino| {
+        if sync {
+            file.sync_all()
+                .and_then(|()| fs::sync_parent(path))
+                .map_err(|e| Error::io(path, "flush the owner record of", e))?;
+        }
+        Ok(ino)
+    });
+    match written {
         Ok(ino) => Ok(Some(Held {
             file: Arc::new(file),
             token: record.token.clone(),
             ino,
+            sync,
         })),
         Err(e) => {
             unlock(&file);
@@ -70,8 +81,19 @@ pub(crate) fn try_acquire(
 }
 
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    let Held { file, token, ino } = held;
-    let result = release_locked(path, &file, &token, ino);
+    let Held {
+        file,
+        token,
+        ino,
+        sync,
+    } = held;
+    let result = release_locked(path, &file, &token, ino).and_then(|released| {
+        if sync && matches!(released, Released::Done) {
+            file.sync_all()
+                .map_err(|e| Error::io(path, "flush the cleared record of", e))?;
+        }
+        Ok(released)
+    });
     unlock(&file);
     result
 }

@@ -1,0 +1,568 @@
+//! Which file system holds a lock, and what its locks are worth there.
+//!
+//! [`LockStrategy::Auto`] and the refusal of OS locks that would exclude
+//! nobody both rest on [`FileSystem::detect`]:
+//!
+//! - **Linux**: `statfs(2)` on the lock's directory gives the file system's
+//!   magic number (NFS, SMB/CIFS, FUSE, 9p, Ceph, Lustre, AFS, ...). For the
+//!   few where the answer depends on how the file system is mounted (the
+//!   FUSE subtype, NFS `local_lock=`/`nolock`, CIFS `nobrl`, Lustre
+//!   `flock`), the mount's entry in `/proc/self/mountinfo` decides.
+//! - **macOS and the BSDs**: `statfs(2)`'s `f_fstypename` and its
+//!   `MNT_LOCAL` flag.
+//! - **Windows**: UNC paths (`\\server\share\...`) and drive letters that
+//!   `GetDriveTypeW` calls remote are SMB shares.
+//!
+//! The rules (also in the README):
+//!
+//! | file system | OS locks exclude other clients? | `Auto` picks |
+//! | --- | --- | --- |
+//! | local disks, tmpfs, overlay, `fuseblk` (ntfs-3g, exfat) | yes (one client) | `Os` |
+//! | NFS | yes, forwarded to the server as POSIX locks, unless mounted `nolock` or `local_lock=flock\|all` | `Link` |
+//! | SMB/CIFS (Linux), SMB shares (Windows, macOS) | yes, as SMB byte-range locks, unless mounted `nobrl` | `Mkdir` |
+//! | Ceph, GPFS, OCFS2, GFS2 | yes (cluster-wide `flock`) | `Link` |
+//! | Lustre | only when mounted `-o flock` | `Link` |
+//! | FUSE (sshfs, s3fs, rclone, glusterfs, ...) | no: the kernel keeps them on this client unless the FUSE server forwards them, and most do not | `Link` for sshfs, glusterfs, ceph-fuse, MooseFS, LizardFS, JuiceFS; `Mkdir` for the rest |
+//! | 9p, virtiofs, vboxsf, BeeGFS, OrangeFS, AFS, Coda, WebDAV | no | `Link` for 9p and BeeGFS, `Mkdir` for the rest |
+//!
+//! An explicit [`LockStrategy::Os`] on a file system of the "no" rows is
+//! refused with [`Error::OsLocksNotShared`](crate::Error::OsLocksNotShared)
+//! unless the caller opts in ([`LockOptions::trust_os_locks`]).
+//!
+//! [`LockStrategy::Auto`]: crate::LockStrategy::Auto
+//! [`LockStrategy::Os`]: crate::LockStrategy::Os
+//! [`LockOptions::trust_os_locks`]: crate::LockOptions::trust_os_locks
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+use crate::strategy::LockStrategy;
+
+/// Where a file system keeps its data, as far as locking is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Locality {
+    /// A file system only this machine uses (a disk, tmpfs, an overlay).
+    Local,
+    /// A network or cluster file system: other machines are its clients too.
+    Network,
+    /// A FUSE file system (other than a local block device's): a user-space
+    /// server, often a network one, decides what its operations mean.
+    Fuse,
+}
+
+/// What portalock knows of the file system that holds a lock.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{FileSystem, LockStrategy};
+///
+/// let dir = tempfile::tempdir()?;
+/// let fs = FileSystem::detect(dir.path())?;
+/// println!("{} ({:?}): Auto picks {}", fs.name(), fs.locality(), fs.auto_strategy());
+/// if fs.is_local() {
+///     assert_eq!(fs.auto_strategy(), LockStrategy::Os);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileSystem {
+    name: String,
+    locality: Locality,
+    os_locks_shared: bool,
+    auto: LockStrategy,
+}
+
+impl FileSystem {
+    /// The file system that holds `dir`. If `dir` does not exist yet, the
+    /// file system of its nearest existing ancestor (where it would be
+    /// created).
+    ///
+    /// # Errors
+    ///
+    /// The error of `statfs` (or its platform's equivalent) when no
+    /// ancestor of `dir` can be inspected.
+    pub fn detect(dir: impl AsRef<Path>) -> io::Result<FileSystem> {
+        let mut dir = dir.as_ref();
+        loop {
+            match detect_at(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match dir.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => dir = parent,
+                    _ => return Err(e),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// The file system's name: `ext4`, `tmpfs`, `nfs`, `cifs`,
+    /// `fuse.sshfs`, `smbfs`, ...; for a local file system portalock has no
+    /// name for, its magic number (`0x...`) on Linux.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the file system keeps its data.
+    pub fn locality(&self) -> Locality {
+        self.locality
+    }
+
+    /// Whether only this machine uses the file system.
+    pub fn is_local(&self) -> bool {
+        self.locality == Locality::Local
+    }
+
+    /// Whether an OS advisory lock taken here excludes processes on every
+    /// client of the file system, not only on this machine (always true of
+    /// a local file system).
+    pub fn os_locks_shared(&self) -> bool {
+        self.os_locks_shared
+    }
+
+    /// The strategy [`LockStrategy::Auto`] resolves to here: `Os` on a
+    /// local file system, `Link` on network and FUSE file systems known to
+    /// make hard links, `Mkdir` on the others.
+    pub fn auto_strategy(&self) -> LockStrategy {
+        self.auto
+    }
+
+    fn local(name: impl Into<String>) -> FileSystem {
+        FileSystem {
+            name: name.into(),
+            locality: Locality::Local,
+            os_locks_shared: true,
+            auto: LockStrategy::Os,
+        }
+    }
+
+    fn remote(
+        name: impl Into<String>,
+        locality: Locality,
+        os_locks_shared: bool,
+        auto: LockStrategy,
+    ) -> FileSystem {
+        FileSystem {
+            name: name.into(),
+            locality,
+            os_locks_shared,
+            auto,
+        }
+    }
+}
+
+impl fmt::Display for FileSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let locality = match self.locality {
+            Locality::Local => "local",
+            Locality::Network => "network",
+            Locality::Fuse => "FUSE",
+        };
+        write!(f, "{} ({locality})", self.name)
+    }
+}
+
+/// FUSE subtypes whose servers make real hard links.
+#[cfg(any(unix, test))]
+const FUSE_WITH_LINKS: [&str; 6] = [
+    "sshfs",
+    "glusterfs",
+    "ceph-fuse",
+    "mfs",
+    "lizardfs",
+    "juicefs",
+];
+
+/// Whether a comma-separated option list contains `opt` exactly.
+#[cfg(any(target_os = "linux", target_os = "android", test))]
+fn has_option(options: &str, opt: &str) -> bool {
+    options.split(',').any(|o| o == opt)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn detect_at(dir: &Path) -> io::Result<FileSystem> {
+    let stat = rustix::fs::statfs(dir).map_err(io::Error::from)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    let magic = stat.f_type as u64 & 0xffff_ffff;
+    Ok(linux::classify(magic, || linux::mount_of(dir)))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", test))]
+mod linux {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    use std::path::Path;
+
+    use super::{has_option, FileSystem, Locality, FUSE_WITH_LINKS};
+    use crate::strategy::LockStrategy;
+
+    const NFS: u64 = 0x6969;
+    const SMB: u64 = 0x517b;
+    const CIFS: u64 = 0xff53_4d42;
+    const SMB2: u64 = 0xfe53_4d42;
+    const FUSE: u64 = 0x6573_5546;
+    const V9FS: u64 = 0x0102_1997;
+    const CEPH: u64 = 0x00c3_6400;
+    const LUSTRE: u64 = 0x0bd0_0bd0;
+    const KAFS: u64 = 0x6b41_4653;
+    const OPENAFS: u64 = 0x5346_414f;
+    const CODA: u64 = 0x7375_7245;
+    const NCP: u64 = 0x564c;
+    const VBOXSF: u64 = 0x786f_4256;
+    const OCFS2: u64 = 0x7461_636f;
+    const GFS2: u64 = 0x0116_1970;
+    const GPFS: u64 = 0x4750_4653;
+    const BEEGFS: u64 = 0x1983_0326;
+    const ORANGEFS: u64 = 0x2003_0528;
+
+    /// Names of common local file systems, for messages.
+    const LOCAL: [(u64, &str); 14] = [
+        (0xef53, "ext4"),
+        (0x5846_5342, "xfs"),
+        (0x9123_683e, "btrfs"),
+        (0x0102_1994, "tmpfs"),
+        (0x794c_7630, "overlay"),
+        (0x2fc1_2fc1, "zfs"),
+        (0xf2f5_2010, "f2fs"),
+        (0x4d44, "vfat"),
+        (0x2011_bab0, "exfat"),
+        (0x5346_544e, "ntfs"),
+        (0x7366_746e, "ntfs3"),
+        (0x8584_58f6, "ramfs"),
+        (0xca45_1a4e, "bcachefs"),
+        (0x3153_464a, "jfs"),
+    ];
+
+    /// One mount's entry in `/proc/self/mountinfo`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub(super) struct Mount {
+        /// `fuse.sshfs`, `nfs4`, ...
+        pub(super) fstype: String,
+        /// Mount options and super-block options, comma-separated.
+        pub(super) options: String,
+    }
+
+    pub(super) fn classify(magic: u64, mount: impl FnOnce() -> Option<Mount>) -> FileSystem {
+        use Locality::{Fuse, Network};
+        use LockStrategy::{Link, Mkdir};
+        match magic {
+            NFS => {
+                let m = mount().unwrap_or_default();
+                let local_locks = m
+                    .options
+                    .split(',')
+                    .any(|o| o == "nolock" || o == "local_lock=flock" || o == "local_lock=all");
+                let name = if m.fstype.is_empty() {
+                    "nfs"
+                } else {
+                    &m.fstype
+                };
+                FileSystem::remote(name, Network, !local_locks, Link)
+            }
+            CIFS | SMB2 => {
+                let m = mount().unwrap_or_default();
+                let name = if m.fstype.is_empty() {
+                    "cifs"
+                } else {
+                    &m.fstype
+                };
+                FileSystem::remote(name, Network, !has_option(&m.options, "nobrl"), Mkdir)
+            }
+            FUSE => match mount() {
+                Some(m) if m.fstype == "fuseblk" => FileSystem::local("fuseblk"),
+                Some(m) => {
+                    let sub = m.fstype.strip_prefix("fuse.").unwrap_or(&m.fstype);
+                    let auto = if FUSE_WITH_LINKS.contains(&sub) {
+                        Link
+                    } else {
+                        Mkdir
+                    };
+                    FileSystem::remote(m.fstype.clone(), Fuse, false, auto)
+                }
+                None => FileSystem::remote("fuse", Fuse, false, Mkdir),
+            },
+            LUSTRE => {
+                let m = mount().unwrap_or_default();
+                FileSystem::remote("lustre", Network, has_option(&m.options, "flock"), Link)
+            }
+            CEPH => FileSystem::remote("ceph", Network, true, Link),
+            GPFS => FileSystem::remote("gpfs", Network, true, Link),
+            OCFS2 => FileSystem::remote("ocfs2", Network, true, Link),
+            GFS2 => FileSystem::remote("gfs2", Network, true, Link),
+            V9FS => FileSystem::remote("9p", Network, false, Link),
+            BEEGFS => FileSystem::remote("beegfs", Network, false, Link),
+            SMB => FileSystem::remote("smbfs", Network, false, Mkdir),
+            KAFS | OPENAFS => FileSystem::remote("afs", Network, false, Mkdir),
+            CODA => FileSystem::remote("coda", Network, false, Mkdir),
+            NCP => FileSystem::remote("ncpfs", Network, false, Mkdir),
+            VBOXSF => FileSystem::remote("vboxsf", Network, false, Mkdir),
+            ORANGEFS => FileSystem::remote("orangefs", Network, false, Mkdir),
+            _ => match LOCAL.iter().find(|(m, _)| *m == magic) {
+                Some((_, name)) => FileSystem::local(*name),
+                None => FileSystem::local(format!("{magic:#x}")),
+            },
+        }
+    }
+
+    /// The mount that holds `dir`: the last mountinfo entry whose mount
+    /// point is the longest prefix of `dir`'s canonical path.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn mount_of(dir: &Path) -> Option<Mount> {
+        let dir = std::fs::canonicalize(dir).ok()?;
+        let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        best_mount(&table, dir.to_str()?)
+    }
+
+    /// Picks `dir`'s mount out of a mountinfo table.
+    pub(super) fn best_mount(table: &str, dir: &str) -> Option<Mount> {
+        let mut best: Option<(usize, Mount)> = None;
+        for line in table.lines() {
+            let (left, right) = line.split_once(" - ")?;
+            let mut left_fields = left.split(' ');
+            let mount_point = unescape(left_fields.nth(4)?);
+            let mount_options = left_fields.next().unwrap_or("");
+            let mut right_fields = right.split(' ');
+            let fstype = right_fields.next().unwrap_or("");
+            let super_options = right_fields.nth(1).unwrap_or("");
+            let inside = dir == mount_point
+                || mount_point == "/"
+                || dir
+                    .strip_prefix(mount_point.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'));
+            if inside
+                && best
+                    .as_ref()
+                    .is_none_or(|(len, _)| mount_point.len() >= *len)
+            {
+                best = Some((
+                    mount_point.len(),
+                    Mount {
+                        fstype: fstype.to_owned(),
+                        options: format!("{mount_options},{super_options}"),
+                    },
+                ));
+            }
+        }
+        best.map(|(_, mount)| mount)
+    }
+
+    /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+    fn unescape(field: &str) -> String {
+        let bytes = field.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+                let s = std::str::from_utf8(d).ok()?;
+                u8::from_str_radix(s, 8).ok()
+            });
+            match (bytes[i], octal) {
+                (b'\\', Some(b)) => {
+                    out.push(b);
+                    i += 4;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+fn detect_at(dir: &Path) -> io::Result<FileSystem> {
+    let stat = rustix::fs::statfs(dir).map_err(io::Error::from)?;
+    let name: Vec<u8> = stat
+        .f_fstypename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let name = String::from_utf8_lossy(&name).into_owned();
+    #[allow(clippy::unnecessary_cast)] // f_flags' width differs by target
+    let local = stat.f_flags as u64 & libc::MNT_LOCAL as u64 != 0;
+    Ok(bsd_classify(name, local))
+}
+
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    test
+))]
+fn bsd_classify(name: String, local: bool) -> FileSystem {
+    use LockStrategy::{Link, Mkdir};
+    let fuse = name.starts_with("fuse")
+        || name.starts_with("osxfuse")
+        || name.starts_with("macfuse")
+        || name == "fusefs";
+    if fuse {
+        let sub = name.rsplit('.').next().unwrap_or("");
+        let auto = if FUSE_WITH_LINKS.contains(&sub) {
+            Link
+        } else {
+            Mkdir
+        };
+        return FileSystem::remote(name, Locality::Fuse, false, auto);
+    }
+    if local {
+        return FileSystem::local(name);
+    }
+    match name.as_str() {
+        "nfs" => FileSystem::remote(name, Locality::Network, true, Link),
+        "smbfs" | "afpfs" | "cifs" => FileSystem::remote(name, Locality::Network, true, Mkdir),
+        _ => FileSystem::remote(name, Locality::Network, false, Mkdir),
+    }
+}
+
+#[cfg(windows)]
+fn detect_at(dir: &Path) -> io::Result<FileSystem> {
+    use std::path::{Component, Prefix};
+
+    // Fails with NotFound for a missing directory, like statfs.
+    std::fs::metadata(dir)?;
+    let abs = std::path::absolute(dir)?;
+    let remote = match abs.components().next() {
+        Some(Component::Prefix(p)) => match p.kind() {
+            Prefix::UNC(..) | Prefix::VerbatimUNC(..) => true,
+            Prefix::Disk(letter) | Prefix::VerbatimDisk(letter) => windows::is_remote_drive(letter),
+            _ => false,
+        },
+        _ => false,
+    };
+    Ok(if remote {
+        FileSystem::remote("smb", Locality::Network, true, LockStrategy::Mkdir)
+    } else {
+        FileSystem::local("local")
+    })
+}
+
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod windows {
+    use windows_sys::Win32::Storage::FileSystem::GetDriveTypeW;
+
+    /// `DRIVE_REMOTE` from `GetDriveTypeW`.
+    const DRIVE_REMOTE: u32 = 4;
+
+    /// Whether the drive with this letter is a network drive.
+    pub(super) fn is_remote_drive(letter: u8) -> bool {
+        let root: [u16; 4] = [u16::from(letter), u16::from(b':'), u16::from(b'\\'), 0];
+        // SAFETY: `root` is a NUL-terminated UTF-16 string that lives
+        // across the call; GetDriveTypeW only reads it.
+        let kind = unsafe { GetDriveTypeW(root.as_ptr()) };
+        kind == DRIVE_REMOTE
+    }
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    windows
+)))]
+fn detect_at(dir: &Path) -> io::Result<FileSystem> {
+    // No way to tell here: trust the local answer.
+    std::fs::metadata(dir)?;
+    Ok(FileSystem::local("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linux::{best_mount, classify, Mount};
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /mnt/nfs rw,relatime shared:2 - nfs4 srv:/export rw,vers=4.2,local_lock=none
+41 22 0:36 / /mnt/nfs-local rw shared:3 - nfs srv:/x rw,vers=3,nolock,local_lock=all
+42 22 0:37 / /mnt/my\\040share rw,nosuid - fuse.sshfs user@host:/d rw,user_id=0
+43 42 0:38 / /mnt/my\\040share/inner rw - fuseblk /dev/sdb1 rw
+44 22 0:39 / /mnt/smb rw - cifs //srv/s rw,vers=3.0,nobrl
+";
+
+    fn mount(dir: &str) -> Mount {
+        best_mount(TABLE, dir).unwrap_or_default()
+    }
+
+    #[test]
+    fn mountinfo_picks_the_longest_prefix_and_unescapes() {
+        assert_eq!(mount("/home/x").fstype, "ext4");
+        assert_eq!(mount("/mnt/nfs/a/b").fstype, "nfs4");
+        assert_eq!(mount("/mnt/nfs-local").fstype, "nfs");
+        assert_eq!(mount("/mnt/nfsx").fstype, "ext4");
+        assert_eq!(mount("/mnt/my share/x").fstype, "fuse.sshfs");
+        assert_eq!(mount("/mnt/my share/inner/y").fstype, "fuseblk");
+    }
+
+    #[test]
+    fn linux_rules() {
+        let nfs = classify(0x6969, || Some(mount("/mnt/nfs")));
+        assert_eq!((nfs.name(), nfs.os_locks_shared()), ("nfs4", true));
+        assert_eq!(nfs.auto_strategy(), LockStrategy::Link);
+        let nolock = classify(0x6969, || Some(mount("/mnt/nfs-local")));
+        assert!(!nolock.os_locks_shared());
+        let sshfs = classify(0x6573_5546, || Some(mount("/mnt/my share")));
+        assert_eq!(sshfs.locality(), Locality::Fuse);
+        assert!(!sshfs.os_locks_shared());
+        assert_eq!(sshfs.auto_strategy(), LockStrategy::Link);
+        let blk = classify(0x6573_5546, || Some(mount("/mnt/my share/inner")));
+        assert!(blk.is_local());
+        assert_eq!(blk.auto_strategy(), LockStrategy::Os);
+        let other_fuse = classify(0x6573_5546, || {
+            Some(Mount {
+                fstype: "fuse.rclone".into(),
+                options: String::new(),
+            })
+        });
+        assert_eq!(other_fuse.auto_strategy(), LockStrategy::Mkdir);
+        let cifs = classify(0xff53_4d42, || Some(mount("/mnt/smb")));
+        assert!(!cifs.os_locks_shared());
+        assert_eq!(cifs.auto_strategy(), LockStrategy::Mkdir);
+        let ext4 = classify(0xef53, || None);
+        assert_eq!((ext4.name(), ext4.is_local()), ("ext4", true));
+        assert_eq!(classify(0x1234, || None).name(), "0x1234");
+    }
+
+    #[test]
+    fn bsd_rules() {
+        assert_eq!(
+            bsd_classify("apfs".into(), true).auto_strategy(),
+            LockStrategy::Os
+        );
+        let nfs = bsd_classify("nfs".into(), false);
+        assert!(nfs.os_locks_shared());
+        assert_eq!(nfs.auto_strategy(), LockStrategy::Link);
+        let fuse = bsd_classify("macfuse".into(), true);
+        assert!(!fuse.os_locks_shared());
+        assert_eq!(fuse.locality(), Locality::Fuse);
+        assert_eq!(
+            bsd_classify("smbfs".into(), false).auto_strategy(),
+            LockStrategy::Mkdir
+        );
+        assert!(!bsd_classify("webdav".into(), false).os_locks_shared());
+    }
+
+    #[test]
+    fn detect_walks_up_to_an_existing_ancestor() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let here = FileSystem::detect(dir.path())?;
+        let deeper = FileSystem::detect(dir.path().join("no/such/dir"))?;
+        assert_eq!(here, deeper);
+        Ok(())
+    }
+}
