@@ -22,8 +22,16 @@
 //! | SMB/CIFS (Linux), SMB shares (Windows, macOS) | yes, as SMB byte-range locks, unless mounted `nobrl` | `Mkdir` |
 //! | Ceph, GPFS, OCFS2, GFS2 | yes (cluster-wide `flock`) | `Link` |
 //! | Lustre | only when mounted `-o flock` | `Link` |
-//! | FUSE (sshfs, s3fs, rclone, glusterfs, ...) | no: the kernel keeps them on this client unless the FUSE server forwards them, and most do not | `Link` for sshfs, glusterfs, ceph-fuse, MooseFS, LizardFS, JuiceFS; `Mkdir` for the rest |
+//! | FUSE (sshfs, s3fs, rclone, glusterfs, ...) | no: the kernel keeps them on this client unless the FUSE server forwards them, and most do not | `Mkdir` |
 //! | 9p, virtiofs, vboxsf, BeeGFS, OrangeFS, AFS, Coda, WebDAV | no | `Link` for 9p and BeeGFS, `Mkdir` for the rest |
+//!
+//! `Auto` picks `Mkdir` on FUSE, also where hard links work (sshfs): a FUSE
+//! client turns the unlink of a file that a process on it still has open
+//! (a waiter reading the owner record, say) into a rename to a hidden
+//! `.fuse_hidden*` name, which some servers (sshfs) keep after the file is
+//! closed. `Mkdir` finds those inside its lock directory and removes them;
+//! `Link` would leave them beside the lock file. Mounting sshfs with `-o
+//! hard_remove` avoids them.
 //!
 //! An explicit [`LockStrategy::Os`] on a file system of the "no" rows is
 //! refused with [`Error::OsLocksNotShared`](crate::Error::OsLocksNotShared)
@@ -122,8 +130,8 @@ impl FileSystem {
     }
 
     /// The strategy [`LockStrategy::Auto`] resolves to here: `Os` on a
-    /// local file system, `Link` on network and FUSE file systems known to
-    /// make hard links, `Mkdir` on the others.
+    /// local file system, `Link` on network file systems known to make hard
+    /// links (NFS, ...), `Mkdir` on the others and on FUSE.
     pub fn auto_strategy(&self) -> LockStrategy {
         self.auto
     }
@@ -163,17 +171,6 @@ impl fmt::Display for FileSystem {
     }
 }
 
-/// FUSE subtypes whose servers make real hard links.
-#[cfg(any(unix, test))]
-const FUSE_WITH_LINKS: [&str; 6] = [
-    "sshfs",
-    "glusterfs",
-    "ceph-fuse",
-    "mfs",
-    "lizardfs",
-    "juicefs",
-];
-
 /// Whether a comma-separated option list contains `opt` exactly.
 #[cfg(any(target_os = "linux", target_os = "android", test))]
 fn has_option(options: &str, opt: &str) -> bool {
@@ -193,7 +190,7 @@ mod linux {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     use std::path::Path;
 
-    use super::{has_option, FileSystem, Locality, FUSE_WITH_LINKS};
+    use super::{has_option, FileSystem, Locality};
     use crate::strategy::LockStrategy;
 
     const NFS: u64 = 0x6969;
@@ -270,15 +267,7 @@ mod linux {
             }
             FUSE => match mount() {
                 Some(m) if m.fstype == "fuseblk" => FileSystem::local("fuseblk"),
-                Some(m) => {
-                    let sub = m.fstype.strip_prefix("fuse.").unwrap_or(&m.fstype);
-                    let auto = if FUSE_WITH_LINKS.contains(&sub) {
-                        Link
-                    } else {
-                        Mkdir
-                    };
-                    FileSystem::remote(m.fstype.clone(), Fuse, false, auto)
-                }
+                Some(m) => FileSystem::remote(m.fstype, Fuse, false, Mkdir),
                 None => FileSystem::remote("fuse", Fuse, false, Mkdir),
             },
             LUSTRE => {
@@ -407,13 +396,7 @@ fn bsd_classify(name: String, local: bool) -> FileSystem {
         || name.starts_with("macfuse")
         || name == "fusefs";
     if fuse {
-        let sub = name.rsplit('.').next().unwrap_or("");
-        let auto = if FUSE_WITH_LINKS.contains(&sub) {
-            Link
-        } else {
-            Mkdir
-        };
-        return FileSystem::remote(name, Locality::Fuse, false, auto);
+        return FileSystem::remote(name, Locality::Fuse, false, Mkdir);
     }
     if local {
         return FileSystem::local(name);
@@ -519,7 +502,7 @@ mod tests {
         let sshfs = classify(0x6573_5546, || Some(mount("/mnt/my share")));
         assert_eq!(sshfs.locality(), Locality::Fuse);
         assert!(!sshfs.os_locks_shared());
-        assert_eq!(sshfs.auto_strategy(), LockStrategy::Link);
+        assert_eq!(sshfs.auto_strategy(), LockStrategy::Mkdir);
         let blk = classify(0x6573_5546, || Some(mount("/mnt/my share/inner")));
         assert!(blk.is_local());
         assert_eq!(blk.auto_strategy(), LockStrategy::Os);

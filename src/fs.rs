@@ -30,7 +30,7 @@ pub(crate) fn kind(meta: &Metadata) -> FileKind {
 
 /// What is at `path`, without following a symbolic link; `None` if nothing.
 pub(crate) fn lkind(path: &Utf8Path) -> io::Result<Option<FileKind>> {
-    match path.symlink_metadata() {
+    match lstat(path) {
         Ok(meta) => Ok(Some(kind(&meta))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -120,7 +120,29 @@ pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
     }
-    opts.open(path)
+    stale_retry(|| opts.open(path))
+}
+
+/// Opens the existing regular file `path` for writing, without following
+/// a final symbolic link, creating or truncating anything.
+pub(crate) fn open_write(path: &Utf8Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true);
+    no_follow(&mut opts);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    }
+    let file = stale_retry(|| opts.open(path))?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
 }
 
 /// Opens `path` for reading and writing, creating it if needed (mode
@@ -149,7 +171,7 @@ pub(crate) fn create_new(path: &Utf8Path) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(FILE_MODE);
     }
-    opts.open(path)
+    stale_retry(|| opts.open(path))
 }
 
 /// Whether `err`, from opening or inspecting `path`, means that nothing is
@@ -270,4 +292,60 @@ pub(crate) fn is_transient(e: &io::Error) -> bool {
         return true;
     }
     false
+}
+
+/// Whether `name` is a client's hidden rename of a file that was unlinked
+/// while open (FUSE's `.fuse_hidden*`, NFS's `.nfs*`).
+pub(crate) fn is_silly_renamed(name: &str) -> bool {
+    name.starts_with(".fuse_hidden") || name.starts_with(".nfs")
+}
+
+/// Runs `op` again while it fails with `ESTALE`: an NFS or FUSE client's
+/// handle of a directory went stale (the directory was removed and made
+/// again). Such a call did nothing, so repeating it is safe; the client
+/// looks the path up afresh. Gives up after a few tries.
+pub(crate) fn stale_retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut attempt = 0u32;
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::StaleNetworkFileHandle && attempt < 4 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1 << attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `std::fs::remove_file`, retried on `ESTALE`.
+pub(crate) fn remove_file(path: impl AsRef<std::path::Path>) -> io::Result<()> {
+    stale_retry(|| std::fs::remove_file(path.as_ref()))
+}
+
+/// `std::fs::remove_dir`, retried on `ESTALE`.
+pub(crate) fn remove_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
+    stale_retry(|| std::fs::remove_dir(path.as_ref()))
+}
+
+/// `std::fs::create_dir`, retried on `ESTALE`.
+pub(crate) fn create_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
+    stale_retry(|| std::fs::create_dir(path.as_ref()))
+}
+
+/// `std::fs::read_dir`, retried on `ESTALE`.
+pub(crate) fn read_dir(path: impl AsRef<std::path::Path>) -> io::Result<std::fs::ReadDir> {
+    stale_retry(|| std::fs::read_dir(path.as_ref()))
+}
+
+/// `std::fs::hard_link`, retried on `ESTALE`.
+pub(crate) fn hard_link(
+    from: impl AsRef<std::path::Path>,
+    to: impl AsRef<std::path::Path>,
+) -> io::Result<()> {
+    stale_retry(|| std::fs::hard_link(from.as_ref(), to.as_ref()))
+}
+
+/// `symlink_metadata` (`lstat`), retried on `ESTALE`.
+pub(crate) fn lstat(path: impl AsRef<std::path::Path>) -> io::Result<Metadata> {
+    stale_retry(|| std::fs::symlink_metadata(path.as_ref()))
 }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::fs;
 use crate::owner::OwnerRecord;
 use crate::strategy::Held;
 
@@ -150,7 +149,7 @@ impl Holding {
             let mut record = lock(&self.record);
             record.0.beat += 1;
             let json = record.0.to_json();
-            let written = fs::rewrite(&held.record_file(), json.as_bytes(), record.1);
+            let written = held.rewrite_record(&self.path, json.as_bytes(), record.1);
             record.1 = record.1.max(json.len());
             written
         };

@@ -742,8 +742,13 @@ impl LockFile {
     /// One look at a held lock while waiting: breaks it if it is stale.
     /// Returns whether to try again at once (broken, or free meanwhile).
     fn break_if_stale(&self, watch: &mut Watch) -> Result<bool> {
-        let Probe::Held(seen) = strategy::probe(self.strategy, &self.path)? else {
-            return Ok(true);
+        let seen = match strategy::probe(self.strategy, &self.path) {
+            Ok(Probe::Held(seen)) => seen,
+            Ok(Probe::Free) => return Ok(true),
+            // The lock changed under the look (a stale NFS handle, say):
+            // look again at the next poll.
+            Err(e) if e.io_error().is_some_and(fs::is_transient) => return Ok(false),
+            Err(e) => return Err(e),
         };
         let unchanged = watch.observe(&seen);
         if !judge(&seen, unchanged, self.grace).is_stale() {

@@ -5,7 +5,9 @@ mod common;
 use portalock::LockStrategy;
 use rstest::rstest;
 
-use common::spawn;
+use std::path::Path;
+
+use common::{run_counters, spawn};
 
 #[test]
 fn child() {
@@ -31,25 +33,9 @@ fn processes_increment_a_counter_under_the_lock(
         counter.to_str().expect("utf-8").to_owned(),
     );
     let n = ITERATIONS.to_string();
-    let mut procs: Vec<_> = (0..PROCESSES)
+    let procs: Vec<_> = (0..PROCESSES)
         .map(|_| spawn("count", &[strategy.as_str(), &lock, &counter, &n]))
         .collect();
-    for p in &mut procs {
-        p.expect("READY");
-    }
-    for p in &mut procs {
-        p.send("go");
-    }
-    for p in &mut procs {
-        p.expect("DONE");
-    }
-    for p in procs {
-        assert!(p.wait().success());
-    }
-    let total: u64 = std::fs::read_to_string(&counter)
-        .expect("read counter")
-        .trim()
-        .parse()
-        .expect("number");
+    let total = run_counters(procs, Path::new(&counter));
     assert_eq!(total, PROCESSES as u64 * u64::from(ITERATIONS));
 }

@@ -24,7 +24,6 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::Arc;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -36,7 +35,6 @@ use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) token: String,
-    pub(crate) file: Arc<File>,
     claim: Utf8PathBuf,
     ino: u64,
     sync: bool,
@@ -69,7 +67,7 @@ pub(crate) fn try_acquire(
     let meta = match written {
         Ok(meta) => meta,
         Err(e) => {
-            let _ = std::fs::remove_file(&claim);
+            let _ = fs::remove_file(&claim);
             return Err(Error::io(path, "write a private record file beside", e));
         }
     };
@@ -77,22 +75,22 @@ pub(crate) fn try_acquire(
     let linked = link(path, &claim, &file, ino, &record.token).and_then(|ours| {
         if ours && sync {
             if let Err(e) = fs::sync_parent(path) {
-                let _ = std::fs::remove_file(path);
+                let _ = fs::remove_file(path);
                 return Err(Error::io(path, "flush the new lock file", e));
             }
         }
         Ok(ours)
     });
     match linked {
+        // The claim is closed now: see `Held::rewrite_record`.
         Ok(true) => Ok(Some(Held {
             token: record.token.clone(),
-            file: Arc::new(file),
             claim,
             ino,
             sync,
         })),
         other => {
-            let _ = std::fs::remove_file(&claim);
+            let _ = fs::remove_file(&claim);
             other.map(|_| None)
         }
     }
@@ -112,7 +110,7 @@ fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, ino: u64, token: &str) -
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
-        let err = match std::fs::hard_link(claim, path) {
+        let err = match fs::hard_link(claim, path) {
             Ok(()) => return Ok(true),
             Err(e) => e,
         };
@@ -122,7 +120,13 @@ fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, ino: u64, token: &str) -
         if err.kind() == io::ErrorKind::AlreadyExists {
             return fs::busy(path, LockStrategy::Link, FileKind::File).map(|()| false);
         }
-        if err.kind() == io::ErrorKind::Unsupported || err.raw_os_error() == Some(EPERM) {
+        if err.raw_os_error() == Some(EPERM) && fs::lkind(path).ok().flatten().is_some() {
+            // sshfs answers EPERM for a link onto an existing name.
+            return fs::busy(path, LockStrategy::Link, FileKind::File).map(|()| false);
+        }
+        let unsupported =
+            err.kind() == io::ErrorKind::Unsupported || err.raw_os_error() == Some(EPERM);
+        if unsupported && attempt >= ATTEMPTS {
             return Err(Error::Unsupported {
                 path: path.to_owned(),
                 strategy: LockStrategy::Link,
@@ -131,7 +135,9 @@ fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, ino: u64, token: &str) -
                 ),
             });
         }
-        if !fs::is_transient(&err) || attempt >= ATTEMPTS {
+        // EPERM with the lock path absent: either no hard links here, or
+        // the lock was released in between; trying again tells.
+        if !(unsupported || fs::is_transient(&err)) || attempt >= ATTEMPTS {
             return Err(fs::io_error(path, "link lock file", err));
         }
         attempt += 1;
@@ -162,25 +168,30 @@ fn link_count(_file: &File) -> Option<u64> {
 /// files), it holds a record with that token. Tokens are unique per
 /// acquisition, so either answer is exact.
 fn names(path: &Utf8Path, ino: u64, token: &str) -> io::Result<bool> {
-    match path.symlink_metadata() {
+    match fs::lstat(path) {
         Ok(meta) if !meta.is_file() => return Ok(false),
         Ok(meta) if cfg!(unix) && fs::ino(&meta) == ino => return Ok(true),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    match fs::open_read(path) {
-        Ok(file) => {
-            let bytes = read_capped(file)?;
-            Ok(OwnerRecord::parse(&bytes).is_some_and(|r| r.token == token))
-        }
+    // On sshfs even reading an open file can find it gone (ENOENT).
+    match fs::open_read(path).and_then(read_capped) {
+        Ok(bytes) => Ok(OwnerRecord::parse(&bytes).is_some_and(|r| r.token == token)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
 
+impl Held {
+    /// The private name of this holder's record.
+    pub(crate) fn claim(&self) -> &Utf8Path {
+        &self.claim
+    }
+}
+
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    match held.claim.symlink_metadata() {
+    match fs::lstat(&held.claim) {
         Ok(_) => names(path, held.ino, &held.token),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
@@ -190,16 +201,11 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
     let Held {
         token,
-        file,
         claim,
         ino,
         sync,
     } = held;
-    // Close the claim before unlinking it: FUSE file systems (sshfs) and
-    // NFS keep an unlinked open file as a hidden name (`.fuse_hidden*`,
-    // `.nfs*`) beside the lock until it is closed.
-    drop(file);
-    match std::fs::remove_file(&claim) {
+    match fs::remove_file(&claim) {
         Ok(()) => {}
         // A breaker took the claim: the lock is no longer ours.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
@@ -208,7 +214,7 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
     // The claim was ours, so nobody else may remove the lock path now; it
     // is still ours unless something outside portalock removed it.
     match names(path, ino, &token) {
-        Ok(true) => match std::fs::remove_file(path) {
+        Ok(true) => match fs::remove_file(path) {
             Ok(()) if sync => fs::sync_parent(path)
                 .map(|()| Released::Done)
                 .map_err(|e| Error::io(path, "flush the removal of", e)),
@@ -226,11 +232,19 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
         Err(e) => return Err(fs::io_error(path, "open lock file", e)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(path, "inspect lock file", e))?;
+    // sshfs answers `fstat` and `read` on an open file by its name: if the
+    // lock was released since the open, they fail with ENOENT. Free, then.
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
+        Err(e) => return Err(Error::io(path, "inspect lock file", e)),
+    };
     fs::expect_kind(path, LockStrategy::Link, FileKind::File, fs::kind(&meta))?;
-    let bytes = read_capped(file).map_err(|e| Error::io(path, "read lock file", e))?;
+    let bytes = match read_capped(file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
+        Err(e) => return Err(Error::io(path, "read lock file", e)),
+    };
     let record = OwnerRecord::parse(&bytes);
     let claim = match &record {
         Some(rec) if is_token(&rec.token) => Claim::Link {
@@ -270,7 +284,7 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
             if !recover {
                 return Ok(Broken::Orphan);
             }
-            match std::fs::hard_link(path, &claim) {
+            match fs::hard_link(path, &claim) {
                 Ok(()) => {}
                 Err(e)
                     if matches!(
@@ -286,19 +300,19 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
                 // The lock path changed before the link: this claim names
                 // someone else's inode. Removing our extra name of it
                 // leaves their lock as it was.
-                let _ = std::fs::remove_file(&claim);
+                let _ = fs::remove_file(&claim);
                 return Ok(Broken::Raced);
             }
         }
         Err(e) => return Err(Error::io(&claim, "inspect the claim of", e)),
     }
-    match std::fs::remove_file(&claim) {
+    match fs::remove_file(&claim) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
     }
     match names(path, ino, token) {
-        Ok(true) => match std::fs::remove_file(path) {
+        Ok(true) => match fs::remove_file(path) {
             Ok(()) => Ok(Broken::Removed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
             Err(e) => Err(Error::io(path, "remove lock file", e)),

@@ -15,9 +15,8 @@
 //! after the grace period, which likewise fails if a record appeared. See
 //! the `stale` module for the whole argument.
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -30,11 +29,10 @@ use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) token: String,
-    pub(crate) file: Arc<File>,
     sync: bool,
 }
 
-fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
+pub(crate) fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
     path.join(format!("{token}.json"))
 }
 
@@ -43,7 +41,7 @@ pub(crate) fn try_acquire(
     record: &OwnerRecord,
     sync: bool,
 ) -> Result<Option<Held>> {
-    match std::fs::create_dir(path) {
+    match fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return fs::busy(path, LockStrategy::Mkdir, FileKind::Directory).map(|()| None);
@@ -69,8 +67,8 @@ pub(crate) fn try_acquire(
         Err(e) => {
             // The directory is ours: a failure to write the record must not
             // leave a lock behind that nobody will release.
-            let _ = std::fs::remove_file(&target);
-            let _ = std::fs::remove_dir(path);
+            let _ = fs::remove_file(&target);
+            let _ = fs::remove_dir(path);
             return Err(Error::io(&target, "write owner record", e));
         }
     };
@@ -83,12 +81,13 @@ pub(crate) fn try_acquire(
         // (the name is ours alone) and count the lock as busy; if both
         // writers withdraw, the empty directory is broken after the grace
         // period.
-        let _ = std::fs::remove_file(&target);
+        let _ = fs::remove_file(&target);
         return Ok(None);
     }
+    // Closed now: see `Held::rewrite_record`.
+    drop(file);
     Ok(Some(Held {
         token: record.token.clone(),
-        file: Arc::new(file),
         sync,
     }))
 }
@@ -97,7 +96,7 @@ pub(crate) fn try_acquire(
 /// counts as no: the caller withdraws, which is always safe).
 fn alone(path: &Utf8Path, token: &str) -> bool {
     let ours = format!("{token}.json");
-    let Ok(entries) = std::fs::read_dir(path) else {
+    let Ok(entries) = fs::read_dir(path) else {
         return false;
     };
     let mut count = 0;
@@ -111,12 +110,12 @@ fn alone(path: &Utf8Path, token: &str) -> bool {
 }
 
 fn dir_ino(path: &Utf8Path) -> Option<u64> {
-    let meta = path.symlink_metadata().ok()?;
+    let meta = fs::lstat(path).ok()?;
     Some(fs::ino(&meta)).filter(|&ino| ino != 0)
 }
 
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    match record_path(path, &held.token).symlink_metadata() {
+    match fs::lstat(record_path(path, &held.token)) {
         Ok(meta) => Ok(meta.is_file()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
@@ -124,11 +123,7 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 }
 
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    let Held { token, file, sync } = held;
-    // Close the record before unlinking it: FUSE file systems (sshfs) and
-    // NFS keep an unlinked open file as a hidden name (`.fuse_hidden*`,
-    // `.nfs*`) until it is closed, and the directory could not be removed.
-    drop(file);
+    let Held { token, sync } = held;
     Ok(match break_record(path, &token)? {
         Broken::Removed => {
             if sync {
@@ -141,7 +136,7 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    let meta = match path.symlink_metadata() {
+    let meta = match fs::lstat(path) {
         Ok(meta) => meta,
         Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
         Err(e) => return Err(fs::io_error(path, "inspect lock directory", e)),
@@ -152,7 +147,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         FileKind::Directory,
         fs::kind(&meta),
     )?;
-    let entries = match std::fs::read_dir(path) {
+    let entries = match fs::read_dir(path) {
         Ok(entries) => entries,
         // Removed since the look above: free now.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
@@ -163,6 +158,10 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(path, "list lock directory", e))?;
         let name = entry.file_name();
+        if name.to_str().is_some_and(fs::is_silly_renamed) {
+            // An unlinked record still open on this client: going away.
+            continue;
+        }
         match name.to_str().and_then(|n| n.strip_suffix(".json")) {
             Some(token) if is_token(token) => tokens.push(token.to_owned()),
             _ => others += 1,
@@ -176,20 +175,28 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         ([], 0) => (None, Claim::MkdirEmpty),
         ([token], 0) => {
             let target = record_path(path, token);
+            // Released since the listing (on sshfs, `fstat` and `read` of
+            // an open file can find it gone too): an empty stamp marks the
+            // change.
+            let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
             let bytes = match fs::open_read(&target) {
-                Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => {
-                    read_capped(file).map_err(|e| Error::io(&target, "read", e))?
-                }
-                // A FIFO or device under a record's name: not ours.
-                Ok(_) => {
-                    return Ok(Probe::Held(Box::new(Seen {
-                        record: None,
-                        claim: Claim::Foreign,
-                        stamp,
-                    })))
-                }
-                // Released since the listing; an empty stamp marks the change.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Ok(file) => match file.metadata() {
+                    Ok(m) if m.is_file() => match read_capped(file) {
+                        Ok(bytes) => bytes,
+                        Err(e) if gone(&e) => Vec::new(),
+                        Err(e) => return Err(Error::io(&target, "read", e)),
+                    },
+                    Err(e) if gone(&e) => Vec::new(),
+                    // A FIFO or device under a record's name: not ours.
+                    _ => {
+                        return Ok(Probe::Held(Box::new(Seen {
+                            record: None,
+                            claim: Claim::Foreign,
+                            stamp,
+                        })))
+                    }
+                },
+                Err(e) if gone(&e) => Vec::new(),
                 Err(e) => return Err(fs::io_error(&target, "open owner record", e)),
             };
             stamp.extend_from_slice(&bytes);
@@ -214,21 +221,73 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 /// (only one remover can), then the directory if it is empty.
 pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
     let target = record_path(path, token);
-    match std::fs::remove_file(&target) {
+    match fs::remove_file(&target) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&target, "remove owner record", e)),
     }
-    match std::fs::remove_dir(path) {
-        Ok(()) => Ok(Broken::Removed),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Removed),
-        Err(e) => Err(Error::io(path, "remove lock directory", e)),
+    // A process on this client that still has the record open (a prober,
+    // for a moment) turns its unlink into a hidden rename on FUSE and NFS
+    // clients (`.fuse_hidden*`, `.nfs*`), which goes away when it closes
+    // the file. Wait for that, briefly; nothing else may be in the way.
+    let mut wait = Duration::from_millis(1);
+    let mut waited = Duration::ZERO;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(Broken::Removed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Removed),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && only_hidden(path) => {
+                if waited >= SILLY_RENAME_WAIT {
+                    // Some FUSE servers (sshfs) sometimes keep the hidden
+                    // name after the file is closed. It is an unlinked
+                    // record of this lock, nothing else: remove it.
+                    clear_hidden(path);
+                }
+                std::thread::sleep(wait);
+                waited += wait;
+                wait = (wait * 2).min(Duration::from_millis(50));
+                if waited > 4 * SILLY_RENAME_WAIT {
+                    return Err(Error::io(path, "remove lock directory", e));
+                }
+            }
+            Err(e) => return Err(Error::io(path, "remove lock directory", e)),
+        }
     }
+}
+
+/// How long a remover waits for hidden renames of unlinked open files to
+/// go away before it removes them itself.
+const SILLY_RENAME_WAIT: Duration = Duration::from_millis(200);
+
+/// Removes the hidden renames from the lock directory `path`.
+fn clear_hidden(path: &Utf8Path) {
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.take(16).flatten() {
+        if entry.file_name().to_str().is_some_and(fs::is_silly_renamed) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether every entry of the directory is a hidden rename of an unlinked
+/// open file (FUSE's `.fuse_hidden*`, NFS's `.nfs*`).
+fn only_hidden(path: &Utf8Path) -> bool {
+    fs::read_dir(path).is_ok_and(|entries| {
+        entries
+            .take(16)
+            .all(|e| e.is_ok_and(|e| e.file_name().to_str().is_some_and(fs::is_silly_renamed)))
+    })
 }
 
 /// Removes a lock directory without a record, if it is still empty.
 pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
-    match std::fs::remove_dir(path) {
+    if only_hidden(path) {
+        // Judged empty: hidden renames do not count (see `break_record`).
+        clear_hidden(path);
+    }
+    match fs::remove_dir(path) {
         Ok(()) => Ok(Broken::Removed),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
         Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(Broken::Raced),

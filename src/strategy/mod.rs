@@ -6,10 +6,8 @@
 //! functions. This module dispatches on [`LockStrategy`].
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
@@ -74,9 +72,9 @@ pub enum LockStrategy {
     Link,
     /// Chosen per lock when its handle is opened, from the file system
     /// that holds the lock's directory ([`FileSystem::auto_strategy`]):
-    /// `Os` on a local file system, `Link` on network and FUSE file
-    /// systems that make hard links (NFS, sshfs, ...), `Mkdir` on the
-    /// others (SMB shares, ...). [`LockFile::strategy`] reports the choice;
+    /// `Os` on a local file system, `Link` on network file systems that
+    /// make hard links (NFS, ...), `Mkdir` on the others (SMB shares,
+    /// FUSE mounts such as sshfs). [`LockFile::strategy`] reports the choice;
     /// owner records name it, never `auto`.
     ///
     /// Every process that takes one lock must end up with the same
@@ -197,13 +195,32 @@ impl Held {
         }
     }
 
-    /// The open file of this holder's own record (its inode, whatever the
-    /// lock path names now).
-    pub(crate) fn record_file(&self) -> Arc<File> {
+    /// Rewrites this holder's own record in place (a lease refresh): `Os`
+    /// through the locked file, `Mkdir` and `Link` through the record's
+    /// private name (`<token>.json`, `.<name>.<token>.owner`), opened
+    /// anew each time. Those names belong to this acquisition alone, so
+    /// the write can never land in another holder's artifact; once the
+    /// lock is broken they are gone and the write fails.
+    ///
+    /// `Mkdir` and `Link` holders keep no file open while they hold the
+    /// lock: on FUSE and NFS clients, unlinking a file that is (or was just)
+    /// open leaves a hidden rename behind (`.fuse_hidden*`, `.nfs*`).
+    pub(crate) fn rewrite_record(
+        &self,
+        path: &Utf8Path,
+        bytes: &[u8],
+        old_len: usize,
+    ) -> io::Result<()> {
         match self {
-            Held::Os(h) => Arc::clone(&h.file),
-            Held::Mkdir(h) => Arc::clone(&h.file),
-            Held::Link(h) => Arc::clone(&h.file),
+            Held::Os(h) => crate::fs::rewrite(&h.file, bytes, old_len),
+            Held::Mkdir(h) => {
+                let file = crate::fs::open_write(&mkdir::record_path(path, &h.token))?;
+                crate::fs::rewrite(&file, bytes, old_len)
+            }
+            Held::Link(h) => {
+                let file = crate::fs::open_write(h.claim())?;
+                crate::fs::rewrite(&file, bytes, old_len)
+            }
         }
     }
 

@@ -123,7 +123,7 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 }
 
 fn check_inode(path: &Utf8Path, ino: u64) -> io::Result<bool> {
-    match path.symlink_metadata() {
+    match fs::lstat(path) {
         Ok(meta) => Ok(fs::ino(&meta) == ino),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),

@@ -302,6 +302,29 @@ fn count(args: &[&str]) -> i32 {
     0
 }
 
+/// Drives `count` children: waits until all are ready, starts them
+/// together, waits until all are done and exited successfully. Returns the
+/// number in the counter file `counter` then.
+pub fn run_counters(mut procs: Vec<Proc>, counter: &Path) -> u64 {
+    for p in &mut procs {
+        p.expect("READY");
+    }
+    for p in &mut procs {
+        p.send("go");
+    }
+    for p in &mut procs {
+        p.expect("DONE");
+    }
+    for p in procs {
+        assert!(p.wait().success());
+    }
+    std::fs::read_to_string(counter)
+        .expect("read counter")
+        .trim()
+        .parse()
+        .expect("the counter holds a number")
+}
+
 /// Asserts that `result` is `Err(WouldBlock)` naming `pid` as the holder.
 pub fn assert_would_block_by(result: Result<(), Error>, pid: u32) {
     match result {
