@@ -298,6 +298,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_never_names_auto() {
+        let mut record = OwnerRecord::for_this_process(LockStrategy::Mkdir).expect("record");
+        assert!(OwnerRecord::parse(record.to_json().as_bytes()).is_some());
+        record.strategy = LockStrategy::Auto;
+        assert_eq!(OwnerRecord::parse(record.to_json().as_bytes()), None);
+    }
+
+    #[test]
     fn round_trip() {
         let rec = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
         assert_eq!(rec.token.len(), 32);

@@ -577,3 +577,57 @@ fn errors_name_the_path_and_convert_to_io_errors() {
     let io: std::io::Error = err.into();
     assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
 }
+
+#[rstest]
+fn a_synced_lock_is_taken_refreshed_and_released_like_any_other(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (dir, path) = scratch();
+    let lock = LockOptions::new()
+        .strategy(strategy)
+        .sync(true)
+        .lease(Some(Duration::from_millis(30)))
+        .open(&path)
+        .expect("open");
+    lock.acquire().expect("acquire");
+    let first = lock.owner().expect("owner").expect("record");
+    assert_eq!(first.pid, std::process::id());
+    // The heartbeat rewrites the record through its private name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lock.owner().expect("owner").expect("record").beat == 0 {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lock.ensure_held().expect("held");
+    lock.release().expect("release");
+    assert!(!lock.is_locked().expect("probe"));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    match strategy {
+        // The Os lock file stays, emptied.
+        LockStrategy::Os => assert_eq!(left.len(), 1),
+        _ => assert!(left.is_empty(), "left behind: {left:?}"),
+    }
+}
+
+#[test]
+fn auto_resolves_when_the_handle_is_opened_and_records_name_the_result() {
+    let (_dir, path) = scratch();
+    let lock = LockFile::with_strategy(&path, LockStrategy::Auto).expect("open");
+    let fs = lock.file_system().expect("file system");
+    // The scratch directory is on a local disk (or tmpfs).
+    assert!(fs.is_local(), "{fs}");
+    assert_eq!(lock.strategy(), LockStrategy::Os);
+    lock.acquire().expect("acquire");
+    assert_eq!(
+        lock.owner().expect("owner").expect("record").strategy,
+        LockStrategy::Os
+    );
+    // An explicit Os handle takes the same lock.
+    let os = LockFile::with_strategy(&path, LockStrategy::Os).expect("open");
+    assert!(matches!(os.try_acquire(), Err(Error::WouldBlock { .. })));
+    lock.release().expect("release");
+    assert_eq!("auto".parse::<LockStrategy>(), Ok(LockStrategy::Auto));
+}

@@ -321,3 +321,57 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         Err(e) => Err(Error::io(path, "inspect lock file", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim_for(dir: &Utf8Path, path: &Utf8Path) -> (OwnerRecord, Utf8PathBuf, File, u64) {
+        let record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+        let claim = claim_path(path, &record.token).expect("claim path");
+        let mut file = fs::create_new(&claim).expect("claim");
+        file.write_all(record.to_json().as_bytes()).expect("write");
+        let ino = fs::ino(&file.metadata().expect("meta"));
+        assert!(claim.starts_with(dir));
+        (record, claim, file, ino)
+    }
+
+    fn scratch() -> (tempfile::TempDir, Utf8PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8");
+        (dir, root)
+    }
+
+    #[test]
+    fn eexist_for_a_link_that_was_made_counts_as_ours() {
+        // What a lost NFS reply looks like: the link exists (made by the
+        // first transmission), and the retransmission answers EEXIST.
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (record, claim, file, ino) = claim_for(&root, &path);
+        std::fs::hard_link(&claim, &path).expect("the first transmission");
+        assert!(link(&path, &claim, &file, ino, &record.token).expect("link"));
+    }
+
+    #[test]
+    fn eexist_for_another_holders_lock_is_busy() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (other, other_claim, _f, _i) = claim_for(&root, &path);
+        std::fs::hard_link(&other_claim, &path).expect("other holder");
+        let (record, claim, file, ino) = claim_for(&root, &path);
+        assert_ne!(other.token, record.token);
+        assert!(!link(&path, &claim, &file, ino, &record.token).expect("link"));
+    }
+
+    #[test]
+    fn a_copy_with_our_token_counts_as_ours_where_inodes_do_not_tell() {
+        // sshfs: another inode number per name, but the same record.
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (record, claim, _file, _ino) = claim_for(&root, &path);
+        std::fs::copy(&claim, &path).expect("copy");
+        assert!(names(&path, u64::MAX, &record.token).expect("names"));
+        assert!(!names(&path, u64::MAX, "0123456789abcdef0123456789abcdef").expect("names"));
+    }
+}
