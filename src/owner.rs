@@ -176,7 +176,10 @@ impl OwnerRecord {
     /// process), never the whole process table.
     pub fn liveness(&self) -> Liveness {
         let me = Identity::get();
-        if self.hostname != me.hostname || self.boot != me.boot || self.pidns != me.pidns {
+        if self.hostname != me.hostname
+            || !same_boot(self.boot.as_deref(), me.boot.as_deref())
+            || self.pidns != me.pidns
+        {
             return Liveness::Unknown;
         }
         match process_state(self.pid) {
@@ -282,6 +285,24 @@ fn boot_id() -> Option<String> {
     Some(format!("boot-time:{}", sysinfo::System::boot_time()))
 }
 
+/// Whether two boot ids name the same boot. Where there is no boot id,
+/// the boot time stands for one (`boot-time:<unix seconds>`); Windows
+/// derives it from the uptime, so two processes may see it a second or two
+/// apart.
+fn same_boot(a: Option<&str>, b: Option<&str>) -> bool {
+    const PREFIX: &str = "boot-time:";
+    let time = |id: &str| id.strip_prefix(PREFIX)?.parse::<i64>().ok();
+    match (a, b) {
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => match (time(a), time(b)) {
+            (Some(x), Some(y)) => (x - y).abs() <= 2,
+            _ => false,
+        },
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn pid_namespace() -> Option<String> {
     let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
@@ -296,6 +317,17 @@ fn pid_namespace() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_times_a_second_apart_are_one_boot() {
+        assert!(same_boot(Some("boot-time:1000"), Some("boot-time:1001")));
+        assert!(same_boot(Some("boot-time:1000"), Some("boot-time:998")));
+        assert!(!same_boot(Some("boot-time:1000"), Some("boot-time:1010")));
+        assert!(same_boot(Some("abc"), Some("abc")));
+        assert!(!same_boot(Some("abc"), Some("abd")));
+        assert!(!same_boot(Some("boot-time:1"), None));
+        assert!(same_boot(None, None));
+    }
 
     #[test]
     fn a_record_never_names_auto() {
