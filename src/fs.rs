@@ -6,6 +6,8 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 
 use camino::Utf8Path;
+#[cfg(test)]
+use camino::Utf8PathBuf;
 
 use crate::error::{Error, FileKind, Result};
 use crate::strategy::LockStrategy;
@@ -291,6 +293,16 @@ pub(crate) fn is_transient(e: &io::Error) -> bool {
     if e.raw_os_error() == Some(libc::EIO) {
         return true;
     }
+    // Windows: ERROR_SHARING_VIOLATION and ERROR_LOCK_VIOLATION, while
+    // another process has the file or directory open for a moment;
+    // ERROR_ACCESS_DENIED, also what creating a name answers while a file
+    // or directory of that name is being deleted but still open elsewhere
+    // ("delete pending"); ERROR_INVALID_NAME, what Wine answers when
+    // listing a directory that is being removed.
+    #[cfg(windows)]
+    if matches!(e.raw_os_error(), Some(5 | 32 | 33 | 123)) {
+        return true;
+    }
     false
 }
 
@@ -348,4 +360,92 @@ pub(crate) fn hard_link(
 /// `symlink_metadata` (`lstat`), retried on `ESTALE`.
 pub(crate) fn lstat(path: impl AsRef<std::path::Path>) -> io::Result<Metadata> {
     stale_retry(|| std::fs::symlink_metadata(path.as_ref()))
+}
+
+/// The error for failing to open the lock artifact at `path` (a `Link` or
+/// `Os` lock file): a typed error if something of another kind than a
+/// regular file is there (Windows refuses to open a directory as a file
+/// with "access denied"), else the I/O error.
+pub(crate) fn open_file_error(path: &Utf8Path, strategy: LockStrategy, err: io::Error) -> Error {
+    match lkind(path) {
+        Ok(Some(found)) if found != FileKind::File => {
+            wrong_kind(path, strategy, FileKind::File, found)
+        }
+        _ => io_error(path, "open lock file", err),
+    }
+}
+
+/// The identity of a file: device and inode on Unix, volume serial number
+/// and file index on Windows. Two names with one identity are one file.
+pub(crate) type FileId = (u64, u64);
+
+/// The identity of the open file `file`.
+pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok((meta.dev(), meta.ino()))
+    }
+    #[cfg(windows)]
+    {
+        let info = winapi_util::file::information(file)?;
+        Ok((info.volume_serial_number(), info.file_index()))
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        file.metadata().map(|_| (0, 0))
+    }
+}
+
+/// The identity of the file at `path` (not following a final symbolic
+/// link on Unix); `None` if nothing is there.
+pub(crate) fn path_id(path: &Utf8Path) -> io::Result<Option<FileId>> {
+    #[cfg(unix)]
+    let id = lstat(path).map(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    });
+    #[cfg(not(unix))]
+    let id = open_read(path).and_then(|file| file_id(&file));
+    match id {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_ids_tell_files_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Utf8PathBuf::from_path_buf(dir.path().join("a")).expect("utf-8");
+        let b = a.with_file_name("b");
+        let (fa, fb) = (create_new(&a).expect("a"), create_new(&b).expect("b"));
+        assert_eq!(path_id(&a).expect("id"), Some(file_id(&fa).expect("id")));
+        assert_eq!(path_id(&b).expect("id"), Some(file_id(&fb).expect("id")));
+        assert_ne!(file_id(&fa).expect("id"), file_id(&fb).expect("id"));
+        assert_eq!(path_id(&a.with_file_name("c")).expect("id"), None);
+    }
+
+    // On Windows a file removed while open keeps its name until closed
+    // ("delete pending"), so it cannot be replaced meanwhile.
+    #[cfg(unix)]
+    #[test]
+    fn file_ids_tell_a_replaced_file_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Utf8PathBuf::from_path_buf(dir.path().join("f")).expect("utf-8");
+        let file = create_new(&path).expect("create");
+        let id = file_id(&file).expect("id");
+        assert_eq!(path_id(&path).expect("path id"), Some(id));
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(path_id(&path).expect("path id"), None);
+        let other = create_new(&path).expect("create again");
+        let new_id = path_id(&path).expect("path id");
+        assert_eq!(new_id, Some(file_id(&other).expect("id")));
+        assert_ne!(new_id, Some(id), "a new file has a new identity");
+    }
 }

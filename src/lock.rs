@@ -283,6 +283,13 @@ fn absolute(path: &Path) -> Result<Utf8PathBuf> {
     if utf8.as_str().is_empty() {
         return Err(invalid("the path is empty"));
     }
+    // Judged before `absolute`, which on Windows resolves `..` lexically.
+    if !matches!(
+        utf8.components().next_back(),
+        Some(camino::Utf8Component::Normal(_))
+    ) {
+        return Err(invalid("the path has no file name"));
+    }
     let abs =
         std::path::absolute(utf8).map_err(|e| Error::io(utf8, "make an absolute path of", e))?;
     let abs = Utf8PathBuf::from_path_buf(abs).map_err(|p| non_utf8(&p))?;
@@ -718,11 +725,11 @@ impl LockFile {
             match strategy::try_acquire(self.strategy, &self.path, &record, block, self.sync) {
                 Ok(Some(held)) => return Ok((held, record)),
                 Ok(None) => transient = 0,
+                // Tried again after a short pause even by a try-once
+                // acquire: such an error says nothing about the lock.
                 Err(e) if transient < 3 && e.io_error().is_some_and(fs::is_transient) => {
                     transient += 1;
-                    if !backoff.sleep(deadline) {
-                        return Err(e);
-                    }
+                    std::thread::sleep(Duration::from_millis(1 << transient));
                     continue;
                 }
                 Err(e) => return Err(e),

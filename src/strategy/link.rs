@@ -230,7 +230,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let file = match fs::open_read(path) {
         Ok(file) => file,
         Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
-        Err(e) => return Err(fs::io_error(path, "open lock file", e)),
+        Err(e) => return Err(fs::open_file_error(path, LockStrategy::Link, e)),
     };
     // sshfs answers `fstat` and `read` on an open file by its name: if the
     // lock was released since the open, they fail with ENOENT. Free, then.

@@ -233,25 +233,34 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
     let mut wait = Duration::from_millis(1);
     let mut waited = Duration::ZERO;
     loop {
-        match fs::remove_dir(path) {
+        let err = match fs::remove_dir(path) {
             Ok(()) => return Ok(Broken::Removed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Removed),
-            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && only_hidden(path) => {
-                if waited >= SILLY_RENAME_WAIT {
-                    // Some FUSE servers (sshfs) sometimes keep the hidden
-                    // name after the file is closed. It is an unlinked
-                    // record of this lock, nothing else: remove it.
-                    clear_hidden(path);
-                }
-                std::thread::sleep(wait);
-                waited += wait;
-                wait = (wait * 2).min(Duration::from_millis(50));
-                if waited > 4 * SILLY_RENAME_WAIT {
-                    return Err(Error::io(path, "remove lock directory", e));
-                }
+            Err(e) => e,
+        };
+        if err.kind() == io::ErrorKind::DirectoryNotEmpty {
+            match contents(path, token) {
+                // Our record is gone, and the directory was removed and
+                // made again meanwhile: it is another holder's lock now.
+                Contents::Another => return Ok(Broken::Removed),
+                Contents::Foreign => return Err(Error::io(path, "remove lock directory", err)),
+                Contents::Pending => {}
             }
-            Err(e) => return Err(Error::io(path, "remove lock directory", e)),
+        } else if !fs::is_transient(&err) {
+            return Err(Error::io(path, "remove lock directory", err));
         }
+        if waited > 4 * SILLY_RENAME_WAIT {
+            return Err(Error::io(path, "remove lock directory", err));
+        }
+        if waited >= SILLY_RENAME_WAIT {
+            // Some FUSE servers (sshfs) sometimes keep the hidden name
+            // after the file is closed. It is an unlinked record of this
+            // lock, nothing else: remove it.
+            clear_hidden(path);
+        }
+        std::thread::sleep(wait);
+        waited += wait;
+        wait = (wait * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -271,19 +280,53 @@ fn clear_hidden(path: &Utf8Path) {
     }
 }
 
-/// Whether every entry of the directory is a hidden rename of an unlinked
-/// open file (FUSE's `.fuse_hidden*`, NFS's `.nfs*`).
-fn only_hidden(path: &Utf8Path) -> bool {
-    fs::read_dir(path).is_ok_and(|entries| {
-        entries
-            .take(16)
-            .all(|e| e.is_ok_and(|e| e.file_name().to_str().is_some_and(fs::is_silly_renamed)))
-    })
+/// What keeps a lock directory whose record was just unlinked from being
+/// removed.
+enum Contents {
+    /// Nothing that will stay: hidden renames of unlinked open files
+    /// (FUSE's `.fuse_hidden*`, NFS's `.nfs*`), the unlinked record itself
+    /// (Windows lists a file that another process still has open until it
+    /// is closed: "delete pending"), nothing at all, or a listing that
+    /// failed for a moment (Wine, while a file in it is being deleted).
+    Pending,
+    /// The record of another token: a new holder's.
+    Another,
+    /// Something portalock did not put there.
+    Foreign,
+}
+
+/// Looks at what is in the lock directory after the record of `token`
+/// was unlinked.
+fn contents(path: &Utf8Path, token: &str) -> Contents {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if fs::is_transient(&e) => return Contents::Pending,
+        Err(_) => return Contents::Foreign,
+    };
+    let mut result = Contents::Pending;
+    for entry in entries.take(16) {
+        let Ok(entry) = entry else {
+            continue;
+        };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Contents::Foreign;
+        };
+        if fs::is_silly_renamed(name) {
+            continue;
+        }
+        match name.strip_suffix(".json") {
+            Some(t) if t == token => {}
+            Some(t) if is_token(t) => result = Contents::Another,
+            _ => return Contents::Foreign,
+        }
+    }
+    result
 }
 
 /// Removes a lock directory without a record, if it is still empty.
 pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
-    if only_hidden(path) {
+    if matches!(contents(path, ""), Contents::Pending) {
         // Judged empty: hidden renames do not count (see `break_record`).
         clear_hidden(path);
     }

@@ -33,7 +33,7 @@ use crate::strategy::{Claim, LockStrategy, Probe, Released, Seen};
 pub(crate) struct Held {
     pub(crate) file: Arc<File>,
     pub(crate) token: String,
-    ino: u64,
+    id: fs::FileId,
     sync: bool,
 }
 
@@ -58,19 +58,19 @@ pub(crate) fn try_acquire(
     }
     let mut file = lock.into_inner();
     // The lock is ours from here; any error below must unlock it.
-    let written = write_record(path, &mut file, record).and_then(|ino| {
+    let written = write_record(path, &mut file, record).and_then(|id| {
         if sync {
             file.sync_all()
                 .and_then(|()| fs::sync_parent(path))
                 .map_err(|e| Error::io(path, "flush the owner record of", e))?;
         }
-        Ok(ino)
+        Ok(id)
     });
     match written {
-        Ok(ino) => Ok(Some(Held {
+        Ok(id) => Ok(Some(Held {
             file: Arc::new(file),
             token: record.token.clone(),
-            ino,
+            id,
             sync,
         })),
         Err(e) => {
@@ -84,10 +84,10 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
     let Held {
         file,
         token,
-        ino,
+        id,
         sync,
     } = held;
-    let result = release_locked(path, &file, &token, ino).and_then(|released| {
+    let result = release_locked(path, &file, &token, id).and_then(|released| {
         if sync && matches!(released, Released::Done) {
             file.sync_all()
                 .map_err(|e| Error::io(path, "flush the cleared record of", e))?;
@@ -98,8 +98,8 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
     result
 }
 
-fn release_locked(path: &Utf8Path, file: &File, token: &str, ino: u64) -> Result<Released> {
-    if !check_inode(path, ino).map_err(|e| Error::io(path, "inspect lock file", e))? {
+fn release_locked(path: &Utf8Path, file: &File, token: &str, id: fs::FileId) -> Result<Released> {
+    if !check_id(path, id).map_err(|e| Error::io(path, "inspect lock file", e))? {
         // Deleted or replaced: others lock another inode now.
         return Ok(Released::Lost(None));
     }
@@ -119,15 +119,11 @@ fn release_locked(path: &Utf8Path, file: &File, token: &str, ino: u64) -> Result
 /// kernel lock cannot be taken away, but the file can be deleted or
 /// replaced, after which other processes lock another inode.
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    check_inode(path, held.ino)
+    check_id(path, held.id)
 }
 
-fn check_inode(path: &Utf8Path, ino: u64) -> io::Result<bool> {
-    match fs::lstat(path) {
-        Ok(meta) => Ok(fs::ino(&meta) == ino),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+fn check_id(path: &Utf8Path, id: fs::FileId) -> io::Result<bool> {
+    Ok(fs::path_id(path)? == Some(id))
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
@@ -167,10 +163,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 }
 
 fn open_error(path: &Utf8Path, err: io::Error) -> Error {
-    if err.kind() == io::ErrorKind::IsADirectory || path.is_dir() && !path.is_symlink() {
-        return fs::wrong_kind(path, LockStrategy::Os, FileKind::File, FileKind::Directory);
-    }
-    fs::io_error(path, "open lock file", err)
+    fs::open_file_error(path, LockStrategy::Os, err)
 }
 
 fn check_regular(path: &Utf8Path, file: &File) -> Result<()> {
@@ -195,8 +188,8 @@ fn is_ours(bytes: &[u8]) -> bool {
         || (bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":"))
 }
 
-/// Writes the record into the locked file and returns the file's inode.
-fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<u64> {
+/// Writes the record into the locked file and returns the file's identity.
+fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<fs::FileId> {
     let old = read_from_start(file).map_err(|e| Error::io(path, "read", e))?;
     if !is_ours(&old) {
         return Err(Error::Foreign {
@@ -213,10 +206,8 @@ fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Resul
         .seek(SeekFrom::Start(0))
         .and_then(|_| file.write_all(&bytes))
         .and_then(|()| file.set_len(len))
-        .and_then(|()| file.metadata());
-    written
-        .map(|meta| fs::ino(&meta))
-        .map_err(|e| Error::io(path, "write the owner record to", e))
+        .and_then(|()| fs::file_id(file));
+    written.map_err(|e| Error::io(path, "write the owner record to", e))
 }
 
 fn unlock(file: &File) {

@@ -241,6 +241,10 @@ fn outcome(result: Result<(), Error>) -> String {
     match result {
         Ok(()) => "Ok".to_owned(),
         Err(e) => {
+            if !e.is_contended() {
+                // The whole error, for the log of a failing test.
+                eprintln!("child {}: {e}", std::process::id());
+            }
             let debug = format!("{e:?}");
             debug
                 .split([' ', '{', '('])
