@@ -107,6 +107,20 @@ pub enum Error {
         /// The holder's owner record, when readable.
         holder: Option<Box<OwnerRecord>>,
     },
+    /// The lock is held, but not on behalf of the process that
+    /// [`LockFile::release_for`](crate::LockFile::release_for) named.
+    #[error(
+        "lock `{path}` is not held for pid {pid}{}",
+        .holder.as_deref().map(|h| format!("; it is held{}", holder_suffix(Some(h)))).unwrap_or_default()
+    )]
+    NotOwner {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The process named as the owner.
+        pid: u32,
+        /// The holder's owner record, when readable.
+        holder: Option<Box<OwnerRecord>>,
+    },
     /// The strategy cannot work here (platform or file system).
     #[error("the {strategy} strategy is not supported for lock `{path}`: {reason}")]
     Unsupported {
@@ -201,6 +215,7 @@ impl Error {
             | Error::NotStale { path, .. }
             | Error::Unsupported { path, .. }
             | Error::OsLocksNotShared { path, .. }
+            | Error::NotOwner { path, .. }
             | Error::MissingParent { path }
             | Error::Symlink { path }
             | Error::WrongFileType { path, .. }
@@ -217,7 +232,8 @@ impl Error {
             Error::WouldBlock { holder, .. }
             | Error::Timeout { holder, .. }
             | Error::LockLost { holder, .. }
-            | Error::NotStale { holder, .. } => holder.as_deref(),
+            | Error::NotStale { holder, .. }
+            | Error::NotOwner { holder, .. } => holder.as_deref(),
             _ => None,
         }
     }
@@ -259,7 +275,7 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             Error::Foreign { .. } => io::ErrorKind::InvalidData,
-            Error::NotStale { .. } => io::ErrorKind::ResourceBusy,
+            Error::NotStale { .. } | Error::NotOwner { .. } => io::ErrorKind::ResourceBusy,
             Error::NotLocked { .. } | Error::LockLost { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)

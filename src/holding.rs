@@ -80,6 +80,11 @@ impl Holding {
         holding
     }
 
+    /// The record as last written.
+    pub(crate) fn record(&self) -> OwnerRecord {
+        lock(&self.record).0.clone()
+    }
+
     /// The token of this acquisition's record.
     pub(crate) fn token(&self) -> &str {
         &self.token

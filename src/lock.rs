@@ -57,6 +57,7 @@ pub struct LockOptions {
     on_lost: Option<OnLost>,
     trust_os_locks: bool,
     sync: bool,
+    owner_pid: Option<u32>,
 }
 
 impl Default for LockOptions {
@@ -71,6 +72,7 @@ impl Default for LockOptions {
             on_lost: None,
             trust_os_locks: false,
             sync: false,
+            owner_pid: None,
         }
     }
 }
@@ -87,6 +89,7 @@ impl fmt::Debug for LockOptions {
             .field("on_lost", &self.on_lost.as_ref().map(|_| "Fn(&Utf8Path)"))
             .field("trust_os_locks", &self.trust_os_locks)
             .field("sync", &self.sync)
+            .field("owner_pid", &self.owner_pid)
             .finish()
     }
 }
@@ -212,6 +215,42 @@ impl LockOptions {
         self
     }
 
+    /// Takes the lock on behalf of the process `pid` of this machine: the
+    /// owner record names that process (its PID and start time), so the
+    /// lock counts as stale once that process has exited, whoever took it.
+    /// With [`LockFile::detach`], a short-lived tool can take a lock that
+    /// outlives it and belongs to a longer-lived process (a shell script,
+    /// like `dotlockfile -p`), and [`LockFile::release_for`] releases it
+    /// later. Default: the calling process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("script.lock");
+    /// let me = std::process::id();
+    /// let lock = LockOptions::new()
+    ///     .strategy(LockStrategy::Mkdir)
+    ///     .on_behalf_of(me)
+    ///     .open(&path)?;
+    /// lock.acquire()?;
+    /// let record = lock.detach()?; // stays held after `lock` is dropped
+    /// drop(lock);
+    /// assert_eq!(record.pid, me);
+    ///
+    /// // Later, maybe in another process:
+    /// let later = LockOptions::new().strategy(LockStrategy::Mkdir).open(&path)?;
+    /// assert_eq!(later.release_for(me)?.token, record.token);
+    /// assert!(!later.is_locked()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_behalf_of(&mut self, pid: u32) -> &mut Self {
+        self.owner_pid = Some(pid);
+        self
+    }
+
     /// Opens a handle on the lock at `path`, without taking it.
     ///
     /// The path is made absolute against the current directory now, so a
@@ -251,6 +290,7 @@ impl LockOptions {
             strategy,
             file_system,
             sync: self.sync,
+            owner_pid: self.owner_pid,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
             break_stale: self.break_stale,
@@ -349,6 +389,7 @@ pub struct LockFile {
     /// Inspected at open for `Auto` and `Os`.
     file_system: Option<FileSystem>,
     sync: bool,
+    owner_pid: Option<u32>,
     timeout: Option<Duration>,
     poll_interval: Duration,
     break_stale: bool,
@@ -601,6 +642,92 @@ impl LockFile {
         self.break_with(true)
     }
 
+    /// Lets go of the lock this handle holds without releasing it: the lock
+    /// stays held after the handle (and the process) is gone, until it is
+    /// released with [`release_for`](LockFile::release_for) or broken as
+    /// stale once its owner ([`LockOptions::on_behalf_of`]) has exited.
+    /// Returns the lock's owner record. A lease is no longer refreshed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if the handle holds nothing;
+    /// [`Error::Unsupported`] for an [`Os`](LockStrategy::Os) lock, which
+    /// the kernel releases when this process exits (the handle keeps it).
+    pub fn detach(&self) -> Result<OwnerRecord> {
+        let mut state = self.state();
+        if state.is_none() {
+            return Err(self.not_locked());
+        }
+        if self.strategy == Concrete::Os {
+            return Err(Error::Unsupported {
+                path: self.path.clone(),
+                strategy: LockStrategy::Os,
+                reason: "an OS lock cannot outlive the process that holds it; use mkdir or link"
+                    .to_owned(),
+            });
+        }
+        let holding = state.take().ok_or_else(|| self.not_locked())?;
+        drop(state);
+        // Mkdir and Link artifacts stay until removed: dropping the proof
+        // of holding releases nothing.
+        drop(holding.take());
+        registry().leave(&self.path, self.id);
+        Ok(holding.record())
+    }
+
+    /// Releases a lock held on behalf of the process `pid` of this machine
+    /// (see [`LockOptions::on_behalf_of`] and [`detach`](LockFile::detach)),
+    /// whichever process took it. Returns the removed owner record.
+    ///
+    /// Removes exactly the lock it looked at, and only if its record names
+    /// `pid` on this host: a lock taken afresh meanwhile by anyone else is
+    /// left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if the lock is free; [`Error::NotOwner`] if it
+    /// is held for another process (or its record is unreadable);
+    /// [`Error::Unsupported`] for an [`Os`](LockStrategy::Os) lock.
+    pub fn release_for(&self, pid: u32) -> Result<OwnerRecord> {
+        // A lock taken afresh each time we look is plainly not ours.
+        for _ in 0..64 {
+            let seen = match strategy::probe(self.strategy, &self.path)? {
+                Probe::Free => return Err(self.not_locked()),
+                Probe::Held(seen) => *seen,
+            };
+            let me = crate::owner::Identity::get();
+            let record = match seen.record {
+                Some(r) if r.pid == pid && r.hostname == me.hostname => r,
+                other => {
+                    return Err(Error::NotOwner {
+                        path: self.path.clone(),
+                        pid,
+                        holder: other.map(Box::new),
+                    })
+                }
+            };
+            match strategy::break_claim(&self.path, &seen.claim, false)? {
+                Broken::Removed => return Ok(record),
+                Broken::Raced => std::thread::yield_now(),
+                Broken::Orphan => {
+                    return Err(Error::NotStale {
+                        path: self.path.clone(),
+                        why: "its claim file is missing; only force_break recovers it",
+                        holder: Some(Box::new(record)),
+                    })
+                }
+            }
+        }
+        Err(Error::NotOwner {
+            path: self.path.clone(),
+            pid,
+            holder: strategy::probe(self.strategy, &self.path)
+                .ok()
+                .and_then(Probe::into_record)
+                .map(Box::new),
+        })
+    }
+
     /// Whether this handle holds the lock.
     pub fn is_held(&self) -> bool {
         self.state().is_some()
@@ -707,7 +834,7 @@ impl LockFile {
         timeout: Option<Duration>,
         deadline: &Deadline,
     ) -> Result<(Held, OwnerRecord)> {
-        let mut record = OwnerRecord::for_this_process(self.strategy.into())
+        let mut record = OwnerRecord::for_process(self.strategy.into(), self.owner_pid)
             .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
         record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
         let block = deadline.is_unbounded() && strategy::can_block(self.strategy);

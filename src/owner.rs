@@ -152,16 +152,37 @@ impl OwnerRecord {
     }
 
     /// A fresh record for the calling process, with a new random token.
+    #[cfg(test)]
     pub(crate) fn for_this_process(strategy: LockStrategy) -> io::Result<OwnerRecord> {
+        OwnerRecord::for_process(strategy, None)
+    }
+
+    /// A fresh record for the process `pid` of this machine (the calling
+    /// process if `None`), with a new random token. Fails with `NotFound`
+    /// if `pid` does not run.
+    pub(crate) fn for_process(strategy: LockStrategy, pid: Option<u32>) -> io::Result<OwnerRecord> {
         let me = Identity::get();
+        let (pid, start) = match pid {
+            None => (me.pid, me.start),
+            Some(pid) if pid == me.pid => (me.pid, me.start),
+            Some(pid) => match process_state(pid) {
+                Some((start, false)) => (pid, start),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no process with pid {pid} runs on this machine"),
+                    ))
+                }
+            },
+        };
         Ok(OwnerRecord {
             v: RECORD_VERSION,
             token: new_token()?,
-            pid: me.pid,
+            pid,
             hostname: me.hostname.clone(),
             boot: me.boot.clone(),
             pidns: me.pidns.clone(),
-            start: me.start,
+            start,
             acquired_at: now_rfc3339(),
             strategy,
             lease_ms: None,

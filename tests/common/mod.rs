@@ -38,15 +38,37 @@ pub struct Proc {
 /// Starts a child in `role` with `args`.
 pub fn spawn(role: &str, args: &[&str]) -> Proc {
     let exe = std::env::current_exe().expect("test executable path");
-    let mut child = Command::new(exe)
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+    let mut cmd = Command::new(exe);
+    cmd.args(CHILD_ARGS);
+    spawn_command(cmd, role, args)
+}
+
+/// The arguments that make this test executable run as a child.
+pub const CHILD_ARGS: [&str; 4] = ["--exact", "child", "--nocapture", "--test-threads=1"];
+
+/// The command line of a child in `role`, for a program that runs it (the
+/// `portalock run` tool): this test executable and [`CHILD_ARGS`]. The
+/// role itself travels in the environment: pass the command to
+/// [`spawn_command`] with the role.
+pub fn child_command_line() -> Vec<String> {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut line = vec![exe.to_str().expect("utf-8 test path").to_owned()];
+    line.extend(CHILD_ARGS.iter().map(|a| (*a).to_owned()));
+    line
+}
+
+/// Starts `cmd`, with the role `role` and `args` in its environment (so
+/// that a child of this test executable that it starts plays the role),
+/// its standard input and output piped to the returned `Proc`.
+pub fn spawn_command(mut cmd: Command, role: &str, args: &[&str]) -> Proc {
+    let mut child = cmd
         .env(ROLE_ENV, role)
         .env(ARGS_ENV, args.join(&SEP.to_string()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn child test process");
+        .expect("spawn child process");
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("child stdout");
     let (tx, lines) = mpsc::channel();
@@ -175,6 +197,9 @@ pub fn child_entry() {
         "hold" => hold(&args),
         "count" => count(&args),
         "race" => race(&args),
+        "bump" => bump(&args),
+        "exit" => args[0].parse().expect("exit code"),
+        "wait" => wait_for_eof(),
         other => {
             eprintln!("unknown child role {other}");
             2
@@ -270,7 +295,6 @@ fn race(args: &[&str]) -> i32 {
 fn count(args: &[&str]) -> i32 {
     let lock = open(args[0], args[1]);
     let counter = Path::new(args[2]);
-    let occupied = counter.with_extension("occupied");
     let n: u32 = args[3].parse().expect("iterations");
     say("READY");
     let mut line = String::new();
@@ -285,18 +309,9 @@ fn count(args: &[&str]) -> i32 {
                 return 1;
             }
         };
-        if std::fs::File::create_new(&occupied).is_err() {
-            say("OVERLAP");
+        if !increment(counter) {
             return 3;
         }
-        let value: u64 = std::fs::read_to_string(counter)
-            .expect("read counter")
-            .trim()
-            .parse()
-            .expect("counter holds a number");
-        std::thread::yield_now();
-        std::fs::write(counter, format!("{}\n", value + 1)).expect("write counter");
-        std::fs::remove_file(&occupied).expect("clear occupancy marker");
         if let Err(e) = guard.release() {
             say(&format!("ERROR {e}"));
             return 1;
@@ -327,6 +342,47 @@ pub fn run_counters(mut procs: Vec<Proc>, counter: &Path) -> u64 {
         .trim()
         .parse()
         .expect("the counter holds a number")
+}
+
+/// `bump COUNTER`: one increment of the counter file, failing (exit 3) if
+/// another process is inside the critical section: the command that
+/// `portalock run` runs under the lock.
+fn bump(args: &[&str]) -> i32 {
+    if increment(Path::new(args[0])) {
+        0
+    } else {
+        3
+    }
+}
+
+/// One read-modify-write increment of the counter file, which loses
+/// updates unless callers exclude each other; an occupancy marker beside it
+/// catches two callers inside at once (says `OVERLAP`, returns false).
+fn increment(counter: &Path) -> bool {
+    let occupied = counter.with_extension("occupied");
+    if std::fs::File::create_new(&occupied).is_err() {
+        say("OVERLAP");
+        return false;
+    }
+    let value: u64 = std::fs::read_to_string(counter)
+        .expect("read counter")
+        .trim()
+        .parse()
+        .expect("counter holds a number");
+    std::thread::yield_now();
+    std::fs::write(counter, format!("{}\n", value + 1)).expect("write counter");
+    std::fs::remove_file(&occupied).expect("clear occupancy marker");
+    true
+}
+
+/// `wait`: says `STARTED <pid>`, then waits until its standard input ends.
+fn wait_for_eof() -> i32 {
+    say(&format!("STARTED {}", std::process::id()));
+    let mut sink = String::new();
+    while matches!(std::io::stdin().read_line(&mut sink), Ok(n) if n > 0) {
+        sink.clear();
+    }
+    0
 }
 
 /// Asserts that `result` is `Err(WouldBlock)` naming `pid` as the holder.

@@ -1,0 +1,621 @@
+//! `portalock`: cross-process file locks from the shell, for scripts, cron
+//! jobs and CI pipelines.
+//!
+//! Built with the `cli` feature. See `portalock --help` and the README for
+//! the subcommands and exit codes.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, ExitStatus};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use portalock::{Error, Liveness, LockFile, LockOptions, LockStatus, LockStrategy, OwnerRecord};
+
+/// Exit status: the lock is held (`status`), a live lock was not broken
+/// (`break`), or the lock is not held for that process (`release`).
+const EXIT_NO: u8 = 1;
+/// Exit status of `status` for a stale lock.
+const EXIT_STALE: u8 = 3;
+/// Exit status for an error of the lock itself (I/O, a bad lock path, a
+/// foreign file at the lock path, a lost lock): EX_IOERR.
+const EXIT_LOCK_ERROR: u8 = 74;
+/// Default exit status when the lock is busy: EX_TEMPFAIL.
+const EXIT_CONFLICT: u8 = 75;
+/// Exit status when the command cannot be run.
+const EXIT_CANNOT_RUN: u8 = 126;
+/// Exit status when the command is not found.
+const EXIT_NOT_FOUND: u8 = 127;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0        success (run: the command's own status)
+  1        status: the lock is held; break: the lock is live (not broken);
+           release: the lock is free or held for another process
+  2        usage error
+  3        status: the lock is stale (its owner on this host has exited)
+  74       a lock error: I/O, a bad lock path, a foreign file at the lock
+           path, a lock lost while the command ran
+  75       the lock is busy: --timeout ran out (or 0 and held); change it
+           with --conflict-exit-code
+  126/127  run: the command cannot be run / was not found
+  128+N    run: the command was killed by signal N";
+
+/// Cross-process locks that live in the file system.
+///
+/// A lock is named by its path. Every subcommand takes --strategy (auto,
+/// os, mkdir, link): use the same one everywhere a lock is shared.
+#[derive(Debug, Parser)]
+#[command(name = "portalock", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Take the lock, run COMMAND, release the lock; exit with COMMAND's
+    /// status.
+    ///
+    /// While it waits for more than a second, it says on stderr whom it
+    /// waits for. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed to
+    /// COMMAND; the lock is released when COMMAND has exited.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Say whether the lock is free, held (and by whom) or stale.
+    #[command(after_help = EXIT_CODES)]
+    Status(StatusArgs),
+    /// Remove a stale lock and say whose it was; a live one only with
+    /// --force.
+    #[command(after_help = EXIT_CODES)]
+    Break(BreakArgs),
+    /// Take the lock for a longer-lived process (by default the parent
+    /// shell) and leave it held after this command exits.
+    ///
+    /// The lock is released by `portalock release`, or breaks as stale
+    /// once that process has exited. An OS lock cannot outlive the command
+    /// that took it, so the default strategy is auto with mkdir where auto
+    /// would pick os; --strategy os is refused.
+    #[command(after_help = EXIT_CODES)]
+    Acquire(AcquireArgs),
+    /// Release a lock that `portalock acquire` took for a process (by
+    /// default the parent shell).
+    #[command(after_help = EXIT_CODES)]
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, Args)]
+struct Wait {
+    /// Seconds to wait for the lock: 0 tries once; absent waits forever.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    timeout: Option<Duration>,
+    /// Never break a stale lock (one whose owner has exited, or whose lease
+    /// ran out).
+    #[arg(long)]
+    no_break: bool,
+    /// Exit status when the lock stays busy.
+    #[arg(long, value_name = "N", default_value_t = EXIT_CONFLICT)]
+    conflict_exit_code: u8,
+    /// Say nothing while waiting.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// How the lock is taken: auto, os, mkdir or link.
+    #[arg(long, default_value = "auto")]
+    strategy: LockStrategy,
+    #[command(flatten)]
+    wait: Wait,
+    /// Hold the lock with a lease of this many seconds, refreshed while
+    /// COMMAND runs: if portalock stops (is paused, or its host is cut
+    /// off), others may break the lock once the lease runs out.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    lease: Option<Duration>,
+    /// The lock's path.
+    lock: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// How the lock is taken: auto, os, mkdir or link [default: what the
+    /// lock at LOCK is: mkdir for a directory, the strategy its owner
+    /// record names for a file, else auto].
+    #[arg(long)]
+    strategy: Option<LockStrategy>,
+    /// Print one JSON object: {"path", "strategy", "state", "owner",
+    /// "liveness"} (see the README).
+    #[arg(long)]
+    json: bool,
+    /// The lock's path.
+    lock: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BreakArgs {
+    /// How the lock is taken: auto, os, mkdir or link [default: what the
+    /// lock at LOCK is: mkdir for a directory, the strategy its owner
+    /// record names for a file, else auto].
+    #[arg(long)]
+    strategy: Option<LockStrategy>,
+    /// Remove the lock even if its owner looks alive.
+    #[arg(long)]
+    force: bool,
+    /// The lock's path.
+    lock: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AcquireArgs {
+    /// How the lock is taken: auto, mkdir or link [default: auto, with
+    /// mkdir where auto would pick os].
+    #[arg(long)]
+    strategy: Option<LockStrategy>,
+    #[command(flatten)]
+    wait: Wait,
+    /// The process the lock is held for [default: the parent process].
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The lock's path.
+    lock: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    /// How the lock was taken: auto, mkdir or link [default: as for
+    /// acquire].
+    #[arg(long)]
+    strategy: Option<LockStrategy>,
+    /// The process the lock is held for [default: the parent process].
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The lock's path.
+    lock: PathBuf,
+}
+
+/// Parses a non-negative number of seconds.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("`{s}` is not a non-negative, finite number of seconds"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run(args),
+        Cmd::Status(args) => status(args),
+        Cmd::Break(args) => break_lock(args),
+        Cmd::Acquire(args) => acquire(args),
+        Cmd::Release(args) => release(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("portalock: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// A failed subcommand: one line for stderr and an exit status.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>, code: u8) -> Failure {
+        Failure {
+            message: message.into(),
+            code,
+        }
+    }
+
+    /// The exit status for a lock error; `conflict` when the lock is busy.
+    fn from_lock(err: &Error, conflict: u8) -> Failure {
+        let code = match err {
+            e if e.is_contended() => conflict,
+            Error::NotStale { .. } | Error::NotOwner { .. } | Error::NotLocked { .. } => EXIT_NO,
+            _ => EXIT_LOCK_ERROR,
+        };
+        Failure::new(err.to_string(), code)
+    }
+}
+
+type Outcome = Result<u8, Failure>;
+
+fn lock_error(err: Error) -> Failure {
+    Failure::from_lock(&err, EXIT_CONFLICT)
+}
+
+fn run(args: RunArgs) -> Outcome {
+    let lock = options(args.strategy, &args.wait)
+        .lease(args.lease)
+        .open(&args.lock)
+        .map_err(lock_error)?;
+    take(&lock, &args.wait)?;
+    let status = run_command(&args.command);
+    let released = lock.release();
+    let code = status?;
+    match released {
+        Ok(()) => Ok(code),
+        Err(e) => {
+            // The command ran, but the lock was lost (broken as stale, or
+            // removed) before it finished: say so, and fail if it did not.
+            eprintln!("portalock: {e}");
+            Ok(if code == 0 { EXIT_LOCK_ERROR } else { code })
+        }
+    }
+}
+
+/// Runs `command` with signals passed on to it; its exit status.
+fn run_command(command: &[OsString]) -> Outcome {
+    let (program, rest) = command
+        .split_first()
+        .ok_or_else(|| Failure::new("no command to run", 2))?;
+    let mut child = match Command::new(program).args(rest).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_RUN
+            };
+            return Err(Failure::new(
+                format!("cannot run `{}`: {e}", program.to_string_lossy()),
+                code,
+            ));
+        }
+    };
+    let forwarding = signals::forward_to(child.id());
+    let status = child.wait();
+    signals::stop(forwarding);
+    match status {
+        Ok(status) => Ok(exit_code(status)),
+        Err(e) => Err(Failure::new(
+            format!("cannot wait for `{}`: {e}", program.to_string_lossy()),
+            EXIT_LOCK_ERROR,
+        )),
+    }
+}
+
+/// The shell's exit status for a child's `status`: its code, or 128 + the
+/// signal that killed it.
+fn exit_code(status: ExitStatus) -> u8 {
+    if let Some(code) = status.code() {
+        // Windows codes can exceed a byte; keep "failed" failed.
+        return u8::try_from(code).unwrap_or(1);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return u8::try_from(128 + signal).unwrap_or(255);
+        }
+    }
+    1
+}
+
+#[cfg(unix)]
+mod signals {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    use signal_hook::iterator::{Handle, Signals};
+
+    /// Catches the signals that ask a job to stop and passes them on to
+    /// `pid`, until [`stop`]. portalock itself keeps running, so that it
+    /// releases the lock once the child has exited.
+    pub(crate) fn forward_to(pid: u32) -> Option<(Handle, std::thread::JoinHandle<()>)> {
+        let child = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("portalock: cannot pass signals on to the command: {e}");
+                return None;
+            }
+        };
+        let handle = signals.handle();
+        let thread = std::thread::spawn(move || {
+            for signal in signals.forever() {
+                if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
+                    let _ = rustix::process::kill_process(child, signal);
+                }
+            }
+        });
+        Some((handle, thread))
+    }
+
+    pub(crate) fn stop(forwarding: Option<(Handle, std::thread::JoinHandle<()>)>) {
+        if let Some((handle, thread)) = forwarding {
+            handle.close();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod signals {
+    /// On Windows, Ctrl-C reaches every process of the console, the
+    /// command included: nothing to pass on.
+    pub(crate) fn forward_to(_pid: u32) -> Option<()> {
+        None
+    }
+
+    pub(crate) fn stop(_forwarding: Option<()>) {}
+}
+
+/// Options shared by the subcommands that take a lock.
+fn options(strategy: LockStrategy, wait: &Wait) -> LockOptions {
+    let mut options = LockOptions::new();
+    options.strategy(strategy).break_stale(!wait.no_break);
+    options
+}
+
+/// Takes `lock` as `wait` says, telling on stderr whom it waits for.
+fn take(lock: &LockFile, wait: &Wait) -> Result<(), Failure> {
+    let result = std::thread::scope(|scope| {
+        let (done, waiting) = mpsc::channel::<()>();
+        if !wait.quiet {
+            scope.spawn(move || report_wait(lock, &waiting));
+        }
+        let result = match wait.timeout {
+            None => lock.acquire(),
+            Some(t) if t.is_zero() => lock.try_acquire(),
+            Some(t) => lock.acquire_timeout(t),
+        };
+        drop(done);
+        result
+    });
+    result.map_err(|e| Failure::from_lock(&e, wait.conflict_exit_code))
+}
+
+/// Says whom `lock` waits for, after a second and then every second on a
+/// terminal (rewriting one line) or every ten seconds otherwise, until
+/// `done` is dropped.
+fn report_wait(lock: &LockFile, done: &mpsc::Receiver<()>) {
+    let terminal = std::io::stderr().is_terminal();
+    let every = if terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    let start = Instant::now();
+    let mut next = Duration::from_secs(1);
+    let mut shown = false;
+    while let Err(RecvTimeoutError::Timeout) =
+        done.recv_timeout(next.saturating_sub(start.elapsed()))
+    {
+        let line = waiting_line(lock, start.elapsed());
+        let mut err = std::io::stderr().lock();
+        let _ = if terminal {
+            write!(err, "\r\x1b[2K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+        shown = true;
+        next += every;
+    }
+    if terminal && shown {
+        let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+    }
+}
+
+fn waiting_line(lock: &LockFile, waited: Duration) -> String {
+    let holder = match lock.owner() {
+        Ok(Some(owner)) => describe(&owner),
+        Ok(None) => "an owner whose record cannot be read".to_owned(),
+        Err(e) => format!("an unknown owner ({e})"),
+    };
+    format!(
+        "portalock: waiting {} for {}, held by {holder}",
+        secs(waited),
+        lock.path()
+    )
+}
+
+/// "pid 42 on build-7 for 3m 5s".
+fn describe(owner: &OwnerRecord) -> String {
+    let held = humantime::parse_rfc3339(&owner.acquired_at)
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| format!(" for {}", secs(d)))
+        .unwrap_or_default();
+    format!("pid {} on {}{held}", owner.pid, owner.hostname)
+}
+
+/// A duration to the second: "1m 5s".
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+fn status(args: StatusArgs) -> Outcome {
+    let lock = LockOptions::new()
+        .strategy(infer(&args.lock, args.strategy))
+        .open(&args.lock)
+        .map_err(lock_error)?;
+    let (state, owner, liveness) = match lock.status().map_err(lock_error)? {
+        LockStatus::Held(Some(owner)) => {
+            let liveness = owner.liveness();
+            // An OS lock is held only by a live process.
+            let stale = liveness == Liveness::Dead && lock.strategy() != LockStrategy::Os;
+            (
+                if stale { "stale" } else { "held" },
+                Some(owner),
+                Some(liveness),
+            )
+        }
+        LockStatus::Held(None) => ("held", None, None),
+        _ => ("free", None, None),
+    };
+    if args.json {
+        let json = serde_json::json!({
+            "path": lock.path().as_str(),
+            "strategy": lock.strategy(),
+            "state": state,
+            "owner": owner,
+            "liveness": liveness,
+        });
+        println!("{json}");
+    } else {
+        match (&owner, liveness) {
+            (Some(owner), Some(liveness)) => println!(
+                "{state}: {} ({}) by {}, {liveness}, since {}",
+                lock.path(),
+                lock.strategy(),
+                describe(owner),
+                owner.acquired_at
+            ),
+            _ => println!("{state}: {} ({})", lock.path(), lock.strategy()),
+        }
+    }
+    Ok(match state {
+        "free" => 0,
+        "stale" => EXIT_STALE,
+        _ => EXIT_NO,
+    })
+}
+
+fn break_lock(args: BreakArgs) -> Outcome {
+    let lock = LockOptions::new()
+        .strategy(infer(&args.lock, args.strategy))
+        .open(&args.lock)
+        .map_err(lock_error)?;
+    let removed = if args.force {
+        lock.force_break()
+    } else {
+        lock.break_lock()
+    };
+    match removed.map_err(lock_error)? {
+        Some(owner) => println!(
+            "removed {}: it was held by {} since {}",
+            lock.path(),
+            describe(&owner),
+            owner.acquired_at
+        ),
+        None => println!("{} is free", lock.path()),
+    }
+    Ok(0)
+}
+
+/// The strategy to look at the lock at `lock` with: `asked`, else what the
+/// artifact there is (a directory: mkdir; a file: the strategy its owner
+/// record names), else auto.
+fn infer(lock: &std::path::Path, asked: Option<LockStrategy>) -> LockStrategy {
+    if let Some(strategy) = asked {
+        return strategy;
+    }
+    match std::fs::symlink_metadata(lock) {
+        Ok(meta) if meta.is_dir() => LockStrategy::Mkdir,
+        Ok(meta) if meta.is_file() => open_nonblocking(lock)
+            .ok()
+            .and_then(|file| {
+                let mut bytes = Vec::new();
+                let cap = portalock::MAX_RECORD_LEN as u64 + 1;
+                std::io::Read::read_to_end(&mut std::io::Read::take(file, cap), &mut bytes).ok()?;
+                OwnerRecord::parse(&bytes)
+            })
+            .map_or(LockStrategy::Auto, |record| record.strategy),
+        _ => LockStrategy::Auto,
+    }
+}
+
+/// Opens `path` for reading without blocking on a FIFO put there meanwhile.
+fn open_nonblocking(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// The strategy of `acquire` and `release`: one whose artifact outlives
+/// the command.
+fn persistent(
+    lock: &std::path::Path,
+    asked: Option<LockStrategy>,
+) -> Result<LockStrategy, Failure> {
+    match asked {
+        Some(LockStrategy::Os) => Err(Failure::new(
+            format!(
+                "an os lock cannot outlive the command that takes it; use --strategy mkdir or link \
+                 for `{}`",
+                lock.display()
+            ),
+            2,
+        )),
+        Some(strategy) => Ok(strategy),
+        None => {
+            let auto = LockFile::new(lock).map_err(lock_error)?.strategy();
+            Ok(if auto == LockStrategy::Os {
+                LockStrategy::Mkdir
+            } else {
+                auto
+            })
+        }
+    }
+}
+
+/// The process a lock is held for: `pid`, or this command's parent.
+fn owner_pid(pid: Option<u32>) -> Result<u32, Failure> {
+    if let Some(pid) = pid {
+        return Ok(pid);
+    }
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let me = Pid::from_u32(std::process::id());
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[me]),
+        false,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(me)
+        .and_then(|p| p.parent())
+        .map(|p| p.as_u32())
+        .ok_or_else(|| {
+            Failure::new(
+                "cannot find the parent process; pass --pid",
+                EXIT_LOCK_ERROR,
+            )
+        })
+}
+
+fn acquire(args: AcquireArgs) -> Outcome {
+    let strategy = persistent(&args.lock, args.strategy)?;
+    let pid = owner_pid(args.pid)?;
+    let lock = options(strategy, &args.wait)
+        .on_behalf_of(pid)
+        .open(&args.lock)
+        .map_err(lock_error)?;
+    take(&lock, &args.wait)?;
+    lock.detach().map_err(lock_error)?;
+    Ok(0)
+}
+
+fn release(args: ReleaseArgs) -> Outcome {
+    let strategy = persistent(&args.lock, args.strategy)?;
+    let pid = owner_pid(args.pid)?;
+    let lock = LockOptions::new()
+        .strategy(strategy)
+        .open(&args.lock)
+        .map_err(lock_error)?;
+    match lock.release_for(pid) {
+        Ok(_) => Ok(0),
+        Err(Error::NotLocked { .. }) => Err(Failure::new(
+            format!("lock `{}` is free", lock.path()),
+            EXIT_NO,
+        )),
+        Err(e) => Err(lock_error(e)),
+    }
+}

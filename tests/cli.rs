@@ -1,0 +1,444 @@
+//! The `portalock` command-line tool, run as separate processes.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use camino::{Utf8Path, Utf8PathBuf};
+use portalock::{Error, LockFile, LockStrategy};
+use rstest::rstest;
+use serde_json::Value;
+
+use common::{child_command_line, spawn, spawn_command, Proc, EVENT_TIMEOUT};
+
+#[test]
+fn child() {
+    common::child_entry();
+}
+
+const TOOL: &str = env!("CARGO_BIN_EXE_portalock");
+
+fn scratch() -> (tempfile::TempDir, Utf8PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8 tempdir");
+    (dir, root)
+}
+
+/// What one run of the tool did.
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn code(&self) -> i32 {
+        self.status.code().expect("exited, not killed")
+    }
+}
+
+/// Runs the tool with `args` (and `role` in the environment of a child it
+/// starts) to completion, bounded.
+fn tool(args: &[&str], role: Option<(&str, &[&str])>) -> Ran {
+    let mut cmd = Command::new(TOOL);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((role, role_args)) = role {
+        cmd.env("PORTALOCK_TEST_ROLE", role)
+            .env("PORTALOCK_TEST_ARGS", role_args.join("\u{1f}"));
+    }
+    let mut child = cmd.spawn().expect("run portalock");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("portalock {args:?} did not finish within {EVENT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ran {
+        status,
+        stdout: reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+/// `portalock run [OPTIONS] LOCK -- <this test executable as a child>`.
+fn run_args<'a>(options: &[&'a str], lock: &'a str, child: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(options);
+    args.push(lock);
+    args.push("--");
+    args.extend(child.iter().map(String::as_str));
+    args
+}
+
+/// Starts `portalock run OPTIONS LOCK -- <child that waits>` and waits
+/// until the command runs (so the lock is held).
+fn hold_with_run(options: &[&str], lock: &Utf8Path) -> (Proc, u32) {
+    let line = child_command_line();
+    let mut cmd = Command::new(TOOL);
+    cmd.args(run_args(options, lock.as_str(), &line));
+    let mut proc = spawn_command(cmd, "wait", &[]);
+    proc.expect("STARTED");
+    let pid = proc.pid();
+    (proc, pid)
+}
+
+fn status_json(strategy: &str, lock: &Utf8Path) -> (i32, Value) {
+    let ran = tool(
+        &["status", "--strategy", strategy, "--json", lock.as_str()],
+        None,
+    );
+    let json: Value = serde_json::from_str(ran.stdout.trim())
+        .unwrap_or_else(|e| panic!("status --json printed {:?}: {e}", ran.stdout));
+    (ran.code(), json)
+}
+
+#[rstest]
+fn run_excludes_across_concurrent_invocations(
+    #[values("auto", "os", "mkdir", "link")] strategy: &str,
+) {
+    const LOOPS: usize = 4;
+    const RUNS: usize = 8;
+    let (_dir, root) = scratch();
+    let lock = root.join("counter.lock");
+    let counter = root.join("counter");
+    std::fs::write(&counter, "0\n").expect("counter");
+    let line = child_command_line();
+    std::thread::scope(|scope| {
+        for _ in 0..LOOPS {
+            scope.spawn(|| {
+                for _ in 0..RUNS {
+                    let args = run_args(&["--strategy", strategy], lock.as_str(), &line);
+                    let ran = tool(&args, Some(("bump", &[counter.as_str()])));
+                    assert_eq!(ran.code(), 0, "{strategy}: {}", ran.stderr);
+                }
+            });
+        }
+    });
+    let total: usize = std::fs::read_to_string(&counter)
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(total, LOOPS * RUNS, "{strategy}");
+}
+
+#[rstest]
+fn try_once_exits_with_the_conflict_code_and_names_the_holder(
+    #[values("os", "mkdir", "link")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let lock = root.join("busy.lock");
+    let mut holder = spawn("hold", &[strategy, lock.as_str()]);
+    let pid = holder.expect("ACQUIRED");
+    let line = child_command_line();
+
+    let args = run_args(
+        &["--strategy", strategy, "--timeout", "0"],
+        lock.as_str(),
+        &line,
+    );
+    let ran = tool(&args, Some(("exit", &["0"])));
+    assert_eq!(ran.code(), 75, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("pid {pid}")) && ran.stderr.contains(lock.as_str()),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        ran.stderr.trim().lines().count(),
+        1,
+        "one line: {}",
+        ran.stderr
+    );
+
+    let args = run_args(
+        &[
+            "--strategy",
+            strategy,
+            "--timeout",
+            "0.2",
+            "--conflict-exit-code",
+            "9",
+        ],
+        lock.as_str(),
+        &line,
+    );
+    assert_eq!(tool(&args, Some(("exit", &["0"]))).code(), 9);
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+}
+
+#[rstest]
+fn status_json_reports_the_state_before_during_and_after_a_hold(
+    #[values("os", "mkdir", "link")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let lock = root.join("job.lock");
+
+    let (code, json) = status_json(strategy, &lock);
+    assert_eq!((code, &json["state"]), (0, &Value::from("free")));
+    assert!(json["owner"].is_null());
+    assert_eq!(json["path"], Value::from(lock.as_str()));
+    assert_eq!(json["strategy"], Value::from(strategy));
+
+    let (running, pid) = hold_with_run(&["--strategy", strategy], &lock);
+    let (code, json) = status_json(strategy, &lock);
+    assert_eq!((code, &json["state"]), (1, &Value::from("held")), "{json}");
+    assert_eq!(json["owner"]["pid"], Value::from(pid));
+    assert_eq!(json["owner"]["strategy"], Value::from(strategy));
+    assert_eq!(json["liveness"], Value::from("alive"));
+
+    assert!(running.wait().success());
+    let (code, json) = status_json(strategy, &lock);
+    assert_eq!((code, &json["state"]), (0, &Value::from("free")), "{json}");
+}
+
+#[rstest]
+fn break_refuses_a_live_lock_and_removes_one_left_by_a_killed_run(
+    #[values("mkdir", "link")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let lock = root.join("job.lock");
+    let (running, pid) = hold_with_run(&["--strategy", strategy], &lock);
+
+    let ran = tool(&["break", "--strategy", strategy, lock.as_str()], None);
+    assert_eq!(ran.code(), 1, "{}", ran.stderr);
+    assert!(ran.stderr.contains(&format!("pid {pid}")), "{}", ran.stderr);
+    let (_, json) = status_json(strategy, &lock);
+    assert_eq!(json["state"], Value::from("held"));
+
+    // portalock dies with the lock; its command goes on until its input
+    // ends, but the lock's owner is the dead portalock.
+    running.kill();
+    let (code, json) = status_json(strategy, &lock);
+    assert_eq!((code, &json["state"]), (3, &Value::from("stale")), "{json}");
+    assert_eq!(json["liveness"], Value::from("dead"));
+
+    let ran = tool(&["break", "--strategy", strategy, lock.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert!(ran.stdout.contains(&format!("pid {pid}")), "{}", ran.stdout);
+    let (code, _) = status_json(strategy, &lock);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn break_force_removes_a_live_lock() {
+    let (_dir, root) = scratch();
+    let lock = root.join("job.lock");
+    let holder = LockFile::with_strategy(&lock, LockStrategy::Mkdir).expect("open");
+    holder.acquire().expect("acquire");
+    let ran = tool(
+        &["break", "--strategy", "mkdir", "--force", lock.as_str()],
+        None,
+    );
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert!(matches!(holder.release(), Err(Error::LockLost { .. })));
+}
+
+#[rstest]
+fn acquire_and_release_hold_a_lock_across_commands(#[values("mkdir", "link")] strategy: &str) {
+    let (_dir, root) = scratch();
+    let lock = root.join("script.lock");
+    let me = std::process::id().to_string();
+
+    // Without --pid, the lock is held for the parent: this test process.
+    let ran = tool(&["acquire", "--strategy", strategy, lock.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    let (code, json) = status_json(strategy, &lock);
+    assert_eq!((code, &json["state"]), (1, &Value::from("held")));
+    assert_eq!(json["owner"]["pid"].to_string(), me);
+    // Without --strategy, status reads the lock as what it is.
+    let ran = tool(&["status", lock.as_str()], None);
+    assert_eq!(ran.code(), 1, "{}", ran.stderr);
+    assert!(ran.stdout.starts_with("held:"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(&format!("({strategy}) by pid {me}")),
+        "{}",
+        ran.stdout
+    );
+    let other = LockFile::with_strategy(&lock, strategy.parse().expect("strategy")).expect("open");
+    assert!(matches!(other.try_acquire(), Err(Error::WouldBlock { .. })));
+
+    // A second acquire waits: try once.
+    let ran = tool(
+        &[
+            "acquire",
+            "--strategy",
+            strategy,
+            "--timeout",
+            "0",
+            lock.as_str(),
+        ],
+        None,
+    );
+    assert_eq!(ran.code(), 75);
+
+    // Only for the process it is held for.
+    let ran = tool(
+        &[
+            "release",
+            "--strategy",
+            strategy,
+            "--pid",
+            "1",
+            lock.as_str(),
+        ],
+        None,
+    );
+    assert_eq!(ran.code(), 1, "{}", ran.stderr);
+    let ran = tool(&["release", "--strategy", strategy, lock.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    let (code, _) = status_json(strategy, &lock);
+    assert_eq!(code, 0);
+    let ran = tool(&["release", "--strategy", strategy, lock.as_str()], None);
+    assert_eq!(ran.code(), 1, "releasing a free lock: {}", ran.stderr);
+    other.try_acquire().expect("free again");
+}
+
+#[test]
+fn acquire_refuses_os_and_a_pid_that_does_not_run() {
+    let (_dir, root) = scratch();
+    let lock = root.join("x.lock");
+    let ran = tool(&["acquire", "--strategy", "os", lock.as_str()], None);
+    assert_eq!(ran.code(), 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("mkdir or link"), "{}", ran.stderr);
+    let ran = tool(
+        &[
+            "acquire",
+            "--strategy",
+            "mkdir",
+            "--pid",
+            "4000000000",
+            lock.as_str(),
+        ],
+        None,
+    );
+    assert_eq!(ran.code(), 74, "{}", ran.stderr);
+    assert!(!lock.exists());
+}
+
+#[rstest]
+#[case(0)]
+#[case(7)]
+#[case(42)]
+fn the_commands_exit_status_is_passed_through(#[case] code: i32) {
+    let (_dir, root) = scratch();
+    let lock = root.join("x.lock");
+    let line = child_command_line();
+    let args = run_args(&[], lock.as_str(), &line);
+    let ran = tool(&args, Some(("exit", &[&code.to_string()])));
+    assert_eq!(ran.code(), code, "{}", ran.stderr);
+    // Released afterwards.
+    let after = LockFile::new(&lock).expect("open");
+    after.try_acquire().expect("free after the run");
+}
+
+#[test]
+fn a_command_that_does_not_exist_is_127_and_releases_the_lock() {
+    let (_dir, root) = scratch();
+    let lock = root.join("x.lock");
+    let ran = tool(
+        &["run", lock.as_str(), "--", "portalock-no-such-command"],
+        None,
+    );
+    assert_eq!(ran.code(), 127, "{}", ran.stderr);
+    assert!(ran.stderr.contains("portalock-no-such-command"));
+    LockFile::new(&lock)
+        .expect("open")
+        .try_acquire()
+        .expect("free");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_naming_the_path() {
+    let (_dir, root) = scratch();
+    let missing = root.join("no").join("such").join("dir").join("x.lock");
+    let ran = tool(&["run", missing.as_str(), "--", "true"], None);
+    assert_eq!(ran.code(), 74);
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "{}", ran.stderr);
+    assert!(ran.stderr.contains(missing.as_str()), "{}", ran.stderr);
+    // A directory where a file lock would be.
+    let dir = root.join("adir");
+    std::fs::create_dir(&dir).expect("dir");
+    let ran = tool(&["status", "--strategy", "link", dir.as_str()], None);
+    assert_eq!(ran.code(), 74);
+    assert!(ran.stderr.contains("directory"), "{}", ran.stderr);
+    // Usage errors.
+    assert_eq!(tool(&["run", "x.lock"], None).code(), 2);
+    assert_eq!(
+        tool(&["run", "--timeout", "soon", "x.lock", "--", "true"], None).code(),
+        2
+    );
+}
+
+#[cfg(unix)]
+#[rstest]
+fn sigterm_goes_to_the_command_and_the_lock_is_released_after_it(
+    #[values("os", "mkdir")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let lock = root.join("job.lock");
+    let (running, _) = hold_with_run(&["--strategy", strategy], &lock);
+    running.signal("TERM");
+    let status = running.wait();
+    // portalock itself survived the signal and exited with the command's
+    // status: killed by SIGTERM (15), 128 + 15.
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    let (code, _) = status_json(strategy, &lock);
+    assert_eq!(code, 0, "released");
+}
+
+#[test]
+fn the_wait_is_reported_with_the_holder() {
+    let (_dir, root) = scratch();
+    let lock = root.join("slow.lock");
+    let mut holder = spawn("hold", &["mkdir", lock.as_str()]);
+    let pid = holder.expect("ACQUIRED");
+    let line = child_command_line();
+    let args = run_args(
+        &["--strategy", "mkdir", "--timeout", "1.5"],
+        lock.as_str(),
+        &line,
+    );
+    let ran = tool(&args, Some(("exit", &["0"])));
+    assert_eq!(ran.code(), 75);
+    assert!(
+        ran.stderr.contains("portalock: waiting 1s for")
+            && ran.stderr.contains(&format!("held by pid {pid}")),
+        "{}",
+        ran.stderr
+    );
+    let args = run_args(
+        &["--strategy", "mkdir", "--timeout", "1.5", "--quiet"],
+        lock.as_str(),
+        &line,
+    );
+    let ran = tool(&args, Some(("exit", &["0"])));
+    assert!(!ran.stderr.contains("portalock: waiting"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "{}", ran.stderr);
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+}
