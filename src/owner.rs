@@ -240,7 +240,7 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-fn new_token() -> io::Result<String> {
+pub(crate) fn new_token() -> io::Result<String> {
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(io::Error::other)?;
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())

@@ -401,9 +401,10 @@ fn sigterm_goes_to_the_command_and_the_lock_is_released_after_it(
 ) {
     let (_dir, root) = scratch();
     let lock = root.join("job.lock");
-    let (running, _) = hold_with_run(&["--strategy", strategy], &lock);
+    let (mut running, _) = hold_with_run(&["--strategy", strategy], &lock);
     running.signal("TERM");
-    let status = running.wait();
+    // The command's input stays open: only the signal can end it.
+    let status = running.wait_open();
     // portalock itself survived the signal and exited with the command's
     // status: killed by SIGTERM (15), 128 + 15.
     assert_eq!(status.code(), Some(143), "{status:?}");

@@ -205,7 +205,7 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         ino,
         sync,
     } = held;
-    match fs::remove_file(&claim) {
+    match take_claim(&claim) {
         Ok(()) => {}
         // A breaker took the claim: the lock is no longer ours.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
@@ -224,6 +224,26 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         Ok(false) => Ok(Released::Lost(None)),
         Err(e) => Err(Error::io(path, "inspect lock file", e)),
     }
+}
+
+/// Takes the claim `claim` away, for exactly one caller: renames it to a
+/// name of the caller's own, then removes that. `NotFound` if someone else
+/// took it first.
+///
+/// A rename, not an unlink, is the step only one caller can win: on Windows
+/// a file that another process has open stays at its name after it is
+/// deleted ("delete pending"), and deleting it again may succeed (seen
+/// under Wine), so two callers could both "remove" one claim. Renaming a
+/// name away succeeds once, on every platform.
+fn take_claim(claim: &Utf8Path) -> io::Result<()> {
+    let taken = match claim.file_name() {
+        Some(name) => claim.with_file_name(format!("{name}.taken.{}", crate::owner::new_token()?)),
+        None => return Err(io::ErrorKind::InvalidInput.into()),
+    };
+    fs::stale_retry(|| std::fs::rename(claim, &taken))?;
+    // Ours alone now; a failure leaves a hidden file, not a lock.
+    let _ = fs::remove_file(&taken);
+    Ok(())
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
@@ -306,7 +326,7 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         }
         Err(e) => return Err(Error::io(&claim, "inspect the claim of", e)),
     }
-    match fs::remove_file(&claim) {
+    match take_claim(&claim) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),

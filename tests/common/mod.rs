@@ -145,6 +145,12 @@ impl Proc {
     /// Waits (bounded) for the child to exit and returns its status.
     pub fn wait(mut self) -> ExitStatus {
         self.stdin.take();
+        self.wait_open()
+    }
+
+    /// Waits (bounded) for the child to exit on its own, with its standard
+    /// input still open, and returns its status.
+    pub fn wait_open(&mut self) -> ExitStatus {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
