@@ -121,6 +121,13 @@ pub enum Error {
         /// The holder's owner record, when readable.
         holder: Option<Box<OwnerRecord>>,
     },
+    /// A [`ReentrantLockFile`](crate::ReentrantLockFile) held by another
+    /// thread was released from this one.
+    #[error("lock `{path}` is held by another thread, which alone may release it")]
+    WrongThread {
+        /// The lock path.
+        path: Utf8PathBuf,
+    },
     /// The strategy cannot work here (platform or file system).
     #[error("the {strategy} strategy is not supported for lock `{path}`: {reason}")]
     Unsupported {
@@ -216,6 +223,7 @@ impl Error {
             | Error::Unsupported { path, .. }
             | Error::OsLocksNotShared { path, .. }
             | Error::NotOwner { path, .. }
+            | Error::WrongThread { path }
             | Error::MissingParent { path }
             | Error::Symlink { path }
             | Error::WrongFileType { path, .. }
@@ -276,7 +284,9 @@ impl From<Error> for io::Error {
             }
             Error::Foreign { .. } => io::ErrorKind::InvalidData,
             Error::NotStale { .. } | Error::NotOwner { .. } => io::ErrorKind::ResourceBusy,
-            Error::NotLocked { .. } | Error::LockLost { .. } => io::ErrorKind::Other,
+            Error::NotLocked { .. } | Error::LockLost { .. } | Error::WrongThread { .. } => {
+                io::ErrorKind::Other
+            }
         };
         io::Error::new(kind, err)
     }

@@ -125,6 +125,29 @@ pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
     stale_retry(|| opts.open(path))
 }
 
+/// Opens the regular file `path` with `opts` (the caller's access and
+/// creation flags), without following a final symbolic link and without
+/// blocking on a FIFO; anything but a regular file is refused afterwards
+/// with `InvalidInput`.
+pub(crate) fn open_with(path: &Utf8Path, opts: &mut OpenOptions) -> io::Result<File> {
+    no_follow(opts);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+        opts.mode(FILE_MODE);
+    }
+    let file = stale_retry(|| opts.open(path))?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
 /// Opens the existing regular file `path` for writing, without following
 /// a final symbolic link, creating or truncating anything.
 pub(crate) fn open_write(path: &Utf8Path) -> io::Result<File> {

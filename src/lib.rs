@@ -102,10 +102,13 @@
 
 mod error;
 pub mod filesystem;
+pub mod flock;
 mod fs;
 mod holding;
 mod lock;
+mod locked_file;
 mod owner;
+mod reentrant;
 mod registry;
 pub mod stale;
 mod strategy;
@@ -114,8 +117,12 @@ mod wait;
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, FileKind, Result};
 pub use filesystem::{FileSystem, Locality};
-pub use lock::{lock_file, LockFile, LockGuard, LockOptions, LockStatus, DEFAULT_POLL_INTERVAL};
+pub use lock::{
+    lock_file, LockFile, LockGuard, LockOptions, LockStatus, SharedGuard, DEFAULT_POLL_INTERVAL,
+};
+pub use locked_file::{LockedFile, LockedFileOptions, Mode};
 pub use owner::{Liveness, OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
+pub use reentrant::ReentrantLockFile;
 pub use stale::DEFAULT_GRACE;
 pub use strategy::{LockStrategy, ParseStrategyError};
 

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::filesystem::FileSystem;
 use crate::fs;
 use crate::holding::{Holding, OnLost};
+use crate::locked_file::LockedFile;
 use crate::owner::OwnerRecord;
 use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
@@ -58,6 +59,7 @@ pub struct LockOptions {
     trust_os_locks: bool,
     sync: bool,
     owner_pid: Option<u32>,
+    remove_on_release: bool,
 }
 
 impl Default for LockOptions {
@@ -73,6 +75,7 @@ impl Default for LockOptions {
             trust_os_locks: false,
             sync: false,
             owner_pid: None,
+            remove_on_release: false,
         }
     }
 }
@@ -90,6 +93,7 @@ impl fmt::Debug for LockOptions {
             .field("trust_os_locks", &self.trust_os_locks)
             .field("sync", &self.sync)
             .field("owner_pid", &self.owner_pid)
+            .field("remove_on_release", &self.remove_on_release)
             .finish()
     }
 }
@@ -251,6 +255,36 @@ impl LockOptions {
         self
     }
 
+    /// Makes an [`Os`](LockStrategy::Os) lock file temporary: it exists
+    /// only while the lock is held, and is removed on release (while still
+    /// locked). Waiters that then lock the removed file notice that the
+    /// path no longer names it and open it afresh, so a delete-and-recreate
+    /// race never lets two holders in. `Mkdir` and `Link` artifacts are
+    /// always removed on release. A holder that crashes leaves the file
+    /// behind (unlocked; the next holder reuses it). Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("temp.lock");
+    /// let lock = LockOptions::new()
+    ///     .strategy(LockStrategy::Os)
+    ///     .remove_on_release(true)
+    ///     .open(&path)?;
+    /// lock.acquire()?;
+    /// assert!(path.exists());
+    /// lock.release()?;
+    /// assert!(!path.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remove_on_release(&mut self, yes: bool) -> &mut Self {
+        self.remove_on_release = yes;
+        self
+    }
+
     /// Opens a handle on the lock at `path`, without taking it.
     ///
     /// The path is made absolute against the current directory now, so a
@@ -291,6 +325,7 @@ impl LockOptions {
             file_system,
             sync: self.sync,
             owner_pid: self.owner_pid,
+            remove_on_release: self.remove_on_release,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
             break_stale: self.break_stale,
@@ -310,7 +345,7 @@ fn detect(path: &Utf8Path) -> Result<FileSystem> {
     FileSystem::detect(dir).map_err(|e| Error::io(path, "detect the file system of", e))
 }
 
-fn absolute(path: &Path) -> Result<Utf8PathBuf> {
+pub(crate) fn absolute(path: &Path) -> Result<Utf8PathBuf> {
     let non_utf8 = |p: &Path| Error::NonUtf8Path { path: p.to_owned() };
     let utf8 = Utf8Path::from_path(path).ok_or_else(|| non_utf8(path))?;
     let invalid = |why: &str| {
@@ -390,6 +425,7 @@ pub struct LockFile {
     file_system: Option<FileSystem>,
     sync: bool,
     owner_pid: Option<u32>,
+    remove_on_release: bool,
     timeout: Option<Duration>,
     poll_interval: Duration,
     break_stale: bool,
@@ -540,6 +576,96 @@ impl LockFile {
     /// As [`acquire_timeout`](LockFile::acquire_timeout).
     pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
         self.guard_within(Some(timeout))
+    }
+
+    /// Takes the lock shared (as a reader), waiting as long as the handle's
+    /// timeout says: any number of shared holders at once, in any
+    /// processes, but none while an exclusive holder ([`acquire`],
+    /// [`lock`]) holds it, and no exclusive holder while any shared one
+    /// does. Only the [`Os`](LockStrategy::Os) strategy has shared locks;
+    /// shared holders write no owner record (the record names the
+    /// exclusive holder).
+    ///
+    /// [`acquire`]: LockFile::acquire
+    /// [`lock`]: LockFile::lock
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for `Mkdir` and `Link`: portalock has no
+    /// readers-writer protocol over `mkdir` or `link()` that stays safe
+    /// when readers crash; [`Error::WouldBlock`] / [`Error::Timeout`] while
+    /// an exclusive holder keeps it; the errors of [`LockedFile`]'s open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{Error, LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("catalog.lock");
+    /// let (a, b) = (LockFile::with_strategy(&path, LockStrategy::Os)?,
+    ///               LockFile::with_strategy(&path, LockStrategy::Os)?);
+    /// let reader_a = a.lock_shared()?;
+    /// let reader_b = b.try_lock_shared()?; // readers share
+    /// let writer = LockFile::with_strategy(&path, LockStrategy::Os)?;
+    /// assert!(matches!(writer.try_acquire(), Err(Error::WouldBlock { .. })));
+    /// drop((reader_a, reader_b));
+    /// writer.try_acquire()?;
+    /// assert!(matches!(a.try_lock_shared(), Err(Error::WouldBlock { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lock_shared(&self) -> Result<SharedGuard> {
+        self.shared_within(self.timeout)
+    }
+
+    /// Takes the lock shared if no exclusive holder has it now; see
+    /// [`lock_shared`](LockFile::lock_shared).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_shared`](LockFile::lock_shared).
+    pub fn try_lock_shared(&self) -> Result<SharedGuard> {
+        self.shared_within(Some(Duration::ZERO))
+    }
+
+    /// Takes the lock shared, waiting at most `timeout`; see
+    /// [`lock_shared`](LockFile::lock_shared).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_shared`](LockFile::lock_shared).
+    pub fn lock_shared_timeout(&self, timeout: Duration) -> Result<SharedGuard> {
+        self.shared_within(Some(timeout))
+    }
+
+    fn shared_within(&self, timeout: Option<Duration>) -> Result<SharedGuard> {
+        if self.strategy != Concrete::Os {
+            return Err(Error::Unsupported {
+                path: self.path.clone(),
+                strategy: self.strategy.into(),
+                reason: "shared locks need the os strategy: portalock has no readers-writer \
+                         protocol over mkdir or link() that stays safe when readers crash"
+                    .to_owned(),
+            });
+        }
+        let opened = LockedFile::options()
+            .shared(true)
+            .timeout(timeout)
+            .check_interval(self.poll_interval)
+            .open(&self.path);
+        match opened {
+            Ok(file) => Ok(SharedGuard { file }),
+            Err(Error::WouldBlock { path, .. }) => Err(Error::WouldBlock {
+                path,
+                holder: self.owner().ok().flatten().map(Box::new),
+            }),
+            Err(Error::Timeout { path, timeout, .. }) => Err(Error::Timeout {
+                path,
+                timeout,
+                holder: self.owner().ok().flatten().map(Box::new),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Releases the lock this handle holds. Any thread may call it.
@@ -849,7 +975,14 @@ impl LockFile {
         // after a poll, a few times in a row at most.
         let mut transient = 0;
         loop {
-            match strategy::try_acquire(self.strategy, &self.path, &record, block, self.sync) {
+            match strategy::try_acquire(
+                self.strategy,
+                &self.path,
+                &record,
+                block,
+                self.sync,
+                self.remove_on_release,
+            ) {
                 Ok(Some(held)) => return Ok((held, record)),
                 Ok(None) => transient = 0,
                 // Tried again after a short pause even by a try-once
@@ -1033,6 +1166,26 @@ impl Drop for LockFile {
             // Best effort: a caller who wants the error calls `release`.
             let _ = self.finish_release(&holding);
         }
+    }
+}
+
+/// A shared (reader) hold on an `Os` lock, from
+/// [`LockFile::lock_shared`]; dropping it (or [`release`](SharedGuard::release))
+/// lets go.
+#[derive(Debug)]
+#[must_use = "if unused the shared lock is released at once"]
+pub struct SharedGuard {
+    file: LockedFile,
+}
+
+impl SharedGuard {
+    /// Lets go of the shared lock, reporting what failed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the lock could not be released.
+    pub fn release(self) -> Result<()> {
+        self.file.release()
     }
 }
 

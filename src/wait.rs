@@ -58,8 +58,20 @@ impl Backoff {
     /// Sleeps for the next interval, or returns `false` without sleeping
     /// if the deadline has passed.
     pub(crate) fn sleep(&mut self, deadline: &Deadline) -> bool {
+        match self.next(deadline) {
+            Some(nap) => {
+                std::thread::sleep(nap);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next interval to wait (for waiters that sleep themselves, such
+    /// as async ones), or `None` if the deadline has passed.
+    pub(crate) fn next(&mut self, deadline: &Deadline) -> Option<Duration> {
         if deadline.expired() {
-            return false;
+            return None;
         }
         // Jitter in [current/2, current) keeps waiters of several processes
         // from polling in lock step.
@@ -68,9 +80,8 @@ impl Backoff {
             Some(left) => jittered.min(left),
             None => jittered,
         };
-        std::thread::sleep(nap);
         self.current = (self.current * 2).min(self.cap);
-        true
+        Some(nap)
     }
 }
 

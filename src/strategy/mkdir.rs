@@ -93,20 +93,35 @@ pub(crate) fn try_acquire(
 }
 
 /// Whether our record is the only entry of the lock directory (an error
-/// counts as no: the caller withdraws, which is always safe).
+/// counts as no: the caller withdraws, which is always safe). A listing
+/// that fails for a moment (Wine, while another process deletes in the
+/// directory) is tried again, a few times: withdrawing needlessly would
+/// leave an empty directory that only the grace period clears.
 fn alone(path: &Utf8Path, token: &str) -> bool {
     let ours = format!("{token}.json");
-    let Ok(entries) = fs::read_dir(path) else {
-        return false;
-    };
-    let mut count = 0;
-    for entry in entries {
-        match entry {
-            Ok(e) if e.file_name().to_str() == Some(ours.as_str()) => count += 1,
-            _ => return false,
+    for attempt in 0..8u32 {
+        match listed_alone(path, &ours) {
+            Ok(alone) => return alone,
+            Err(e) if fs::is_transient(&e) => {
+                std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
+            }
+            Err(_) => return false,
         }
     }
-    count == 1
+    false
+}
+
+fn listed_alone(path: &Utf8Path, ours: &str) -> io::Result<bool> {
+    let mut count = 0;
+    for entry in fs::read_dir(path)? {
+        let name = entry?.file_name();
+        match name.to_str() {
+            Some(n) if n == ours => count += 1,
+            Some(n) if fs::is_silly_renamed(n) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(count == 1)
 }
 
 fn dir_ino(path: &Utf8Path) -> Option<u64> {

@@ -300,16 +300,19 @@ pub(crate) enum Broken {
 /// With `block`, strategies that can sleep in the kernel until the lock is
 /// free (`Os`) do so instead of returning `None`. With `sync`, the record
 /// and the directory entries are flushed to stable storage (`fsync`) before
-/// the lock counts as taken, and again when it is released.
+/// the lock counts as taken, and again when it is released. With `remove`,
+/// an `Os` lock file is removed on release (`Mkdir` and `Link` artifacts
+/// always are).
 pub(crate) fn try_acquire(
     strategy: Concrete,
     path: &Utf8Path,
     record: &OwnerRecord,
     block: bool,
     sync: bool,
+    remove: bool,
 ) -> Result<Option<Held>> {
     Ok(match strategy {
-        Concrete::Os => os::try_acquire(path, record, block, sync)?.map(Held::Os),
+        Concrete::Os => os::try_acquire(path, record, block, sync, remove)?.map(Held::Os),
         Concrete::Mkdir => mkdir::try_acquire(path, record, sync)?.map(Held::Mkdir),
         Concrete::Link => link::try_acquire(path, record, sync)?.map(Held::Link),
     })

@@ -35,6 +35,8 @@ pub(crate) struct Held {
     pub(crate) token: String,
     id: fs::FileId,
     sync: bool,
+    /// Remove the lock file on release (a temporary lock file).
+    remove: bool,
 }
 
 pub(crate) fn try_acquire(
@@ -42,42 +44,68 @@ pub(crate) fn try_acquire(
     record: &OwnerRecord,
     block: bool,
     sync: bool,
+    remove: bool,
 ) -> Result<Option<Held>> {
-    let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
-    check_regular(path, &file)?;
-    let mut lock = fd_lock::RwLock::new(file);
-    let taken = if block {
-        lock.write().map(std::mem::forget)
-    } else {
-        lock.try_write().map(std::mem::forget)
-    };
-    match taken {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-        Err(e) => return Err(Error::io(path, "lock", e)),
-    }
-    let mut file = lock.into_inner();
-    // The lock is ours from here; any error below must unlock it.
-    let written = write_record(path, &mut file, record).and_then(|id| {
-        if sync {
-            file.sync_all()
-                .and_then(|()| fs::sync_parent(path))
-                .map_err(|e| Error::io(path, "flush the owner record of", e))?;
+    // A holder that removes the file on release (or anyone who deletes or
+    // replaces it) leaves waiters locking a file that the path no longer
+    // names: such a lock excludes nobody, so it is dropped and the file
+    // opened afresh. Each round means the lock was released meanwhile;
+    // after many, the lock is plainly busy.
+    for _ in 0..64 {
+        let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
+        check_regular(path, &file)?;
+        let mut lock = fd_lock::RwLock::new(file);
+        let taken = if block {
+            lock.write().map(std::mem::forget)
+        } else {
+            lock.try_write().map(std::mem::forget)
+        };
+        match taken {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(Error::io(path, "lock", e)),
         }
-        Ok(id)
-    });
-    match written {
-        Ok(id) => Ok(Some(Held {
-            file: Arc::new(file),
-            token: record.token.clone(),
-            id,
-            sync,
-        })),
-        Err(e) => {
-            unlock(&file);
-            Err(e)
+        let mut file = lock.into_inner();
+        // The lock is ours from here; any error below must unlock it.
+        let id = fs::file_id(&file).map_err(|e| Error::io(path, "inspect lock file", e));
+        match id.and_then(|id| {
+            check_id(path, id)
+                .map(|named| named.then_some(id))
+                .map_err(|e| Error::io(path, "inspect lock file", e))
+        }) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                unlock(&file);
+                continue;
+            }
+            Err(e) => {
+                unlock(&file);
+                return Err(e);
+            }
         }
+        let written = write_record(path, &mut file, record).and_then(|id| {
+            if sync {
+                file.sync_all()
+                    .and_then(|()| fs::sync_parent(path))
+                    .map_err(|e| Error::io(path, "flush the owner record of", e))?;
+            }
+            Ok(id)
+        });
+        return match written {
+            Ok(id) => Ok(Some(Held {
+                file: Arc::new(file),
+                token: record.token.clone(),
+                id,
+                sync,
+                remove,
+            })),
+            Err(e) => {
+                unlock(&file);
+                Err(e)
+            }
+        };
     }
+    Ok(None)
 }
 
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
@@ -86,9 +114,20 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         token,
         id,
         sync,
+        remove,
     } = held;
     let result = release_locked(path, &file, &token, id).and_then(|released| {
-        if sync && matches!(released, Released::Done) {
+        if !matches!(released, Released::Done) {
+            return Ok(released);
+        }
+        if remove {
+            // Removed while still locked: a waiter that then locks the
+            // removed file sees that the path no longer names it.
+            fs::remove_file(path).map_err(|e| Error::io(path, "remove lock file", e))?;
+            if sync {
+                fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+            }
+        } else if sync {
             file.sync_all()
                 .map_err(|e| Error::io(path, "flush the cleared record of", e))?;
         }

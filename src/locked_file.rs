@@ -1,0 +1,350 @@
+//! A lock that hands out the file it locks: portalocker's
+//! `with Lock(path, 'r+', timeout=...) as fh`.
+//!
+//! [`LockedFile`] opens a path, takes an OS advisory lock on the open file
+//! (exclusive, or shared for readers), and reads and writes through the
+//! guard. After locking it checks that the path still names the file it
+//! locked (another process may have replaced or removed it meanwhile) and
+//! starts over if not. The file is the caller's data, so no owner record
+//! is written into it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::error::{Error, Result};
+use crate::flock::{self, LockFlags};
+use crate::fs;
+use crate::strategy::LockStrategy;
+use crate::wait::{Backoff, Deadline};
+
+/// How [`LockedFile`] opens its file (portalocker's mode strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mode {
+    /// `"r"`: read an existing file.
+    Read,
+    /// `"r+"`: read and write an existing file.
+    ReadWrite,
+    /// `"a+"`-like: read and write, creating the file if needed; nothing
+    /// is truncated.
+    Create,
+    /// `"a"`: append, creating the file if needed.
+    Append,
+    /// `"w"`: write, creating the file if needed and truncating it, but
+    /// only once the lock is held, so that a waiter never destroys the
+    /// holder's data.
+    Truncate,
+}
+
+impl Mode {
+    fn open_options(self) -> OpenOptions {
+        let mut opts = OpenOptions::new();
+        match self {
+            Mode::Read => opts.read(true),
+            Mode::ReadWrite => opts.read(true).write(true),
+            Mode::Create => opts.read(true).write(true).create(true),
+            Mode::Append => opts.append(true).create(true),
+            Mode::Truncate => opts.write(true).create(true),
+        };
+        opts
+    }
+}
+
+/// Options for [`LockedFile`]; [`LockedFile::options`] makes one.
+#[derive(Debug, Clone)]
+pub struct LockedFileOptions {
+    mode: Mode,
+    shared: bool,
+    timeout: Option<Duration>,
+    check_interval: Duration,
+    fail_when_locked: bool,
+    sync_on_release: bool,
+    remove_on_release: bool,
+}
+
+impl Default for LockedFileOptions {
+    fn default() -> Self {
+        LockedFileOptions {
+            mode: Mode::Create,
+            shared: false,
+            timeout: None,
+            check_interval: Duration::from_millis(50),
+            fail_when_locked: false,
+            sync_on_release: false,
+            remove_on_release: false,
+        }
+    }
+}
+
+impl LockedFileOptions {
+    /// How the file is opened. Default: [`Mode::Create`].
+    pub fn mode(&mut self, mode: Mode) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Take a shared (reader) lock instead of an exclusive one: several
+    /// readers hold the file at once, a writer waits for all of them.
+    pub fn shared(&mut self, yes: bool) -> &mut Self {
+        self.shared = yes;
+        self
+    }
+
+    /// How long to wait for the lock; `None` (the default) waits forever,
+    /// zero tries once.
+    pub fn timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest pause between two tries while waiting (portalocker's
+    /// `check_interval`). Default: 50 ms.
+    pub fn check_interval(&mut self, interval: Duration) -> &mut Self {
+        self.check_interval = interval;
+        self
+    }
+
+    /// Fail at once with [`Error::WouldBlock`] if the first try finds the
+    /// file locked, whatever the timeout (portalocker's
+    /// `fail_when_locked`).
+    pub fn fail_when_locked(&mut self, yes: bool) -> &mut Self {
+        self.fail_when_locked = yes;
+        self
+    }
+
+    /// Flush the file to stable storage (`fsync`) before releasing the
+    /// lock, so that the next holder reads what this one wrote even after
+    /// a crash of the machine.
+    pub fn sync_on_release(&mut self, yes: bool) -> &mut Self {
+        self.sync_on_release = yes;
+        self
+    }
+
+    /// Remove the file when the lock is released (while it is still held),
+    /// making it a temporary lock file that exists only while held. A
+    /// waiter that locked the removed file notices that the path no longer
+    /// names it and starts over, so no two holders ever hold "the" file.
+    pub fn remove_on_release(&mut self, yes: bool) -> &mut Self {
+        self.remove_on_release = yes;
+        self
+    }
+
+    /// Opens `path` and locks it, waiting as the options say.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] or [`Error::Timeout`] if the file stays locked
+    /// (the holder is not known: the file carries no owner record);
+    /// [`Error::NonUtf8Path`], [`Error::MissingParent`],
+    /// [`Error::Symlink`] (never followed), [`Error::WrongFileType`] (a
+    /// directory or special file at `path`), [`Error::Io`] (a missing file
+    /// in the `Read` and `ReadWrite` modes, permissions, ...).
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<LockedFile> {
+        let path = crate::lock::absolute(path.as_ref())?;
+        let deadline = Deadline::after(self.timeout);
+        let mut backoff = Backoff::new(self.check_interval);
+        let kind = if self.shared {
+            LockFlags::SHARED
+        } else {
+            LockFlags::EXCLUSIVE
+        };
+        let mut first = true;
+        loop {
+            let file = fs::open_with(&path, &mut self.mode.open_options())
+                .map_err(|e| fs::open_file_error(&path, LockStrategy::Os, e))?;
+            match flock::lock(&file, kind | LockFlags::NON_BLOCKING) {
+                Ok(()) => {
+                    if let Some(locked) = self.locked(&path, file)? {
+                        return Ok(locked);
+                    }
+                    // The path was removed or replaced while we waited:
+                    // what we locked is not "the" file. Start over.
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Error::io(&path, "lock", e)),
+            }
+            drop(file);
+            let give_up = (first && self.fail_when_locked) || !backoff.sleep(&deadline);
+            first = false;
+            if give_up {
+                return Err(match self.timeout {
+                    Some(t) if !t.is_zero() && !self.fail_when_locked => Error::Timeout {
+                        path,
+                        timeout: t,
+                        holder: None,
+                    },
+                    _ => Error::WouldBlock { path, holder: None },
+                });
+            }
+        }
+    }
+
+    /// Finishes taking the lock on `file`: `None` if `path` no longer
+    /// names it.
+    fn locked(&self, path: &Utf8Path, file: File) -> Result<Option<LockedFile>> {
+        let id = fs::file_id(&file).map_err(|e| Error::io(path, "inspect", e))?;
+        if fs::path_id(path).map_err(|e| Error::io(path, "inspect", e))? != Some(id) {
+            return Ok(None);
+        }
+        if self.mode == Mode::Truncate {
+            file.set_len(0)
+                .map_err(|e| Error::io(path, "truncate locked file", e))?;
+        }
+        Ok(Some(LockedFile {
+            file,
+            released: false,
+            path: path.to_owned(),
+            id,
+            sync_on_release: self.sync_on_release,
+            remove_on_release: self.remove_on_release,
+        }))
+    }
+}
+
+/// An open file that this process holds locked; reads and writes go
+/// through it (it dereferences to [`File`]), and dropping it releases the
+/// lock.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Seek, Write};
+/// use std::time::Duration;
+/// use portalock::{LockedFile, Mode};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("counter.txt");
+///
+/// // Read-modify-write under the lock, as portalocker's
+/// // `with Lock(path, 'r+', timeout=5) as fh:`.
+/// for _ in 0..3 {
+///     let mut file = LockedFile::options()
+///         .mode(Mode::Create)
+///         .timeout(Some(Duration::from_secs(5)))
+///         .open(&path)?;
+///     let mut text = String::new();
+///     file.read_to_string(&mut text)?;
+///     let n: u32 = text.trim().parse().unwrap_or(0);
+///     file.rewind()?;
+///     file.set_len(0)?;
+///     write!(file, "{}", n + 1)?;
+/// } // each iteration releases the lock here
+/// assert_eq!(std::fs::read_to_string(&path)?, "3");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct LockedFile {
+    file: File,
+    released: bool,
+    path: Utf8PathBuf,
+    id: fs::FileId,
+    sync_on_release: bool,
+    remove_on_release: bool,
+}
+
+impl LockedFile {
+    /// Options with the defaults: [`Mode::Create`], exclusive, wait forever.
+    pub fn options() -> LockedFileOptions {
+        LockedFileOptions::default()
+    }
+
+    /// Opens `path` (creating it if needed) and locks it exclusively,
+    /// waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockedFileOptions::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<LockedFile> {
+        LockedFile::options().open(path)
+    }
+
+    /// The absolute path of the locked file.
+    pub fn path(&self) -> &Utf8Path {
+        &self.path
+    }
+
+    /// Releases the lock (after flushing or removing the file, as the
+    /// options say), reporting what failed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file could not be flushed, removed or unlocked.
+    pub fn release(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.released, true) {
+            return Ok(());
+        }
+        let file = &self.file;
+        let mut result = Ok(());
+        if self.sync_on_release {
+            result = file
+                .sync_all()
+                .map_err(|e| Error::io(&self.path, "flush locked file", e));
+        }
+        if self.remove_on_release {
+            // Remove while still locked, and only the file we locked.
+            let ours = fs::path_id(&self.path).is_ok_and(|id| id == Some(self.id));
+            if ours {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    result = result.and(Err(Error::io(&self.path, "remove locked file", e)));
+                }
+            }
+        }
+        if let Err(e) = flock::unlock(file) {
+            result = result.and(Err(Error::io(&self.path, "unlock", e)));
+        }
+        result
+    }
+}
+
+impl Deref for LockedFile {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl DerefMut for LockedFile {
+    fn deref_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+}
+
+impl Read for LockedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Write for LockedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for LockedFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl Drop for LockedFile {
+    fn drop(&mut self) {
+        // Best effort: a caller who wants the error calls `release`.
+        let _ = self.finish();
+    }
+}
