@@ -108,8 +108,10 @@ mod holding;
 mod lock;
 mod locked_file;
 mod owner;
+mod pidfile;
 mod reentrant;
 mod registry;
+mod semaphore;
 pub mod stale;
 mod strategy;
 mod wait;
@@ -122,7 +124,9 @@ pub use lock::{
 };
 pub use locked_file::{LockedFile, LockedFileOptions, Mode};
 pub use owner::{Liveness, OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
+pub use pidfile::PidFileLock;
 pub use reentrant::ReentrantLockFile;
+pub use semaphore::{BoundedSemaphore, SemaphoreGuard};
 pub use stale::DEFAULT_GRACE;
 pub use strategy::{LockStrategy, ParseStrategyError};
 

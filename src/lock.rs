@@ -510,6 +510,12 @@ impl LockFile {
         }
     }
 
+    /// The longest pause between two looks at a lock held by another
+    /// process.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
     /// The timeout [`acquire`](LockFile::acquire) and
     /// [`lock`](LockFile::lock) use (`None`: wait forever).
     pub fn timeout(&self) -> Option<Duration> {
@@ -576,6 +582,76 @@ impl LockFile {
     /// As [`acquire_timeout`](LockFile::acquire_timeout).
     pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
         self.guard_within(Some(timeout))
+    }
+
+    /// Takes the lock from async code, waiting as long as the handle's
+    /// timeout says without blocking the runtime's threads (feature
+    /// `tokio`). The future is cancel-safe: dropping it before it completes
+    /// leaves the lock not held by this handle.
+    ///
+    /// Waiting polls: an unbounded wait on an `Os` lock does not sleep in
+    /// the kernel here, and a release in this process is noticed at the
+    /// next try rather than at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockFile::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::new(dir.path().join("async.lock"))?;
+    /// let guard = lock.lock_async().await?;
+    /// // ... the critical section, free to .await ...
+    /// guard.release()?;
+    ///
+    /// // Cancelled waits leave nothing held.
+    /// let holder = LockFile::new(lock.path())?;
+    /// holder.acquire()?;
+    /// let waited = tokio::time::timeout(Duration::from_millis(20), lock.lock_async()).await;
+    /// assert!(waited.is_err());
+    /// assert!(!lock.is_held());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn lock_async(&self) -> Result<LockGuard<'_>> {
+        self.guard_within_async(self.timeout).await
+    }
+
+    /// Takes the lock from async code, waiting at most `timeout`; see
+    /// [`lock_async`](LockFile::lock_async).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_timeout`](LockFile::acquire_timeout).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn lock_timeout_async(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+        self.guard_within_async(Some(timeout)).await
+    }
+
+    /// The state-machine form of [`lock_async`](LockFile::lock_async):
+    /// takes the lock for this handle until [`release`](LockFile::release).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockFile::acquire).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn acquire_async(&self) -> Result<()> {
+        let mut guard = self.guard_within_async(self.timeout).await?;
+        // An empty token matches no acquisition: the guard's drop then
+        // leaves the lock to the handle.
+        guard.token.clear();
+        Ok(())
     }
 
     /// Takes the lock shared (as a reader), waiting as long as the handle's
@@ -923,6 +999,27 @@ impl LockFile {
     fn not_locked(&self) -> Error {
         Error::NotLocked {
             path: self.path.clone(),
+        }
+    }
+
+    /// Waits for the lock without blocking an async runtime: tries once,
+    /// then sleeps with `tokio::time::sleep` between tries (backoff with
+    /// jitter, at most the poll interval), until `timeout`. Dropping the
+    /// future between two tries leaves nothing held.
+    #[cfg(feature = "tokio")]
+    async fn guard_within_async(&self, timeout: Option<Duration>) -> Result<LockGuard<'_>> {
+        let deadline = Deadline::after(timeout);
+        let mut backoff = Backoff::new(self.poll_interval);
+        loop {
+            match self.acquire_token(Some(Duration::ZERO)) {
+                Ok(token) => return Ok(LockGuard { lock: self, token }),
+                Err(e) if e.is_contended() => {}
+                Err(e) => return Err(e),
+            }
+            match backoff.next(&deadline) {
+                Some(nap) => tokio::time::sleep(nap).await,
+                None => return Err(self.contended(timeout)),
+            }
         }
     }
 

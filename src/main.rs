@@ -115,6 +115,10 @@ struct RunArgs {
     /// off), others may break the lock once the lease runs out.
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     lease: Option<Duration>,
+    /// Admit up to N commands at once instead of one: a semaphore of N
+    /// slot locks named LOCK.0 ... LOCK.<N-1>.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    slots: u32,
     /// The lock's path.
     lock: PathBuf,
     /// The command and its arguments, after `--`.
@@ -238,13 +242,48 @@ fn lock_error(err: Error) -> Failure {
 }
 
 fn run(args: RunArgs) -> Outcome {
-    let lock = options(args.strategy, &args.wait)
-        .lease(args.lease)
-        .open(&args.lock)
-        .map_err(lock_error)?;
-    take(&lock, &args.wait)?;
+    let mut options = options(args.strategy, &args.wait);
+    options.lease(args.lease);
+    if args.slots > 1 {
+        return run_in_slot(&args, &options);
+    }
+    let lock = options.open(&args.lock).map_err(lock_error)?;
+    let taken = wait_visibly(
+        &args.wait,
+        |waited| waiting_line(&lock, waited),
+        || acquire_within(&lock, args.wait.timeout),
+    );
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
     let status = run_command(&args.command);
-    let released = lock.release();
+    finish_run_with(status, lock.release())
+}
+
+/// `run --slots N`: takes one of N slots, runs the command, frees it.
+fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
+    let slots = usize::try_from(args.slots).unwrap_or(usize::MAX);
+    let semaphore =
+        portalock::BoundedSemaphore::new(&args.lock, slots, options).map_err(lock_error)?;
+    let line = |waited: Duration| {
+        format!(
+            "portalock: waiting {} for one of the {} slots of {}",
+            secs(waited),
+            semaphore.slots(),
+            semaphore.prefix()
+        )
+    };
+    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout {
+        None => semaphore.acquire(),
+        Some(t) if t.is_zero() => semaphore.try_acquire(),
+        Some(t) => semaphore.acquire_timeout(t),
+    });
+    let slot = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let command = run_command(&args.command);
+    finish_run_with(command, slot.release())
+}
+
+/// The exit status of `run`: the command's `status`, unless the lock
+/// (`released`) was lost while it ran.
+fn finish_run_with(status: Outcome, released: portalock::Result<()>) -> Outcome {
     let code = status?;
     match released {
         Ok(()) => Ok(code),
@@ -359,28 +398,38 @@ fn options(strategy: LockStrategy, wait: &Wait) -> LockOptions {
     options
 }
 
-/// Takes `lock` as `wait` says, telling on stderr whom it waits for.
-fn take(lock: &LockFile, wait: &Wait) -> Result<(), Failure> {
-    let result = std::thread::scope(|scope| {
-        let (done, waiting) = mpsc::channel::<()>();
-        if !wait.quiet {
-            scope.spawn(move || report_wait(lock, &waiting));
-        }
-        let result = match wait.timeout {
-            None => lock.acquire(),
-            Some(t) if t.is_zero() => lock.try_acquire(),
-            Some(t) => lock.acquire_timeout(t),
-        };
-        drop(done);
-        result
-    });
-    result.map_err(|e| Failure::from_lock(&e, wait.conflict_exit_code))
+/// Takes `lock` within `timeout` (0: try once; `None`: forever).
+fn acquire_within(lock: &LockFile, timeout: Option<Duration>) -> portalock::Result<()> {
+    match timeout {
+        None => lock.acquire(),
+        Some(t) if t.is_zero() => lock.try_acquire(),
+        Some(t) => lock.acquire_timeout(t),
+    }
 }
 
-/// Says whom `lock` waits for, after a second and then every second on a
+/// Runs `acquire` while telling on stderr (unless `--quiet`) what it waits
+/// for, in the words of `line`.
+fn wait_visibly<T>(
+    wait: &Wait,
+    line: impl Fn(Duration) -> String + Sync,
+    acquire: impl FnOnce() -> portalock::Result<T>,
+) -> portalock::Result<T> {
+    std::thread::scope(|scope| {
+        let (done, waiting) = mpsc::channel::<()>();
+        if !wait.quiet {
+            let line = &line;
+            scope.spawn(move || report_wait(line, &waiting));
+        }
+        let result = acquire();
+        drop(done);
+        result
+    })
+}
+
+/// Says what we wait for, after a second and then every second on a
 /// terminal (rewriting one line) or every ten seconds otherwise, until
 /// `done` is dropped.
-fn report_wait(lock: &LockFile, done: &mpsc::Receiver<()>) {
+fn report_wait(line: &(impl Fn(Duration) -> String + Sync), done: &mpsc::Receiver<()>) {
     let terminal = std::io::stderr().is_terminal();
     let every = if terminal {
         Duration::from_secs(1)
@@ -393,12 +442,12 @@ fn report_wait(lock: &LockFile, done: &mpsc::Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) =
         done.recv_timeout(next.saturating_sub(start.elapsed()))
     {
-        let line = waiting_line(lock, start.elapsed());
+        let text = line(start.elapsed());
         let mut err = std::io::stderr().lock();
         let _ = if terminal {
-            write!(err, "\r\x1b[2K{line}")
+            write!(err, "\r\x1b[2K{text}")
         } else {
-            writeln!(err, "{line}")
+            writeln!(err, "{text}")
         };
         let _ = err.flush();
         shown = true;
@@ -598,7 +647,12 @@ fn acquire(args: AcquireArgs) -> Outcome {
         .on_behalf_of(pid)
         .open(&args.lock)
         .map_err(lock_error)?;
-    take(&lock, &args.wait)?;
+    let taken = wait_visibly(
+        &args.wait,
+        |waited| waiting_line(&lock, waited),
+        || acquire_within(&lock, args.wait.timeout),
+    );
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
     lock.detach().map_err(lock_error)?;
     Ok(0)
 }

@@ -443,3 +443,27 @@ fn the_wait_is_reported_with_the_holder() {
     holder.send("release");
     assert_eq!(holder.expect("RELEASED"), "Ok");
 }
+
+#[test]
+fn slots_admit_n_commands_at_once() {
+    let (_dir, root) = scratch();
+    let prefix = root.join("slots");
+    let options = portalock::LockOptions::new();
+    let sem = portalock::BoundedSemaphore::new(&prefix, 2, &options).expect("semaphore");
+    let line = child_command_line();
+    let args = run_args(&["--slots", "2", "--timeout", "0"], prefix.as_str(), &line);
+    let a = sem.try_acquire().expect("a");
+    // One slot of two is free: the command runs.
+    assert_eq!(tool(&args, Some(("exit", &["5"]))).code(), 5);
+    let b = sem.try_acquire().expect("b");
+    // None is free: busy, and the message names the slots.
+    let ran = tool(&args, Some(("exit", &["5"])));
+    assert_eq!(ran.code(), 75, "{}", ran.stderr);
+    assert!(ran.stderr.contains(prefix.as_str()), "{}", ran.stderr);
+    drop((a, b));
+    assert_eq!(tool(&args, Some(("exit", &["5"]))).code(), 5);
+    assert_eq!(
+        tool(&["run", "--slots", "0", "x", "--", "true"], None).code(),
+        2
+    );
+}

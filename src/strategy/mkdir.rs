@@ -264,7 +264,7 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
         } else if !fs::is_transient(&err) {
             return Err(Error::io(path, "remove lock directory", err));
         }
-        if waited > 4 * SILLY_RENAME_WAIT {
+        if waited > 10 * SILLY_RENAME_WAIT {
             return Err(Error::io(path, "remove lock directory", err));
         }
         if waited >= SILLY_RENAME_WAIT {
@@ -315,8 +315,10 @@ enum Contents {
 fn contents(path: &Utf8Path, token: &str) -> Contents {
     let entries = match fs::read_dir(path) {
         Ok(entries) => entries,
-        Err(e) if fs::is_transient(&e) => return Contents::Pending,
-        Err(_) => return Contents::Foreign,
+        // Gone meanwhile (the next rmdir says so), or not listable for a
+        // moment (Windows, while it is being deleted): the caller's wait
+        // is bounded.
+        Err(_) => return Contents::Pending,
     };
     let mut result = Contents::Pending;
     for entry in entries.take(16) {

@@ -135,6 +135,18 @@ impl Proc {
         }
     }
 
+    /// The next event if the child says one within `within`, else `None`.
+    pub fn poll_event(&mut self, within: Duration) -> Option<(String, String)> {
+        let line = self.lines.recv_timeout(within).ok()?;
+        let (event, data) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        Some((event.to_owned(), data.to_owned()))
+    }
+
+    /// Closes the child's standard input (many roles end then).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
     /// Sends one command line to the child.
     pub fn send(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("child stdin is open");
@@ -206,6 +218,11 @@ pub fn child_entry() {
         "bump" => bump(&args),
         "exit" => args[0].parse().expect("exit code"),
         "wait" => wait_for_eof(),
+        "flock" => flock_hold(&args),
+        "shared" => shared_hold(&args),
+        "file-count" => file_count(&args),
+        "slot" => slot(&args),
+        "pidfile" => pidfile(&args),
         other => {
             eprintln!("unknown child role {other}");
             2
@@ -299,7 +316,16 @@ fn race(args: &[&str]) -> i32 {
 /// times under the lock: marks the critical section occupied (failing if it
 /// already is), reads the counter, yields, writes it plus one. Says `DONE`.
 fn count(args: &[&str]) -> i32 {
-    let lock = open(args[0], args[1]);
+    // `STRATEGY` may be `temp-os`: an Os lock file removed on release.
+    let lock = match args[0] {
+        "temp-os" => LockOptions::new()
+            .strategy(LockStrategy::Os)
+            .remove_on_release(true)
+            .poll_interval(Duration::from_millis(5))
+            .open(args[1])
+            .expect("open lock"),
+        strategy => open(strategy, args[1]),
+    };
     let counter = Path::new(args[2]);
     let n: u32 = args[3].parse().expect("iterations");
     say("READY");
@@ -379,6 +405,84 @@ fn increment(counter: &Path) -> bool {
     std::fs::write(counter, format!("{}\n", value + 1)).expect("write counter");
     std::fs::remove_file(&occupied).expect("clear occupancy marker");
     true
+}
+
+/// `flock PATH`: locks the open file PATH exclusively with
+/// `portalock::flock`, says `LOCKED`, holds it until its input ends.
+fn flock_hold(args: &[&str]) -> i32 {
+    use portalock::flock::{lock, LockFlags};
+    let file = std::fs::File::open(args[0]).expect("open");
+    lock(&file, LockFlags::EXCLUSIVE).expect("lock");
+    say("LOCKED");
+    wait_for_eof()
+}
+
+/// `shared PATH`: takes the Os lock at PATH shared, says `SHARED`, holds
+/// it until its input ends.
+fn shared_hold(args: &[&str]) -> i32 {
+    let lock = open("os", args[0]);
+    let _guard = lock.lock_shared().expect("lock shared");
+    say("SHARED");
+    wait_for_eof()
+}
+
+/// `file-count PATH N`: says `READY`, waits for `go`, then N times opens
+/// PATH as a `LockedFile` and increments the number in it; says `DONE`.
+fn file_count(args: &[&str]) -> i32 {
+    use std::io::{Read, Seek, Write};
+    let n: u32 = args[1].parse().expect("iterations");
+    say("READY");
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+        return 2;
+    }
+    for _ in 0..n {
+        let mut file = portalock::LockedFile::options()
+            .check_interval(Duration::from_millis(5))
+            .open(args[0])
+            .expect("locked file");
+        let mut text = String::new();
+        file.read_to_string(&mut text).expect("read");
+        let value: u64 = text.trim().parse().unwrap_or(0);
+        std::thread::yield_now();
+        file.rewind().expect("rewind");
+        file.set_len(0).expect("truncate");
+        write!(file, "{}", value + 1).expect("write");
+        file.release().expect("release");
+    }
+    say("DONE");
+    0
+}
+
+/// `slot PREFIX N STRATEGY`: takes a slot of the semaphore of N slots at
+/// PREFIX (waiting as long as it takes), says `SLOT <i>`, holds it until
+/// its input ends.
+fn slot(args: &[&str]) -> i32 {
+    let n: usize = args[1].parse().expect("slots");
+    let strategy: LockStrategy = args[2].parse().expect("strategy");
+    let sem = portalock::BoundedSemaphore::new(
+        args[0],
+        n,
+        LockOptions::new()
+            .strategy(strategy)
+            .poll_interval(Duration::from_millis(5)),
+    )
+    .expect("semaphore");
+    let guard = sem.acquire().expect("slot");
+    say(&format!("SLOT {}", guard.slot()));
+    wait_for_eof();
+    guard.release().expect("release slot");
+    0
+}
+
+/// `pidfile PATH`: takes the PID file, says `PIDFILE`, holds it until its
+/// input ends.
+fn pidfile(args: &[&str]) -> i32 {
+    let pidfile = portalock::PidFileLock::acquire(args[0]).expect("pid file");
+    say("PIDFILE");
+    wait_for_eof();
+    pidfile.release().expect("release pid file");
+    0
 }
 
 /// `wait`: says `STARTED <pid>`, then waits until its standard input ends.
