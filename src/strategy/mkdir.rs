@@ -258,7 +258,10 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
                 // Our record is gone, and the directory was removed and
                 // made again meanwhile: it is another holder's lock now.
                 Contents::Another => return Ok(Broken::Removed),
-                Contents::Foreign => return Err(Error::io(path, "remove lock directory", err)),
+                Contents::Foreign(name) => {
+                    let cause = io::Error::new(err.kind(), format!("{err}; it holds `{name}`"));
+                    return Err(Error::io(path, "remove lock directory", cause));
+                }
                 Contents::Pending => {}
             }
         } else if !fs::is_transient(&err) {
@@ -306,8 +309,8 @@ enum Contents {
     Pending,
     /// The record of another token: a new holder's.
     Another,
-    /// Something portalock did not put there.
-    Foreign,
+    /// Something portalock did not put there (its name).
+    Foreign(String),
 }
 
 /// Looks at what is in the lock directory after the record of `token`
@@ -327,7 +330,7 @@ fn contents(path: &Utf8Path, token: &str) -> Contents {
         };
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            return Contents::Foreign;
+            return Contents::Foreign(name.to_string_lossy().into_owned());
         };
         if fs::is_silly_renamed(name) {
             continue;
@@ -335,7 +338,7 @@ fn contents(path: &Utf8Path, token: &str) -> Contents {
         match name.strip_suffix(".json") {
             Some(t) if t == token => {}
             Some(t) if is_token(t) => result = Contents::Another,
-            _ => return Contents::Foreign,
+            _ => return Contents::Foreign(name.to_owned()),
         }
     }
     result

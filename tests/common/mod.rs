@@ -61,14 +61,24 @@ pub fn child_command_line() -> Vec<String> {
 /// that a child of this test executable that it starts plays the role),
 /// its standard input and output piped to the returned `Proc`.
 pub fn spawn_command(mut cmd: Command, role: &str, args: &[&str]) -> Proc {
-    let mut child = cmd
-        .env(ROLE_ENV, role)
+    cmd.env(ROLE_ENV, role)
         .env(ARGS_ENV, args.join(&SEP.to_string()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child process");
+        .stderr(Stdio::inherit());
+    // Wine, under load, sometimes fails to start a process ("internal
+    // error"); a few tries, then the test fails.
+    let mut attempt = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if attempt < 3 && e.kind() != std::io::ErrorKind::NotFound => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("spawn child process: {e:?}"),
+        }
+    };
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("child stdout");
     let (tx, lines) = mpsc::channel();
