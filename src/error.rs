@@ -198,6 +198,16 @@ pub enum Error {
         /// The lock path.
         path: Utf8PathBuf,
     },
+    /// Redis could not be reached, or answered an error (feature `redis`).
+    #[error("failed to {op} Redis lock `{name}`: {message}")]
+    Redis {
+        /// The lock's name.
+        name: String,
+        /// The operation, as a verb phrase.
+        op: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// An I/O error, with the path and the operation it concerns.
     #[error("failed to {op} `{path}`: {cause}")]
     Io {
@@ -229,7 +239,7 @@ impl Error {
             | Error::WrongFileType { path, .. }
             | Error::Foreign { path }
             | Error::Io { path, .. } => Some(path),
-            Error::NonUtf8Path { .. } => None,
+            Error::NonUtf8Path { .. } | Error::Redis { .. } => None,
         }
     }
 
@@ -284,9 +294,10 @@ impl From<Error> for io::Error {
             }
             Error::Foreign { .. } => io::ErrorKind::InvalidData,
             Error::NotStale { .. } | Error::NotOwner { .. } => io::ErrorKind::ResourceBusy,
-            Error::NotLocked { .. } | Error::LockLost { .. } | Error::WrongThread { .. } => {
-                io::ErrorKind::Other
-            }
+            Error::NotLocked { .. }
+            | Error::LockLost { .. }
+            | Error::WrongThread { .. }
+            | Error::Redis { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
     }

@@ -109,6 +109,9 @@ mod lock;
 mod locked_file;
 mod owner;
 mod pidfile;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_lock;
 mod reentrant;
 mod registry;
 mod semaphore;
@@ -125,6 +128,8 @@ pub use lock::{
 pub use locked_file::{LockedFile, LockedFileOptions, Mode};
 pub use owner::{Liveness, OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
 pub use pidfile::PidFileLock;
+#[cfg(feature = "redis")]
+pub use redis_lock::{RedisGuard, RedisLock, RedisLockOptions};
 pub use reentrant::ReentrantLockFile;
 pub use semaphore::{BoundedSemaphore, SemaphoreGuard};
 pub use stale::DEFAULT_GRACE;

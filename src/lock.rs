@@ -304,6 +304,13 @@ impl LockOptions {
     /// cannot be read, or the file system cannot be inspected.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile> {
         let path = absolute(path.as_ref())?;
+        if self.strategy == LockStrategy::Redis {
+            return Err(Error::Unsupported {
+                path,
+                strategy: LockStrategy::Redis,
+                reason: "a lock file cannot be taken in Redis; use RedisLock".to_owned(),
+            });
+        }
         let (strategy, file_system) = match Concrete::explicit(self.strategy) {
             Some(explicit @ (Concrete::Mkdir | Concrete::Link)) => (explicit, None),
             _ => {

@@ -119,6 +119,13 @@ struct RunArgs {
     /// slot locks named LOCK.0 ... LOCK.<N-1>.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     slots: u32,
+    /// Take the lock in the Redis server at URL (redis://host:port/db)
+    /// instead of the file system: LOCK is then the lock's name (feature
+    /// `redis`). The lock is a lease of --lease seconds (default 10),
+    /// renewed while COMMAND runs.
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL", conflicts_with = "slots")]
+    redis: Option<String>,
     /// The lock's path.
     lock: PathBuf,
     /// The command and its arguments, after `--`.
@@ -242,6 +249,10 @@ fn lock_error(err: Error) -> Failure {
 }
 
 fn run(args: RunArgs) -> Outcome {
+    #[cfg(feature = "redis")]
+    if let Some(url) = &args.redis {
+        return run_redis(&args, url);
+    }
     let mut options = options(args.strategy, &args.wait);
     options.lease(args.lease);
     if args.slots > 1 {
@@ -253,6 +264,37 @@ fn run(args: RunArgs) -> Outcome {
         |waited| waiting_line(&lock, waited),
         || acquire_within(&lock, args.wait.timeout),
     );
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let status = run_command(&args.command);
+    finish_run_with(status, lock.release())
+}
+
+/// `run --redis URL NAME`: the lock lives in Redis.
+#[cfg(feature = "redis")]
+fn run_redis(args: &RunArgs, url: &str) -> Outcome {
+    let name = args.lock.to_string_lossy();
+    let mut options = portalock::RedisLock::options();
+    if let Some(lease) = args.lease {
+        options.lease(lease);
+    }
+    let lock = options.open(url, &name).map_err(lock_error)?;
+    let line = |waited: Duration| {
+        let holder = match lock.owner() {
+            Ok(Some(owner)) => describe(&owner),
+            Ok(None) => "an owner whose record cannot be read".to_owned(),
+            Err(e) => format!("an unknown owner ({e})"),
+        };
+        format!(
+            "portalock: waiting {} for Redis lock {}, held by {holder}",
+            secs(waited),
+            lock.name()
+        )
+    };
+    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout {
+        None => lock.acquire(),
+        Some(t) if t.is_zero() => lock.try_acquire(),
+        Some(t) => lock.acquire_timeout(t),
+    });
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
     let status = run_command(&args.command);
     finish_run_with(status, lock.release())

@@ -86,6 +86,10 @@ pub enum LockStrategy {
     /// [`LockFile::strategy`]: crate::LockFile::strategy
     #[default]
     Auto,
+    /// Not a file strategy: what the owner records of a
+    /// [`RedisLock`](crate::RedisLock) (feature `redis`) name. A
+    /// [`LockFile`](crate::LockFile) refuses it ([`Error::Unsupported`]).
+    Redis,
 }
 
 impl LockStrategy {
@@ -100,6 +104,7 @@ impl LockStrategy {
             LockStrategy::Mkdir => "mkdir",
             LockStrategy::Link => "link",
             LockStrategy::Auto => "auto",
+            LockStrategy::Redis => "redis",
         }
     }
 
@@ -121,7 +126,7 @@ impl fmt::Display for LockStrategy {
 
 /// The error of parsing a [`LockStrategy`] from a string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown lock strategy `{0}` (expected auto, os, mkdir or link)")]
+#[error("unknown lock strategy `{0}` (expected auto, os, mkdir, link or redis)")]
 pub struct ParseStrategyError(String);
 
 impl FromStr for LockStrategy {
@@ -130,7 +135,7 @@ impl FromStr for LockStrategy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         LockStrategy::ALL
             .into_iter()
-            .chain([LockStrategy::Auto])
+            .chain([LockStrategy::Auto, LockStrategy::Redis])
             .find(|strategy| strategy.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| ParseStrategyError(s.to_owned()))
     }
@@ -152,7 +157,8 @@ impl Concrete {
         match strategy.resolve(fs) {
             LockStrategy::Mkdir => Concrete::Mkdir,
             LockStrategy::Link => Concrete::Link,
-            LockStrategy::Os | LockStrategy::Auto => Concrete::Os,
+            // `open` refuses `Redis` before resolving.
+            LockStrategy::Os | LockStrategy::Auto | LockStrategy::Redis => Concrete::Os,
         }
     }
 
@@ -162,7 +168,7 @@ impl Concrete {
             LockStrategy::Os => Some(Concrete::Os),
             LockStrategy::Mkdir => Some(Concrete::Mkdir),
             LockStrategy::Link => Some(Concrete::Link),
-            LockStrategy::Auto => None,
+            LockStrategy::Auto | LockStrategy::Redis => None,
         }
     }
 }

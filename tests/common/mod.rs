@@ -232,6 +232,10 @@ pub fn child_entry() {
         "shared" => shared_hold(&args),
         "file-count" => file_count(&args),
         "slot" => slot(&args),
+        #[cfg(feature = "redis")]
+        "redis-hold" => redis_roles::hold(&args),
+        #[cfg(feature = "redis")]
+        "redis-count" => redis_roles::count(&args),
         "pidfile" => pidfile(&args),
         other => {
             eprintln!("unknown child role {other}");
@@ -336,31 +340,13 @@ fn count(args: &[&str]) -> i32 {
             .expect("open lock"),
         strategy => open(strategy, args[1]),
     };
-    let counter = Path::new(args[2]);
     let n: u32 = args[3].parse().expect("iterations");
-    say("READY");
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
-        return 2;
-    }
-    for _ in 0..n {
-        let guard = match lock.lock() {
-            Ok(guard) => guard,
-            Err(e) => {
-                say(&format!("ERROR {e}"));
-                return 1;
-            }
-        };
-        if !increment(counter) {
-            return 3;
-        }
-        if let Err(e) = guard.release() {
-            say(&format!("ERROR {e}"));
-            return 1;
-        }
-    }
-    say("DONE");
-    0
+    count_under(
+        n,
+        Path::new(args[2]),
+        || lock.lock(),
+        |guard| guard.release(),
+    )
 }
 
 /// Drives `count` children: waits until all are ready, starts them
@@ -384,6 +370,41 @@ pub fn run_counters(mut procs: Vec<Proc>, counter: &Path) -> u64 {
         .trim()
         .parse()
         .expect("the counter holds a number")
+}
+
+/// The body of the counting roles: says `READY`, waits for `go`, then N
+/// times takes the lock (`take`), increments the counter file and lets go
+/// (`give`); says `DONE`. Exit status 0, 1 (a lock error, said as
+/// `ERROR`), 2 (no `go`) or 3 (an overlap).
+fn count_under<G, E: std::fmt::Display>(
+    n: u32,
+    counter: &Path,
+    mut take: impl FnMut() -> Result<G, E>,
+    mut give: impl FnMut(G) -> Result<(), E>,
+) -> i32 {
+    say("READY");
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+        return 2;
+    }
+    for _ in 0..n {
+        let guard = match take() {
+            Ok(guard) => guard,
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        };
+        if !increment(counter) {
+            return 3;
+        }
+        if let Err(e) = give(guard) {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+    }
+    say("DONE");
+    0
 }
 
 /// `bump COUNTER`: one increment of the counter file, failing (exit 3) if
@@ -513,5 +534,61 @@ pub fn assert_would_block_by(result: Result<(), Error>, pid: u32) {
             ..
         }) => assert_eq!(holder.pid, pid),
         other => panic!("expected WouldBlock naming pid {pid}, got {other:?}"),
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_roles {
+    use std::io::BufRead;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{count_under, outcome, say};
+
+    fn open(url: &str, name: &str, lease_ms: &str) -> portalock::RedisLock {
+        let lease: u64 = lease_ms.parse().expect("lease in ms");
+        portalock::RedisLock::options()
+            .lease(Duration::from_millis(lease))
+            .fallback_poll(Duration::from_millis(50))
+            .open(url, name)
+            .expect("redis lock")
+    }
+
+    /// `redis-hold URL NAME LEASE_MS`: takes the lock, says `ACQUIRED <pid>
+    /// <fence>`, then serves `check` (`CHECKED <ensure_held>`) and
+    /// `release` (`RELEASED <result>`) until its input ends.
+    pub(super) fn hold(args: &[&str]) -> i32 {
+        let lock = open(args[0], args[1], args[2]);
+        if let Err(e) = lock.acquire() {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+        say(&format!(
+            "ACQUIRED {} {}",
+            std::process::id(),
+            lock.fence().unwrap_or(0)
+        ));
+        for line in std::io::stdin().lock().lines() {
+            match line.as_deref() {
+                Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
+                Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        0
+    }
+
+    /// `redis-count URL NAME COUNTER N`: says `READY`, waits for `go`, then
+    /// N increments of the counter file under the lock; says `DONE`.
+    pub(super) fn count(args: &[&str]) -> i32 {
+        let lock = open(args[0], args[1], "5000");
+        let n: u32 = args[3].parse().expect("iterations");
+        count_under(
+            n,
+            Path::new(args[2]),
+            || lock.lock(),
+            |guard| guard.release(),
+        )
     }
 }

@@ -1,0 +1,636 @@
+//! A lock in Redis, for processes on machines that share no file system
+//! (feature `redis`).
+//!
+//! # Design: a lease, renewed; not a subscription
+//!
+//! portalocker's `RedisLock` keeps the lock alive in a pub/sub
+//! subscription that vanishes with its connection. portalock keeps the
+//! lock as a key with a time to live (a *lease*):
+//!
+//! - `SET portalock:<name> <owner record> NX PX <lease>` takes it; the
+//!   value is the same JSON [`OwnerRecord`] as in a lock file (strategy
+//!   `redis`), so anyone can `GET` who holds it.
+//! - A renewal thread rewrites the record (its `beat`) three times per
+//!   lease, through a Lua script that first checks the token, so it can
+//!   never extend someone else's lock. The holder's connection is the
+//!   lock's lifeline: when a renewal finds the key gone or replaced, or the
+//!   connection fails (killed with `CLIENT KILL`, Redis restarted), the
+//!   holder counts the lock as lost ([`Error::LockLost`] from
+//!   [`ensure_held`](RedisLock::ensure_held) and
+//!   [`release`](RedisLock::release)) and deletes the key if it is still
+//!   its own, so waiters do not wait out the lease.
+//! - Release is a compare-and-delete script, which then publishes on
+//!   `portalock:<name>:released`: waiters subscribe and wake at once; they
+//!   also wake when the key's time to live runs out (a dead holder), never
+//!   later than the fallback poll interval. No busy loop against Redis.
+//! - Every grant gets a fencing token larger than every earlier grant's
+//!   ([`fence`](RedisLock::fence)): the server's clock in microseconds,
+//!   raised above the last grant if needed, so it keeps growing across a
+//!   restart of a Redis without persistence. A resource that remembers the
+//!   largest fence it saw refuses a holder that lost the lock.
+//!
+//! The trade-off: with a subscription, a dead holder's lock goes the moment
+//! its connection drops, but a holder cannot tell whether it still holds
+//! the lock without a working connection, and a network partition frees
+//! the lock while the holder runs on. With a lease, a holder killed without
+//! a goodbye keeps the lock until the lease runs out (pick a lease as short
+//! as a pause you tolerate: the default is 10 s), but the lock has a
+//! bounded life on the server whatever the network does, and a paused
+//! holder learns of its loss and is fenced off.
+//!
+//! One Redis server is one point of failure: a restart without persistence
+//! forgets the lock (the holder finds out at its next renewal). This is not
+//! Redlock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use camino::Utf8PathBuf;
+use redis::{Client, Connection, Script};
+
+use crate::error::{Error, Result};
+use crate::owner::OwnerRecord;
+use crate::strategy::LockStrategy;
+use crate::wait::Deadline;
+
+const ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local t = redis.call('TIME')
+  local f = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if f <= last then f = last + 1 end
+  redis.call('SET', KEYS[2], string.format('%.0f', f))
+  return f
+end
+return 0";
+
+const OWNED: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local ok, rec = pcall(cjson.decode, v)
+return ok and type(rec) == 'table' and rec['token'] == ARGV[1]";
+
+fn renew_script() -> String {
+    format!(
+        "local function owned() {OWNED} end
+if owned() then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end
+return 0"
+    )
+}
+
+fn release_script() -> String {
+    format!(
+        "local function owned() {OWNED} end
+if owned() then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], 'released')
+  return 1
+end
+return 0"
+    )
+}
+
+/// Options for a [`RedisLock`]; [`RedisLock::options`] makes one.
+#[derive(Debug, Clone)]
+pub struct RedisLockOptions {
+    lease: Duration,
+    timeout: Option<Duration>,
+    fallback_poll: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for RedisLockOptions {
+    fn default() -> Self {
+        RedisLockOptions {
+            lease: Duration::from_secs(10),
+            timeout: None,
+            fallback_poll: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisLockOptions {
+    /// How long the lock outlives its holder's last renewal. Default 10 s;
+    /// at least 30 ms.
+    pub fn lease(&mut self, lease: Duration) -> &mut Self {
+        self.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How long [`RedisLock::acquire`] waits; `None` (the default) forever.
+    pub fn timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest a waiter sleeps without looking at the lock again, in
+    /// case a release notification was lost. Default 500 ms.
+    pub fn fallback_poll(&mut self, interval: Duration) -> &mut Self {
+        self.fallback_poll = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long to wait for a connection to Redis. Default 5 s.
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A handle on the lock `name` in the Redis at `url`
+    /// (`redis://host:port/db`). Nothing is sent to Redis until the lock
+    /// is taken or inspected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] if `url` is not a Redis URL.
+    pub fn open(&self, url: &str, name: &str) -> Result<RedisLock> {
+        let client = Client::open(url).map_err(|e| redis_error(name, "open", &e))?;
+        Ok(RedisLock {
+            client,
+            name: name.to_owned(),
+            key: format!("portalock:{name}"),
+            fence_key: format!("portalock:{name}:fence"),
+            channel: format!("portalock:{name}:released"),
+            options: self.clone(),
+            held: Mutex::new(None),
+        })
+    }
+}
+
+/// A lock named `name` in one Redis server, with the contract of
+/// [`LockFile`](crate::LockFile): acquire, try once, bounded wait,
+/// release, a guard, release on drop, the owner record, and
+/// [`Error::LockLost`] when it was taken away. See the module docs for the
+/// design.
+///
+/// # Examples
+///
+/// ```no_run
+/// use portalock::RedisLock;
+///
+/// let lock = RedisLock::new("redis://127.0.0.1:6379", "nightly-report")?;
+/// let guard = lock.lock()?;
+/// let fence = lock.fence().unwrap_or(0); // hand it to the resource you write
+/// // ... the critical section ...
+/// guard.release()?;
+/// # Ok::<(), portalock::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RedisLock {
+    client: Client,
+    name: String,
+    key: String,
+    fence_key: String,
+    channel: String,
+    options: RedisLockOptions,
+    held: Mutex<Option<Arc<Holding>>>,
+}
+
+/// One acquisition: its token, fence, and renewal thread.
+#[derive(Debug)]
+struct Holding {
+    token: String,
+    fence: u64,
+    lost: AtomicBool,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisLock {
+    /// A handle with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisLockOptions::open`].
+    pub fn new(url: &str, name: &str) -> Result<RedisLock> {
+        RedisLockOptions::default().open(url, name)
+    }
+
+    /// Options with the defaults.
+    pub fn options() -> RedisLockOptions {
+        RedisLockOptions::default()
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes the lock, waiting as long as the options' timeout says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] / [`Error::Timeout`] naming the holder;
+    /// [`Error::Redis`] if Redis cannot be reached or answers an error.
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_within(self.options.timeout)
+    }
+
+    /// Takes the lock if it is free now.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](RedisLock::acquire).
+    pub fn try_acquire(&self) -> Result<()> {
+        self.acquire_within(Some(Duration::ZERO))
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](RedisLock::acquire).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
+        self.acquire_within(Some(timeout))
+    }
+
+    /// Takes the lock and returns a guard that releases it when dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](RedisLock::acquire).
+    pub fn lock(&self) -> Result<RedisGuard<'_>> {
+        self.acquire()?;
+        Ok(RedisGuard { lock: self })
+    }
+
+    /// [`try_acquire`](RedisLock::try_acquire) with a guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](RedisLock::acquire).
+    pub fn try_lock(&self) -> Result<RedisGuard<'_>> {
+        self.try_acquire()?;
+        Ok(RedisGuard { lock: self })
+    }
+
+    /// [`acquire_timeout`](RedisLock::acquire_timeout) with a guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](RedisLock::acquire).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<RedisGuard<'_>> {
+        self.acquire_timeout(timeout)?;
+        Ok(RedisGuard { lock: self })
+    }
+
+    /// The fencing token of this handle's current acquisition: larger than
+    /// that of every earlier grant of this lock.
+    pub fn fence(&self) -> Option<u64> {
+        self.state().as_ref().map(|h| h.fence)
+    }
+
+    /// Whether this handle holds the lock (as far as it knows: see
+    /// [`ensure_held`](RedisLock::ensure_held)).
+    pub fn is_held(&self) -> bool {
+        self.state().is_some()
+    }
+
+    /// Checks with Redis that this handle still holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if it holds nothing; [`Error::LockLost`] if the
+    /// lock was taken away (lease run out, connection killed, Redis
+    /// restarted); [`Error::Redis`].
+    pub fn ensure_held(&self) -> Result<()> {
+        let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
+        if holding.lost.load(Ordering::Acquire) {
+            return Err(self.lost());
+        }
+        match self.owner()? {
+            Some(record) if record.token == holding.token => Ok(()),
+            _ => {
+                holding.lost.store(true, Ordering::Release);
+                Err(self.lost())
+            }
+        }
+    }
+
+    /// Releases the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if this handle holds nothing;
+    /// [`Error::LockLost`] if it was taken away meanwhile (nothing is
+    /// removed then); [`Error::Redis`].
+    pub fn release(&self) -> Result<()> {
+        let holding = self.state().take().ok_or_else(|| self.not_locked())?;
+        holding.stop_renewing();
+        let mut con = self.connect()?;
+        let released: i64 = Script::new(&release_script())
+            .key(&self.key)
+            .key(&self.channel)
+            .arg(&holding.token)
+            .invoke(&mut con)
+            .map_err(|e| redis_error(&self.name, "release", &e))?;
+        if released == 1 && !holding.lost.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(self.lost())
+        }
+    }
+
+    /// The holder's owner record, if the lock is held (and the value is a
+    /// record).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`].
+    pub fn owner(&self) -> Result<Option<OwnerRecord>> {
+        let mut con = self.connect()?;
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&self.key)
+            .query(&mut con)
+            .map_err(|e| redis_error(&self.name, "read", &e))?;
+        Ok(value.and_then(|v| OwnerRecord::parse(&v)))
+    }
+
+    fn acquire_within(&self, timeout: Option<Duration>) -> Result<()> {
+        if self.is_held() {
+            // Not reentrant: a second acquire through one handle waits for
+            // itself, as `LockFile` does, and so times out.
+            return Err(self.busy(timeout, None));
+        }
+        let deadline = Deadline::after(timeout);
+        let mut record =
+            OwnerRecord::for_process(LockStrategy::Redis, None).map_err(|e| Error::Redis {
+                name: self.name.clone(),
+                op: "make an owner record for",
+                message: e.to_string(),
+            })?;
+        let lease_ms = self.options.lease.as_millis().min(u128::from(u64::MAX)) as u64;
+        record.lease_ms = Some(lease_ms);
+        let mut con = self.connect()?;
+        let attempt = |con: &mut Connection| -> Result<u64> {
+            Script::new(ACQUIRE)
+                .key(&self.key)
+                .key(&self.fence_key)
+                .arg(record.to_json())
+                .arg(lease_ms)
+                .invoke(con)
+                .map_err(|e| redis_error(&self.name, "acquire", &e))
+        };
+        let mut fence = attempt(&mut con)?;
+        if fence == 0 && !deadline.expired() {
+            // Subscribe, then look again, so that a release between the
+            // first look and the wait is not missed.
+            let mut sub = self.connect()?;
+            let mut pubsub = sub.as_pubsub();
+            pubsub
+                .subscribe(&self.channel)
+                .map_err(|e| redis_error(&self.name, "subscribe", &e))?;
+            loop {
+                fence = attempt(&mut con)?;
+                if fence > 0 || deadline.expired() {
+                    break;
+                }
+                // Sleep until a release is announced, the holder's lease
+                // runs out, the fallback poll, or the deadline.
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(&self.key)
+                    .query(&mut con)
+                    .map_err(|e| redis_error(&self.name, "inspect", &e))?;
+                if ttl == -2 {
+                    continue; // gone already
+                }
+                let mut nap = self.options.fallback_poll;
+                if ttl >= 0 {
+                    nap = nap.min(Duration::from_millis(ttl.unsigned_abs() + 1));
+                }
+                if let Some(left) = deadline.remaining() {
+                    nap = nap.min(left);
+                }
+                pubsub
+                    .set_read_timeout(Some(nap.max(Duration::from_millis(1))))
+                    .map_err(|e| redis_error(&self.name, "wait", &e))?;
+                match pubsub.get_message() {
+                    Ok(_) => {}
+                    Err(e) if e.is_timeout() => {}
+                    Err(e) => return Err(redis_error(&self.name, "wait", &e)),
+                }
+            }
+        }
+        if fence > 0 {
+            self.start(record, fence, lease_ms);
+            return Ok(());
+        }
+        Err(self.busy(timeout, self.owner().ok().flatten()))
+    }
+
+    /// Records the acquisition and starts its renewal thread.
+    fn start(&self, record: OwnerRecord, fence: u64, lease_ms: u64) {
+        let holding = Arc::new(Holding {
+            token: record.token.clone(),
+            fence,
+            lost: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            renewer: Mutex::new(None),
+        });
+        let renewer = Renewer {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            channel: self.channel.clone(),
+            every: Duration::from_millis((lease_ms / 3).max(1)),
+            lease_ms,
+            connect_timeout: self.options.connect_timeout,
+            holding: Arc::clone(&holding),
+            record,
+        };
+        let thread = std::thread::Builder::new()
+            .name("portalock-redis-renew".to_owned())
+            .spawn(move || renewer.run());
+        match thread {
+            Ok(thread) => *lock(&holding.renewer) = Some(thread),
+            // No renewal: the lease runs out; the holder finds out through
+            // `ensure_held`.
+            Err(_) => holding.lost.store(true, Ordering::Release),
+        }
+        *self.state() = Some(holding);
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        self.client
+            .get_connection_with_timeout(self.options.connect_timeout)
+            .map_err(|e| redis_error(&self.name, "connect to Redis for", &e))
+    }
+
+    fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
+        lock(&self.held)
+    }
+
+    fn path(&self) -> Utf8PathBuf {
+        Utf8PathBuf::from(&self.key)
+    }
+
+    fn not_locked(&self) -> Error {
+        Error::NotLocked { path: self.path() }
+    }
+
+    fn lost(&self) -> Error {
+        Error::LockLost {
+            path: self.path(),
+            holder: self.owner().ok().flatten().map(Box::new),
+        }
+    }
+
+    fn busy(&self, timeout: Option<Duration>, holder: Option<OwnerRecord>) -> Error {
+        let holder = holder.map(Box::new);
+        match timeout {
+            Some(t) if !t.is_zero() => Error::Timeout {
+                path: self.path(),
+                timeout: t,
+                holder,
+            },
+            _ => Error::WouldBlock {
+                path: self.path(),
+                holder,
+            },
+        }
+    }
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        if self.is_held() {
+            let _ = self.release();
+        }
+    }
+}
+
+impl Holding {
+    fn stop_renewing(&self) {
+        *lock(&self.stop) = true;
+        self.wake.notify_all();
+        if let Some(thread) = lock(&self.renewer).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The renewal thread of one acquisition.
+struct Renewer {
+    client: Client,
+    key: String,
+    channel: String,
+    every: Duration,
+    lease_ms: u64,
+    connect_timeout: Duration,
+    holding: Arc<Holding>,
+    record: OwnerRecord,
+}
+
+impl Renewer {
+    fn run(mut self) {
+        let mut con = match self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)
+        {
+            Ok(con) => con,
+            Err(_) => return self.lose(),
+        };
+        // Name the lifeline, so that an operator can see (and kill) it.
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(format!("portalock-holder-{}", self.record.pid))
+            .query(&mut con);
+        let script = Script::new(&renew_script());
+        let mut next = Instant::now() + self.every;
+        loop {
+            {
+                let mut stop = lock(&self.holding.stop);
+                while !*stop {
+                    let left = next.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    stop = self
+                        .holding
+                        .wake
+                        .wait_timeout(stop, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                if *stop {
+                    return;
+                }
+            }
+            self.record.beat += 1;
+            let renewed: redis::RedisResult<i64> = script
+                .key(&self.key)
+                .arg(&self.holding.token)
+                .arg(self.record.to_json())
+                .arg(self.lease_ms)
+                .invoke(&mut con);
+            match renewed {
+                Ok(1) => next += self.every,
+                _ => return self.lose(),
+            }
+        }
+    }
+
+    /// The lock is lost: say so, and delete it if it is still ours so that
+    /// waiters need not wait out the lease.
+    fn lose(&self) {
+        if let Ok(mut con) = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)
+        {
+            let _: redis::RedisResult<i64> = Script::new(&release_script())
+                .key(&self.key)
+                .key(&self.channel)
+                .arg(&self.holding.token)
+                .invoke(&mut con);
+        }
+        self.holding.lost.store(true, Ordering::Release);
+    }
+}
+
+/// Proof that a [`RedisLock`] holds its lock; dropping it releases the
+/// lock.
+#[derive(Debug)]
+#[must_use = "if unused the lock is released at once"]
+pub struct RedisGuard<'a> {
+    lock: &'a RedisLock,
+}
+
+impl RedisGuard<'_> {
+    /// The lock.
+    pub fn lock(&self) -> &RedisLock {
+        self.lock
+    }
+
+    /// Releases the lock, reporting what failed.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisLock::release`].
+    pub fn release(self) -> Result<()> {
+        let lock = self.lock;
+        std::mem::forget(self);
+        lock.release()
+    }
+}
+
+impl Drop for RedisGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn redis_error(name: &str, op: &'static str, e: &redis::RedisError) -> Error {
+    Error::Redis {
+        name: name.to_owned(),
+        op,
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,338 @@
+//! `RedisLock` against a real `redis-server`, started by this harness on a
+//! free loopback port (Debian's `redis-server`; `.ci/run` installs it).
+// The harness starts a Unix `redis-server`; under Wine there is none.
+#![cfg(all(feature = "redis", unix))]
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portalock::{Error, RedisLock};
+
+use common::{run_counters, spawn, EVENT_TIMEOUT};
+
+#[test]
+fn child() {
+    common::child_entry();
+}
+
+/// A `redis-server` of this test, stopped when dropped.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Server { port, child: None };
+        server.launch();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (install Debian's redis-server)");
+        self.child = Some(child);
+        // Ready when it answers PING (bounded).
+        let client = redis::Client::open(self.url()).expect("url");
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let pong: Option<String> = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .ok()
+                .and_then(|mut c| redis::cmd("PING").query(&mut c).ok());
+            if pong.as_deref() == Some("PONG") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts a new one on the same port: with no
+    /// persistence, it forgets every key.
+    fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).expect("url");
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect");
+        cmd.query(&mut con).expect("query")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock(server: &Server, name: &str, lease_ms: u64) -> RedisLock {
+    RedisLock::options()
+        .lease(Duration::from_millis(lease_ms))
+        .fallback_poll(Duration::from_millis(50))
+        .open(&server.url(), name)
+        .expect("open")
+}
+
+/// Waits (bounded) until `f` is true.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_contract_of_lockfile() {
+    let server = Server::start();
+    let a = lock(&server, "job", 2000);
+    let b = lock(&server, "job", 2000);
+    a.acquire().expect("acquire");
+    let fence_a = a.fence().expect("fence");
+    match b.try_acquire() {
+        Err(Error::WouldBlock {
+            holder: Some(owner),
+            ..
+        }) => {
+            assert_eq!(owner.pid, std::process::id());
+            assert_eq!(owner.strategy, portalock::LockStrategy::Redis);
+            assert_eq!(owner.lease_ms, Some(2000));
+        }
+        other => panic!("expected WouldBlock, got {other:?}"),
+    }
+    let started = Instant::now();
+    assert!(matches!(
+        b.acquire_timeout(Duration::from_millis(100)),
+        Err(Error::Timeout { .. })
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // Not reentrant.
+    assert!(matches!(a.try_acquire(), Err(Error::WouldBlock { .. })));
+    a.ensure_held().expect("held");
+    a.release().expect("release");
+    assert!(matches!(a.release(), Err(Error::NotLocked { .. })));
+    {
+        let _guard = b.lock().expect("b");
+        assert!(b.fence().expect("fence") > fence_a, "fences grow");
+        assert_eq!(a.owner().expect("owner").expect("record").token.len(), 32);
+    }
+    assert!(!b.is_held(), "released on drop of the guard");
+    a.try_acquire().expect("free");
+    drop(a); // released on drop of the handle
+    b.try_acquire().expect("free again");
+}
+
+#[test]
+fn a_waiter_is_woken_by_a_release_not_by_its_fallback_poll() {
+    let server = Server::start();
+    let holder = lock(&server, "wake", 60_000);
+    holder.acquire().expect("acquire");
+    let waiter = RedisLock::options()
+        .fallback_poll(Duration::from_secs(30))
+        .open(&server.url(), "wake")
+        .expect("open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = tx.send(());
+        let result = waiter.acquire_timeout(Duration::from_secs(20));
+        (result, Instant::now(), waiter)
+    });
+    rx.recv_timeout(EVENT_TIMEOUT).expect("waiter started");
+    // The waiter subscribes and sleeps; give it a moment to get there (the
+    // assertion below holds either way, it is the wake-up that is timed).
+    std::thread::sleep(Duration::from_millis(100));
+    let released = Instant::now();
+    holder.release().expect("release");
+    let (result, woke, waiter) = thread.join().expect("waiter");
+    result.expect("the waiter got the lock");
+    let latency = woke.duration_since(released);
+    eprintln!("redis hand-off after release: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(5),
+        "woken by the fallback poll: {latency:?}"
+    );
+    waiter.release().expect("release");
+}
+
+#[test]
+fn processes_increment_a_counter_under_the_redis_lock() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("counter");
+    std::fs::write(&counter, "0\n").expect("counter");
+    let url = server.url();
+    let procs = (0..4)
+        .map(|_| {
+            spawn(
+                "redis-count",
+                &[&url, "count", counter.to_str().expect("utf-8"), "50"],
+            )
+        })
+        .collect();
+    assert_eq!(run_counters(procs, &counter), 200);
+}
+
+#[test]
+fn a_killed_holder_frees_the_lock_within_its_lease() {
+    let server = Server::start();
+    let url = server.url();
+    let mut holder = spawn("redis-hold", &[&url, "crash", "600"]);
+    holder.expect("ACQUIRED");
+    let waiter = lock(&server, "crash", 600);
+    assert!(matches!(
+        waiter.try_acquire(),
+        Err(Error::WouldBlock { .. })
+    ));
+    holder.kill();
+    let died = Instant::now();
+    waiter
+        .acquire_timeout(Duration::from_secs(10))
+        .expect("taken after the lease");
+    let after = died.elapsed();
+    eprintln!("redis: lock of a killed holder taken {after:?} after its death (lease 600 ms)");
+    assert!(after <= Duration::from_millis(600 + 400), "{after:?}");
+    waiter.release().expect("release");
+}
+
+#[test]
+fn a_holder_whose_connection_is_killed_learns_it_lost_the_lock() {
+    let server = Server::start();
+    let holder = lock(&server, "killed", 600);
+    holder.acquire().expect("acquire");
+    let waiter = lock(&server, "killed", 600);
+    // Kill the holder's lifeline (its renewal connection, named after it).
+    let name = format!("portalock-holder-{}", std::process::id());
+    eventually("the renewal connection is named", || {
+        let list: String = server.query(redis::cmd("CLIENT").arg("LIST"));
+        list.contains(&name)
+    });
+    let killed: i64 = server.query(
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes"),
+    );
+    assert!(killed >= 1);
+    eventually("the holder notices", || {
+        matches!(holder.ensure_held(), Err(Error::LockLost { .. }))
+    });
+    // It deleted its lock on the way out: the waiter does not wait out the
+    // lease.
+    waiter.try_acquire().expect("free");
+    assert!(matches!(holder.release(), Err(Error::LockLost { .. })));
+    waiter.release().expect("release");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_holder_paused_past_its_lease_loses_the_lock_and_is_fenced_off() {
+    let server = Server::start();
+    let url = server.url();
+    let mut holder = spawn("redis-hold", &[&url, "paused", "300"]);
+    let line = holder.expect("ACQUIRED");
+    let old_fence: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("fence");
+    holder.signal("STOP");
+    let waiter = lock(&server, "paused", 300);
+    waiter
+        .acquire_timeout(Duration::from_secs(10))
+        .expect("taken after the lease");
+    let new_fence = waiter.fence().expect("fence");
+    assert!(new_fence > old_fence, "{new_fence} > {old_fence}");
+    holder.signal("CONT");
+    holder.send("check");
+    assert_eq!(holder.expect("CHECKED"), "LockLost");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "LockLost");
+    waiter.ensure_held().expect("the new holder is untouched");
+    waiter.release().expect("release");
+}
+
+#[test]
+fn a_redis_restart_leaves_no_holder_unaware() {
+    let mut server = Server::start();
+    let holder = lock(&server, "restart", 900);
+    holder.acquire().expect("acquire");
+    let old_fence = holder.fence().expect("fence");
+    server.restart();
+    // The new server forgot the lock: a waiter takes it at once...
+    let waiter = lock(&server, "restart", 900);
+    waiter
+        .try_acquire()
+        .expect("the lock is gone with the old server");
+    assert!(
+        waiter.fence().expect("fence") > old_fence,
+        "fences grow across restarts"
+    );
+    // ... and the old holder finds out within its renewal interval.
+    eventually("the old holder notices", || {
+        matches!(holder.ensure_held(), Err(Error::LockLost { .. }))
+    });
+    waiter.ensure_held().expect("the new holder still holds it");
+    waiter.release().expect("release");
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_runs_a_command_under_a_redis_lock() {
+    let server = Server::start();
+    let url = server.url();
+    let tool = env!("CARGO_BIN_EXE_portalock");
+    let run = |timeout: &str| {
+        let mut child = Command::new(tool)
+            .args(["run", "--redis", &url, "--timeout", timeout, "jobs", "--"])
+            .args(common::child_command_line())
+            .env("PORTALOCK_TEST_ROLE", "exit")
+            .env("PORTALOCK_TEST_ARGS", "6")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run portalock");
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "portalock did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    assert_eq!(run("5"), Some(6), "the command's status");
+    let holder = lock(&server, "jobs", 5000);
+    holder.acquire().expect("acquire");
+    assert_eq!(run("0"), Some(75), "busy");
+    holder.release().expect("release");
+    assert_eq!(run("0"), Some(6));
+}
