@@ -118,6 +118,7 @@ mod semaphore;
 pub mod stale;
 mod strategy;
 mod wait;
+mod watch;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, FileKind, Result};

@@ -18,6 +18,7 @@ use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
 use crate::strategy::{self, Broken, Concrete, Held, LockStrategy, Probe, Released};
 use crate::wait::{Backoff, Deadline};
+use crate::watch::DirWatch;
 
 /// The longest pause between two attempts on a lock held by another process,
 /// unless [`LockOptions::poll_interval`] says otherwise.
@@ -1078,6 +1079,8 @@ impl LockFile {
         // Errors that may pass (a stale NFS handle, a timeout) are retried
         // after a poll, a few times in a row at most.
         let mut transient = 0;
+        let mut watching = false;
+        let mut dir_watch: Option<DirWatch> = None;
         loop {
             match strategy::try_acquire(
                 self.strategy,
@@ -1102,8 +1105,22 @@ impl LockFile {
                 quick += 1;
                 continue;
             }
-            if !backoff.sleep(deadline) {
+            let Some(nap) = backoff.next(deadline) else {
                 return Err(self.contended(timeout));
+            };
+            if self.strategy != Concrete::Os && !watching {
+                // Wake on the release rather than at the next poll: watch
+                // the lock's directory, then look once more, in case the
+                // release came before the watch.
+                watching = true;
+                dir_watch = DirWatch::new(&self.path);
+                if dir_watch.is_some() {
+                    continue;
+                }
+            }
+            match &dir_watch {
+                Some(w) => w.wait(nap),
+                None => std::thread::sleep(nap),
             }
             quick = 0;
             record.touch();
