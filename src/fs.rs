@@ -438,6 +438,43 @@ pub(crate) fn path_id(path: &Utf8Path) -> io::Result<Option<FileId>> {
     }
 }
 
+/// Reads from `offset` without moving the file position (`pread`).
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        file.seek_read(buf, offset)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read(buf)
+    }
+}
+
+/// The identity of the open `file` whose metadata `meta` was just read
+/// (no second `fstat` on Unix).
+pub(crate) fn id_of(meta: &Metadata, file: &File) -> io::Result<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = file;
+        Ok((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        file_id(file)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

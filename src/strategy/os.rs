@@ -19,14 +19,14 @@
 //! count as an unknown owner, never a wrong one.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::sync::Arc;
 
 use camino::Utf8Path;
 
 use crate::error::{Error, FileKind, Result};
 use crate::fs;
-use crate::owner::{read_capped, OwnerRecord, MAX_RECORD_LEN};
+use crate::owner::{OwnerRecord, MAX_RECORD_LEN};
 use crate::strategy::{Claim, LockStrategy, Probe, Released, Seen};
 
 #[derive(Debug)]
@@ -53,7 +53,9 @@ pub(crate) fn try_acquire(
     // after many, the lock is plainly busy.
     for _ in 0..64 {
         let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
-        check_regular(path, &file)?;
+        // The identity of an open file does not change; it is compared
+        // with the path's once the lock is held.
+        let id = check_regular(path, &file)?;
         let mut lock = fd_lock::RwLock::new(file);
         let taken = if block {
             lock.write().map(std::mem::forget)
@@ -67,14 +69,9 @@ pub(crate) fn try_acquire(
         }
         let mut file = lock.into_inner();
         // The lock is ours from here; any error below must unlock it.
-        let id = fs::file_id(&file).map_err(|e| Error::io(path, "inspect lock file", e));
-        match id.and_then(|id| {
-            check_id(path, id)
-                .map(|named| named.then_some(id))
-                .map_err(|e| Error::io(path, "inspect lock file", e))
-        }) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
+        match check_id(path, id).map_err(|e| Error::io(path, "inspect lock file", e)) {
+            Ok(true) => {}
+            Ok(false) => {
                 unlock(&file);
                 continue;
             }
@@ -83,7 +80,7 @@ pub(crate) fn try_acquire(
                 return Err(e);
             }
         }
-        let written = write_record(path, &mut file, record).and_then(|id| {
+        let written = write_record(path, &mut file, record).and_then(|()| {
             if sync {
                 file.sync_all()
                     .and_then(|()| fs::sync_parent(path))
@@ -205,16 +202,36 @@ fn open_error(path: &Utf8Path, err: io::Error) -> Error {
     fs::open_file_error(path, LockStrategy::Os, err)
 }
 
-fn check_regular(path: &Utf8Path, file: &File) -> Result<()> {
+/// Fails unless `file` is a regular file; its identity.
+fn check_regular(path: &Utf8Path, file: &File) -> Result<fs::FileId> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io(path, "inspect lock file", e))?;
-    fs::expect_kind(path, LockStrategy::Os, FileKind::File, fs::kind(&meta))
+    fs::expect_kind(path, LockStrategy::Os, FileKind::File, fs::kind(&meta))?;
+    fs::id_of(&meta, file).map_err(|e| Error::io(path, "inspect lock file", e))
 }
 
-fn read_from_start(mut file: &File) -> io::Result<Vec<u8>> {
-    file.seek(SeekFrom::Start(0))?;
-    read_capped(file)
+/// The file's content from its start, up to one byte more than a record
+/// may hold: one positioned read (a short read of a regular file is its
+/// end).
+fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        match fs::read_at(file, &mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Whether the current contents of a lock file may be overwritten: empty,
@@ -228,7 +245,7 @@ fn is_ours(bytes: &[u8]) -> bool {
 }
 
 /// Writes the record into the locked file and returns the file's identity.
-fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<fs::FileId> {
+fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<()> {
     let old = read_from_start(file).map_err(|e| Error::io(path, "read", e))?;
     if !is_ours(&old) {
         return Err(Error::Foreign {
@@ -238,14 +255,14 @@ fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Resul
     let mut bytes = record.to_json().into_bytes();
     bytes.push(b'\n');
     let len = bytes.len() as u64;
-    if bytes.len() < old.len() {
-        bytes.resize(old.len(), b' ');
-    }
-    let written = file
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| file.write_all(&bytes))
-        .and_then(|()| file.set_len(len))
-        .and_then(|()| fs::file_id(file));
+    // One positioned write, padded over what it replaces, then cut.
+    let written = fs::rewrite(file, &bytes, old.len()).and_then(|()| {
+        if old.len() as u64 > len {
+            file.set_len(len)
+        } else {
+            Ok(())
+        }
+    });
     written.map_err(|e| Error::io(path, "write the owner record to", e))
 }
 
