@@ -77,8 +77,10 @@
 //! Handles in one process wait on a condition variable and wake as soon as
 //! the lock is released. A handle waiting for another process polls with
 //! exponential backoff and jitter, never longer than the poll interval
-//! ([`LockOptions::poll_interval`]); an unbounded wait on an `Os` lock sleeps
-//! in the kernel instead.
+//! ([`LockOptions::poll_interval`]); on Linux, a waiter for a `Mkdir` or
+//! `Link` lock also watches the lock's directory (inotify) and wakes as soon
+//! as the lock is removed, and an unbounded wait on an `Os` lock sleeps in
+//! the kernel.
 //!
 //! # Paths
 //!
