@@ -438,6 +438,23 @@ pub(crate) fn path_id(path: &Utf8Path) -> io::Result<Option<FileId>> {
     }
 }
 
+/// The identity and length of the file at `path` (not following a final
+/// symbolic link on Unix: one `lstat`); `None` if nothing is there.
+pub(crate) fn path_state(path: &Utf8Path) -> io::Result<Option<(FileId, u64)>> {
+    #[cfg(unix)]
+    let state = lstat(path).map(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        ((meta.dev(), meta.ino()), meta.len())
+    });
+    #[cfg(not(unix))]
+    let state = open_read(path).and_then(|file| Ok((file_id(&file)?, file.metadata()?.len())));
+    match state {
+        Ok(state) => Ok(Some(state)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads from `offset` without moving the file position (`pread`).
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     #[cfg(unix)]

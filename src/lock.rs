@@ -342,6 +342,7 @@ impl LockOptions {
             on_lost: self.on_lost.clone(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
+            os_file: Mutex::new(None),
         })
     }
 }
@@ -376,6 +377,9 @@ pub(crate) fn absolute(path: &Path) -> Result<Utf8PathBuf> {
     let abs =
         std::path::absolute(utf8).map_err(|e| Error::io(utf8, "make an absolute path of", e))?;
     let abs = Utf8PathBuf::from_path_buf(abs).map_err(|p| non_utf8(&p))?;
+    // One spelling per path (no trailing separator): the process's table
+    // of held locks compares paths as text.
+    let abs: Utf8PathBuf = abs.components().collect();
     match abs.file_name() {
         Some(name) if name != ".." => Ok(abs),
         _ => Err(invalid("the path has no file name")),
@@ -443,6 +447,8 @@ pub struct LockFile {
     /// Unique in this process; the registry's claim on the path.
     id: u64,
     held: Mutex<Option<Arc<Holding>>>,
+    /// The `Os` lock file, kept open between acquisitions.
+    os_file: Mutex<Option<strategy::os::Open>>,
 }
 
 impl fmt::Debug for LockFile {
@@ -754,7 +760,7 @@ impl LockFile {
 
     /// Releases the lock this handle holds. Any thread may call it.
     ///
-    /// The lock artifact is removed (or, for `Os`, emptied and unlocked) only
+    /// The lock artifact is removed (or, for `Os`, blanked and unlocked) only
     /// if it is still this acquisition's: its claim is removed first, so a
     /// lock that was broken and taken by someone else is never touched.
     ///
@@ -1081,14 +1087,24 @@ impl LockFile {
         let mut transient = 0;
         let mut watching = false;
         let mut dir_watch: Option<DirWatch> = None;
+        // Taken out for the whole attempt (the registry lets one thread of
+        // this process at a time take the lock) and put back on every exit.
+        let mut cached = CachedFile {
+            slot: &self.os_file,
+            file: lock_unpoisoned(&self.os_file).take(),
+        };
+        let how = strategy::os::How {
+            sync: self.sync,
+            remove: self.remove_on_release,
+        };
         loop {
             match strategy::try_acquire(
                 self.strategy,
                 &self.path,
                 &record,
                 block,
-                self.sync,
-                self.remove_on_release,
+                how,
+                &mut cached.file,
             ) {
                 Ok(Some(held)) => return Ok((held, record)),
                 Ok(None) => transient = 0,
@@ -1243,7 +1259,7 @@ impl LockFile {
 
     fn finish_release(&self, holding: &Holding) -> Result<()> {
         let result = match holding.take() {
-            Some(held) => strategy::release(&self.path, held),
+            Some(held) => strategy::release(&self.path, held, &mut lock_unpoisoned(&self.os_file)),
             None => Ok(Released::Lost(None)),
         };
         registry().leave(&self.path, self.id);
@@ -1273,6 +1289,27 @@ impl LockFile {
         };
         let holding = holding.ok_or_else(|| self.not_locked())?;
         self.finish_release(&holding)
+    }
+}
+
+/// A mutex whose value is replaced whole; a panic elsewhere cannot leave it
+/// half updated.
+fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A handle's open `Os` lock file while an acquisition uses it; returned to
+/// the handle when dropped.
+struct CachedFile<'a> {
+    slot: &'a Mutex<Option<strategy::os::Open>>,
+    file: Option<strategy::os::Open>,
+}
+
+impl Drop for CachedFile<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            *lock_unpoisoned(self.slot) = Some(file);
+        }
     }
 }
 

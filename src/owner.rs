@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::io::{self, Read};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -240,10 +240,64 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// A new token: 128 bits, as 32 lower-case hex digits, unique on this
+/// machine for as long as records live.
+///
+/// Each process draws a random 128-bit key from the OS once (again after a
+/// `fork`, seen as a change of PID) and derives its tokens from it and a
+/// counter through a bijective mix, so no two tokens of one process are
+/// equal and the tokens of two processes collide only as two random keys
+/// would. Tokens are not secrets (every reader of a lock sees them); this
+/// saves a `getrandom` call per acquisition.
 pub(crate) fn new_token() -> io::Result<String> {
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).map_err(io::Error::other)?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    struct Source {
+        pid: u32,
+        key: [u64; 2],
+        counter: u64,
+    }
+    static SOURCE: Mutex<Option<Source>> = Mutex::new(None);
+    let pid = std::process::id();
+    let (hi, lo) = {
+        let mut source = SOURCE.lock().unwrap_or_else(PoisonError::into_inner);
+        let source = match source.as_mut() {
+            Some(s) if s.pid == pid => s,
+            _ => {
+                let mut raw = [0u8; 16];
+                getrandom::fill(&mut raw).map_err(io::Error::other)?;
+                let (a, b) = raw.split_at(8);
+                let word = |half: &[u8]| {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(half);
+                    u64::from_le_bytes(bytes)
+                };
+                source.insert(Source {
+                    pid,
+                    key: [word(a), word(b)],
+                    counter: 0,
+                })
+            }
+        };
+        source.counter = source.counter.wrapping_add(1);
+        (
+            mix(source.key[0].wrapping_add(source.counter)),
+            mix(source.key[1] ^ source.counter),
+        )
+    };
+    let mut token = String::with_capacity(32);
+    for word in [hi, lo] {
+        for shift in (0..16).rev() {
+            let digit = ((word >> (shift * 4)) & 0xf) as u8;
+            token.push(char::from(b"0123456789abcdef"[usize::from(digit)]));
+        }
+    }
+    Ok(token)
+}
+
+/// A bijection of `u64` that scatters its input (the splitmix64 finalizer).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// What identifies the calling process to a reader of its records; computed
@@ -348,6 +402,16 @@ mod tests {
         assert!(!same_boot(Some("abc"), Some("abd")));
         assert!(!same_boot(Some("boot-time:1"), None));
         assert!(same_boot(None, None));
+    }
+
+    #[test]
+    fn tokens_are_distinct_hex() {
+        let tokens: std::collections::HashSet<String> =
+            (0..20_000).map(|_| new_token().expect("token")).collect();
+        assert_eq!(tokens.len(), 20_000);
+        assert!(tokens.iter().all(|t| t.len() == 32
+            && t.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
     }
 
     #[test]

@@ -11,15 +11,25 @@
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 
 use crate::wait::Deadline;
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    /// Lock path -> id of the handle that holds it (or is taking it).
-    held: Mutex<HashMap<Utf8PathBuf, u64>>,
+    held: Mutex<Table>,
     released: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Lock path -> id of the handle that holds it (or is taking it). Keyed
+    /// by the path's text: handles hold normalized absolute paths, and
+    /// hashing a string is much cheaper than hashing a path's components.
+    paths: HashMap<String, u64>,
+    /// Threads waiting on `released`: a release without waiters makes no
+    /// wake-up call.
+    waiting: usize,
 }
 
 /// The registry of this process.
@@ -29,7 +39,7 @@ pub(crate) fn registry() -> &'static Registry {
 }
 
 impl Registry {
-    fn table(&self) -> MutexGuard<'_, HashMap<Utf8PathBuf, u64>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         // The table stays consistent even if a thread panicked while
         // holding the mutex: every critical section is a single insert,
         // remove or lookup.
@@ -41,16 +51,20 @@ impl Registry {
     pub(crate) fn enter(&self, path: &Utf8Path, id: u64, deadline: &Deadline) -> bool {
         let mut table = self.table();
         loop {
-            if !table.contains_key(path) {
-                table.insert(path.to_owned(), id);
+            if !table.paths.contains_key(path.as_str()) {
+                table.paths.insert(path.as_str().to_owned(), id);
                 return true;
             }
-            table = match deadline.remaining() {
+            let left = deadline.remaining();
+            if left.is_some_and(|left| left.is_zero()) {
+                return false;
+            }
+            table.waiting += 1;
+            table = match left {
                 None => self
                     .released
                     .wait(table)
                     .unwrap_or_else(PoisonError::into_inner),
-                Some(left) if left.is_zero() => return false,
                 Some(left) => {
                     self.released
                         .wait_timeout(table, left)
@@ -58,22 +72,26 @@ impl Registry {
                         .0
                 }
             };
+            table.waiting -= 1;
         }
     }
 
     /// Gives up `path` if handle `id` has it, and wakes the waiters.
     pub(crate) fn leave(&self, path: &Utf8Path, id: u64) {
         let mut table = self.table();
-        if table.get(path) == Some(&id) {
-            table.remove(path);
+        if table.paths.get(path.as_str()) == Some(&id) {
+            table.paths.remove(path.as_str());
+            let waiting = table.waiting > 0;
             drop(table);
-            self.released.notify_all();
+            if waiting {
+                self.released.notify_all();
+            }
         }
     }
 
     /// Whether some handle of this process has `path`.
     pub(crate) fn contains(&self, path: &Utf8Path) -> bool {
-        self.table().contains_key(path)
+        self.table().paths.contains_key(path.as_str())
     }
 }
 

@@ -49,6 +49,26 @@ fn two_handles_in_one_process_exclude_each_other(
 }
 
 #[rstest]
+fn handles_on_two_spellings_of_one_path_exclude_each_other(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (dir, path) = scratch();
+    let other = format!(
+        "{}//./{}",
+        dir.path().display(),
+        path.file_name().expect("name")
+    );
+    let a = open(&path, strategy);
+    let b = open(&Utf8PathBuf::from(other), strategy);
+    assert_eq!(a.path(), b.path());
+    a.acquire().expect("a acquires");
+    assert_would_block_by(b.try_acquire(), std::process::id());
+    a.release().expect("a releases");
+    b.try_acquire().expect("b acquires once a released");
+    b.release().expect("b releases");
+}
+
+#[rstest]
 fn acquire_is_not_reentrant(
     #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
 ) {
@@ -307,10 +327,16 @@ fn release_leaves_the_documented_artifacts(
     lock.acquire().expect("acquire");
     lock.release().expect("release");
     match strategy {
-        // The Os lock file stays, emptied, so that later waiters all lock
-        // the same inode.
+        // The Os lock file stays, blanked (white space, an empty record
+        // to every reader), so that later waiters all lock the same inode.
         LockStrategy::Os => {
-            assert_eq!(std::fs::read(&path).expect("lock file stays"), b"");
+            let left = std::fs::read(&path).expect("lock file stays");
+            assert!(
+                left.iter().all(|&b| b == b' '),
+                "not blank: {:?}",
+                String::from_utf8_lossy(&left)
+            );
+            assert_eq!(lock.owner().expect("owner"), None);
         }
         _ => assert!(!path.exists(), "{strategy} left {path}"),
     }

@@ -542,6 +542,33 @@ fn an_os_lock_whose_file_was_replaced_is_lost() {
     assert_eq!(std::fs::read(&path).expect("kept"), b"");
 }
 
+// A handle keeps its Os lock file open between acquisitions; the file it
+// kept may be gone by the next one. (Unix only, as above.)
+#[cfg(unix)]
+#[test]
+fn an_os_handle_whose_kept_file_was_replaced_locks_the_new_one() {
+    let (_dir, path) = scratch();
+    let lock = open(&path, LockStrategy::Os);
+    lock.acquire().expect("acquire");
+    lock.release().expect("release");
+    std::fs::remove_file(&path).expect("remove");
+    let mut child = spawn("hold", &["os", path.as_str()]);
+    child.expect("ACQUIRED");
+    // Locking the removed file would succeed: the path names another.
+    assert_would_block_by(lock.try_acquire(), child.pid());
+    child.close_stdin();
+    assert!(child.wait().success());
+    lock.acquire().expect("acquire after the child");
+    let token = lock.owner().expect("owner").expect("record").token;
+    let on_disk = std::fs::read(&path).expect("read");
+    assert_eq!(
+        OwnerRecord::parse(&on_disk).map(|r| r.token),
+        Some(token),
+        "our record is in the file the path names"
+    );
+    lock.release().expect("release");
+}
+
 #[rstest]
 fn break_lock_refuses_a_lease_that_is_being_refreshed(
     #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,

@@ -48,6 +48,140 @@ pub(crate) fn try_acquire(
         }
         Err(e) => return Err(fs::io_error(path, "create lock directory", e)),
     }
+    match write_record(path, record, sync) {
+        Ok(true) => Ok(Some(Held {
+            token: record.token.clone(),
+            sync,
+        })),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes our record into the directory just made at `path` and checks that
+/// the lock is ours: whether it is.
+///
+/// This process may have lost its still empty directory to a breaker
+/// (acting on an earlier, empty directory of the same name) and be writing
+/// its record into someone else's. So after writing, the directory must
+/// hold our record alone; otherwise we take our record back out (the name
+/// is ours alone) and count the lock as busy. If both writers withdraw,
+/// the empty directory is broken after the grace period.
+///
+/// On Unix the directory is opened once, the record created in it and the
+/// same open directory listed: a directory with our record in it cannot be
+/// removed, so the listing speaks of the lock. Elsewhere the path is used
+/// each time, and a directory that changed identity meanwhile counts as
+/// lost too.
+#[cfg(unix)]
+fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
+    use rustix::fs::{Mode, OFlags};
+    let name = format!("{}.json", record.token);
+    let dir = match fs::stale_retry(|| {
+        rustix::fs::open(
+            path.as_std_path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+    }) {
+        Ok(dir) => dir,
+        // Removed already, or replaced by something else: not ours.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir(path);
+            return Err(Error::io(path, "open lock directory", e));
+        }
+    };
+    let written = fs::stale_retry(|| {
+        rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(fs::FILE_MODE as _),
+        )
+        .map_err(io::Error::from)
+    })
+    .and_then(|fd| {
+        let mut file = std::fs::File::from(fd);
+        file.write_all(record.to_json().as_bytes())?;
+        if sync {
+            file.sync_all()?;
+            rustix::fs::fsync(&dir)?;
+            fs::sync_parent(path)?;
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => {}
+        // A breaker removed the directory while it was still empty (this
+        // process paused past the grace period): not ours, try again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            // The directory is ours: a failure to write the record must not
+            // leave a lock behind that nobody will release.
+            let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
+            let _ = fs::remove_dir(path);
+            return Err(Error::io(
+                &record_path(path, &record.token),
+                "write owner record",
+                e,
+            ));
+        }
+    }
+    if alone_in(dir, &name) {
+        return Ok(true);
+    }
+    let _ = fs::remove_file(record_path(path, &record.token));
+    Ok(false)
+}
+
+/// Whether `name` is the only entry of the open directory `dir` (beside
+/// hidden renames of unlinked files, which are going away). An error
+/// counts as no: the caller withdraws, which is always safe.
+#[cfg(unix)]
+fn alone_in(dir: rustix::fd::OwnedFd, name: &str) -> bool {
+    let Ok(mut entries) = rustix::fs::Dir::new(dir) else {
+        return false;
+    };
+    // A listing that fails for a moment (a stale NFS handle) is tried
+    // again, a few times: withdrawing needlessly would leave an empty
+    // directory that only the grace period clears.
+    for attempt in 0..8u32 {
+        match listed_alone_in(&mut entries, name) {
+            Ok(alone) => return alone,
+            Err(e) if fs::is_transient(&e) => {
+                std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
+                entries.rewind();
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[cfg(unix)]
+fn listed_alone_in(entries: &mut rustix::fs::Dir, name: &str) -> io::Result<bool> {
+    let mut count = 0;
+    for entry in entries.by_ref() {
+        let entry = entry?;
+        match entry.file_name().to_str() {
+            Ok("." | "..") => {}
+            Ok(n) if n == name => count += 1,
+            Ok(n) if fs::is_silly_renamed(n) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(count == 1)
+}
+
+#[cfg(not(unix))]
+fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
     let made = dir_ino(path);
     let target = record_path(path, &record.token);
     let written = fs::create_new(&target).and_then(|mut file| {
@@ -63,33 +197,22 @@ pub(crate) fn try_acquire(
         Ok(file) => file,
         // A breaker removed the directory while it was still empty (this
         // process paused past the grace period): not ours, try again.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => {
-            // The directory is ours: a failure to write the record must not
-            // leave a lock behind that nobody will release.
             let _ = fs::remove_file(&target);
             let _ = fs::remove_dir(path);
             return Err(Error::io(&target, "write owner record", e));
         }
     };
-    if (made.is_some() && dir_ino(path) != made) || !alone(path, &record.token) {
-        // This process lost its still empty directory to a breaker (acting
-        // on an earlier, empty directory of the same name) and wrote its
-        // record into someone else's: the directory was replaced, or holds
-        // another record. Inode numbers are reused at once on some file
-        // systems, so the listing is what decides. Take our record back out
-        // (the name is ours alone) and count the lock as busy; if both
-        // writers withdraw, the empty directory is broken after the grace
-        // period.
-        let _ = fs::remove_file(&target);
-        return Ok(None);
-    }
     // Closed now: see `Held::rewrite_record`.
     drop(file);
-    Ok(Some(Held {
-        token: record.token.clone(),
-        sync,
-    }))
+    if (made.is_some() && dir_ino(path) != made) || !alone(path, &record.token) {
+        // Inode numbers are reused at once on some file systems, so the
+        // listing is what decides.
+        let _ = fs::remove_file(&target);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Whether our record is the only entry of the lock directory (an error
@@ -97,6 +220,7 @@ pub(crate) fn try_acquire(
 /// that fails for a moment (Wine, while another process deletes in the
 /// directory) is tried again, a few times: withdrawing needlessly would
 /// leave an empty directory that only the grace period clears.
+#[cfg(not(unix))]
 fn alone(path: &Utf8Path, token: &str) -> bool {
     let ours = format!("{token}.json");
     for attempt in 0..8u32 {
@@ -111,6 +235,7 @@ fn alone(path: &Utf8Path, token: &str) -> bool {
     false
 }
 
+#[cfg(not(unix))]
 fn listed_alone(path: &Utf8Path, ours: &str) -> io::Result<bool> {
     let mut count = 0;
     for entry in fs::read_dir(path)? {
@@ -124,6 +249,7 @@ fn listed_alone(path: &Utf8Path, ours: &str) -> io::Result<bool> {
     Ok(count == 1)
 }
 
+#[cfg(not(unix))]
 fn dir_ino(path: &Utf8Path) -> Option<u64> {
     let meta = fs::lstat(path).ok()?;
     Some(fs::ino(&meta)).filter(|&ino| ino != 0)

@@ -18,7 +18,7 @@ use crate::owner::OwnerRecord;
 
 mod link;
 mod mkdir;
-mod os;
+pub(crate) mod os;
 
 /// How a [`LockFile`](crate::LockFile) takes its lock.
 ///
@@ -304,21 +304,22 @@ pub(crate) enum Broken {
 
 /// One attempt at taking the lock; `Ok(None)` when someone else holds it.
 /// With `block`, strategies that can sleep in the kernel until the lock is
-/// free (`Os`) do so instead of returning `None`. With `sync`, the record
+/// free (`Os`) do so instead of returning `None`. With `how.sync`, the record
 /// and the directory entries are flushed to stable storage (`fsync`) before
-/// the lock counts as taken, and again when it is released. With `remove`,
+/// the lock counts as taken, and again when it is released. With `how.remove`,
 /// an `Os` lock file is removed on release (`Mkdir` and `Link` artifacts
-/// always are).
+/// always are). `cached` is the handle's open `Os` lock file, if any.
 pub(crate) fn try_acquire(
     strategy: Concrete,
     path: &Utf8Path,
     record: &OwnerRecord,
     block: bool,
-    sync: bool,
-    remove: bool,
+    how: os::How,
+    cached: &mut Option<os::Open>,
 ) -> Result<Option<Held>> {
+    let sync = how.sync;
     Ok(match strategy {
-        Concrete::Os => os::try_acquire(path, record, block, sync, remove)?.map(Held::Os),
+        Concrete::Os => os::try_acquire(path, record, block, how, cached)?.map(Held::Os),
         Concrete::Mkdir => mkdir::try_acquire(path, record, sync)?.map(Held::Mkdir),
         Concrete::Link => link::try_acquire(path, record, sync)?.map(Held::Link),
     })
@@ -335,9 +336,15 @@ pub(crate) enum Released {
 }
 
 /// Releases a lock this process holds, if it is still this acquisition's.
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
+/// An `Os` lock file stays open in `cached` for the handle's next
+/// acquisition.
+pub(crate) fn release(
+    path: &Utf8Path,
+    held: Held,
+    cached: &mut Option<os::Open>,
+) -> Result<Released> {
     match held {
-        Held::Os(h) => os::release(path, h),
+        Held::Os(h) => os::release(path, h, cached),
         Held::Mkdir(h) => mkdir::release(path, h),
         Held::Link(h) => link::release(path, h),
     }

@@ -3,8 +3,13 @@
 //! The lock file is created if needed (never truncated before the lock is
 //! held: truncating a live holder's file would destroy its record), locked
 //! exclusively, and only then given this holder's owner record. The file
-//! stays after release, emptied: unlinking it would let a later waiter lock
-//! a new inode while an earlier one still holds the old.
+//! stays after release, blanked (overwritten with spaces): unlinking it would
+//! let a later waiter lock a new inode while an earlier one still holds the
+//! old.
+//!
+//! On Unix a handle keeps its lock file open between acquisitions and checks after
+//! each lock that the path still names that file (the file may have been
+//! removed or replaced meanwhile; then it locks what the path names now).
 //!
 //! `fd-lock`'s write guard borrows its `RwLock`, so a handle cannot keep it
 //! between `acquire` and `release` without a self-referential struct. The
@@ -13,8 +18,8 @@
 //! that file explicitly and closes it (closing alone would also unlock).
 //!
 //! The record is written with one write at offset 0, padded with spaces to
-//! the length of what it replaces, then the file is cut to the record's
-//! length. JSON allows trailing white space, so a reader sees either a whole
+//! the length of what it replaces; the file is never cut. JSON allows
+//! trailing white space, so a reader sees either a whole
 //! record or, in the rare case of a torn read, bytes that do not parse and
 //! count as an unknown owner, never a wrong one.
 
@@ -34,17 +39,31 @@ pub(crate) struct Held {
     pub(crate) file: Arc<File>,
     pub(crate) token: String,
     id: fs::FileId,
-    sync: bool,
+    how: How,
+}
+
+/// A handle's lock file, kept open between acquisitions.
+#[derive(Debug)]
+pub(crate) struct Open {
+    file: File,
+    id: fs::FileId,
+}
+
+/// How a handle takes and releases its `Os` lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct How {
+    /// Flush record and directory to stable storage (`fsync`).
+    pub(crate) sync: bool,
     /// Remove the lock file on release (a temporary lock file).
-    remove: bool,
+    pub(crate) remove: bool,
 }
 
 pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     block: bool,
-    sync: bool,
-    remove: bool,
+    how: How,
+    cached: &mut Option<Open>,
 ) -> Result<Option<Held>> {
     // A holder that removes the file on release (or anyone who deletes or
     // replaces it) leaves waiters locking a file that the path no longer
@@ -52,49 +71,59 @@ pub(crate) fn try_acquire(
     // opened afresh. Each round means the lock was released meanwhile;
     // after many, the lock is plainly busy.
     for _ in 0..64 {
-        let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
-        // The identity of an open file does not change; it is compared
-        // with the path's once the lock is held.
-        let id = check_regular(path, &file)?;
+        let Open { file, id } = match cached.take() {
+            Some(open) => open,
+            None => {
+                let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
+                // The identity of an open file does not change; it is
+                // compared with the path's once the lock is held.
+                let id = check_regular(path, &file)?;
+                Open { file, id }
+            }
+        };
         let mut lock = fd_lock::RwLock::new(file);
         let taken = if block {
             lock.write().map(std::mem::forget)
         } else {
             lock.try_write().map(std::mem::forget)
         };
+        let file = lock.into_inner();
         match taken {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *cached = Some(Open { file, id });
+                return Ok(None);
+            }
             Err(e) => return Err(Error::io(path, "lock", e)),
         }
-        let mut file = lock.into_inner();
         // The lock is ours from here; any error below must unlock it.
-        match check_id(path, id).map_err(|e| Error::io(path, "inspect lock file", e)) {
-            Ok(true) => {}
-            Ok(false) => {
+        let len = match fs::path_state(path) {
+            Ok(Some((now, len))) if now == id => len,
+            Ok(_) => {
+                // Deleted or replaced since it was opened: lock what the
+                // path names now.
                 unlock(&file);
                 continue;
             }
             Err(e) => {
                 unlock(&file);
-                return Err(e);
+                return Err(Error::io(path, "inspect lock file", e));
             }
-        }
-        let written = write_record(path, &mut file, record).and_then(|()| {
-            if sync {
+        };
+        let written = write_record(path, &file, len, record).and_then(|()| {
+            if how.sync {
                 file.sync_all()
                     .and_then(|()| fs::sync_parent(path))
                     .map_err(|e| Error::io(path, "flush the owner record of", e))?;
             }
-            Ok(id)
+            Ok(())
         });
         return match written {
-            Ok(id) => Ok(Some(Held {
+            Ok(()) => Ok(Some(Held {
                 file: Arc::new(file),
                 token: record.token.clone(),
                 id,
-                sync,
-                remove,
+                how,
             })),
             Err(e) => {
                 unlock(&file);
@@ -105,50 +134,66 @@ pub(crate) fn try_acquire(
     Ok(None)
 }
 
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
+/// Releases the lock; the lock file goes back to `cached` for the next
+/// acquisition of the handle unless it was removed or replaced.
+pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) -> Result<Released> {
     let Held {
         file,
         token,
         id,
-        sync,
-        remove,
+        how,
     } = held;
     let result = release_locked(path, &file, &token, id).and_then(|released| {
         if !matches!(released, Released::Done) {
             return Ok(released);
         }
-        if remove {
+        if how.remove {
             // Removed while still locked: a waiter that then locks the
             // removed file sees that the path no longer names it.
             fs::remove_file(path).map_err(|e| Error::io(path, "remove lock file", e))?;
-            if sync {
+            if how.sync {
                 fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
             }
-        } else if sync {
+        } else if how.sync {
             file.sync_all()
                 .map_err(|e| Error::io(path, "flush the cleared record of", e))?;
         }
         Ok(released)
     });
     unlock(&file);
+    // Kept open on Unix only: on Windows the lock (fd-lock's one-byte
+    // range) is released when the handle closes, as `unlock` (the whole
+    // file's range) does not match it.
+    if cfg!(unix) && matches!(result, Ok(Released::Done)) && !how.remove {
+        // A lease's heartbeat may hold the file a moment longer: then it
+        // is simply closed, and the next acquisition opens it again.
+        if let Ok(file) = Arc::try_unwrap(file) {
+            *cached = Some(Open { file, id });
+        }
+    }
     result
 }
 
 fn release_locked(path: &Utf8Path, file: &File, token: &str, id: fs::FileId) -> Result<Released> {
-    if !check_id(path, id).map_err(|e| Error::io(path, "inspect lock file", e))? {
+    let len = match fs::path_state(path).map_err(|e| Error::io(path, "inspect lock file", e))? {
+        Some((now, len)) if now == id => len,
         // Deleted or replaced: others lock another inode now.
-        return Ok(Released::Lost(None));
-    }
+        _ => return Ok(Released::Lost(None)),
+    };
+    // Read back: a record that is not ours (written by something that
+    // ignores the lock, or through a network client whose OS locks do not
+    // reach ours) is left alone and the lock reported lost.
     let bytes =
-        read_from_start(file).map_err(|e| Error::io(path, "read the owner record of", e))?;
-    match OwnerRecord::parse(&bytes) {
-        Some(rec) if rec.token == token => {
-            file.set_len(0)
-                .map_err(|e| Error::io(path, "clear the owner record of", e))?;
-            Ok(Released::Done)
-        }
-        other => Ok(Released::Lost(Some(other))),
+        read_from_start(file, len).map_err(|e| Error::io(path, "read the owner record of", e))?;
+    if !is_record_of(&bytes, token) {
+        return Ok(Released::Lost(Some(OwnerRecord::parse(&bytes))));
     }
+    // Blanked, not cut: white space is an empty record to every reader,
+    // and the next holder's write reuses the file's block instead of the
+    // file system freeing it now and allocating it again then.
+    let blank = vec![b' '; usize::try_from(len).map_or(MAX_RECORD_LEN, |l| l.min(MAX_RECORD_LEN))];
+    fs::rewrite(file, &blank, 0).map_err(|e| Error::io(path, "clear the owner record of", e))?;
+    Ok(Released::Done)
 }
 
 /// The lock is ours while the path still names the inode we locked: the
@@ -184,7 +229,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let mut record = None;
     let mut stamp = Vec::new();
     for _ in 0..3 {
-        stamp = read_from_start(&file).map_err(|e| Error::io(path, "read", e))?;
+        stamp = read_from_start(&file, 512).map_err(|e| Error::io(path, "read", e))?;
         record = OwnerRecord::parse(&stamp);
         if record.is_some() {
             break;
@@ -212,12 +257,15 @@ fn check_regular(path: &Utf8Path, file: &File) -> Result<fs::FileId> {
 }
 
 /// The file's content from its start, up to one byte more than a record
-/// may hold: one positioned read (a short read of a regular file is its
-/// end).
-fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
+/// may hold. `expected` is the file's length as last seen: one positioned
+/// read of that much and a byte more normally finds the end (a short read
+/// of a regular file is its end).
+fn read_from_start(file: &File, expected: u64) -> io::Result<Vec<u8>> {
+    let cap = MAX_RECORD_LEN + 1;
+    let first = usize::try_from(expected).map_or(cap, |e| e.saturating_add(1).min(cap));
+    let mut buf = vec![0u8; first];
     let mut len = 0;
-    while len < buf.len() {
+    loop {
         match fs::read_at(file, &mut buf[len..], len as u64) {
             Ok(0) => break,
             Ok(n) => {
@@ -225,6 +273,11 @@ fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
                 if len < buf.len() {
                     break;
                 }
+                if buf.len() == cap {
+                    break;
+                }
+                // Longer than last seen: read on, up to the cap.
+                buf.resize(cap, 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -232,6 +285,19 @@ fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
     }
     buf.truncate(len);
     Ok(buf)
+}
+
+/// Whether `bytes` is the record of the acquisition with `token`: records
+/// written by this version start with their token, so the common case needs
+/// no parsing.
+fn is_record_of(bytes: &[u8], token: &str) -> bool {
+    const PREFIX: &[u8] = b"{\"v\":1,\"token\":\"";
+    match bytes.strip_prefix(PREFIX) {
+        Some(rest) if rest.len() > token.len() => {
+            rest.starts_with(token.as_bytes()) && rest[token.len()] == b'"'
+        }
+        _ => OwnerRecord::parse(bytes).is_some_and(|rec| rec.token == token),
+    }
 }
 
 /// Whether the current contents of a lock file may be overwritten: empty,
@@ -244,9 +310,15 @@ fn is_ours(bytes: &[u8]) -> bool {
         || (bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":"))
 }
 
-/// Writes the record into the locked file and returns the file's identity.
-fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Result<()> {
-    let old = read_from_start(file).map_err(|e| Error::io(path, "read", e))?;
+/// Writes the record into the locked file, which is `len` bytes long:
+/// one positioned write over the old content, padded with spaces to its
+/// length (the file is never cut: see `release_locked`).
+fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) -> Result<()> {
+    let old = if len == 0 {
+        Vec::new()
+    } else {
+        read_from_start(file, len).map_err(|e| Error::io(path, "read", e))?
+    };
     if !is_ours(&old) {
         return Err(Error::Foreign {
             path: path.to_owned(),
@@ -254,21 +326,14 @@ fn write_record(path: &Utf8Path, file: &mut File, record: &OwnerRecord) -> Resul
     }
     let mut bytes = record.to_json().into_bytes();
     bytes.push(b'\n');
-    let len = bytes.len() as u64;
-    // One positioned write, padded over what it replaces, then cut.
-    let written = fs::rewrite(file, &bytes, old.len()).and_then(|()| {
-        if old.len() as u64 > len {
-            file.set_len(len)
-        } else {
-            Ok(())
-        }
-    });
-    written.map_err(|e| Error::io(path, "write the owner record to", e))
+    fs::rewrite(file, &bytes, old.len())
+        .map_err(|e| Error::io(path, "write the owner record to", e))
 }
 
 fn unlock(file: &File) {
     // Closing the file releases the lock too, once the last handle on it
     // is gone (a lease's heartbeat may still hold one for a moment);
-    // unlocking first makes the release immediate.
+    // unlocking first makes the release immediate (`flock(LOCK_UN)`; on
+    // Windows only the close releases it, see `release`).
     let _ = file.unlock();
 }
