@@ -42,6 +42,26 @@ fn os_floor(path: &Path) {
     file.unlock().expect("unlock");
 }
 
+/// The least an OS lock with an owner record can do on a file it keeps
+/// open: lock, write the record, blank it, unlock.
+fn os_open_floor(file: &File, blank: &[u8]) {
+    file.lock().expect("lock");
+    write_at_start(file, RECORD);
+    write_at_start(file, blank);
+    file.unlock().expect("unlock");
+}
+
+/// One positioned write at offset 0 (`pwrite`).
+fn write_at_start(file: &File, bytes: &[u8]) {
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0).expect("write");
+    #[cfg(windows)]
+    assert_eq!(
+        std::os::windows::fs::FileExt::seek_write(file, bytes, 0).expect("write"),
+        bytes.len()
+    );
+}
+
 fn mkdir_floor(path: &Path, record: &Path) {
     std::fs::create_dir(path).expect("mkdir");
     File::create_new(record)
@@ -86,6 +106,17 @@ fn cycle(c: &mut Criterion) {
             at(".floor-link.lock.0123.owner"),
         );
         group.bench_function("floor/os", |b| b.iter(|| os_floor(&os)));
+        let kept = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(at("floor-os-open.lock"))
+            .expect("open");
+        let blank = vec![b' '; RECORD.len()];
+        group.bench_function("floor/os-kept-open", |b| {
+            b.iter(|| os_open_floor(&kept, &blank))
+        });
         group.bench_function("floor/mkdir", |b| b.iter(|| mkdir_floor(&mk, &rec)));
         group.bench_function("floor/link", |b| b.iter(|| link_floor(&ln, &claim)));
 
@@ -115,6 +146,14 @@ fn cycle(c: &mut Criterion) {
             b.iter(|| {
                 fslock.lock().expect("lock");
                 fslock.unlock().expect("unlock");
+            })
+        });
+        let ours = open("portalock-flock.lock");
+        group.bench_function("portalock/flock", |b| {
+            b.iter(|| {
+                portalock::flock::lock(&ours, portalock::flock::LockFlags::EXCLUSIVE)
+                    .expect("lock");
+                portalock::flock::unlock(&ours).expect("unlock");
             })
         });
         let std_file = open("std.lock");
