@@ -12,9 +12,13 @@ use camino::Utf8PathBuf;
 use crate::error::{Error, FileKind, Result};
 use crate::strategy::LockStrategy;
 
-/// Mode of every lock artifact portalock creates (before the umask).
+/// Mode of every lock file portalock creates (before the umask).
 #[cfg(unix)]
 pub(crate) const FILE_MODE: u32 = 0o644;
+
+/// Mode of every lock directory portalock creates (before the umask).
+#[cfg(unix)]
+pub(crate) const DIR_MODE: u32 = 0o755;
 
 /// The kind of object `meta` describes (from `symlink_metadata`).
 pub(crate) fn kind(meta: &Metadata) -> FileKind {
@@ -362,9 +366,13 @@ pub(crate) fn remove_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
     stale_retry(|| std::fs::remove_dir(path.as_ref()))
 }
 
-/// `std::fs::create_dir`, retried on `ESTALE`.
+/// Creates the directory `path` (mode [`DIR_MODE`] less the umask on Unix),
+/// retried on `ESTALE`.
 pub(crate) fn create_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
-    stale_retry(|| std::fs::create_dir(path.as_ref()))
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+    stale_retry(|| builder.create(path.as_ref()))
 }
 
 /// `std::fs::read_dir`, retried on `ESTALE`.

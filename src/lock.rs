@@ -809,6 +809,10 @@ impl LockFile {
     /// a lock taken afresh meanwhile is never removed (the protocol is
     /// argued in [`stale`](crate::stale)).
     ///
+    /// For `Link`, breaking (or finding the lock free) also removes the
+    /// private files that killed processes of this machine left beside the
+    /// lock: claims never linked and taken names never removed.
+    ///
     /// # Errors
     ///
     /// [`Error::NotStale`] if the lock is held by a live owner, by an owner
@@ -1158,8 +1162,9 @@ impl LockFile {
         if !judge(&seen, unchanged, self.grace).is_stale() {
             return Ok(false);
         }
-        // An orphan (a Link lock whose claim is gone) is never recovered
-        // automatically: concurrent recoverers could collide.
+        // An orphan (a Link lock whose claim is gone) is recovered only
+        // through the taken name of its dead remover; without one, only
+        // `force_break` recovers it (concurrent recoverers could collide).
         Ok(
             match strategy::break_claim(&self.path, &seen.claim, false)? {
                 Broken::Removed | Broken::Raced => true,
@@ -1177,7 +1182,10 @@ impl LockFile {
         let mut watching = false;
         loop {
             let seen = match strategy::probe(self.strategy, &self.path)? {
-                Probe::Free => return Ok(None),
+                Probe::Free => {
+                    strategy::sweep(self.strategy, &self.path);
+                    return Ok(None);
+                }
                 Probe::Held(seen) => *seen,
             };
             let unchanged = watch.observe(&seen);
@@ -1210,7 +1218,10 @@ impl LockFile {
                 _ => {}
             }
             match strategy::break_claim(&self.path, &seen.claim, force)? {
-                Broken::Removed => return Ok(seen.record),
+                Broken::Removed => {
+                    strategy::sweep(self.strategy, &self.path);
+                    return Ok(seen.record);
+                }
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
                     watching = false;

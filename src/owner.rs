@@ -327,6 +327,36 @@ impl Identity {
     }
 }
 
+/// Whether the process `pid` of this machine still runs (a zombie does
+/// not), refreshing only that one process.
+pub(crate) fn pid_runs(pid: u32) -> bool {
+    matches!(process_state(pid), Some((_, false)))
+}
+
+/// This machine and boot (and PID namespace) as 8 hex digits: names that
+/// carry a PID carry this beside it, so that a reader can tell whether the
+/// PID is one of its own machine's.
+pub(crate) fn host_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let me = Identity::get();
+        // FNV-1a: stable across processes and versions, unlike std's hasher.
+        let mut hash: u32 = 0x811c_9dc5;
+        let parts = [
+            me.hostname.as_str(),
+            me.boot.as_deref().unwrap_or(""),
+            me.pidns.as_deref().unwrap_or(""),
+        ];
+        for part in parts {
+            for byte in part.bytes().chain(std::iter::once(0)) {
+                hash ^= u32::from(byte);
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+        }
+        format!("{hash:08x}")
+    })
+}
+
 /// Start time of `pid` in seconds since the Unix epoch, refreshing only that
 /// one process.
 pub(crate) fn process_start(pid: u32) -> Option<u64> {

@@ -15,12 +15,17 @@
 //!
 //! The private file stays while the lock is held: it is the lock's *claim*.
 //! Whoever removes the lock (its holder releasing, or a breaker) first
-//! unlinks the claim. Only one `unlink` of a name can succeed, so exactly
-//! one remover goes on, and it then unlinks the lock path only if the path
-//! is still the claim's lock file (same inode, or same token where inode
-//! numbers do not tell). Nobody else can have removed the lock in
-//! between: that too would have needed the claim. See the `stale` module
-//! for the whole argument.
+//! takes the claim: renames it to a name of its own
+//! (`<claim>.taken.<host>.<pid>.<nonce>`). Only one rename of a name can
+//! succeed, so exactly one remover goes on, and it then unlinks the lock
+//! path only if the path is still the claim's lock file (same inode, or
+//! same token where inode numbers do not tell), and its taken name last.
+//! Nobody else can have removed the lock in between: that too would have
+//! needed the claim. A remover killed between taking the claim and
+//! unlinking the lock path leaves the lock without a claim; its taken name
+//! says who it was, and once that process is gone a recoverer takes the
+//! taken name over the same way. See the `stale` module for the whole
+//! argument.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -205,15 +210,15 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         ino,
         sync,
     } = held;
-    match take_claim(&claim) {
-        Ok(()) => {}
+    let taken = match take_claim(&claim) {
+        Ok(taken) => taken,
         // A breaker took the claim: the lock is no longer ours.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
-    }
+    };
     // The claim was ours, so nobody else may remove the lock path now; it
     // is still ours unless something outside portalock removed it.
-    match names(path, ino, &token) {
+    let result = match names(path, ino, &token) {
         Ok(true) => match fs::remove_file(path) {
             Ok(()) if sync => fs::sync_parent(path)
                 .map(|()| Released::Done)
@@ -223,27 +228,168 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         },
         Ok(false) => Ok(Released::Lost(None)),
         Err(e) => Err(Error::io(path, "inspect lock file", e)),
-    }
+    };
+    // Removed last: while the lock path is there, the taken name says who
+    // is removing it (see `recover_orphan`).
+    let _ = fs::remove_file(&taken);
+    result
 }
 
 /// Takes the claim `claim` away, for exactly one caller: renames it to a
-/// name of the caller's own, then removes that. `NotFound` if someone else
-/// took it first.
+/// name of the caller's own, which the caller removes once it is done with
+/// the lock path. `NotFound` if someone else took it first.
 ///
 /// A rename, not an unlink, is the step only one caller can win: on Windows
 /// a file that another process has open stays at its name after it is
 /// deleted ("delete pending"), and deleting it again may succeed (seen
 /// under Wine), so two callers could both "remove" one claim. Renaming a
 /// name away succeeds once, on every platform.
-fn take_claim(claim: &Utf8Path) -> io::Result<()> {
-    let taken = match claim.file_name() {
-        Some(name) => claim.with_file_name(format!("{name}.taken.{}", crate::owner::new_token()?)),
-        None => return Err(io::ErrorKind::InvalidInput.into()),
-    };
+///
+/// The taken name, `<claim>.taken.<host>.<pid>.<nonce>`, names the taker:
+/// if it dies before removing the lock path, the lock is left without its
+/// claim, and a recoverer that finds the taker dead may take the taken name
+/// over in turn (see `recover_orphan`).
+fn take_claim(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
+    let taken = taken_name(claim)?;
     fs::stale_retry(|| std::fs::rename(claim, &taken))?;
-    // Ours alone now; a failure leaves a hidden file, not a lock.
-    let _ = fs::remove_file(&taken);
-    Ok(())
+    Ok(taken)
+}
+
+/// A fresh taken name for `claim` (a claim or a taken name), of this
+/// process.
+fn taken_name(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
+    let Some(name) = claim.file_name() else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let base = name.split_once(".taken.").map_or(name, |(base, _)| base);
+    Ok(claim.with_file_name(format!(
+        "{base}.taken.{}.{}.{}",
+        crate::owner::host_tag(),
+        std::process::id(),
+        crate::owner::new_token()?
+    )))
+}
+
+/// The taker named by a taken name's suffix (after `.taken.`): whether it
+/// runs. `None` if it cannot be told (another machine, or a name of an
+/// older format).
+fn taker_runs(suffix: &str) -> Option<bool> {
+    let mut parts = suffix.split('.');
+    let (tag, pid) = (parts.next()?, parts.next()?.parse::<u32>().ok()?);
+    if tag != crate::owner::host_tag() {
+        return None;
+    }
+    Some(pid == std::process::id() || crate::owner::pid_runs(pid))
+}
+
+/// Recovers a lock file of `token` (inode `ino`) whose claim is missing and
+/// whose owner was judged stale: its remover died after taking the claim
+/// and before removing the lock path. Its taken name is still there; if
+/// its taker does not run, this process takes the taken name over (a
+/// rename only one recoverer wins) and removes the lock path if it still
+/// names that lock file.
+///
+/// A taker that still runs is finishing its removal (`Raced`: look again);
+/// no taken name, or one whose taker cannot be judged, leaves an orphan
+/// that only [`force_break`](crate::LockFile::force_break) recovers.
+fn recover_orphan(path: &Utf8Path, token: &str, ino: u64) -> Result<Broken> {
+    let claim = claim_path(path, token)?;
+    let (Some(dir), Some(claim_name)) = (claim.parent(), claim.file_name()) else {
+        return Ok(Broken::Orphan);
+    };
+    let prefix = format!("{claim_name}.taken.");
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
+        let name = entry.file_name();
+        let Some(suffix) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        let taken = dir.join(name.to_str().unwrap_or_default());
+        match taker_runs(suffix) {
+            None => return Ok(Broken::Orphan),
+            Some(true) => return Ok(Broken::Raced),
+            Some(false) => {}
+        }
+        let ours = taken_name(&taken).map_err(|e| Error::io(&taken, "name", e))?;
+        match fs::stale_retry(|| std::fs::rename(&taken, &ours)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
+            Err(e) => return Err(Error::io(&taken, "take over", e)),
+        }
+        let result = match names(path, ino, token) {
+            Ok(true) => match fs::remove_file(path) {
+                Ok(()) => Ok(Broken::Removed),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
+                Err(e) => Err(Error::io(path, "remove lock file", e)),
+            },
+            Ok(false) => Ok(Broken::Raced),
+            Err(e) => Err(Error::io(path, "inspect lock file", e)),
+        };
+        let _ = fs::remove_file(&ours);
+        return result;
+    }
+    Ok(Broken::Orphan)
+}
+
+/// Removes what killed processes of this machine left beside the lock at
+/// `path`: claims whose owner does not run and that are not the lock's
+/// (a process killed between writing its claim and linking it), and taken
+/// names whose taker does not run and that are not the lock's (killed
+/// between removing the lock path and its taken name). Anything else,
+/// other machines' files included, is left alone. Best effort.
+pub(crate) fn sweep(path: &Utf8Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let lock = fs::lstat(path).ok().map(|m| fs::ino(&m));
+    let lock_token = fs::open_read(path)
+        .and_then(read_capped)
+        .ok()
+        .and_then(|b| OwnerRecord::parse(&b))
+        .map(|r| r.token);
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix.as_str()))
+        else {
+            continue;
+        };
+        let (token, kind) = match rest.split_once(".owner") {
+            Some((token, kind)) if is_token(token) => (token, kind),
+            _ => continue,
+        };
+        if lock_token.as_deref() == Some(token) {
+            continue;
+        }
+        let target = dir.join(file_name.to_str().unwrap_or_default());
+        let meta = match fs::lstat(&target) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => continue,
+        };
+        if cfg!(unix) && lock == Some(fs::ino(&meta)) {
+            continue;
+        }
+        let dead = if kind.is_empty() {
+            fs::open_read(&target)
+                .and_then(read_capped)
+                .ok()
+                .and_then(|b| OwnerRecord::parse(&b))
+                .is_some_and(|r| r.token == token && r.liveness() == crate::Liveness::Dead)
+        } else {
+            kind.strip_prefix(".taken.")
+                .and_then(taker_runs)
+                .is_some_and(|runs| !runs)
+        };
+        if dead {
+            let _ = fs::remove_file(&target);
+        }
+    }
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
@@ -302,7 +448,7 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         Ok(false) if fs::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
         Ok(false) => {
             if !recover {
-                return Ok(Broken::Orphan);
+                return recover_orphan(path, token, ino);
             }
             match fs::hard_link(path, &claim) {
                 Ok(()) => {}
@@ -326,12 +472,12 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         }
         Err(e) => return Err(Error::io(&claim, "inspect the claim of", e)),
     }
-    match take_claim(&claim) {
-        Ok(()) => {}
+    let taken = match take_claim(&claim) {
+        Ok(taken) => taken,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
-    }
-    match names(path, ino, token) {
+    };
+    let result = match names(path, ino, token) {
         Ok(true) => match fs::remove_file(path) {
             Ok(()) => Ok(Broken::Removed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
@@ -339,7 +485,12 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         },
         Ok(false) => Ok(Broken::Raced),
         Err(e) => Err(Error::io(path, "inspect lock file", e)),
+    };
+    let _ = fs::remove_file(&taken);
+    if matches!(result, Ok(Broken::Removed)) {
+        sweep(path);
     }
+    result
 }
 
 #[cfg(test)]
@@ -393,5 +544,133 @@ mod tests {
         std::fs::copy(&claim, &path).expect("copy");
         assert!(names(&path, u64::MAX, &record.token).expect("names"));
         assert!(!names(&path, u64::MAX, "0123456789abcdef0123456789abcdef").expect("names"));
+    }
+
+    /// A PID that ran on this machine and does not any more.
+    #[cfg(unix)]
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        pid
+    }
+
+    /// A lock of a dead owner whose remover took the claim (as `pid`) and
+    /// died before removing the lock path.
+    #[cfg(unix)]
+    fn orphan(root: &Utf8Path, path: &Utf8Path, taker: u32) -> (String, u64, Utf8PathBuf) {
+        let mut record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+        record.pid = dead_pid();
+        let claim = claim_path(path, &record.token).expect("claim path");
+        std::fs::write(&claim, record.to_json()).expect("claim");
+        std::fs::hard_link(&claim, path).expect("lock");
+        let ino = fs::ino(&fs::lstat(path).expect("lstat"));
+        let taken = root.join(format!(
+            "{}.taken.{}.{taker}.{}",
+            claim.file_name().expect("name"),
+            crate::owner::host_tag(),
+            "ab".repeat(16)
+        ));
+        std::fs::rename(&claim, &taken).expect("take");
+        (record.token, ino, taken)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_orphan_whose_taker_died_is_recovered() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (token, ino, taken) = orphan(&root, &path, dead_pid());
+        assert_eq!(
+            break_link(&path, &token, ino, false).expect("break"),
+            Broken::Removed
+        );
+        assert!(!path.exists());
+        assert!(!taken.exists());
+        let left: Vec<_> = std::fs::read_dir(&root).expect("list").collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_orphan_whose_taker_runs_is_left_to_it() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (token, ino, taken) = orphan(&root, &path, std::process::id());
+        assert_eq!(
+            break_link(&path, &token, ino, false).expect("break"),
+            Broken::Raced
+        );
+        assert!(path.exists() && taken.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_orphan_without_a_taken_name_needs_force() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (token, ino, taken) = orphan(&root, &path, dead_pid());
+        std::fs::remove_file(&taken).expect("remove taken");
+        assert_eq!(
+            break_link(&path, &token, ino, false).expect("break"),
+            Broken::Orphan
+        );
+        assert!(path.exists());
+        assert_eq!(
+            break_link(&path, &token, ino, true).expect("force"),
+            Broken::Removed
+        );
+        assert!(!path.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sweep_removes_only_what_dead_processes_left() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        // The live lock and its claim.
+        let (live, live_claim, _f, _i) = claim_for(&root, &path);
+        std::fs::hard_link(&live_claim, &path).expect("lock");
+        // A claim of a dead process, never linked.
+        let mut dead = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+        dead.pid = dead_pid();
+        let dead_claim = claim_path(&path, &dead.token).expect("claim path");
+        std::fs::write(&dead_claim, dead.to_json()).expect("dead claim");
+        // A claim of a live process (this one), not yet linked.
+        let (_waiting, waiting_claim, _g, _j) = claim_for(&root, &path);
+        // Taken names: of a dead taker, of a live one, of another machine.
+        let tag = crate::owner::host_tag();
+        let taken = |who: String| {
+            let name = format!(
+                ".x.lock.{}.owner.taken.{who}.{}",
+                "cd".repeat(16),
+                "ef".repeat(16)
+            );
+            let p = root.join(name);
+            std::fs::write(&p, "{}").expect("taken");
+            p
+        };
+        let dead_taken = taken(format!("{tag}.{}", dead_pid()));
+        let live_taken = taken(format!("{tag}.{}", std::process::id()));
+        let foreign_taken = taken(format!("00000000.{}", dead_pid()));
+        let unrelated = root.join("notes.txt");
+        std::fs::write(&unrelated, "keep").expect("unrelated");
+        sweep(&path);
+        assert!(!dead_claim.exists(), "a dead process's claim stays");
+        assert!(!dead_taken.exists(), "a dead taker's name stays");
+        for kept in [
+            &path,
+            &live_claim,
+            &waiting_claim,
+            &live_taken,
+            &foreign_taken,
+            &unrelated,
+        ] {
+            assert!(kept.exists(), "{kept} was removed");
+        }
+        assert_eq!(
+            OwnerRecord::parse(&std::fs::read(&path).expect("lock")).map(|r| r.token),
+            Some(live.token)
+        );
     }
 }

@@ -378,6 +378,15 @@ pub(crate) fn break_claim(path: &Utf8Path, claim: &Claim, recover: bool) -> Resu
     }
 }
 
+/// Removes what killed processes of this machine left beside the lock
+/// (`Link`'s claims and taken names); nothing for the other strategies,
+/// whose leftovers are inside the lock artifact itself.
+pub(crate) fn sweep(strategy: Concrete, path: &Utf8Path) {
+    if strategy == Concrete::Link {
+        link::sweep(path);
+    }
+}
+
 /// Whether `try_acquire` can block in the kernel for `strategy`.
 pub(crate) fn can_block(strategy: Concrete) -> bool {
     strategy == Concrete::Os
