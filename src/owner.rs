@@ -240,15 +240,21 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// A new token: 128 bits, as 32 lower-case hex digits, unique on this
-/// machine for as long as records live.
+/// A new token: 32 lower-case hex digits, unique for as long as records
+/// live: this machine's [`host_tag`] (8 digits), the creating process's
+/// PID (8), and 64 bits derived from a per-process random key and a
+/// counter (16).
 ///
-/// Each process draws a random 128-bit key from the OS once (again after a
-/// `fork`, seen as a change of PID) and derives its tokens from it and a
-/// counter through a bijective mix, so no two tokens of one process are
-/// equal and the tokens of two processes collide only as two random keys
-/// would. Tokens are not secrets (every reader of a lock sees them); this
-/// saves a `getrandom` call per acquisition.
+/// The first half tells who made any artifact named after the token (a
+/// claim, a record file) even when the artifact is empty, so that what a
+/// killed process left can be told from what a live one is writing.
+/// The random key is drawn from the OS once per process (again after a
+/// `fork`, seen as a change of PID); the counter goes through a bijective
+/// mix, so no two tokens of one process are equal, and tokens of two
+/// processes differ in their PID or, across restarts that reuse a PID,
+/// collide only as two random keys would. Tokens are not secrets (every
+/// reader of a lock sees them); this saves a `getrandom` call per
+/// acquisition.
 pub(crate) fn new_token() -> io::Result<String> {
     struct Source {
         pid: u32,
@@ -279,18 +285,29 @@ pub(crate) fn new_token() -> io::Result<String> {
         };
         source.counter = source.counter.wrapping_add(1);
         (
-            mix(source.key[0].wrapping_add(source.counter)),
-            mix(source.key[1] ^ source.counter),
+            u64::from(pid),
+            mix(source.key[0].wrapping_add(source.counter) ^ source.key[1]),
         )
     };
     let mut token = String::with_capacity(32);
-    for word in [hi, lo] {
-        for shift in (0..16).rev() {
+    token.push_str(host_tag());
+    for (word, digits) in [(hi, 8), (lo, 16)] {
+        for shift in (0..digits).rev() {
             let digit = ((word >> (shift * 4)) & 0xf) as u8;
             token.push(char::from(b"0123456789abcdef"[usize::from(digit)]));
         }
     }
     Ok(token)
+}
+
+/// The process that made `token`, if it was made by a process of this
+/// machine (see [`new_token`]): its PID.
+pub(crate) fn token_maker(token: &str) -> Option<u32> {
+    let (tag, rest) = (token.get(..8)?, token.get(8..16)?);
+    if tag != host_tag() || token.len() != 32 {
+        return None;
+    }
+    u32::from_str_radix(rest, 16).ok()
 }
 
 /// A bijection of `u64` that scatters its input (the splitmix64 finalizer).
@@ -442,6 +459,16 @@ mod tests {
         assert!(tokens.iter().all(|t| t.len() == 32
             && t.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
+    }
+
+    #[test]
+    fn a_token_names_its_maker() {
+        let token = new_token().expect("token");
+        assert_eq!(token_maker(&token), Some(std::process::id()));
+        assert_eq!(
+            token_maker(&"0".repeat(32)).is_some(),
+            host_tag() == "00000000"
+        );
     }
 
     #[test]

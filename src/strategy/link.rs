@@ -333,8 +333,9 @@ fn recover_orphan(path: &Utf8Path, token: &str, ino: u64) -> Result<Broken> {
 }
 
 /// Removes what killed processes of this machine left beside the lock at
-/// `path`: claims whose owner does not run and that are not the lock's
-/// (a process killed between writing its claim and linking it), and taken
+/// `path`: claims whose maker (named by their token) does not run and that
+/// are not the lock's (a process killed between creating its claim and
+/// linking it, possibly before it wrote its record), and taken
 /// names whose taker does not run and that are not the lock's (killed
 /// between removing the lock path and its taken name). Anything else,
 /// other machines' files included, is left alone. Best effort.
@@ -376,11 +377,17 @@ pub(crate) fn sweep(path: &Utf8Path) {
             continue;
         }
         let dead = if kind.is_empty() {
-            fs::open_read(&target)
-                .and_then(read_capped)
-                .ok()
-                .and_then(|b| OwnerRecord::parse(&b))
-                .is_some_and(|r| r.token == token && r.liveness() == crate::Liveness::Dead)
+            // The token names the process that made the claim (even an
+            // empty one: killed before it wrote its record); a claim of an
+            // older format is judged by its record.
+            match crate::owner::token_maker(token) {
+                Some(pid) => pid != std::process::id() && !crate::owner::pid_runs(pid),
+                None => fs::open_read(&target)
+                    .and_then(read_capped)
+                    .ok()
+                    .and_then(|b| OwnerRecord::parse(&b))
+                    .is_some_and(|r| r.token == token && r.liveness() == crate::Liveness::Dead),
+            }
         } else {
             kind.strip_prefix(".taken.")
                 .and_then(taker_runs)
@@ -631,11 +638,17 @@ mod tests {
         // The live lock and its claim.
         let (live, live_claim, _f, _i) = claim_for(&root, &path);
         std::fs::hard_link(&live_claim, &path).expect("lock");
-        // A claim of a dead process, never linked.
-        let mut dead = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
-        dead.pid = dead_pid();
-        let dead_claim = claim_path(&path, &dead.token).expect("claim path");
-        std::fs::write(&dead_claim, dead.to_json()).expect("dead claim");
+        // Claims made by a dead process, never linked: one with its
+        // record, one killed before it wrote the record.
+        let dead = dead_pid();
+        let dead_token = |n: u64| format!("{}{dead:08x}{n:016x}", crate::owner::host_tag());
+        let mut record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+        record.token = dead_token(1);
+        record.pid = dead;
+        let dead_claim = claim_path(&path, &record.token).expect("claim path");
+        std::fs::write(&dead_claim, record.to_json()).expect("dead claim");
+        let empty_claim = claim_path(&path, &dead_token(2)).expect("claim path");
+        std::fs::write(&empty_claim, "").expect("empty claim");
         // A claim of a live process (this one), not yet linked.
         let (_waiting, waiting_claim, _g, _j) = claim_for(&root, &path);
         // Taken names: of a dead taker, of a live one, of another machine.
@@ -657,6 +670,7 @@ mod tests {
         std::fs::write(&unrelated, "keep").expect("unrelated");
         sweep(&path);
         assert!(!dead_claim.exists(), "a dead process's claim stays");
+        assert!(!empty_claim.exists(), "a dead process's empty claim stays");
         assert!(!dead_taken.exists(), "a dead taker's name stays");
         for kept in [
             &path,

@@ -1,0 +1,713 @@
+//! The torture suite, run by `cargo test` (a harness-less test binary that
+//! prints its figures):
+//!
+//! - mutual exclusion: 8 processes with 4 threads each (one handle per
+//!   thread), 500 acquisitions per thread, per strategy; inside the
+//!   critical section an occupancy marker (created with `O_EXCL`) finds any
+//!   overlap, and a read-modify-write counter must end exact;
+//! - chaos: 3 processes cycle on one lock while this harness kills one at a
+//!   random moment (`SIGKILL`, `TerminateProcess` on Windows), 70 rounds
+//!   per strategy; each kill's moment is known from the phases the victim
+//!   reported (waiting/taking, holding, releasing, between), the lock must
+//!   be taken again after every kill, and a log of critical sections must
+//!   never show two holders at once.
+//!
+//! `PORTALOCK_TORTURE_SCALE` (a factor, default 1) scales the work; under
+//! Windows (Wine in CI) the default is a tenth.
+//!
+//! Every wait of the harness is bounded; a failure exits non-zero with the
+//! reason.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use portalock::{LockOptions, LockStrategy};
+
+const ROLE: &str = "PORTALOCK_TORTURE_ROLE";
+/// The longest the harness waits for any one thing.
+const BOUND: Duration = Duration::from_secs(60);
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(child(&role, &args));
+    }
+    // `cargo test` passes harness flags (`--quiet`, filters); a filter that
+    // names another test skips this one.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| "torture".contains(f.as_str())) {
+        return;
+    }
+    let scale: f64 = std::env::var("PORTALOCK_TORTURE_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if cfg!(windows) { 0.1 } else { 1.0 });
+    if let Err(e) = check_log_self_test() {
+        eprintln!("torture: FAILED: the log check: {e}");
+        std::process::exit(1);
+    }
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut totals = Totals::default();
+    for strategy in LockStrategy::ALL {
+        match mutual_exclusion(strategy, scale) {
+            Ok(figures) => {
+                totals.acquisitions += figures.acquisitions;
+                totals.overlaps += figures.overlaps;
+                println!("torture: {figures}");
+            }
+            Err(e) => failures.push(format!("mutual exclusion, {strategy}: {e}")),
+        }
+    }
+    for strategy in LockStrategy::ALL {
+        match chaos(strategy, scale) {
+            Ok(figures) => {
+                totals.acquisitions += figures.acquisitions;
+                totals.kills += figures.kills;
+                totals.recoveries += figures.recoveries;
+                totals.overlaps += figures.held_twice;
+                println!("torture: {figures}");
+            }
+            Err(e) => failures.push(format!("chaos, {strategy}: {e}")),
+        }
+    }
+    println!(
+        "torture: total {} acquisitions, {} kills, {} recoveries, overlaps {}, in {:.1} s",
+        totals.acquisitions,
+        totals.kills,
+        totals.recoveries,
+        totals.overlaps,
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("torture: FAILED: {f}");
+        }
+        std::process::exit(1);
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    acquisitions: u64,
+    kills: u64,
+    recoveries: u64,
+    overlaps: u64,
+}
+
+fn scaled(n: usize, scale: f64) -> usize {
+    ((n as f64 * scale).round() as usize).max(1)
+}
+
+fn scratch() -> Result<tempfile::TempDir, String> {
+    tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))
+}
+
+fn spawn(role: &str, args: &[String]) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    Command::new(exe)
+        .args(args)
+        .env(ROLE, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn {role}: {e}"))
+}
+
+/// Lines of a child's standard output, each sent with the child's index;
+/// `None` once it is closed.
+fn forward(index: usize, child: &mut Child, tx: Sender<(usize, Option<String>)>) {
+    let Some(out) = child.stdout.take() else {
+        let _ = tx.send((index, None));
+        return;
+    };
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((index, Some(line))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send((index, None));
+    });
+}
+
+// ------------------------------------------------------- mutual exclusion
+
+struct Exclusion {
+    strategy: LockStrategy,
+    processes: usize,
+    threads: usize,
+    each: usize,
+    acquisitions: u64,
+    counter: u64,
+    overlaps: u64,
+    took: Duration,
+}
+
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mutual exclusion {:<5} {} processes x {} threads x {} = {} acquisitions, counter {}, overlaps {}, {:.1} s",
+            self.strategy.as_str(),
+            self.processes,
+            self.threads,
+            self.each,
+            self.acquisitions,
+            self.counter,
+            self.overlaps,
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+fn mutual_exclusion(strategy: LockStrategy, scale: f64) -> Result<Exclusion, String> {
+    let dir = scratch()?;
+    let processes = scaled(8, scale.sqrt().min(1.0));
+    let threads = 4;
+    let each = scaled(500, scale);
+    let lock = dir.path().join("x.lock");
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    for i in 0..processes {
+        let args = vec![
+            strategy.as_str().to_owned(),
+            path_arg(&lock)?,
+            path_arg(dir.path())?,
+            threads.to_string(),
+            each.to_string(),
+        ];
+        let mut child = spawn("exclusion", &args)?;
+        forward(i, &mut child, tx.clone());
+        children.push(child);
+    }
+    drop(tx);
+    let mut acquisitions = 0;
+    let mut overlaps = 0;
+    let mut reported = 0;
+    let deadline = Instant::now() + BOUND * 4;
+    while reported < processes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (i, line) = rx
+            .recv_timeout(left)
+            .map_err(|_| format!("{reported} of {processes} processes reported in time"))?;
+        match line
+            .as_deref()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            Some(words) if words.first() == Some(&"DONE") => {
+                acquisitions += words
+                    .get(1)
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .unwrap_or(0);
+                overlaps += words
+                    .get(2)
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .unwrap_or(0);
+                reported += 1;
+            }
+            Some(_) => {}
+            None => {
+                if reported < processes {
+                    // A child that closed its output without reporting.
+                    let status = children[i].wait().map_err(|e| e.to_string())?;
+                    if !status.success() {
+                        return Err(format!("process {i} failed: {status}"));
+                    }
+                }
+            }
+        }
+    }
+    for mut child in children {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("a process failed: {status}"));
+        }
+    }
+    let counter: u64 = std::fs::read_to_string(dir.path().join("counter"))
+        .map_err(|e| format!("counter: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("counter: {e}"))?;
+    let expected = (processes * threads * each) as u64;
+    let figures = Exclusion {
+        strategy,
+        processes,
+        threads,
+        each,
+        acquisitions,
+        counter,
+        overlaps,
+        took: started.elapsed(),
+    };
+    if overlaps != 0 || counter != expected || acquisitions != expected {
+        return Err(format!("expected {expected} and no overlap: {figures}"));
+    }
+    Ok(figures)
+}
+
+fn path_arg(p: &Path) -> Result<String, String> {
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("not UTF-8: {}", p.display()))
+}
+
+// ------------------------------------------------------------------ chaos
+
+/// What a worker last said before it was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Phase {
+    /// Inside `acquire`: waiting, or taking the lock.
+    Acquiring,
+    /// Holding the lock, in the critical section.
+    Holding,
+    /// Inside `release`.
+    Releasing,
+    /// Between a release and the next acquire.
+    Between,
+}
+
+struct Chaos {
+    strategy: LockStrategy,
+    rounds: usize,
+    kills: u64,
+    by_phase: HashMap<Phase, u64>,
+    recoveries: u64,
+    slowest: Duration,
+    acquisitions: u64,
+    held_twice: u64,
+    took: Duration,
+}
+
+impl std::fmt::Display for Chaos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |p| self.by_phase.get(&p).copied().unwrap_or(0);
+        write!(
+            f,
+            "chaos {:<5} {} rounds, {} kills (inside acquire {}, holding {}, inside release {}, between {}), \
+             {} recoveries (slowest {} ms), {} acquisitions, held twice {}, {:.1} s",
+            self.strategy.as_str(),
+            self.rounds,
+            self.kills,
+            n(Phase::Acquiring),
+            n(Phase::Holding),
+            n(Phase::Releasing),
+            n(Phase::Between),
+            self.recoveries,
+            self.slowest.as_millis(),
+            self.acquisitions,
+            self.held_twice,
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+struct Worker {
+    child: Child,
+    phase: Phase,
+}
+
+fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
+    const WORKERS: usize = 3;
+    let dir = scratch()?;
+    let lock = dir.path().join("x.lock");
+    let log = dir.path().join("log");
+    let rounds = scaled(70, scale);
+    let args = vec![
+        strategy.as_str().to_owned(),
+        path_arg(&lock)?,
+        path_arg(&log)?,
+    ];
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let mut workers: HashMap<usize, Worker> = HashMap::new();
+    let mut next = 0;
+    let mut start_worker = |workers: &mut HashMap<usize, Worker>| -> Result<(), String> {
+        let mut child = spawn("chaos", &args)?;
+        forward(next, &mut child, tx.clone());
+        workers.insert(
+            next,
+            Worker {
+                child,
+                phase: Phase::Between,
+            },
+        );
+        next += 1;
+        Ok(())
+    };
+    for _ in 0..WORKERS {
+        start_worker(&mut workers)?;
+    }
+    let mut figures = Chaos {
+        strategy,
+        rounds,
+        kills: 0,
+        by_phase: HashMap::new(),
+        recoveries: 0,
+        slowest: Duration::ZERO,
+        acquisitions: 0,
+        held_twice: 0,
+        took: Duration::ZERO,
+    };
+    let mut rng = fastrand::Rng::with_seed(0x5eed ^ strategy.as_str().len() as u64);
+    // Progress before the first kill.
+    await_acquisition(&rx, &mut workers, &mut figures, None)?;
+    for _ in 0..rounds {
+        // A random moment: mostly the worker that holds or just held the
+        // lock (to land in its critical section, release or next acquire),
+        // else anyone.
+        let holder = workers
+            .iter()
+            .find(|(_, w)| matches!(w.phase, Phase::Holding | Phase::Releasing))
+            .map(|(i, _)| *i);
+        let ids: Vec<usize> = workers.keys().copied().collect();
+        let victim = match holder {
+            Some(h) if rng.bool() => h,
+            _ => ids[rng.usize(..ids.len())],
+        };
+        std::thread::sleep(Duration::from_micros(rng.u64(0..1500)));
+        let mut worker = workers
+            .remove(&victim)
+            .ok_or_else(|| "victim vanished".to_owned())?;
+        append(&log, &format!("KILLING {}\n", worker.child.id()))?;
+        let killed_at = Instant::now();
+        worker.child.kill().map_err(|e| format!("kill: {e}"))?;
+        worker.child.wait().map_err(|e| format!("wait: {e}"))?;
+        // Its last words: every line it wrote before it died, up to the
+        // end of its output.
+        let mut phase = worker.phase;
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (i, line) = rx
+                .recv_timeout(left)
+                .map_err(|_| "a killed worker's output did not end".to_owned())?;
+            match (i == victim, line) {
+                (true, Some(line)) => phase = parse_phase(&line).unwrap_or(phase),
+                (true, None) => break,
+                (false, Some(line)) => note(&mut workers, &mut figures, i, &line),
+                (false, None) => {}
+            }
+        }
+        figures.kills += 1;
+        *figures.by_phase.entry(phase).or_default() += 1;
+        start_worker(&mut workers)?;
+        // The lock must be taken again after every kill.
+        let recovered = await_acquisition(&rx, &mut workers, &mut figures, Some(killed_at))?;
+        figures.recoveries += 1;
+        figures.slowest = figures.slowest.max(recovered);
+    }
+    for (_, mut w) in workers.drain() {
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    }
+    // Recovered at the end too: a fresh handle gets the lock, and breaking
+    // afterwards leaves nothing of the killed processes behind.
+    let last = LockOptions::new()
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(5))
+        .grace(Duration::from_millis(200))
+        .open(&lock)
+        .map_err(|e| format!("open: {e}"))?;
+    last.lock_timeout(BOUND)
+        .map_err(|e| format!("not recovered after the last kill: {e}"))?
+        .release()
+        .map_err(|e| format!("release: {e}"))?;
+    last.break_lock().map_err(|e| format!("break: {e}"))?;
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "log" && !(strategy == LockStrategy::Os && n == "x.lock"))
+        .collect();
+    figures.held_twice = check_log(&log, true)?;
+    figures.took = started.elapsed();
+    if figures.held_twice != 0 {
+        return Err(format!("held twice: {figures}"));
+    }
+    if !left.is_empty() {
+        let shown: Vec<String> = left
+            .iter()
+            .map(|n| {
+                let text = std::fs::read(dir.path().join(n))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                format!("{n}: {text:?}")
+            })
+            .collect();
+        return Err(format!("left behind: {shown:?}"));
+    }
+    Ok(figures)
+}
+
+fn parse_phase(line: &str) -> Option<Phase> {
+    match line {
+        "A" => Some(Phase::Acquiring),
+        "H" => Some(Phase::Holding),
+        "R" => Some(Phase::Releasing),
+        "D" => Some(Phase::Between),
+        _ => None,
+    }
+}
+
+fn note(workers: &mut HashMap<usize, Worker>, figures: &mut Chaos, i: usize, line: &str) {
+    if let Some(phase) = parse_phase(line) {
+        if phase == Phase::Holding {
+            figures.acquisitions += 1;
+        }
+        if let Some(w) = workers.get_mut(&i) {
+            w.phase = phase;
+        }
+    } else if let Some(e) = line.strip_prefix("ERROR ") {
+        eprintln!("torture: worker {i}: {e}");
+    }
+}
+
+/// Waits (bounded) until some worker reports a new acquisition; returns
+/// the time since `since`.
+fn await_acquisition(
+    rx: &Receiver<(usize, Option<String>)>,
+    workers: &mut HashMap<usize, Worker>,
+    figures: &mut Chaos,
+    since: Option<Instant>,
+) -> Result<Duration, String> {
+    let start = since.unwrap_or_else(Instant::now);
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (i, line) = rx
+            .recv_timeout(left)
+            .map_err(|_| format!("the lock was not taken again within {BOUND:?}"))?;
+        let Some(line) = line else {
+            if workers.contains_key(&i) {
+                return Err(format!("worker {i} exited by itself"));
+            }
+            continue;
+        };
+        let live = workers.contains_key(&i);
+        note(workers, figures, i, &line);
+        if live && line == "H" {
+            return Ok(start.elapsed());
+        }
+    }
+}
+
+fn append(log: &Path, line: &str) -> Result<(), String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| format!("log: {e}"))
+}
+
+/// Replays the log of critical sections: returns how many times a process
+/// entered while another held the lock. A holder that was being killed
+/// (`KILLING`) may be followed by another holder once it is dead; if it
+/// ever writes again after that, it was not dead, and that counts too.
+fn check_log(log: &Path, report: bool) -> Result<u64, String> {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("log: {e}"))?;
+    let mut holder: Option<u32> = None;
+    let mut doomed = HashSet::new();
+    let mut must_be_dead = HashSet::new();
+    let mut violations = 0;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(what), Some(pid)) = (words.next(), words.next().and_then(|p| p.parse().ok()))
+        else {
+            return Err(format!("bad log line {line:?}"));
+        };
+        match what {
+            "KILLING" => {
+                doomed.insert(pid);
+            }
+            "ENTER" | "EXIT" if must_be_dead.contains(&pid) => {
+                if report {
+                    eprintln!("torture: {pid} wrote {what} after another process took its lock");
+                }
+                violations += 1;
+            }
+            "ENTER" => {
+                if let Some(q) = holder {
+                    if doomed.contains(&q) && q != pid {
+                        must_be_dead.insert(q);
+                    } else {
+                        if report {
+                            eprintln!("torture: {pid} entered while {q} held the lock");
+                        }
+                        violations += 1;
+                    }
+                }
+                holder = Some(pid);
+            }
+            "EXIT" => {
+                if holder != Some(pid) {
+                    if report {
+                        eprintln!("torture: {pid} left a critical section it was not in");
+                    }
+                    violations += 1;
+                }
+                holder = None;
+            }
+            other => return Err(format!("bad log line {other:?}")),
+        }
+    }
+    Ok(violations)
+}
+
+/// The log check must be able to fail: known logs and their verdicts.
+fn check_log_self_test() -> Result<(), String> {
+    let cases = [
+        ("ENTER 1\nEXIT 1\nENTER 2\nEXIT 2\n", 0),
+        ("ENTER 1\nENTER 2\nEXIT 2\n", 1),
+        // Killed while holding; the next holder after it is fine.
+        ("ENTER 1\nKILLING 1\nENTER 2\nEXIT 2\n", 0),
+        // ... unless the killed one writes again: it was alive.
+        ("ENTER 1\nKILLING 1\nENTER 2\nEXIT 1\nEXIT 2\n", 1),
+        ("ENTER 1\nKILLING 3\nENTER 2\n", 1),
+    ];
+    let dir = scratch()?;
+    for (text, expected) in cases {
+        let log = dir.path().join("log");
+        std::fs::write(&log, text).map_err(|e| e.to_string())?;
+        let got = check_log(&log, false)?;
+        if (got == 0) != (expected == 0) {
+            return Err(format!("{text:?}: {got} violations, expected {expected}"));
+        }
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------- children
+
+fn child(role: &str, args: &[String]) -> i32 {
+    let result = match role {
+        "exclusion" => exclusion_child(args),
+        "chaos" => chaos_child(args),
+        other => Err(format!("unknown role {other}")),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("ERROR {e}");
+            1
+        }
+    }
+}
+
+fn options(strategy: &str) -> Result<LockOptions, String> {
+    let strategy: LockStrategy = strategy.parse().map_err(|e| format!("{e}"))?;
+    let mut options = LockOptions::new();
+    options
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(5))
+        .grace(Duration::from_millis(200));
+    Ok(options)
+}
+
+/// `exclusion STRATEGY LOCK DIR THREADS EACH`: says `DONE <acquisitions>
+/// <overlaps>`.
+fn exclusion_child(args: &[String]) -> Result<(), String> {
+    let [strategy, lock, dir, threads, each] = args else {
+        return Err(format!("bad arguments {args:?}"));
+    };
+    let options = options(strategy)?;
+    let threads: usize = threads.parse().map_err(|_| "threads".to_owned())?;
+    let each: usize = each.parse().map_err(|_| "each".to_owned())?;
+    let marker = PathBuf::from(dir).join("inside");
+    let counter = PathBuf::from(dir).join("counter");
+    let results: Vec<Result<(u64, u64), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<(u64, u64), String> {
+                    let lock = options.open(lock).map_err(|e| format!("open: {e}"))?;
+                    let (mut done, mut overlaps) = (0, 0);
+                    for _ in 0..each {
+                        let guard = lock.lock().map_err(|e| format!("acquire: {e}"))?;
+                        let mine = match OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&marker)
+                        {
+                            Ok(_) => true,
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                                overlaps += 1;
+                                false
+                            }
+                            Err(e) => return Err(format!("marker: {e}")),
+                        };
+                        let n: u64 = match std::fs::read_to_string(&counter) {
+                            Ok(s) => s.trim().parse().map_err(|_| "corrupt counter")?,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                            Err(e) => return Err(format!("counter: {e}")),
+                        };
+                        std::fs::write(&counter, format!("{}\n", n + 1))
+                            .map_err(|e| format!("counter: {e}"))?;
+                        if mine {
+                            std::fs::remove_file(&marker).map_err(|e| format!("marker: {e}"))?;
+                        }
+                        guard.release().map_err(|e| format!("release: {e}"))?;
+                        done += 1;
+                    }
+                    Ok((done, overlaps))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a thread panicked".to_owned()))
+            })
+            .collect()
+    });
+    let (mut done, mut overlaps) = (0, 0);
+    for r in results {
+        let (d, o) = r?;
+        done += d;
+        overlaps += o;
+    }
+    println!("DONE {done} {overlaps}");
+    Ok(())
+}
+
+/// `chaos STRATEGY LOCK LOG`: cycles until killed, saying its phase before
+/// each step (`A` acquire, `H` holding, `R` release, `D` done) and logging
+/// `ENTER`/`EXIT` around its critical section.
+fn chaos_child(args: &[String]) -> Result<(), String> {
+    let [strategy, lock, log] = args else {
+        return Err(format!("bad arguments {args:?}"));
+    };
+    let lock = options(strategy)?
+        .open(lock)
+        .map_err(|e| format!("open: {e}"))?;
+    let mut out = std::io::stdout();
+    let mut say = |what: &str| -> Result<(), String> {
+        out.write_all(what.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("stdout: {e}"))
+    };
+    let me = std::process::id();
+    let log = Path::new(log);
+    loop {
+        say("A")?;
+        lock.acquire().map_err(|e| format!("acquire: {e}"))?;
+        say("H")?;
+        append(log, &format!("ENTER {me}\n"))?;
+        append(log, &format!("EXIT {me}\n"))?;
+        say("R")?;
+        lock.release().map_err(|e| format!("release: {e}"))?;
+        say("D")?;
+    }
+}
