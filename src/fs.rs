@@ -369,9 +369,12 @@ pub(crate) fn remove_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
 /// Creates the directory `path` (mode [`DIR_MODE`] less the umask on Unix),
 /// retried on `ESTALE`.
 pub(crate) fn create_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+    let builder = {
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+        builder
+    };
     stale_retry(|| builder.create(path.as_ref()))
 }
 
