@@ -369,12 +369,14 @@ pub(crate) fn remove_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
 /// Creates the directory `path` (mode [`DIR_MODE`] less the umask on Unix),
 /// retried on `ESTALE`.
 pub(crate) fn create_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
+    #[cfg(unix)]
     let builder = {
         let mut builder = std::fs::DirBuilder::new();
-        #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
         builder
     };
+    #[cfg(not(unix))]
+    let builder = std::fs::DirBuilder::new();
     stale_retry(|| builder.create(path.as_ref()))
 }
 
