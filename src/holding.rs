@@ -95,6 +95,12 @@ impl Holding {
         lock(&self.held).take()
     }
 
+    /// Puts the proof of holding back after a release that failed without
+    /// changing anything.
+    pub(crate) fn restore(&self, held: Held) {
+        *lock(&self.held) = Some(held);
+    }
+
     /// Whether this acquisition was found lost.
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)

@@ -769,10 +769,40 @@ impl LockFile {
     /// [`Error::NotLocked`] if this handle does not hold the lock;
     /// [`Error::LockLost`] if the lock was broken or replaced by someone
     /// else meanwhile (nothing of theirs is touched, and the handle is
-    /// unlocked afterwards); [`Error::Io`].
+    /// unlocked afterwards); [`Error::Io`]. A `Mkdir` or `Link` release
+    /// that fails before it changed anything (a read-only or full file
+    /// system, a permission taken away) leaves the lock held by this handle,
+    /// so that `release` may be called again; an `Os` lock is unlocked even
+    /// when clearing its record failed.
     pub fn release(&self) -> Result<()> {
         let holding = self.state().take().ok_or_else(|| self.not_locked())?;
-        self.finish_release(&holding)
+        self.finish_release_or_keep(holding)
+    }
+
+    /// Releases, or, if the release failed before it changed anything (a
+    /// read-only or full file system, a permission taken away) and the
+    /// lock is still this acquisition's, keeps holding it so that the
+    /// caller may retry.
+    fn finish_release_or_keep(&self, holding: Arc<Holding>) -> Result<()> {
+        let Some(held) = holding.take() else {
+            return self.finish_release(&holding);
+        };
+        let Some(copy) = held.retry_copy() else {
+            holding.restore(held);
+            return self.finish_release(&holding);
+        };
+        let result = strategy::release(&self.path, held, &mut lock_unpoisoned(&self.os_file));
+        match result {
+            Err(e) if e.io_error().is_some() && copy.check(&self.path).unwrap_or(false) => {
+                holding.restore(copy);
+                *self.state() = Some(holding);
+                Err(e)
+            }
+            other => {
+                registry().leave(&self.path, self.id);
+                self.released(&holding, other)
+            }
+        }
     }
 
     /// Checks that the lock this handle holds is still its own: not broken
@@ -1274,6 +1304,11 @@ impl LockFile {
             None => Ok(Released::Lost(None)),
         };
         registry().leave(&self.path, self.id);
+        self.released(holding, result)
+    }
+
+    /// The outcome of a release, the lock given up in this process.
+    fn released(&self, holding: &Holding, result: Result<Released>) -> Result<()> {
         match result? {
             Released::Done => Ok(()),
             Released::Lost(seen) => {
@@ -1299,7 +1334,7 @@ impl LockFile {
             }
         };
         let holding = holding.ok_or_else(|| self.not_locked())?;
-        self.finish_release(&holding)
+        self.finish_release_or_keep(holding)
     }
 }
 

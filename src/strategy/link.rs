@@ -37,7 +37,7 @@ use crate::fs;
 use crate::owner::{read_capped, OwnerRecord};
 use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) token: String,
     claim: Utf8PathBuf,

@@ -26,7 +26,7 @@ use crate::owner::{read_capped, OwnerRecord};
 use crate::strategy::link::is_token;
 use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) token: String,
     sync: bool,

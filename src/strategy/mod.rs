@@ -192,6 +192,17 @@ pub(crate) enum Held {
 }
 
 impl Held {
+    /// A copy to keep while releasing, so that a release that fails
+    /// before changing anything can leave the lock held (and retried).
+    /// `None` for `Os`, whose release always unlocks.
+    pub(crate) fn retry_copy(&self) -> Option<Held> {
+        match self {
+            Held::Os(_) => None,
+            Held::Mkdir(h) => Some(Held::Mkdir(h.clone())),
+            Held::Link(h) => Some(Held::Link(h.clone())),
+        }
+    }
+
     /// The token of the owner record this acquisition wrote.
     pub(crate) fn token(&self) -> &str {
         match self {

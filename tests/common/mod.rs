@@ -237,6 +237,13 @@ pub fn child_entry() {
         #[cfg(feature = "redis")]
         "redis-count" => redis_roles::count(&args),
         "pidfile" => pidfile(&args),
+        #[cfg(unix)]
+        "umask-hold" => {
+            // `umask-hold MASK STRATEGY PATH`: `hold` under that umask.
+            let mask = u32::from_str_radix(args[0], 8).expect("octal umask");
+            rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask as _));
+            hold(&args[1..])
+        }
         other => {
             eprintln!("unknown child role {other}");
             2
