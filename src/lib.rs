@@ -6,7 +6,7 @@
 //! [`acquire`](LockFile::acquire) / [`release`](LockFile::release), try-once,
 //! bounded and unbounded waits, and `release` on an unlocked handle is an
 //! error. Every lock carries an [`OwnerRecord`] (JSON: pid, host, process
-//! start time, a random token), so a waiter can say who holds the lock and a
+//! start time, a unique token), so a waiter can say who holds the lock and a
 //! holder never removes a lock that is no longer its own.
 //!
 //! # Quick start

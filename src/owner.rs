@@ -44,7 +44,8 @@ pub const RECORD_VERSION: u32 = 1;
 pub struct OwnerRecord {
     /// Format version; always [`RECORD_VERSION`] for a parsed record.
     pub v: u32,
-    /// 128 random bits, hex encoded, unique to one acquisition. A holder
+    /// 32 hex digits unique to one acquisition (the maker's machine tag and
+    /// PID, then 64 bits from a per-process random key). A holder
     /// releases only an artifact that still carries its token.
     pub token: String,
     /// Process id of the holder.
@@ -151,14 +152,14 @@ impl OwnerRecord {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// A fresh record for the calling process, with a new random token.
+    /// A fresh record for the calling process, with a new token.
     #[cfg(test)]
     pub(crate) fn for_this_process(strategy: LockStrategy) -> io::Result<OwnerRecord> {
         OwnerRecord::for_process(strategy, None)
     }
 
     /// A fresh record for the process `pid` of this machine (the calling
-    /// process if `None`), with a new random token. Fails with `NotFound`
+    /// process if `None`), with a new token. Fails with `NotFound`
     /// if `pid` does not run.
     pub(crate) fn for_process(strategy: LockStrategy, pid: Option<u32>) -> io::Result<OwnerRecord> {
         let me = Identity::get();

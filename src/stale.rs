@@ -42,16 +42,20 @@
 //!   kernel refuses unless the directory is empty.
 //! * `Link`: the claim is the private file `.<name>.<token>.owner` that the
 //!   holder linked onto the lock path and keeps while it holds the lock.
-//!   The winner of its `unlink` then removes the lock path if it is still
-//!   that acquisition's lock file: it names the claim's inode, or (where
-//!   inode numbers do not tell, as on sshfs, which numbers names rather
-//!   than files) it holds the record with the claim's token.
+//!   It is taken by a `rename` to a name of the taker's own
+//!   (`<claim>.taken.<host>.<pid>.<nonce>`; a rename, because on Windows
+//!   a second delete of a delete-pending file can succeed). The winner
+//!   then removes the lock path if it is still that acquisition's lock
+//!   file (it names the claim's inode, or, where inode numbers do not
+//!   tell, as on sshfs, which numbers names rather than files, it holds
+//!   the record with the claim's token), and its taken name last.
 //!
 //! Why this is safe:
 //!
-//! 1. `unlink` of one name succeeds for exactly one caller. Two breakers of
-//!    one stale lock (or a breaker and a holder that wakes up to release)
-//!    cannot both go on: the loser sees `ENOENT` and looks again.
+//! 1. `unlink` (`rename`) of one name succeeds for exactly one caller. Two
+//!    breakers of one stale lock (or a breaker and a holder that wakes up
+//!    to release) cannot both go on: the loser sees `ENOENT` and looks
+//!    again.
 //! 2. A fresh lock has a fresh token, hence a claim of another name. A
 //!    breaker holding an old judgment can only ever remove the old claim,
 //!    which no longer exists: it cannot touch the fresh lock.
@@ -78,13 +82,25 @@
 //!
 //! What remains, and is documented rather than hidden:
 //!
-//! * A `Link` lock whose claim is gone while the lock file stays (its remover
-//!   was killed between its two `unlink`s, or a temporary-file cleaner took
-//!   the hidden file) is an *orphan*. It is never broken automatically,
-//!   because two contenders recovering it at once could collide;
-//!   [`LockFile::break_lock`] reports it as not stale and
+//! * A `Link` lock whose claim is gone while the lock file stays is an
+//!   *orphan*: its remover was killed after taking the claim and before
+//!   removing the lock path. Its taken name (still there: it is removed
+//!   last) names the remover's machine and PID. When the lock's owner is
+//!   judged stale and the remover is a process of this machine that no
+//!   longer runs, a contender takes the taken name over by the same
+//!   exclusive `rename` and goes on as in point 3; nobody else can be
+//!   between its claim and the lock path, because that would need the
+//!   taken name too (or a live remover, whose taken name makes everyone
+//!   wait). An orphan without a taken name (a cleaner removed the hidden
+//!   files) or whose remover is on another machine is never broken
+//!   automatically; [`LockFile::break_lock`] reports it as not stale and
 //!   [`LockFile::force_break`] recovers it by making a new claim with
 //!   `link()` (run one forced break at a time).
+//! * Processes killed while waiting can leave `Link` claims that were never
+//!   linked, and removers killed after removing the lock path their taken
+//!   names. Tokens begin with their maker's machine tag and PID, so a
+//!   break (automatic or not) removes those of dead processes of this
+//!   machine, even empty ones; other machines' files are left alone.
 //! * A lease is a promise about time. A holder paused past its lease loses
 //!   the lock, finds out through [`LockFile::ensure_held`], the `on_lost`
 //!   callback and [`Error::LockLost`] from `release`, and never removes its
