@@ -1131,7 +1131,14 @@ impl LockFile {
             sync: self.sync,
             remove: self.remove_on_release,
         };
+        let mut first = true;
         loop {
+            if !first {
+                record
+                    .renew()
+                    .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
+            }
+            first = false;
             match strategy::try_acquire(
                 self.strategy,
                 &self.path,
@@ -1248,10 +1255,7 @@ impl LockFile {
                 _ => {}
             }
             match strategy::break_claim(&self.path, &seen.claim, force)? {
-                Broken::Removed => {
-                    strategy::sweep(self.strategy, &self.path);
-                    return Ok(seen.record);
-                }
+                Broken::Removed => return Ok(seen.record),
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
                     watching = false;

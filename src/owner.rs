@@ -226,6 +226,15 @@ impl OwnerRecord {
     pub(crate) fn touch(&mut self) {
         self.acquired_at = now_rfc3339();
     }
+
+    /// A new token for another attempt: every attempt's private names are
+    /// its own, so none can meet a name an earlier attempt removed that
+    /// still lingers (Windows keeps a deleted file's name while anyone has
+    /// it open).
+    pub(crate) fn renew(&mut self) -> io::Result<()> {
+        self.token = new_token()?;
+        Ok(())
+    }
 }
 
 /// Reads at most [`MAX_RECORD_LEN`] + 1 bytes.
@@ -347,8 +356,30 @@ impl Identity {
 
 /// Whether the process `pid` of this machine still runs (a zombie does
 /// not), refreshing only that one process.
+///
+/// Errs on the side of "runs": on Unix a process that exists for the kernel
+/// (`kill(pid, 0)` succeeds or is refused with `EPERM`) counts as running
+/// unless the process table shows it a zombie, so that a process hidden
+/// from this user (`hidepid`) is never taken for dead.
 pub(crate) fn pid_runs(pid: u32) -> bool {
-    matches!(process_state(pid), Some((_, false)))
+    #[cfg(unix)]
+    {
+        let Some(raw) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return false;
+        };
+        match rustix::process::test_kill_process(raw) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => {}
+            Err(_) => return false,
+        }
+        !matches!(process_state(pid), Some((_, true)))
+    }
+    #[cfg(not(unix))]
+    {
+        matches!(process_state(pid), Some((_, false)))
+    }
 }
 
 /// This machine and boot (and PID namespace) as 8 hex digits: names that

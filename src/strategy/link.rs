@@ -77,10 +77,19 @@ pub(crate) fn try_acquire(
         }
     };
     let ino = fs::ino(&meta);
+    let held = Held {
+        token: record.token.clone(),
+        claim: claim.clone(),
+        ino,
+        sync,
+    };
     let linked = link(path, &claim, &file, ino, &record.token).and_then(|ours| {
         if ours && sync {
             if let Err(e) = fs::sync_parent(path) {
-                let _ = fs::remove_file(path);
+                // Ours, but not durably: given back the way every lock is
+                // released (through its claim), never by removing the path,
+                // which may be someone else's by the time this runs.
+                let _ = release(path, held.clone());
                 return Err(Error::io(path, "flush the new lock file", e));
             }
         }
@@ -88,12 +97,12 @@ pub(crate) fn try_acquire(
     });
     match linked {
         // The claim is closed now: see `Held::rewrite_record`.
-        Ok(true) => Ok(Some(Held {
-            token: record.token.clone(),
-            claim,
-            ino,
-            sync,
-        })),
+        Ok(true) => Ok(Some(held)),
+        Err(e) if names(path, ino, &record.token).unwrap_or(false) => {
+            // An error after a link that did happen: let it go properly.
+            let _ = release(path, held);
+            Err(e)
+        }
         other => {
             let _ = fs::remove_file(&claim);
             other.map(|_| None)
@@ -108,8 +117,9 @@ pub(crate) fn try_acquire(
 /// NFS, a reply lost and the request retransmitted makes the server answer
 /// `EEXIST` (or `ESTALE`, or the RPC times out) for a link it made. So after
 /// every error the outcome is looked up: the lock is ours if the claim's
-/// link count is 2 or the lock path names the claim's inode (on platforms
-/// without inode numbers: holds our token). Errors that a retry may cure
+/// link count is 2 or the lock path names the claim's inode or holds our
+/// token (where inode numbers do not tell: platforms without them, and
+/// sshfs, which numbers names rather than files). Errors that a retry may cure
 /// (`ESTALE`, `EINTR`, `ETIMEDOUT`, `EIO`, ...) are retried a few times.
 fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, ino: u64, token: &str) -> Result<bool> {
     const ATTEMPTS: u32 = 4;
@@ -218,21 +228,50 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
     };
     // The claim was ours, so nobody else may remove the lock path now; it
     // is still ours unless something outside portalock removed it.
-    let result = match names(path, ino, &token) {
+    let removed = remove_lock_path(path, ino, &token, &claim, &taken)?;
+    if !removed {
+        return Ok(Released::Lost(None));
+    }
+    if sync {
+        fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+    }
+    Ok(Released::Done)
+}
+
+/// The second half of every removal, once the claim is taken (as `taken`):
+/// removes the lock path if it still names the claim's lock file, then the
+/// taken name. Whether the lock path was this lock's and is removed.
+///
+/// On an error the taken name is put back as the claim (or, failing that,
+/// kept), so the lock keeps a claim or a taken name: never an orphan that
+/// only a forced break recovers.
+fn remove_lock_path(
+    path: &Utf8Path,
+    ino: u64,
+    token: &str,
+    claim: &Utf8Path,
+    taken: &Utf8Path,
+) -> Result<bool> {
+    let outcome = match names(path, ino, token) {
         Ok(true) => match fs::remove_file(path) {
-            Ok(()) if sync => fs::sync_parent(path)
-                .map(|()| Released::Done)
-                .map_err(|e| Error::io(path, "flush the removal of", e)),
-            Ok(()) => Ok(Released::Done),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(path, "remove lock file", e)),
         },
-        Ok(false) => Ok(Released::Lost(None)),
+        Ok(false) => Ok(false),
         Err(e) => Err(Error::io(path, "inspect lock file", e)),
     };
-    // Removed last: while the lock path is there, the taken name says who
-    // is removing it (see `recover_orphan`).
-    let _ = fs::remove_file(&taken);
-    result
+    match outcome {
+        Ok(_) => {
+            // Removed last: while the lock path is there, the taken name
+            // says who is removing it (see `recover_orphan`).
+            let _ = fs::remove_file(taken);
+        }
+        Err(_) => {
+            let _ = fs::stale_retry(|| std::fs::rename(taken, claim));
+        }
+    }
+    outcome
 }
 
 /// Takes the claim `claim` away, for exactly one caller: renames it to a
@@ -261,9 +300,14 @@ fn taken_name(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
     let Some(name) = claim.file_name() else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    let base = name.split_once(".taken.").map_or(name, |(base, _)| base);
+    // The claim's name ends in `.owner`; a taken name continues with
+    // `.owner.taken.…` (the lock's own name may contain `.taken.`).
+    let base = name
+        .split_once(".owner.taken.")
+        .map_or(name, |(base, _)| base)
+        .trim_end_matches(".owner");
     Ok(claim.with_file_name(format!(
-        "{base}.taken.{}.{}.{}",
+        "{base}.owner.taken.{}.{}.{}",
         crate::owner::host_tag(),
         std::process::id(),
         crate::owner::new_token()?
@@ -317,19 +361,21 @@ fn recover_orphan(path: &Utf8Path, token: &str, ino: u64) -> Result<Broken> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
             Err(e) => return Err(Error::io(&taken, "take over", e)),
         }
-        let result = match names(path, ino, token) {
-            Ok(true) => match fs::remove_file(path) {
-                Ok(()) => Ok(Broken::Removed),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
-                Err(e) => Err(Error::io(path, "remove lock file", e)),
-            },
-            Ok(false) => Ok(Broken::Raced),
-            Err(e) => Err(Error::io(path, "inspect lock file", e)),
-        };
-        let _ = fs::remove_file(&ours);
-        return result;
+        return Ok(match remove_lock_path(path, ino, token, &claim, &ours)? {
+            true => {
+                sweep(path);
+                Broken::Removed
+            }
+            false => Broken::Raced,
+        });
     }
-    Ok(Broken::Orphan)
+    // No taken name: an orphan, unless the lock changed meanwhile (removed
+    // by someone else, or taken afresh).
+    match names(path, ino, token) {
+        Ok(true) => Ok(Broken::Orphan),
+        Ok(false) => Ok(Broken::Raced),
+        Err(e) => Err(Error::io(path, "inspect lock file", e)),
+    }
 }
 
 /// Removes what killed processes of this machine left beside the lock at
@@ -393,9 +439,36 @@ pub(crate) fn sweep(path: &Utf8Path) {
                 .and_then(taker_runs)
                 .is_some_and(|runs| !runs)
         };
-        if dead {
+        if !dead {
+            continue;
+        }
+        // Looked at again just before the removal, after its maker was
+        // found dead (a dead process links nothing more): a name that is
+        // also the lock file (a second link) or carries the lock's current
+        // token stays. The snapshot above may predate a newer lock.
+        let still_linked = fs::lstat(&target).is_ok_and(|m| link_count_of(&m) > 1);
+        let current = fs::open_read(path)
+            .and_then(read_capped)
+            .ok()
+            .and_then(|b| OwnerRecord::parse(&b))
+            .is_some_and(|r| r.token == token);
+        if !still_linked && !current {
             let _ = fs::remove_file(&target);
         }
+    }
+}
+
+/// The link count of a file, where the platform reports one (else 1).
+fn link_count_of(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.nlink()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        1
     }
 }
 
@@ -442,41 +515,44 @@ pub(crate) fn is_token(token: &str) -> bool {
 }
 
 /// Breaks the lock file of `token` at inode `ino`: takes its claim, then
-/// removes the lock path if it still names that inode.
+/// removes the lock path if it still names that inode, and sweeps what dead
+/// processes left beside it.
 ///
-/// With `recover`, a lock whose claim is missing (its remover died between
-/// the two unlinks, or a cleaner removed it) gets a new claim, a hard link
-/// of the lock path made with `link()`, which fails if another recoverer
-/// made it first.
+/// A lock whose claim is missing is recovered through the taken name of its
+/// remover if that process is gone (`recover_orphan`); a remover that still
+/// runs is left to finish (`Raced`). With `recover`, a lock without any
+/// taken name (a cleaner removed the hidden files) gets a new claim, a
+/// hard link of the lock path made with `link()`, which fails if another
+/// recoverer made it first; run one forced break at a time.
 pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) -> Result<Broken> {
     let claim = claim_path(path, token)?;
     match names(&claim, ino, token) {
         Ok(true) => {}
         Ok(false) if fs::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
-        Ok(false) => {
-            if !recover {
-                return recover_orphan(path, token, ino);
-            }
-            match fs::hard_link(path, &claim) {
-                Ok(()) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
-                    ) =>
-                {
-                    return Ok(Broken::Raced)
+        Ok(false) => match recover_orphan(path, token, ino)? {
+            Broken::Orphan if recover => {
+                match fs::hard_link(path, &claim) {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        return Ok(Broken::Raced)
+                    }
+                    Err(e) => return Err(Error::io(&claim, "make a claim for", e)),
                 }
-                Err(e) => return Err(Error::io(&claim, "make a claim for", e)),
+                if !names(&claim, ino, token).map_err(|e| Error::io(&claim, "inspect", e))? {
+                    // The lock path changed before the link: this claim
+                    // names someone else's inode. Removing our extra name of
+                    // it leaves their lock as it was.
+                    let _ = fs::remove_file(&claim);
+                    return Ok(Broken::Raced);
+                }
             }
-            if !names(&claim, ino, token).map_err(|e| Error::io(&claim, "inspect", e))? {
-                // The lock path changed before the link: this claim names
-                // someone else's inode. Removing our extra name of it
-                // leaves their lock as it was.
-                let _ = fs::remove_file(&claim);
-                return Ok(Broken::Raced);
-            }
-        }
+            other => return Ok(other),
+        },
         Err(e) => return Err(Error::io(&claim, "inspect the claim of", e)),
     }
     let taken = match take_claim(&claim) {
@@ -484,20 +560,13 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
     };
-    let result = match names(path, ino, token) {
-        Ok(true) => match fs::remove_file(path) {
-            Ok(()) => Ok(Broken::Removed),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
-            Err(e) => Err(Error::io(path, "remove lock file", e)),
-        },
-        Ok(false) => Ok(Broken::Raced),
-        Err(e) => Err(Error::io(path, "inspect lock file", e)),
-    };
-    let _ = fs::remove_file(&taken);
-    if matches!(result, Ok(Broken::Removed)) {
-        sweep(path);
-    }
-    result
+    Ok(match remove_lock_path(path, ino, token, &claim, &taken)? {
+        true => {
+            sweep(path);
+            Broken::Removed
+        }
+        false => Broken::Raced,
+    })
 }
 
 #[cfg(test)]
@@ -685,6 +754,52 @@ mod tests {
         assert_eq!(
             OwnerRecord::parse(&std::fs::read(&path).expect("lock")).map(|r| r.token),
             Some(live.token)
+        );
+    }
+
+    #[test]
+    fn taken_names_keep_the_token_whatever_the_lock_is_called() {
+        let (_dir, root) = scratch();
+        let path = root.join("a.taken.lock");
+        let token = "0123456789abcdef0123456789abcdef";
+        let claim = claim_path(&path, token).expect("claim");
+        let taken = taken_name(&claim).expect("taken");
+        let again = taken_name(&taken).expect("taken again");
+        for name in [&taken, &again] {
+            let name = name.file_name().expect("name");
+            assert!(
+                name.starts_with(&format!(".a.taken.lock.{token}.owner.taken.")),
+                "{name}"
+            );
+        }
+        assert_ne!(taken, again);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_forced_break_leaves_an_orphan_to_its_running_remover() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (token, ino, taken) = orphan(&root, &path, std::process::id());
+        assert_eq!(
+            break_link(&path, &token, ino, true).expect("force"),
+            Broken::Raced
+        );
+        assert!(path.exists() && taken.exists());
+        assert!(!claim_path(&path, &token).expect("claim").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_orphan_that_was_removed_meanwhile_is_a_race_not_an_orphan() {
+        let (_dir, root) = scratch();
+        let path = root.join("x.lock");
+        let (token, ino, taken) = orphan(&root, &path, dead_pid());
+        std::fs::remove_file(&taken).expect("remove taken");
+        std::fs::remove_file(&path).expect("someone removed the lock");
+        assert_eq!(
+            break_link(&path, &token, ino, false).expect("break"),
+            Broken::Raced
         );
     }
 }
