@@ -1202,12 +1202,14 @@ impl LockFile {
         // An orphan (a Link lock whose claim is gone) is recovered only
         // through the taken name of its dead remover; without one, only
         // `force_break` recovers it (concurrent recoverers could collide).
-        Ok(
-            match strategy::break_claim(&self.path, &seen.claim, false)? {
-                Broken::Removed | Broken::Raced => true,
-                Broken::Orphan => false,
-            },
-        )
+        match strategy::break_claim(&self.path, &seen.claim, false) {
+            Ok(Broken::Removed | Broken::Raced) => Ok(true),
+            Ok(Broken::Orphan) => Ok(false),
+            // Something in the way for a moment (on Windows, a name another
+            // process has open): look again at the next poll.
+            Err(e) if e.io_error().is_some_and(fs::is_transient) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn break_with(&self, force: bool) -> Result<Option<OwnerRecord>> {

@@ -113,14 +113,25 @@ fn scratch() -> Result<tempfile::TempDir, String> {
 
 fn spawn(role: &str, args: &[String]) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    Command::new(exe)
-        .args(args)
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
         .env(ROLE, role)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("spawn {role}: {e}"))
+        .stderr(Stdio::inherit());
+    // Wine, under load, sometimes fails to start a process ("internal
+    // error"): a few tries.
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return Ok(child),
+            Err(e) if attempt < 3 && e.kind() != std::io::ErrorKind::NotFound => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(format!("spawn {role}: {e}")),
+        }
+    }
 }
 
 /// Lines of a child's standard output, each sent with the child's index;
@@ -599,7 +610,8 @@ fn child(role: &str, args: &[String]) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            println!("ERROR {e}");
+            // The harness may be gone already (it failed): no panic then.
+            let _ = writeln!(std::io::stdout(), "ERROR {e}");
             1
         }
     }
@@ -677,8 +689,7 @@ fn exclusion_child(args: &[String]) -> Result<(), String> {
         done += d;
         overlaps += o;
     }
-    println!("DONE {done} {overlaps}");
-    Ok(())
+    writeln!(std::io::stdout(), "DONE {done} {overlaps}").map_err(|e| format!("stdout: {e}"))
 }
 
 /// `chaos STRATEGY LOCK LOG`: cycles until killed, saying its phase before
