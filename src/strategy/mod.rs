@@ -308,8 +308,9 @@ pub(crate) enum Broken {
     /// The artifact changed or someone else is removing it: look again.
     Raced,
     /// The artifact lacks the claim that would let it be removed safely
-    /// (a `Link` lock whose private name vanished); it can be recovered
-    /// only after the grace period.
+    /// (a `Link` lock whose private name and taken name both vanished, or
+    /// whose remover is on another machine); only a forced break recovers
+    /// it.
     Orphan,
 }
 
