@@ -50,9 +50,10 @@ impl fmt::Debug for Holding {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every value behind these mutexes is replaced whole; a panic elsewhere
-    // cannot leave one half updated.
+/// Locks `m`, poisoned or not: for mutexes whose value is only ever
+/// replaced whole (or changed in one step), which a panic elsewhere cannot
+/// leave half updated.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

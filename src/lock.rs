@@ -11,7 +11,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::error::{Error, Result};
 use crate::filesystem::FileSystem;
 use crate::fs;
-use crate::holding::{Holding, OnLost};
+use crate::holding::{self, Holding, OnLost};
 use crate::locked_file::LockedFile;
 use crate::owner::OwnerRecord;
 use crate::registry::registry;
@@ -776,33 +776,7 @@ impl LockFile {
     /// when clearing its record failed.
     pub fn release(&self) -> Result<()> {
         let holding = self.state().take().ok_or_else(|| self.not_locked())?;
-        self.finish_release_or_keep(holding)
-    }
-
-    /// Releases, or, if the release failed before it changed anything (a
-    /// read-only or full file system, a permission taken away) and the
-    /// lock is still this acquisition's, keeps holding it so that the
-    /// caller may retry.
-    fn finish_release_or_keep(&self, holding: Arc<Holding>) -> Result<()> {
-        let Some(held) = holding.take() else {
-            return self.finish_release(&holding);
-        };
-        let Some(copy) = held.retry_copy() else {
-            holding.restore(held);
-            return self.finish_release(&holding);
-        };
-        let result = strategy::release(&self.path, held, &mut lock_unpoisoned(&self.os_file));
-        match result {
-            Err(e) if e.io_error().is_some() && copy.check(&self.path).unwrap_or(false) => {
-                holding.restore(copy);
-                *self.state() = Some(holding);
-                Err(e)
-            }
-            other => {
-                registry().leave(&self.path, self.id);
-                self.released(&holding, other)
-            }
-        }
+        self.finish_release(holding, true)
     }
 
     /// Checks that the lock this handle holds is still its own: not broken
@@ -1039,9 +1013,7 @@ impl LockFile {
     }
 
     fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
-        // `held` is replaced whole under the mutex; a panic elsewhere cannot
-        // leave it half updated.
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        holding::lock(&self.held)
     }
 
     fn not_locked(&self) -> Error {
@@ -1125,7 +1097,7 @@ impl LockFile {
         // this process at a time take the lock) and put back on every exit.
         let mut cached = CachedFile {
             slot: &self.os_file,
-            file: lock_unpoisoned(&self.os_file).take(),
+            file: holding::lock(&self.os_file).take(),
         };
         let how = strategy::os::How {
             sync: self.sync,
@@ -1304,17 +1276,30 @@ impl LockFile {
         }
     }
 
-    fn finish_release(&self, holding: &Holding) -> Result<()> {
-        let result = match holding.take() {
-            Some(held) => strategy::release(&self.path, held, &mut lock_unpoisoned(&self.os_file)),
+    /// Gives the lock up: releases it in the file system and leaves the
+    /// process's table.
+    ///
+    /// With `keep`, a `Mkdir` or `Link` release that failed before it changed
+    /// anything (a read-only or full file system, a permission taken away),
+    /// the lock still this acquisition's, leaves the lock held by this handle
+    /// instead, so that the caller may retry.
+    fn finish_release(&self, holding: Arc<Holding>, keep: bool) -> Result<()> {
+        let held = holding.take();
+        let copy = held.as_ref().filter(|_| keep).and_then(Held::retry_copy);
+        let result = match held {
+            Some(held) => strategy::release(&self.path, held, &mut holding::lock(&self.os_file)),
             None => Ok(Released::Lost(None)),
         };
+        let unchanged = |copy: &Held| {
+            matches!(&result, Err(e) if e.io_error().is_some())
+                && copy.check(&self.path).unwrap_or(false)
+        };
+        if let Some(copy) = copy.filter(unchanged) {
+            holding.restore(copy);
+            *self.state() = Some(holding);
+            return result.map(drop);
+        }
         registry().leave(&self.path, self.id);
-        self.released(holding, result)
-    }
-
-    /// The outcome of a release, the lock given up in this process.
-    fn released(&self, holding: &Holding, result: Result<Released>) -> Result<()> {
         match result? {
             Released::Done => Ok(()),
             Released::Lost(seen) => {
@@ -1340,14 +1325,8 @@ impl LockFile {
             }
         };
         let holding = holding.ok_or_else(|| self.not_locked())?;
-        self.finish_release_or_keep(holding)
+        self.finish_release(holding, true)
     }
-}
-
-/// A mutex whose value is replaced whole; a panic elsewhere cannot leave it
-/// half updated.
-fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A handle's open `Os` lock file while an acquisition uses it; returned to
@@ -1360,7 +1339,7 @@ struct CachedFile<'a> {
 impl Drop for CachedFile<'_> {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
-            *lock_unpoisoned(self.slot) = Some(file);
+            *holding::lock(self.slot) = Some(file);
         }
     }
 }
@@ -1374,7 +1353,8 @@ impl Drop for LockFile {
             .take();
         if let Some(holding) = held {
             // Best effort: a caller who wants the error calls `release`.
-            let _ = self.finish_release(&holding);
+            // Nothing is kept: the handle goes away.
+            let _ = self.finish_release(holding, false);
         }
     }
 }

@@ -51,6 +51,7 @@ use camino::Utf8PathBuf;
 use redis::{Client, Connection, Script};
 
 use crate::error::{Error, Result};
+use crate::holding::lock;
 use crate::owner::OwnerRecord;
 use crate::strategy::LockStrategy;
 use crate::wait::Deadline;
@@ -621,10 +622,6 @@ impl Drop for RedisGuard<'_> {
     fn drop(&mut self) {
         let _ = self.lock.release();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn redis_error(name: &str, op: &'static str, e: &redis::RedisError) -> Error {
