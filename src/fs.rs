@@ -437,18 +437,7 @@ pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
 /// The identity of the file at `path` (not following a final symbolic
 /// link on Unix); `None` if nothing is there.
 pub(crate) fn path_id(path: &Utf8Path) -> io::Result<Option<FileId>> {
-    #[cfg(unix)]
-    let id = lstat(path).map(|meta| {
-        use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
-    });
-    #[cfg(not(unix))]
-    let id = open_read(path).and_then(|file| file_id(&file));
-    match id {
-        Ok(id) => Ok(Some(id)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(path_state(path)?.map(|(id, _)| id))
 }
 
 /// The identity and length of the file at `path` (not following a final
@@ -459,7 +448,15 @@ pub(crate) fn path_state(path: &Utf8Path) -> io::Result<Option<(FileId, u64)>> {
         use std::os::unix::fs::MetadataExt;
         ((meta.dev(), meta.ino()), meta.len())
     });
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    let state = open_read(path).and_then(|file| {
+        let info = winapi_util::file::information(&file)?;
+        Ok((
+            (info.volume_serial_number(), info.file_index()),
+            info.file_size(),
+        ))
+    });
+    #[cfg(not(any(unix, windows)))]
     let state = open_read(path).and_then(|file| Ok((file_id(&file)?, file.metadata()?.len())));
     match state {
         Ok(state) => Ok(Some(state)),
