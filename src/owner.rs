@@ -355,13 +355,16 @@ impl Identity {
 }
 
 /// Whether the process `pid` of this machine still runs (a zombie does
-/// not), refreshing only that one process.
+/// not; this process does), refreshing only that one process.
 ///
 /// Errs on the side of "runs": on Unix a process that exists for the kernel
 /// (`kill(pid, 0)` succeeds or is refused with `EPERM`) counts as running
 /// unless the process table shows it a zombie, so that a process hidden
 /// from this user (`hidepid`) is never taken for dead.
 pub(crate) fn pid_runs(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
     #[cfg(unix)]
     {
         let Some(raw) = i32::try_from(pid)

@@ -129,7 +129,8 @@ fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, ino: u64, token: &str) -
             Ok(()) => return Ok(true),
             Err(e) => e,
         };
-        if link_count(file) == Some(2) || names(path, ino, token).unwrap_or(false) {
+        let count = file.metadata().ok().and_then(|m| link_count(&m));
+        if count == Some(2) || names(path, ino, token).unwrap_or(false) {
             return Ok(true);
         }
         if err.kind() == io::ErrorKind::AlreadyExists {
@@ -166,14 +167,15 @@ const EPERM: i32 = libc::EPERM;
 #[cfg(not(unix))]
 const EPERM: i32 = i32::MIN;
 
+/// The link count of a file, where the platform reports one.
 #[cfg(unix)]
-fn link_count(file: &File) -> Option<u64> {
+fn link_count(meta: &std::fs::Metadata) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    file.metadata().ok().map(|m| m.nlink())
+    Some(meta.nlink())
 }
 
 #[cfg(not(unix))]
-fn link_count(_file: &File) -> Option<u64> {
+fn link_count(_meta: &std::fs::Metadata) -> Option<u64> {
     None
 }
 
@@ -323,7 +325,7 @@ fn taker_runs(suffix: &str) -> Option<bool> {
     if tag != crate::owner::host_tag() {
         return None;
     }
-    Some(pid == std::process::id() || crate::owner::pid_runs(pid))
+    Some(crate::owner::pid_runs(pid))
 }
 
 /// Recovers a lock file of `token` (inode `ino`) whose claim is missing and
@@ -361,13 +363,7 @@ fn recover_orphan(path: &Utf8Path, token: &str, ino: u64) -> Result<Broken> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
             Err(e) => return Err(Error::io(&taken, "take over", e)),
         }
-        return Ok(match remove_lock_path(path, ino, token, &claim, &ours)? {
-            true => {
-                sweep(path);
-                Broken::Removed
-            }
-            false => Broken::Raced,
-        });
+        return finish_break(path, ino, token, &claim, &ours);
     }
     // No taken name: an orphan, unless the lock changed meanwhile (removed
     // by someone else, or taken afresh).
@@ -392,12 +388,6 @@ pub(crate) fn sweep(path: &Utf8Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
-    let lock = fs::lstat(path).ok().map(|m| fs::ino(&m));
-    let lock_token = fs::open_read(path)
-        .and_then(read_capped)
-        .ok()
-        .and_then(|b| OwnerRecord::parse(&b))
-        .map(|r| r.token);
     let prefix = format!(".{name}.");
     for entry in entries.flatten() {
         let file_name = entry.file_name();
@@ -411,27 +401,14 @@ pub(crate) fn sweep(path: &Utf8Path) {
             Some((token, kind)) if is_token(token) => (token, kind),
             _ => continue,
         };
-        if lock_token.as_deref() == Some(token) {
-            continue;
-        }
         let target = dir.join(file_name.to_str().unwrap_or_default());
-        let meta = match fs::lstat(&target) {
-            Ok(meta) if meta.is_file() => meta,
-            _ => continue,
-        };
-        if cfg!(unix) && lock == Some(fs::ino(&meta)) {
-            continue;
-        }
         let dead = if kind.is_empty() {
             // The token names the process that made the claim (even an
             // empty one: killed before it wrote its record); a claim of an
             // older format is judged by its record.
             match crate::owner::token_maker(token) {
-                Some(pid) => pid != std::process::id() && !crate::owner::pid_runs(pid),
-                None => fs::open_read(&target)
-                    .and_then(read_capped)
-                    .ok()
-                    .and_then(|b| OwnerRecord::parse(&b))
+                Some(pid) => !crate::owner::pid_runs(pid),
+                None => record_at(&target)
                     .is_some_and(|r| r.token == token && r.liveness() == crate::Liveness::Dead),
             }
         } else {
@@ -442,34 +419,24 @@ pub(crate) fn sweep(path: &Utf8Path) {
         if !dead {
             continue;
         }
-        // Looked at again just before the removal, after its maker was
-        // found dead (a dead process links nothing more): a name that is
-        // also the lock file (a second link) or carries the lock's current
-        // token stays. The snapshot above may predate a newer lock.
-        let still_linked = fs::lstat(&target).is_ok_and(|m| link_count_of(&m) > 1);
-        let current = fs::open_read(path)
-            .and_then(read_capped)
-            .ok()
-            .and_then(|b| OwnerRecord::parse(&b))
-            .is_some_and(|r| r.token == token);
-        if !still_linked && !current {
+        // Looked at only now, after its maker was found dead (a dead
+        // process links nothing more): a name that is also the lock file (a
+        // second link) or carries the lock's current token stays.
+        let loose =
+            fs::lstat(&target).is_ok_and(|m| m.is_file() && link_count(&m).unwrap_or(1) == 1);
+        let current = record_at(path).is_some_and(|r| r.token == token);
+        if loose && !current {
             let _ = fs::remove_file(&target);
         }
     }
 }
 
-/// The link count of a file, where the platform reports one (else 1).
-fn link_count_of(meta: &std::fs::Metadata) -> u64 {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        meta.nlink()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        1
-    }
+/// The record in the file at `path`, if it holds a readable one.
+fn record_at(path: &Utf8Path) -> Option<OwnerRecord> {
+    fs::open_read(path)
+        .and_then(read_capped)
+        .ok()
+        .and_then(|b| OwnerRecord::parse(&b))
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
@@ -560,12 +527,23 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, ino: u64, recover: bool) 
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
     };
-    Ok(match remove_lock_path(path, ino, token, &claim, &taken)? {
-        true => {
-            sweep(path);
-            Broken::Removed
-        }
-        false => Broken::Raced,
+    finish_break(path, ino, token, &claim, &taken)
+}
+
+/// The end of a break, its claim taken (as `taken`): the lock path removed
+/// if it is still that lock's, then what dead processes left beside it.
+fn finish_break(
+    path: &Utf8Path,
+    ino: u64,
+    token: &str,
+    claim: &Utf8Path,
+    taken: &Utf8Path,
+) -> Result<Broken> {
+    Ok(if remove_lock_path(path, ino, token, claim, taken)? {
+        sweep(path);
+        Broken::Removed
+    } else {
+        Broken::Raced
     })
 }
 
