@@ -149,15 +149,26 @@ fn alone_in(dir: rustix::fd::OwnedFd, name: &str) -> bool {
     let Ok(mut entries) = rustix::fs::Dir::new(dir) else {
         return false;
     };
-    // A listing that fails for a moment (a stale NFS handle) is tried
-    // again, a few times: withdrawing needlessly would leave an empty
-    // directory that only the grace period clears.
+    let mut first = true;
+    retry_listing(|| {
+        if !std::mem::take(&mut first) {
+            entries.rewind();
+        }
+        listed_alone_in(&mut entries, name)
+    })
+}
+
+/// The answer of `list`, a listing of the lock directory; an error counts
+/// as no. A listing that fails for a moment (a stale NFS handle; Wine,
+/// while another process deletes in the directory) is tried again, a few
+/// times: withdrawing needlessly would leave an empty directory that only
+/// the grace period clears.
+fn retry_listing(mut list: impl FnMut() -> io::Result<bool>) -> bool {
     for attempt in 0..8u32 {
-        match listed_alone_in(&mut entries, name) {
-            Ok(alone) => return alone,
+        match list() {
+            Ok(answer) => return answer,
             Err(e) if fs::is_transient(&e) => {
                 std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
-                entries.rewind();
             }
             Err(_) => return false,
         }
@@ -216,23 +227,11 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
 }
 
 /// Whether our record is the only entry of the lock directory (an error
-/// counts as no: the caller withdraws, which is always safe). A listing
-/// that fails for a moment (Wine, while another process deletes in the
-/// directory) is tried again, a few times: withdrawing needlessly would
-/// leave an empty directory that only the grace period clears.
+/// counts as no: the caller withdraws, which is always safe).
 #[cfg(not(unix))]
 fn alone(path: &Utf8Path, token: &str) -> bool {
     let ours = format!("{token}.json");
-    for attempt in 0..8u32 {
-        match listed_alone(path, &ours) {
-            Ok(alone) => return alone,
-            Err(e) if fs::is_transient(&e) => {
-                std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
-            }
-            Err(_) => return false,
-        }
-    }
-    false
+    retry_listing(|| listed_alone(path, &ours))
 }
 
 #[cfg(not(unix))]
