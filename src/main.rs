@@ -279,11 +279,7 @@ fn run_redis(args: &RunArgs, url: &str) -> Outcome {
     }
     let lock = options.open(url, &name).map_err(lock_error)?;
     let line = |waited: Duration| {
-        let holder = match lock.owner() {
-            Ok(Some(owner)) => describe(&owner),
-            Ok(None) => "an owner whose record cannot be read".to_owned(),
-            Err(e) => format!("an unknown owner ({e})"),
-        };
+        let holder = describe_holder(lock.owner());
         format!(
             "portalock: waiting {} for Redis lock {}, held by {holder}",
             secs(waited),
@@ -500,12 +496,17 @@ fn report_wait(line: &(impl Fn(Duration) -> String + Sync), done: &mpsc::Receive
     }
 }
 
-fn waiting_line(lock: &LockFile, waited: Duration) -> String {
-    let holder = match lock.owner() {
+/// Who holds a lock, for a waiting message, from a look at its owner.
+fn describe_holder(owner: Result<Option<OwnerRecord>, Error>) -> String {
+    match owner {
         Ok(Some(owner)) => describe(&owner),
         Ok(None) => "an owner whose record cannot be read".to_owned(),
         Err(e) => format!("an unknown owner ({e})"),
-    };
+    }
+}
+
+fn waiting_line(lock: &LockFile, waited: Duration) -> String {
+    let holder = describe_holder(lock.owner());
     format!(
         "portalock: waiting {} for {}, held by {holder}",
         secs(waited),

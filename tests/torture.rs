@@ -18,6 +18,8 @@
 //! Every wait of the harness is bounded; a failure exits non-zero with the
 //! reason.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -119,19 +121,7 @@ fn spawn(role: &str, args: &[String]) -> Result<Child, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // Wine, under load, sometimes fails to start a process ("internal
-    // error"): a few tries.
-    let mut attempt = 0;
-    loop {
-        match cmd.spawn() {
-            Ok(child) => return Ok(child),
-            Err(e) if attempt < 3 && e.kind() != std::io::ErrorKind::NotFound => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => return Err(format!("spawn {role}: {e}")),
-        }
-    }
+    common::spawn_retrying(&mut cmd).map_err(|e| format!("spawn {role}: {e}"))
 }
 
 /// Lines of a child's standard output, each sent with the child's index;

@@ -46,6 +46,16 @@ fn open(strategy: LockStrategy, path: &std::path::Path) -> LockFile {
         .expect("open a handle")
 }
 
+/// What `release` and `ensure_held` answer: the holder `Ok`, or `LockLost`
+/// once its lock was broken; anyone else `NotLocked`.
+fn by_holder(holds: bool, lost: bool) -> &'static str {
+    match (holds, lost) {
+        (true, false) => "Ok",
+        (true, true) => "LockLost",
+        (false, _) => "NotLocked",
+    }
+}
+
 fn variant(result: &Result<(), Error>) -> &'static str {
     match result {
         Ok(()) => "Ok",
@@ -97,12 +107,7 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => {
                 let result = handles[h].release();
-                let expected = match (holds, model.lost) {
-                    (true, false) => "Ok",
-                    (true, true) => "LockLost",
-                    (false, _) => "NotLocked",
-                };
-                assert_eq!(variant(&result), expected, "{ctx}");
+                assert_eq!(variant(&result), by_holder(holds, model.lost), "{ctx}");
                 if holds {
                     model.holder = None;
                     model.lost = false;
@@ -110,12 +115,7 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 let result = handles[h].ensure_held();
-                let expected = match (holds, model.lost) {
-                    (true, false) => "Ok",
-                    (true, true) => "LockLost",
-                    (false, _) => "NotLocked",
-                };
-                assert_eq!(variant(&result), expected, "{ctx}");
+                assert_eq!(variant(&result), by_holder(holds, model.lost), "{ctx}");
             }
             4 => {
                 handles[h] = open(strategy, &path);

@@ -66,19 +66,7 @@ pub fn spawn_command(mut cmd: Command, role: &str, args: &[&str]) -> Proc {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // Wine, under load, sometimes fails to start a process ("internal
-    // error"); a few tries, then the test fails.
-    let mut attempt = 0;
-    let mut child = loop {
-        match cmd.spawn() {
-            Ok(child) => break child,
-            Err(e) if attempt < 3 && e.kind() != std::io::ErrorKind::NotFound => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("spawn child process: {e:?}"),
-        }
-    };
+    let mut child = spawn_retrying(&mut cmd).expect("spawn child process");
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("child stdout");
     let (tx, lines) = mpsc::channel();
@@ -99,6 +87,21 @@ pub fn spawn_command(mut cmd: Command, role: &str, args: &[&str]) -> Proc {
         stdin,
         lines,
         role: role.to_owned(),
+    }
+}
+
+/// Starts `cmd`. Wine, under load, sometimes fails to start a process
+/// ("internal error"): a few tries, then the error.
+pub fn spawn_retrying(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if attempt < 3 && e.kind() != std::io::ErrorKind::NotFound => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 
