@@ -180,7 +180,10 @@ pub enum Error {
     },
     /// The lock path names a file system object of the wrong kind for the
     /// strategy (a directory for `Os` or `Link`, a regular file for `Mkdir`).
-    #[error("lock path `{path}` is {found}, but the {strategy} strategy needs {expected}")]
+    #[error(
+        "lock path `{path}` is {found}{}, but the {strategy} strategy needs {expected}",
+        made_by(*.found)
+    )]
     WrongFileType {
         /// The lock path.
         path: Utf8PathBuf,
@@ -190,6 +193,39 @@ pub enum Error {
         expected: FileKind,
         /// What was found.
         found: FileKind,
+    },
+    /// The lock at this path was taken with another strategy than this
+    /// handle's (a script with `--strategy link`, a library user whose
+    /// `Auto` picked `Os`): every process must use one strategy for one
+    /// lock. Nothing was taken, overwritten or removed.
+    #[error(
+        "lock `{path}` is {} the {found} strategy{}, but this handle uses the {strategy} strategy; \
+         use one strategy for one lock everywhere",
+        if .holder.is_some() { "taken with" } else { "a lock file of" },
+        holder_suffix(.holder.as_deref())
+    )]
+    StrategyMismatch {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// This handle's strategy.
+        strategy: LockStrategy,
+        /// The strategy whose artifact is at the path.
+        found: LockStrategy,
+        /// The holder's owner record, when there is one.
+        holder: Option<Box<OwnerRecord>>,
+    },
+    /// The lock's file name is longer than the file system allows for the
+    /// names the strategy makes (a `Link` lock makes private names up to
+    /// 188 bytes beside its lock file). Refused when the handle is opened,
+    /// so that no lock is ever taken that could not be released.
+    #[error("the name of lock `{path}` is {len} bytes long; at most {max} bytes can be used here")]
+    NameTooLong {
+        /// The lock path.
+        path: Utf8PathBuf,
+        /// The length of its file name, in bytes.
+        len: usize,
+        /// The longest name that can be used.
+        max: usize,
     },
     /// The lock file holds data that is not a portalock owner record, so it
     /// was not overwritten.
@@ -238,6 +274,8 @@ impl Error {
             | Error::Symlink { path }
             | Error::WrongFileType { path, .. }
             | Error::Foreign { path }
+            | Error::StrategyMismatch { path, .. }
+            | Error::NameTooLong { path, .. }
             | Error::Io { path, .. } => Some(path),
             Error::NonUtf8Path { .. } | Error::Redis { .. } => None,
         }
@@ -251,7 +289,8 @@ impl Error {
             | Error::Timeout { holder, .. }
             | Error::LockLost { holder, .. }
             | Error::NotStale { holder, .. }
-            | Error::NotOwner { holder, .. } => holder.as_deref(),
+            | Error::NotOwner { holder, .. }
+            | Error::StrategyMismatch { holder, .. } => holder.as_deref(),
             _ => None,
         }
     }
@@ -289,9 +328,11 @@ impl From<Error> for io::Error {
             Error::Unsupported { .. } | Error::OsLocksNotShared { .. } => {
                 io::ErrorKind::Unsupported
             }
-            Error::NonUtf8Path { .. } | Error::Symlink { .. } | Error::WrongFileType { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            Error::NonUtf8Path { .. }
+            | Error::Symlink { .. }
+            | Error::WrongFileType { .. }
+            | Error::StrategyMismatch { .. } => io::ErrorKind::InvalidInput,
+            Error::NameTooLong { .. } => io::ErrorKind::InvalidFilename,
             Error::Foreign { .. } => io::ErrorKind::InvalidData,
             Error::NotStale { .. } | Error::NotOwner { .. } => io::ErrorKind::ResourceBusy,
             Error::NotLocked { .. }
@@ -300,6 +341,15 @@ impl From<Error> for io::Error {
             | Error::Redis { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
+    }
+}
+
+/// Which strategies leave an object of kind `found` at a lock path.
+fn made_by(found: FileKind) -> &'static str {
+    match found {
+        FileKind::Directory => " (as the mkdir strategy makes)",
+        FileKind::File => " (as the os and link strategies make)",
+        FileKind::Symlink | FileKind::Other => "",
     }
 }
 

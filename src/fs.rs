@@ -465,6 +465,22 @@ pub(crate) fn path_state(path: &Utf8Path) -> io::Result<Option<(FileId, u64)>> {
     }
 }
 
+/// The device of the file system that holds `path` (0 where the platform
+/// has no such number to offer).
+pub(crate) fn device(path: &Utf8Path) -> io::Result<u64> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(meta.dev())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Ok(0)
+    }
+}
+
 /// Reads from `offset` without moving the file position (`pread`).
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     #[cfg(unix)]

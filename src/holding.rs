@@ -1,21 +1,29 @@
 //! One acquisition of a lock, shared between its handle and, for a lock
-//! with a lease, the process's heartbeat thread.
+//! with a lease, a heartbeat thread.
 //!
 //! A holder with a lease rewrites its owner record (its `beat` counter)
 //! three times per lease, in place, through the file it created: the write
 //! reaches its own record and never anyone else's, even after its lock was
 //! broken. After each refresh it checks that the lock path is still its
-//! own; when it is not (or the refresh failed) the acquisition is *lost*:
-//! the `on_lost` callback runs once, [`LockFile::ensure_held`] and
-//! `release` return [`Error::LockLost`].
+//! own. The acquisition is *lost* when that check proves otherwise, or when
+//! no refresh has succeeded for a whole lease (contenders may then have
+//! broken it): the `on_lost` callback runs once, and
+//! [`LockFile::ensure_held`] and `release` return [`Error::LockLost`].
 //!
-//! One thread per process serves every lease, however many there are. It
-//! is started on the first lease and sleeps on a condition variable until
-//! the next refresh is due.
+//! A refresh that fails (`EIO`, `ESTALE`, a full disk) is tried again a
+//! few times within the lease before the lock counts as lost: a passing
+//! error of a network file system does not cost the lock.
+//!
+//! One heartbeat thread serves the leases of one file system (one device
+//! of the lock's directory): a mount that hangs stalls its own leases, and
+//! never those of locks elsewhere. Each thread is started with the first
+//! lease on its file system and sleeps on a condition variable until the
+//! next refresh is due.
 //!
 //! [`LockFile::ensure_held`]: crate::LockFile::ensure_held
 //! [`Error::LockLost`]: crate::Error::LockLost
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -33,9 +41,15 @@ pub(crate) type OnLost = Arc<dyn Fn(&Utf8Path) + Send + Sync>;
 pub(crate) struct Holding {
     path: Utf8PathBuf,
     token: String,
+    /// The process that took the lock: a child of `fork()` holds nothing.
+    pid: u32,
     held: Mutex<Option<Held>>,
     /// The record as last written, and the longest length written so far.
     record: Mutex<(OwnerRecord, usize)>,
+    /// The lease, if the lock keeps one that contenders may break, and
+    /// when a refresh last succeeded (the acquisition itself first).
+    lease: Option<Duration>,
+    refreshed: Mutex<Instant>,
     lost: AtomicBool,
     on_lost: Option<OnLost>,
 }
@@ -58,25 +72,32 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Holding {
-    /// A new acquisition; with a lease, the heartbeat starts refreshing it.
+    /// A new acquisition; with a lease, the heartbeat of the lock's file
+    /// system starts refreshing it. `breakable` says whether contenders
+    /// break the lock when its lease runs out (not for `Os` locks, which
+    /// only the kernel releases).
     pub(crate) fn start(
         path: &Utf8Path,
         held: Held,
         record: OwnerRecord,
         on_lost: Option<OnLost>,
+        breakable: bool,
     ) -> Arc<Holding> {
         let lease = record.lease();
         let len = record.to_json().len();
         let holding = Arc::new(Holding {
             path: path.to_owned(),
             token: held.token().to_owned(),
+            pid: std::process::id(),
             held: Mutex::new(Some(held)),
             record: Mutex::new((record, len)),
+            lease: lease.filter(|_| breakable),
+            refreshed: Mutex::new(Instant::now()),
             lost: AtomicBool::new(false),
             on_lost,
         });
         if let Some(lease) = lease {
-            heartbeat().add(&holding, lease / 3);
+            heartbeat_of(path).add(&holding, lease / 3);
         }
         holding
     }
@@ -91,15 +112,27 @@ impl Holding {
         &self.token
     }
 
+    /// Whether this acquisition was made by another process: the handle
+    /// was inherited through `fork()`, and the lock is the parent's.
+    pub(crate) fn is_inherited(&self) -> bool {
+        self.pid != std::process::id()
+    }
+
     /// Takes the proof of holding out, for release; `None` the second time.
+    /// The heartbeat skips the acquisition meanwhile.
     pub(crate) fn take(&self) -> Option<Held> {
         lock(&self.held).take()
     }
 
     /// Puts the proof of holding back after a release that failed without
-    /// changing anything.
+    /// changing anything; the heartbeat goes on refreshing it.
     pub(crate) fn restore(&self, held: Held) {
         *lock(&self.held) = Some(held);
+    }
+
+    /// The open lock file of an `Os` acquisition.
+    pub(crate) fn os_file(&self) -> Option<Arc<std::fs::File>> {
+        lock(&self.held).as_ref().and_then(Held::os_file)
     }
 
     /// Whether this acquisition was found lost.
@@ -112,16 +145,27 @@ impl Holding {
         if !self.lost.swap(true, Ordering::AcqRel) {
             if let Some(on_lost) = &self.on_lost {
                 // A panicking callback must not take the heartbeat thread
-                // (and every other lease of the process) down with it.
+                // (and every other lease of its file system) down with it.
                 let _ =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_lost(&self.path)));
             }
         }
     }
 
+    /// Whether the lease ran out without a successful refresh: contenders
+    /// may have broken the lock. Known without touching the file system.
+    fn lease_ran_out(&self) -> bool {
+        self.lease
+            .is_some_and(|lease| lock(&self.refreshed).elapsed() >= lease)
+    }
+
     /// Whether the lock is still this acquisition's; marks it lost if not.
     pub(crate) fn check(&self) -> std::io::Result<bool> {
         if self.is_lost() {
+            return Ok(false);
+        }
+        if self.lease_ran_out() {
+            self.mark_lost();
             return Ok(false);
         }
         let ok = match lock(&self.held).as_ref() {
@@ -134,44 +178,72 @@ impl Holding {
         Ok(ok)
     }
 
-    /// Rewrites the record with the next beat and checks the lock is still
-    /// ours. Returns whether the heartbeat should keep refreshing it.
-    fn refresh(&self) -> bool {
-        let ours = self.refresh_locked();
-        if ours {
-            return true;
-        }
-        // The guard on `held` is gone: the callback may call `release`.
-        if lock(&self.held).is_some() {
-            self.mark_lost();
-        }
-        false
-    }
-
-    /// Rewrites the record and checks the lock, under the `held` mutex.
-    fn refresh_locked(&self) -> bool {
+    /// Rewrites the record with `edit` applied, under the `held` mutex
+    /// (a lease refresh, or naming the command the lock was taken for).
+    pub(crate) fn rewrite(&self, edit: impl FnOnce(&mut OwnerRecord)) -> std::io::Result<()> {
         let held = lock(&self.held);
         let Some(held) = held.as_ref() else {
-            return false;
+            return Err(std::io::ErrorKind::NotFound.into());
         };
+        let mut record = lock(&self.record);
+        let mut next = record.0.clone();
+        edit(&mut next);
+        let json = next.to_json();
+        held.rewrite_record(&self.path, json.as_bytes(), record.1)?;
+        record.1 = record.1.max(json.len());
+        record.0 = next;
+        Ok(())
+    }
+
+    /// One refresh: rewrites the record with the next beat and checks the
+    /// lock is still ours. Returns when to refresh next, or `None` to stop.
+    fn refresh(&self, every: Duration) -> Option<Duration> {
         if self.is_lost() {
-            return false;
+            return None;
         }
-        let written = {
-            let mut record = lock(&self.record);
-            record.0.beat += 1;
-            let json = record.0.to_json();
-            let written = held.rewrite_record(&self.path, json.as_bytes(), record.1);
-            record.1 = record.1.max(json.len());
-            written
+        let outcome = {
+            let held = lock(&self.held);
+            let Some(held) = held.as_ref() else {
+                // Being released (or given back after a failed release):
+                // look again at the next beat.
+                return Some(every);
+            };
+            let written = {
+                let mut record = lock(&self.record);
+                record.0.beat += 1;
+                let json = record.0.to_json();
+                let written = held.rewrite_record(&self.path, json.as_bytes(), record.1);
+                record.1 = record.1.max(json.len());
+                written
+            };
+            written.and_then(|()| held.check(&self.path))
         };
-        let ours = written.and_then(|()| held.check(&self.path));
-        matches!(ours, Ok(true))
+        // The guard on `held` is gone: the callback may call `release`.
+        match outcome {
+            Ok(true) => {
+                *lock(&self.refreshed) = Instant::now();
+                Some(every)
+            }
+            Ok(false) => {
+                self.mark_lost();
+                None
+            }
+            // A failed refresh proves nothing yet: try again soon, until
+            // the lease has run out since the last one that succeeded.
+            Err(_) if !self.lease_ran_out() => Some(every / 4),
+            Err(_) => {
+                self.mark_lost();
+                None
+            }
+        }
     }
 }
 
-/// The process's heartbeat: the leases it refreshes and when each is due.
+/// The leases of one file system and the thread that refreshes them.
 struct Heartbeat {
+    /// The process whose thread this is (a child of `fork()` inherits the
+    /// table of heartbeats, not their threads).
+    pid: u32,
     entries: Mutex<Vec<Entry>>,
     wake: Condvar,
 }
@@ -182,28 +254,47 @@ struct Entry {
     due: Instant,
 }
 
-fn heartbeat() -> &'static Heartbeat {
-    static BEAT: OnceLock<Heartbeat> = OnceLock::new();
-    BEAT.get_or_init(|| {
-        // Spawned once per process; it outlives every lease and sleeps when
-        // there are none.
-        let spawned = std::thread::Builder::new()
-            .name("portalock-heartbeat".to_owned())
-            .spawn(|| heartbeat().run());
-        if let Err(e) = spawned {
-            // Without the thread, leases are not refreshed: contenders will
-            // break them after one lease, and the holder finds out through
-            // `ensure_held`. Say so once.
-            eprintln!("portalock: cannot start the lease heartbeat thread: {e}");
+/// The heartbeat of the file system that holds `path` (keyed by the
+/// device of its directory), started on first use.
+fn heartbeat_of(path: &Utf8Path) -> Arc<Heartbeat> {
+    static BEATS: OnceLock<Mutex<HashMap<u64, Arc<Heartbeat>>>> = OnceLock::new();
+    let device = path
+        .parent()
+        .and_then(|dir| crate::fs::device(dir).ok())
+        .unwrap_or(0);
+    let pid = std::process::id();
+    let mut beats = lock(BEATS.get_or_init(Default::default));
+    match beats.get(&device) {
+        Some(beat) if beat.pid == pid => Arc::clone(beat),
+        _ => {
+            let beat = Heartbeat::start(pid);
+            beats.insert(device, Arc::clone(&beat));
+            beat
         }
-        Heartbeat {
-            entries: Mutex::new(Vec::new()),
-            wake: Condvar::new(),
-        }
-    })
+    }
 }
 
 impl Heartbeat {
+    fn start(pid: u32) -> Arc<Heartbeat> {
+        let beat = Arc::new(Heartbeat {
+            pid,
+            entries: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+        });
+        // Runs for the rest of the process; it sleeps when it has no lease.
+        let runner = Arc::clone(&beat);
+        let spawned = std::thread::Builder::new()
+            .name("portalock-heartbeat".to_owned())
+            .spawn(move || runner.run());
+        if let Err(e) = spawned {
+            // Without the thread, these leases are not refreshed: contenders
+            // break them after one lease, and their holders find out
+            // through `ensure_held`. Say so once per file system.
+            eprintln!("portalock: cannot start a lease heartbeat thread: {e}");
+        }
+        beat
+    }
+
     fn add(&self, holding: &Arc<Holding>, every: Duration) {
         let every = every.max(Duration::from_millis(1));
         lock(&self.entries).push(Entry {
@@ -219,15 +310,11 @@ impl Heartbeat {
         loop {
             entries.retain(|e| e.holding.strong_count() > 0);
             let now = Instant::now();
-            let mut due = Vec::new();
-            for entry in entries.iter_mut() {
-                if entry.due <= now {
-                    entry.due = now + entry.every;
-                    if let Some(holding) = entry.holding.upgrade() {
-                        due.push(holding);
-                    }
-                }
-            }
+            let due: Vec<_> = entries
+                .iter()
+                .filter(|e| e.due <= now)
+                .filter_map(|e| Some((e.holding.upgrade()?, e.every)))
+                .collect();
             if due.is_empty() {
                 let next = entries.iter().map(|e| e.due).min();
                 let wait = next.map_or(Duration::from_secs(3600), |d| {
@@ -241,13 +328,22 @@ impl Heartbeat {
                 continue;
             }
             drop(entries);
-            let finished: Vec<_> = due
+            let next: Vec<_> = due
                 .into_iter()
-                .filter(|h| !h.refresh())
-                .map(|h| Arc::as_ptr(&h))
+                .map(|(h, every)| (Arc::as_ptr(&h), h.refresh(every)))
                 .collect();
             entries = lock(&self.entries);
-            entries.retain(|e| !finished.contains(&e.holding.as_ptr()));
+            let now = Instant::now();
+            entries.retain_mut(
+                |e| match next.iter().find(|(p, _)| *p == e.holding.as_ptr()) {
+                    Some((_, None)) => false,
+                    Some((_, Some(after))) => {
+                        e.due = now + *after;
+                        true
+                    }
+                    None => true,
+                },
+            );
         }
     }
 }

@@ -103,6 +103,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub mod fault;
+#[cfg(not(feature = "failpoints"))]
+mod fault;
 pub mod filesystem;
 pub mod flock;
 mod fs;
@@ -119,6 +124,7 @@ mod registry;
 mod semaphore;
 pub mod stale;
 mod strategy;
+mod sys;
 mod wait;
 mod watch;
 
@@ -129,7 +135,7 @@ pub use lock::{
     lock_file, LockFile, LockGuard, LockOptions, LockStatus, SharedGuard, DEFAULT_POLL_INTERVAL,
 };
 pub use locked_file::{LockedFile, LockedFileOptions, Mode};
-pub use owner::{Liveness, OwnerRecord, MAX_RECORD_LEN, RECORD_VERSION};
+pub use owner::{Liveness, OwnerRecord, RecordedProcess, MAX_RECORD_LEN, RECORD_VERSION};
 pub use pidfile::PidFileLock;
 #[cfg(feature = "redis")]
 pub use redis_lock::{RedisGuard, RedisLock, RedisLockOptions};

@@ -3,20 +3,21 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::filesystem::FileSystem;
 use crate::fs;
 use crate::holding::{self, Holding, OnLost};
 use crate::locked_file::LockedFile;
-use crate::owner::OwnerRecord;
+use crate::owner::{OwnerRecord, RecordedProcess};
 use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
-use crate::strategy::{self, Broken, Concrete, Held, LockStrategy, Probe, Released};
+use crate::strategy::{self, Broken, Claim, Concrete, Held, LockStrategy, Probe, Released};
 use crate::wait::{Backoff, Deadline};
 use crate::watch::DirWatch;
 
@@ -326,6 +327,7 @@ impl LockOptions {
                 (strategy, Some(fs))
             }
         };
+        check_name(&path, strategy)?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(LockFile {
             path,
@@ -345,6 +347,40 @@ impl LockOptions {
             os_file: Mutex::new(None),
         })
     }
+}
+
+/// Refuses a lock name that the file system of its directory cannot take,
+/// or that `strategy` could take but not release: a `Link` lock makes
+/// private names beside its lock file of up to
+/// 188 bytes, whatever the
+/// lock's name (a long name is shortened in them). Where the limit cannot
+/// be asked (the directory does not exist yet), 255 bytes, the limit of
+/// every common file system, is assumed.
+fn check_name(path: &Utf8Path, strategy: Concrete) -> Result<()> {
+    let len = path.file_name().map_or(0, str::len);
+    let max = path
+        .parent()
+        .and_then(|dir| crate::sys::name_max(dir.as_std_path()))
+        .unwrap_or(255);
+    if len > max {
+        return Err(Error::NameTooLong {
+            path: path.to_owned(),
+            len,
+            max,
+        });
+    }
+    if strategy == Concrete::Link && max < strategy::LONGEST_LINK_NAME {
+        return Err(Error::Unsupported {
+            path: path.to_owned(),
+            strategy: LockStrategy::Link,
+            reason: format!(
+                "the file system takes names of at most {max} bytes, and the link strategy \
+                 makes names of up to {} bytes beside the lock; use the mkdir strategy",
+                strategy::LONGEST_LINK_NAME
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The file system of the directory of `path` (an absolute path with a
@@ -389,6 +425,8 @@ pub(crate) fn absolute(path: &Path) -> Result<Utf8PathBuf> {
 /// What [`LockFile::status`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// A value returned once per look: its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum LockStatus {
     /// Nobody holds the lock.
     Free,
@@ -779,6 +817,77 @@ impl LockFile {
         self.finish_release(holding, true)
     }
 
+    /// Starts `command` under the lock this handle holds, so that the lock
+    /// lasts as long as the command runs, even if this process dies first
+    /// (the OOM killer, `kill -9`, `timeout -s KILL`): what `portalock run`
+    /// does. Wait for the returned child, then release the lock.
+    ///
+    /// Before the command starts, the owner record names it
+    /// ([`OwnerRecord::command`]), and the lock counts as alive while this
+    /// process or the command runs:
+    ///
+    /// - [`Os`](LockStrategy::Os) (Unix): the command also inherits the
+    ///   open file that holds the lock, as with util-linux `flock(1)`, so
+    ///   the kernel keeps the lock while either process has it open (and
+    ///   any process the command starts that keeps the descriptor).
+    /// - [`Mkdir`](LockStrategy::Mkdir), [`Link`](LockStrategy::Link): the
+    ///   lock stays until released or broken, and it is not stale while
+    ///   the command runs. On Unix the command waits, between its fork and
+    ///   its exec, until its record names it (an exec keeps the PID and the
+    ///   start time): there is no moment at which it runs under a record
+    ///   that does not name it, and if this process dies before that, the
+    ///   command never runs.
+    /// - With a [lease](LockOptions::lease), the lease governs: if nobody
+    ///   refreshes it (this process died), the lock expires after one
+    ///   lease, even though the command still runs.
+    /// - Windows: an inherited handle does not carry a `LockFileEx` lock,
+    ///   so an `Os` lock lasts only as long as this process; `Mkdir` and
+    ///   `Link` records name the command just after it has started.
+    ///
+    /// Spawn each `Command` once: on Unix it keeps the gate.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if this handle holds nothing; [`Error::Io`] if
+    /// the command cannot be started (its kind tells why: `NotFound` for a
+    /// program that does not exist) or the record cannot name it (then the
+    /// command does not run).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(unix)] {
+    /// use std::process::Command;
+    /// use portalock::{LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::with_strategy(dir.path().join("job.lock"), LockStrategy::Mkdir)?;
+    /// lock.acquire()?;
+    /// let mut child = lock.spawn(Command::new("true").arg("--"))?;
+    /// let owner = lock.owner()?.expect("a record");
+    /// assert_eq!(owner.command.map(|c| c.pid), Some(child.id()));
+    /// assert!(child.wait()?.success());
+    /// lock.release()?;
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn(&self, command: &mut std::process::Command) -> Result<std::process::Child> {
+        let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
+        let os_file = holding.os_file();
+        let keep: Vec<&std::fs::File> = os_file.iter().map(|f| &**f).collect();
+        let mut name_it = |pid: u32| {
+            fault::point("spawn.gate")?;
+            let start = crate::owner::start_of(pid);
+            holding.rewrite(|record| record.command = Some(RecordedProcess { pid, start }))?;
+            fault::point("spawn.named")
+        };
+        crate::sys::spawn_gated(command, &keep, &mut name_it).map_err(|e| {
+            // Named, perhaps, but not started: the record names nobody.
+            let _ = holding.rewrite(|record| record.command = None);
+            Error::io(&self.path, "start a command under", e)
+        })
+    }
+
     /// Checks that the lock this handle holds is still its own: not broken
     /// (a lease that went unrefreshed, a forced break) and not replaced.
     ///
@@ -919,18 +1028,20 @@ impl LockFile {
                 Probe::Free => return Err(self.not_locked()),
                 Probe::Held(seen) => *seen,
             };
-            let me = crate::owner::Identity::get();
-            let record = match seen.record {
-                Some(r) if r.pid == pid && r.hostname == me.hostname => r,
+            // The whole identity, not the PID alone: a PID of another PID
+            // namespace (a container), of another boot, or of an earlier
+            // process that had the same PID is another process.
+            let record = match &seen.record {
+                Some(r) if r.is_held_for(pid) => r.clone(),
                 other => {
                     return Err(Error::NotOwner {
                         path: self.path.clone(),
                         pid,
-                        holder: other.map(Box::new),
+                        holder: other.clone().map(Box::new),
                     })
                 }
             };
-            match strategy::break_claim(&self.path, &seen.claim, false)? {
+            match strategy::break_claim(self.strategy, &self.path, &seen, false)? {
                 Broken::Removed => return Ok(record),
                 Broken::Raced => std::thread::yield_now(),
                 Broken::Orphan => {
@@ -1013,7 +1124,18 @@ impl LockFile {
     }
 
     fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
-        holding::lock(&self.held)
+        let mut state = holding::lock(&self.held);
+        if state.as_ref().is_some_and(|h| h.is_inherited()) {
+            // A child of `fork()`: the lock is its parent's. Forgotten
+            // without touching the file system (dropping the proof closes
+            // only this process's copy of an `Os` lock file; the parent's
+            // copy keeps the lock).
+            if let Some(inherited) = state.take() {
+                drop(inherited.take());
+            }
+            registry().leave(&self.path, self.id);
+        }
+        state
     }
 
     fn not_locked(&self) -> Error {
@@ -1060,7 +1182,9 @@ impl LockFile {
         }
         match self.acquire_in_fs(timeout, &deadline) {
             Ok((held, record)) => {
-                let holding = Holding::start(&self.path, held, record, self.on_lost.clone());
+                let breakable = self.strategy != Concrete::Os;
+                let holding =
+                    Holding::start(&self.path, held, record, self.on_lost.clone(), breakable);
                 let token = holding.token().to_owned();
                 *self.state() = Some(holding);
                 Ok(token)
@@ -1171,10 +1295,13 @@ impl LockFile {
         if !judge(&seen, unchanged, self.grace).is_stale() {
             return Ok(false);
         }
+        if let Err(e) = fault::point("break.judged") {
+            return Err(Error::io(&self.path, "break", e));
+        }
         // An orphan (a Link lock whose claim is gone) is recovered only
         // through the taken name of its dead remover; without one, only
         // `force_break` recovers it (concurrent recoverers could collide).
-        match strategy::break_claim(&self.path, &seen.claim, false) {
+        match strategy::break_claim(self.strategy, &self.path, &seen, false) {
             Ok(Broken::Removed | Broken::Raced) => Ok(true),
             Ok(Broken::Orphan) => Ok(false),
             // Something in the way for a moment (on Windows, a name another
@@ -1191,6 +1318,10 @@ impl LockFile {
         let mut watch = Watch::default();
         let mut races = 0;
         let mut watching = false;
+        // A forced break removes the acquisition it looked at first and no
+        // other: if that one goes away meanwhile, a new holder's lock is
+        // left alone (its owner was never shown to the caller).
+        let mut judged: Option<Claim> = None;
         loop {
             let seen = match strategy::probe(self.strategy, &self.path)? {
                 Probe::Free => {
@@ -1199,25 +1330,33 @@ impl LockFile {
                 }
                 Probe::Held(seen) => *seen,
             };
+            let not_stale = |why| Error::NotStale {
+                path: self.path.clone(),
+                why,
+                holder: seen.record.clone().map(Box::new),
+            };
+            if force {
+                match &judged {
+                    None => judged = Some(seen.claim.clone()),
+                    Some(first) if *first != seen.claim => {
+                        return Err(not_stale(
+                            "the lock it looked at was released and taken afresh while it was \
+                             being broken; the new holder's lock was left alone",
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
             let unchanged = watch.observe(&seen);
             if watching && unchanged.is_zero() {
                 // A lease refreshed, a record written, or a new holder: the
                 // lock showed life while we watched it.
-                return Err(Error::NotStale {
-                    path: self.path.clone(),
-                    why: "it changed while it was watched",
-                    holder: seen.record.map(Box::new),
-                });
+                return Err(not_stale("it changed while it was watched"));
             }
             let verdict = if force {
                 Verdict::Dead
             } else {
                 judge(&seen, unchanged, self.grace)
-            };
-            let not_stale = |why| Error::NotStale {
-                path: self.path.clone(),
-                why,
-                holder: seen.record.clone().map(Box::new),
             };
             match verdict {
                 Verdict::Live(why) => return Err(not_stale(why)),
@@ -1228,7 +1367,13 @@ impl LockFile {
                 }
                 _ => {}
             }
-            match strategy::break_claim(&self.path, &seen.claim, force)? {
+            let step = if force {
+                "force.judged"
+            } else {
+                "break.judged"
+            };
+            fault::point(step).map_err(|e| Error::io(&self.path, "break", e))?;
+            match strategy::break_claim(self.strategy, &self.path, &seen, force)? {
                 Broken::Removed => return Ok(seen.record),
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
@@ -1346,11 +1491,8 @@ impl Drop for CachedFile<'_> {
 
 impl Drop for LockFile {
     fn drop(&mut self) {
-        let held = self
-            .held
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        // Through `state`, which forgets a lock inherited through `fork()`.
+        let held = self.state().take();
         if let Some(holding) = held {
             // Best effort: a caller who wants the error calls `release`.
             // Nothing is kept: the handle goes away.

@@ -60,8 +60,11 @@ enum Cmd {
     /// status.
     ///
     /// While it waits for more than a second, it says on stderr whom it
-    /// waits for. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed to
-    /// COMMAND; the lock is released when COMMAND has exited.
+    /// waits for. The lock lasts as long as COMMAND runs, even if portalock
+    /// itself is killed (see --close); it is released when COMMAND has
+    /// exited. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to portalock are
+    /// passed to COMMAND, except those COMMAND gets by itself: a terminal's
+    /// Ctrl-C or Ctrl-\ reaches every process of its foreground group.
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
     /// Say whether the lock is free, held (and by whom) or stale.
@@ -126,6 +129,12 @@ struct RunArgs {
     #[cfg(feature = "redis")]
     #[arg(long, value_name = "URL", conflicts_with = "slots")]
     redis: Option<String>,
+    /// Do not hand the lock to COMMAND: by default the lock lasts as long
+    /// as COMMAND runs, even if portalock is killed (COMMAND inherits an os
+    /// lock's open file, as with flock(1); a mkdir or link lock's record
+    /// names COMMAND); with --close it lasts only as long as portalock.
+    #[arg(long, short = 'o')]
+    close: bool,
     /// The lock's path.
     lock: PathBuf,
     /// The command and its arguments, after `--`.
@@ -200,6 +209,7 @@ fn seconds(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    faults::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run(args),
@@ -265,8 +275,22 @@ fn run(args: RunArgs) -> Outcome {
         || acquire_within(&lock, args.wait.timeout),
     );
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
-    let status = run_command(&args.command);
+    let status = run_under(&lock, &args);
+    faults::step("run.exited");
     finish_run_with(status, lock.release())
+}
+
+/// Runs the command of `args` under `lock`, which this process holds:
+/// handed to the command unless `--close`.
+fn run_under(lock: &LockFile, args: &RunArgs) -> Outcome {
+    faults::step("run.locked");
+    if args.close {
+        run_command(&args.command, |command| command.spawn())
+    } else {
+        run_command(&args.command, |command| {
+            lock.spawn(command).map_err(std::io::Error::from)
+        })
+    }
 }
 
 /// `run --redis URL NAME`: the lock lives in Redis.
@@ -292,7 +316,8 @@ fn run_redis(args: &RunArgs, url: &str) -> Outcome {
         Some(t) => lock.acquire_timeout(t),
     });
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
-    let status = run_command(&args.command);
+    // The lease governs a Redis lock: nothing to hand to the command.
+    let status = run_command(&args.command, |command| command.spawn());
     finish_run_with(status, lock.release())
 }
 
@@ -315,8 +340,9 @@ fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
         Some(t) => semaphore.acquire_timeout(t),
     });
     let slot = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
-    let command = run_command(&args.command);
-    finish_run_with(command, slot.release())
+    let status = run_under(slot.lock_file(), args);
+    faults::step("run.exited");
+    finish_run_with(status, slot.release())
 }
 
 /// The exit status of `run`: the command's `status`, unless the lock
@@ -334,34 +360,54 @@ fn finish_run_with(status: Outcome, released: portalock::Result<()>) -> Outcome 
     }
 }
 
-/// Runs `command` with signals passed on to it; its exit status.
-fn run_command(command: &[OsString]) -> Outcome {
+/// Runs `command`, started by `spawn`, with signals passed on to it; its
+/// exit status.
+fn run_command(
+    command: &[OsString],
+    spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
+) -> Outcome {
     let (program, rest) = command
         .split_first()
         .ok_or_else(|| Failure::new("no command to run", 2))?;
-    let mut child = match Command::new(program).args(rest).spawn() {
+    // Caught from before the command starts: a signal that comes in
+    // between is passed on once it runs, and never ends portalock while
+    // it holds the lock.
+    let caught = signals::catch();
+    let mut child = match spawn(Command::new(program).args(rest)) {
         Ok(child) => child,
         Err(e) => {
+            signals::stop(caught, None);
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 EXIT_NOT_FOUND
             } else {
                 EXIT_CANNOT_RUN
             };
             return Err(Failure::new(
-                format!("cannot run `{}`: {e}", program.to_string_lossy()),
+                format!("cannot run `{}`: {}", program.to_string_lossy(), cause(&e)),
                 code,
             ));
         }
     };
-    let forwarding = signals::forward_to(child.id());
+    let forwarding = signals::forward(caught, child.id());
     let status = child.wait();
-    signals::stop(forwarding);
+    signals::stop(None, forwarding);
     match status {
         Ok(status) => Ok(exit_code(status)),
         Err(e) => Err(Failure::new(
             format!("cannot wait for `{}`: {e}", program.to_string_lossy()),
             EXIT_LOCK_ERROR,
         )),
+    }
+}
+
+/// The innermost cause of a spawn error, for one line: "No such file or
+/// directory (os error 2)" rather than the lock's wording around it.
+fn cause(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(err) => err
+            .io_error()
+            .map_or_else(|| err.to_string(), ToString::to_string),
+        None => e.to_string(),
     }
 }
 
@@ -382,38 +428,130 @@ fn exit_code(status: ExitStatus) -> u8 {
     1
 }
 
+/// Passing signals on to the command.
+///
+/// The rule: pass on what the command would not get by itself. A
+/// terminal's Ctrl-C (SIGINT), Ctrl-\\ (SIGQUIT) and hang-up (SIGHUP) are
+/// sent by the kernel to every process of the terminal's foreground
+/// process group; when the command is in portalock's group it gets them
+/// already, and a second SIGINT would make many programs quit without
+/// cleaning up. Signals sent to portalock alone (`kill PID`, a job
+/// scheduler, `timeout`) are passed on. Linux tells the two apart (the
+/// signal's `si_code`); elsewhere every caught signal is passed on.
+/// A signal sent with `kill` to the whole process group (a negative PID)
+/// reaches the command twice: send it to portalock alone.
 #[cfg(unix)]
 mod signals {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-    use signal_hook::iterator::{Handle, Signals};
+    use signal_hook::iterator::Handle;
 
-    /// Catches the signals that ask a job to stop and passes them on to
-    /// `pid`, until [`stop`]. portalock itself keeps running, so that it
-    /// releases the lock once the child has exited.
-    pub(crate) fn forward_to(pid: u32) -> Option<(Handle, std::thread::JoinHandle<()>)> {
-        let child = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-        let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]) {
-            Ok(signals) => signals,
+    const CAUGHT: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+
+    #[cfg(target_os = "linux")]
+    type Signals =
+        signal_hook::iterator::SignalsInfo<signal_hook::iterator::exfiltrator::WithOrigin>;
+    #[cfg(not(target_os = "linux"))]
+    type Signals = signal_hook::iterator::Signals;
+
+    pub(crate) struct Caught(Signals);
+
+    pub(crate) struct Forwarding {
+        handle: Handle,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    /// Starts catching the signals that ask a job to stop; they wait until
+    /// [`forward`] passes them on. portalock itself keeps running, so that
+    /// it releases the lock once the command has exited.
+    pub(crate) fn catch() -> Option<Caught> {
+        match Signals::new(CAUGHT) {
+            Ok(signals) => Some(Caught(signals)),
             Err(e) => {
                 eprintln!("portalock: cannot pass signals on to the command: {e}");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Passes what was caught, and what comes, on to `pid` (by the rule in
+    /// the module docs), until [`stop`].
+    pub(crate) fn forward(caught: Option<Caught>, pid: u32) -> Option<Forwarding> {
+        let Caught(mut signals) = caught?;
+        let child = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
         let handle = signals.handle();
         let thread = std::thread::spawn(move || {
-            for signal in signals.forever() {
-                if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
-                    let _ = rustix::process::kill_process(child, signal);
+            for info in signals.forever() {
+                #[cfg(target_os = "linux")]
+                let (signal, pass) = {
+                    let from_kernel =
+                        matches!(info.cause, signal_hook::low_level::siginfo::Cause::Kernel);
+                    (
+                        info.signal,
+                        forward_from_kernel(info.signal, from_kernel, child),
+                    )
+                };
+                #[cfg(not(target_os = "linux"))]
+                let (signal, pass) = (info, true);
+                if pass {
+                    if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
+                        let _ = rustix::process::kill_process(child, signal);
+                    }
                 }
             }
         });
-        Some((handle, thread))
+        Some(Forwarding { handle, thread })
     }
 
-    pub(crate) fn stop(forwarding: Option<(Handle, std::thread::JoinHandle<()>)>) {
-        if let Some((handle, thread)) = forwarding {
+    /// Whether a signal the kernel sent (`from_kernel`: a terminal's) or a
+    /// process sent must be passed on to `child`.
+    #[cfg(target_os = "linux")]
+    fn forward_from_kernel(signal: i32, from_kernel: bool, child: rustix::process::Pid) -> bool {
+        let ours = rustix::process::getpgrp();
+        let same_group = rustix::process::getpgid(Some(child)).is_ok_and(|g| g == ours);
+        // A hang-up reaches the session leader alone: if portalock leads
+        // its session, the command did not get it.
+        let leads_session =
+            rustix::process::getsid(None).is_ok_and(|sid| sid == rustix::process::getpid());
+        should_forward(signal, from_kernel, same_group, leads_session)
+    }
+
+    /// The rule, for the unit test.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn should_forward(
+        signal: i32,
+        from_kernel: bool,
+        same_group: bool,
+        leads_session: bool,
+    ) -> bool {
+        !(from_kernel && same_group && !(signal == SIGHUP && leads_session))
+    }
+
+    /// Stops catching: what was caught and not forwarded is dropped.
+    pub(crate) fn stop(caught: Option<Caught>, forwarding: Option<Forwarding>) {
+        drop(caught);
+        if let Some(Forwarding { handle, thread }) = forwarding {
             handle.close();
             let _ = thread.join();
+        }
+    }
+
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_terminals_signals_are_not_passed_on_to_a_command_that_got_them() {
+            // Ctrl-C at the terminal, the command in our group: it has it.
+            assert!(!should_forward(SIGINT, true, true, false));
+            assert!(!should_forward(SIGQUIT, true, true, false));
+            assert!(!should_forward(SIGHUP, true, true, false));
+            // `kill -INT <portalock>`: only portalock got it.
+            assert!(should_forward(SIGINT, false, true, false));
+            assert!(should_forward(SIGTERM, false, true, false));
+            // The command left our group: nothing reaches it by itself.
+            assert!(should_forward(SIGINT, true, false, false));
+            // A hang-up of the terminal that portalock's session leads.
+            assert!(should_forward(SIGHUP, true, true, true));
         }
     }
 }
@@ -422,11 +560,59 @@ mod signals {
 mod signals {
     /// On Windows, Ctrl-C reaches every process of the console, the
     /// command included: nothing to pass on.
-    pub(crate) fn forward_to(_pid: u32) -> Option<()> {
+    pub(crate) fn catch() -> Option<()> {
         None
     }
 
-    pub(crate) fn stop(_forwarding: Option<()>) {}
+    pub(crate) fn forward(_caught: Option<()>, _pid: u32) -> Option<()> {
+        None
+    }
+
+    pub(crate) fn stop(_caught: Option<()>, _forwarding: Option<()>) {}
+}
+
+/// Fault points of `run` for the protocol tests (feature `failpoints`):
+/// `PORTALOCK_PAUSE_AT=<step>` makes portalock say `PL:AT <step>` on its
+/// standard output at that step and wait for a line on the FIFO
+/// `PORTALOCK_RESUME_FIFO` (or be killed there). Without the feature,
+/// nothing.
+mod faults {
+    /// The steps of `run`: the lock taken, the command not yet started; the
+    /// command exited, the lock not yet released.
+    #[cfg(feature = "failpoints")]
+    pub(crate) const STEPS: &[&str] = &["run.locked", "run.exited"];
+
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn setup() {
+        if let Ok(step) = std::env::var("PORTALOCK_PAUSE_AT") {
+            let fifo = std::env::var("PORTALOCK_RESUME_FIFO").unwrap_or_default();
+            let at = step.clone();
+            let _ = fail::cfg_callback(step, move || {
+                use std::io::{BufRead, Write};
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "PL:AT {at}");
+                let _ = out.flush();
+                if let Ok(file) = std::fs::File::open(&fifo) {
+                    let _ = std::io::BufReader::new(file).read_line(&mut String::new());
+                }
+            });
+        }
+    }
+
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn step(name: &'static str) {
+        debug_assert!(
+            STEPS.contains(&name) || portalock::fault::STEPS.contains(&name),
+            "unlisted step {name}"
+        );
+        fail::fail_point!(name);
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    pub(crate) fn setup() {}
+
+    #[cfg(not(feature = "failpoints"))]
+    pub(crate) fn step(_name: &'static str) {}
 }
 
 /// Options shared by the subcommands that take a lock.

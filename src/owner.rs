@@ -1,38 +1,82 @@
 //! The owner record that every lock carries.
 //!
-//! A record is a small JSON object (format version 1):
+//! A record is a small JSON object (format version 2):
 //!
 //! ```json
-//! {"v":1,"token":"5f0c…","pid":4242,"hostname":"build-7",
-//!  "boot":"aef3770f-…","pidns":"pid:[4026531836]","start":1732280000,
-//!  "acquired_at":"2026-11-22T10:00:00Z","strategy":"mkdir","lease_ms":null}
+//! {"v":2,"token":"5f0c…","pid":4242,"hostname":"build-7",
+//!  "machine":"9b1f…","boot":"aef3770f-…","pidns":"pid:[4026531836]",
+//!  "start":"linux-ticks:81234","acquired_at":"2026-11-22T10:00:00Z",
+//!  "strategy":"mkdir","lease_ms":null}
 //! ```
 //!
 //! A holder with a lease adds `"beat":N`, the number of times it has
-//! refreshed the record.
+//! refreshed the record; a lock taken for a command (`portalock run`,
+//! [`LockFile::spawn`](crate::LockFile::spawn)) adds
+//! `"command":{"pid":4243,"start":"linux-ticks:81240"}`.
 //!
 //! It is written so that a reader never sees half of it (a private file
 //! linked or renamed into place, or, for the `Os` strategy, one write into a
 //! file the writer has locked), and it is read with a size cap: anything
-//! larger than [`MAX_RECORD_LEN`], not UTF-8, not JSON, of another version or
-//! with fields this version does not know is an *unknown owner*
-//! (`None`), never a panic and never an unbounded read.
+//! larger than [`MAX_RECORD_LEN`], not UTF-8, not JSON, or with fields this
+//! version does not know is an *unknown owner* (`None`), never a panic and
+//! never an unbounded read.
+//!
+//! # Format versions
+//!
+//! The version `v` changes whenever a field is added or its meaning
+//! changes. A reader judges only records of its own version. A record of
+//! another version (recognised by its `v` and its token) is an owner that
+//! this reader cannot judge: it is shown as unknown and is never broken
+//! as stale (only a forced break removes it), so that an older portalock
+//! never breaks a newer one's live lock. Version 1 was never published.
+//!
+//! # Which process a record names
+//!
+//! `pid` alone does not name a process: PIDs are reused, and a PID means
+//! something only on its own machine, boot and PID namespace. A record
+//! therefore carries the host name, a hash of the machine id, the boot id,
+//! the PID namespace and the process's start stamp, and liveness is judged
+//! only where they match this process's (see [`Liveness`]).
+//!
+//! The start stamp never depends on the wall clock, which NTP, chrony or
+//! `date -s` may step at any time:
+//!
+//! - Linux: `linux-ticks:N`, the start time in clock ticks since boot
+//!   (`/proc/<pid>/stat`, field 22). It never changes for a process, and
+//!   the boot id beside it makes it exact.
+//! - macOS: `darwin-created:N`, the creation time in seconds that the
+//!   kernel stored when the process was made; a later clock step does not
+//!   change it.
+//! - Windows: `windows-created:N`, likewise (`GetProcessTimes`).
+//! - FreeBSD and the other BSDs: `bsd-since-boot:N`, the start minus the
+//!   boot time. The kernel derives both from the boot time, which moves
+//!   with the clock, so their difference does not; the two readings may
+//!   differ by a second, so stamps a second apart count as equal.
+//!
+//! Two stamps of one scheme are compared for equality; stamps of two
+//! schemes (a record written on another platform) are not compared at all,
+//! and the process is then judged by whether its PID exists.
 
 use std::fmt;
 use std::io::{self, Read};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::strategy::LockStrategy;
+use crate::sys::{self, ProcessState};
 
 /// The largest owner record portalock reads, in bytes. Readers never read
 /// more than this (plus one byte to notice the excess).
 pub const MAX_RECORD_LEN: usize = 4096;
 
 /// The format version written by this release.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
+
+/// The PID namespace of a Linux machine's own processes (the initial one,
+/// whose inode number is fixed): stable across boots, unlike the others.
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
 
 /// Who holds a lock: the JSON owner record stored in every lock artifact.
 ///
@@ -52,14 +96,18 @@ pub struct OwnerRecord {
     pub pid: u32,
     /// Host name of the holder's machine.
     pub hostname: String,
+    /// A hash of the holder's machine id (Linux `/etc/machine-id`), when
+    /// known: with the host name it tells an earlier boot of this machine
+    /// from another machine.
+    pub machine: Option<String>,
     /// Boot id of the holder's machine (Linux `boot_id`; elsewhere the boot
     /// time), when known.
     pub boot: Option<String>,
     /// PID namespace of the holder (Linux), when known.
     pub pidns: Option<String>,
-    /// Start time of the holder's process, in seconds since the Unix epoch,
-    /// when known. A PID reused by a later process has another start time.
-    pub start: Option<u64>,
+    /// Start stamp of the holder's process (see the module docs), when
+    /// known. A PID reused by a later process has another start stamp.
+    pub start: Option<String>,
     /// When the lock was taken, RFC 3339 in UTC.
     pub acquired_at: String,
     /// The strategy that took the lock.
@@ -71,6 +119,23 @@ pub struct OwnerRecord {
     /// Absent (0) in records without a lease.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub beat: u64,
+    /// The command the lock was taken for (`portalock run`,
+    /// [`LockFile::spawn`](crate::LockFile::spawn)): the lock counts as
+    /// alive while the holder or its command runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<RecordedProcess>,
+}
+
+/// A process named by an [`OwnerRecord`] beside its holder: the command a
+/// lock was taken for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RecordedProcess {
+    /// Its process id, on the holder's machine.
+    pub pid: u32,
+    /// Its start stamp, as [`OwnerRecord::start`].
+    pub start: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -95,16 +160,21 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
-    /// Same host, same boot, same PID namespace, and a process with the
-    /// record's PID and start time runs.
+    /// Same host, same boot, same PID namespace, and the holder (or the
+    /// command it took the lock for) runs: a process with its PID runs,
+    /// and its start stamp is the recorded one or cannot be compared.
     Alive,
-    /// Same host, same boot, same PID namespace, and no process with that
-    /// PID runs, or the PID now belongs to a process with another start
-    /// time (the PID was reused), or the process is a zombie.
+    /// The holder cannot release the lock any more, on proof: same host,
+    /// boot and PID namespace, and neither the holder nor its command runs
+    /// (no process with the PID exists, or a zombie, or one with another
+    /// start stamp: the PID was reused); or the record names an earlier
+    /// boot of this very machine (same host name, machine id and initial
+    /// PID namespace, another Linux boot id), every process of which has
+    /// ended.
     Dead,
-    /// The record names another host, another boot or another PID
-    /// namespace (a container sharing the volume): its PID means nothing
-    /// here. An unknown owner is never judged dead.
+    /// Nothing can be proved: the record names another host, boot or PID
+    /// namespace (a container sharing the volume), or the process table
+    /// could not be read. An unknown owner is never judged dead.
     Unknown,
 }
 
@@ -118,13 +188,25 @@ impl fmt::Display for Liveness {
     }
 }
 
+impl Liveness {
+    /// The liveness of a lock held by two processes: alive while either
+    /// is, dead when both are.
+    fn or(self, other: Liveness) -> Liveness {
+        match (self, other) {
+            (Liveness::Alive, _) | (_, Liveness::Alive) => Liveness::Alive,
+            (Liveness::Dead, Liveness::Dead) => Liveness::Dead,
+            _ => Liveness::Unknown,
+        }
+    }
+}
+
 impl OwnerRecord {
     /// Parses a record from raw bytes.
     ///
-    /// Returns `None` for anything that is not a complete version-1 record:
-    /// empty input, more than [`MAX_RECORD_LEN`] bytes, invalid UTF-8,
-    /// malformed or truncated JSON, wrong field types, unknown fields or
-    /// another format version.
+    /// Returns `None` for anything that is not a complete record of
+    /// [`RECORD_VERSION`]: empty input, more than [`MAX_RECORD_LEN`] bytes,
+    /// invalid UTF-8, malformed or truncated JSON, wrong field types,
+    /// unknown fields or another format version.
     ///
     /// # Examples
     ///
@@ -132,9 +214,9 @@ impl OwnerRecord {
     /// use portalock::OwnerRecord;
     ///
     /// assert!(OwnerRecord::parse(b"not json").is_none());
-    /// let json = br#"{"v":1,"token":"ab","pid":7,"hostname":"h","boot":null,
-    ///   "pidns":null,"start":null,"acquired_at":"2026-11-22T10:00:00Z",
-    ///   "strategy":"link","lease_ms":null}"#;
+    /// let json = br#"{"v":2,"token":"ab","pid":7,"hostname":"h","machine":null,
+    ///   "boot":null,"pidns":null,"start":null,
+    ///   "acquired_at":"2026-11-22T10:00:00Z","strategy":"link","lease_ms":null}"#;
     /// assert_eq!(OwnerRecord::parse(json).map(|r| r.pid), Some(7));
     /// ```
     pub fn parse(bytes: &[u8]) -> Option<OwnerRecord> {
@@ -164,23 +246,16 @@ impl OwnerRecord {
     pub(crate) fn for_process(strategy: LockStrategy, pid: Option<u32>) -> io::Result<OwnerRecord> {
         let me = Identity::get();
         let (pid, start) = match pid {
-            None => (me.pid, me.start),
-            Some(pid) if pid == me.pid => (me.pid, me.start),
-            Some(pid) => match process_state(pid) {
-                Some((start, false)) => (pid, start),
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("no process with pid {pid} runs on this machine"),
-                    ))
-                }
-            },
+            None => (me.pid, me.start.clone()),
+            Some(pid) if pid == me.pid => (me.pid, me.start.clone()),
+            Some(pid) => (pid, running(pid)?),
         };
         Ok(OwnerRecord {
             v: RECORD_VERSION,
             token: new_token()?,
             pid,
             hostname: me.hostname.clone(),
+            machine: me.machine.clone(),
             boot: me.boot.clone(),
             pidns: me.pidns.clone(),
             start,
@@ -188,36 +263,113 @@ impl OwnerRecord {
             strategy,
             lease_ms: None,
             beat: 0,
+            command: None,
         })
     }
 
-    /// Whether the holder named by this record still runs, judged only
-    /// where its PID means something to the caller (see [`Liveness`]).
+    /// Whether the holder named by this record (or the command it took the
+    /// lock for) still runs, judged only where its PID means something to
+    /// the caller (see [`Liveness`]).
     ///
-    /// Looks up the one PID (through `sysinfo`, refreshing only that
-    /// process), never the whole process table.
+    /// Looks up the one or two PIDs (Linux: `/proc/<pid>/stat`, then
+    /// `kill(pid, 0)` if that cannot be read), never the whole process
+    /// table. A clock step cannot change the answer: the start stamps
+    /// compared do not depend on the wall clock.
     pub fn liveness(&self) -> Liveness {
         let me = Identity::get();
-        if self.hostname != me.hostname
-            || !same_boot(self.boot.as_deref(), me.boot.as_deref())
-            || self.pidns != me.pidns
-        {
+        if self.hostname != me.hostname {
             return Liveness::Unknown;
         }
-        match process_state(self.pid) {
-            None => Liveness::Dead,
-            Some((_, true)) => Liveness::Dead,
-            Some((start, false)) => match (self.start, start) {
-                (Some(recorded), Some(now)) if recorded != now => Liveness::Dead,
-                _ => Liveness::Alive,
-            },
+        if !same_boot(self.boot.as_deref(), me.boot.as_deref()) {
+            let earlier_boot = self.machine.is_some()
+                && self.machine == me.machine
+                && is_exact_boot_id(self.boot.as_deref())
+                && self.pidns.as_deref() == Some(INITIAL_PID_NAMESPACE)
+                && me.earlier_boots_provable();
+            return if earlier_boot {
+                Liveness::Dead
+            } else {
+                Liveness::Unknown
+            };
         }
+        if self.pidns != me.pidns {
+            return Liveness::Unknown;
+        }
+        let holder = process_liveness(self.pid, self.start.as_deref());
+        match &self.command {
+            Some(command) => holder.or(process_liveness(command.pid, command.start.as_deref())),
+            None => holder,
+        }
+    }
+
+    /// Whether this record names the process `pid` of this machine as its
+    /// holder: the same PID, host, boot and PID namespace as the caller's,
+    /// and `pid` runs with the recorded start stamp (or one that cannot be
+    /// compared).
+    pub(crate) fn is_held_for(&self, pid: u32) -> bool {
+        let me = Identity::get();
+        self.pid == pid
+            && self.hostname == me.hostname
+            && same_boot(self.boot.as_deref(), me.boot.as_deref())
+            && self.pidns == me.pidns
+            && process_liveness(pid, self.start.as_deref()) == Liveness::Alive
     }
 
     /// The lease of this record, if its holder keeps one.
     pub fn lease(&self) -> Option<Duration> {
         self.lease_ms.map(Duration::from_millis)
     }
+}
+
+/// The start stamp of `pid`, which must run; `NotFound` if it does not.
+fn running(pid: u32) -> io::Result<Option<String>> {
+    match sys::process_state(pid) {
+        ProcessState::Running { start } => Ok(start),
+        ProcessState::Exited | ProcessState::Unknown => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no process with pid {pid} runs on this machine"),
+        )),
+    }
+}
+
+/// The stamp of `pid`, if it runs (for naming a command in a record).
+pub(crate) fn start_of(pid: u32) -> Option<String> {
+    match sys::process_state(pid) {
+        ProcessState::Running { start } => start,
+        _ => None,
+    }
+}
+
+/// Whether the process `pid` of this machine and PID namespace, which
+/// started at `recorded` (when known), still runs.
+fn process_liveness(pid: u32, recorded: Option<&str>) -> Liveness {
+    match sys::process_state(pid) {
+        ProcessState::Exited => Liveness::Dead,
+        ProcessState::Unknown => Liveness::Unknown,
+        ProcessState::Running { start } => match (recorded, start.as_deref()) {
+            (Some(recorded), Some(now)) if same_start(recorded, now) == Some(false) => {
+                Liveness::Dead
+            }
+            _ => Liveness::Alive,
+        },
+    }
+}
+
+/// Whether two start stamps name one process start: `None` if they cannot
+/// be compared (two schemes, or one not understood).
+fn same_start(a: &str, b: &str) -> Option<bool> {
+    let (scheme_a, value_a) = a.split_once(':')?;
+    let (scheme_b, value_b) = b.split_once(':')?;
+    if scheme_a != scheme_b {
+        return None;
+    }
+    let (x, y): (u64, u64) = (value_a.parse().ok()?, value_b.parse().ok()?);
+    Some(match scheme_a {
+        "linux-ticks" | "darwin-created" | "windows-created" => x == y,
+        // Start and boot time read apart: a second either way.
+        "bsd-since-boot" => x.abs_diff(y) <= 1,
+        _ => return None,
+    })
 }
 
 impl OwnerRecord {
@@ -235,6 +387,35 @@ impl OwnerRecord {
         self.token = new_token()?;
         Ok(())
     }
+}
+
+/// Whether `bytes` is the record of the acquisition with `token`: records
+/// written by this version start with their token, so the common case
+/// needs no parsing.
+pub(crate) fn record_has_token(bytes: &[u8], token: &str) -> bool {
+    const PREFIX: &[u8] = b"{\"v\":2,\"token\":\"";
+    match bytes.strip_prefix(PREFIX) {
+        Some(rest) if rest.len() > token.len() => {
+            rest.starts_with(token.as_bytes()) && rest[token.len()] == b'"'
+        }
+        _ => OwnerRecord::parse(bytes).is_some_and(|rec| rec.token == token),
+    }
+}
+
+/// The format version of `bytes` if they hold a record of another version
+/// than this one's (a JSON object with a numeric `v` and a token): an
+/// owner this reader cannot judge.
+pub(crate) fn other_version(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: u64,
+        token: String,
+    }
+    if bytes.len() > MAX_RECORD_LEN {
+        return None;
+    }
+    let versioned: Versioned = serde_json::from_slice(bytes).ok()?;
+    (versioned.v != u64::from(RECORD_VERSION) && is_token(&versioned.token)).then_some(versioned.v)
 }
 
 /// Reads at most [`MAX_RECORD_LEN`] + 1 bytes.
@@ -300,7 +481,7 @@ pub(crate) fn new_token() -> io::Result<String> {
         )
     };
     let mut token = String::with_capacity(32);
-    token.push_str(host_tag());
+    token.push_str(&host_tag());
     for (word, digits) in [(hi, 8), (lo, 16)] {
         for shift in (0..digits).rev() {
             let digit = ((word >> (shift * 4)) & 0xf) as u8;
@@ -308,6 +489,12 @@ pub(crate) fn new_token() -> io::Result<String> {
         }
     }
     Ok(token)
+}
+
+/// Whether `token` has the shape of the tokens portalock writes, so that it
+/// can be part of a file name.
+pub(crate) fn is_token(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The process that made `token`, if it was made by a process of this
@@ -327,119 +514,168 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// What identifies the calling process to a reader of its records; computed
-/// once per process.
+/// What identifies the calling process to a reader of its records;
+/// computed once per process (again in a child after `fork`, which has
+/// another PID, and may have another PID namespace).
 #[derive(Debug)]
 pub(crate) struct Identity {
     pub(crate) pid: u32,
     pub(crate) hostname: String,
+    /// A hash of the machine id, never the id itself (systemd asks that it
+    /// not be shown to others).
+    pub(crate) machine: Option<String>,
     pub(crate) boot: Option<String>,
     pub(crate) pidns: Option<String>,
-    pub(crate) start: Option<u64>,
+    pub(crate) start: Option<String>,
+    /// This machine, boot and PID namespace, 8 hex digits (see
+    /// [`host_tag`]).
+    host_tag: String,
+    /// This host, machine and PID namespace, 16 hex digits; and this boot,
+    /// 16 hex digits (see [`process_tags`]).
+    machine_tag: String,
+    boot_tag: String,
 }
 
 impl Identity {
-    pub(crate) fn get() -> &'static Identity {
-        static ME: OnceLock<Identity> = OnceLock::new();
-        ME.get_or_init(|| {
-            let pid = std::process::id();
-            Identity {
-                pid,
-                hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned()),
-                boot: boot_id(),
-                pidns: pid_namespace(),
-                start: process_start(pid),
+    pub(crate) fn get() -> Arc<Identity> {
+        static ME: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
+        let pid = std::process::id();
+        let mut me = ME.lock().unwrap_or_else(PoisonError::into_inner);
+        match me.as_ref() {
+            Some(id) if id.pid == pid => Arc::clone(id),
+            _ => {
+                let id = Arc::new(Identity::of_this_process(pid));
+                *me = Some(Arc::clone(&id));
+                id
             }
-        })
+        }
     }
-}
 
-/// Whether the process `pid` of this machine still runs (a zombie does
-/// not; this process does), refreshing only that one process.
-///
-/// Errs on the side of "runs": on Unix a process that exists for the kernel
-/// (`kill(pid, 0)` succeeds or is refused with `EPERM`) counts as running
-/// unless the process table shows it a zombie, so that a process hidden
-/// from this user (`hidepid`) is never taken for dead.
-pub(crate) fn pid_runs(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    #[cfg(unix)]
-    {
-        let Some(raw) = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        else {
-            return false;
+    fn of_this_process(pid: u32) -> Identity {
+        let hostname = sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned());
+        let machine = sys::machine_id().map(|id| format!("{:016x}", fnv64(&["portalock", &id])));
+        let boot = sys::boot_id();
+        let pidns = sys::pid_namespace();
+        let start = match sys::process_state(pid) {
+            ProcessState::Running { start } => start,
+            _ => None,
         };
-        match rustix::process::test_kill_process(raw) {
-            Ok(()) | Err(rustix::io::Errno::PERM) => {}
-            Err(_) => return false,
+        let or_empty = |s: &Option<String>| s.clone().unwrap_or_default();
+        let host_tag = format!(
+            "{:08x}",
+            fnv32(&[&hostname, &or_empty(&boot), &or_empty(&pidns)])
+        );
+        let machine_tag = format!(
+            "{:016x}",
+            fnv64(&[&hostname, &or_empty(&machine), &or_empty(&pidns)])
+        );
+        let boot_tag = format!("{:016x}", fnv64(&[&or_empty(&boot)]));
+        Identity {
+            pid,
+            hostname,
+            machine,
+            boot,
+            pidns,
+            start,
+            host_tag,
+            machine_tag,
+            boot_tag,
         }
-        !matches!(process_state(pid), Some((_, true)))
     }
-    #[cfg(not(unix))]
+
+    /// Whether this process can prove that a process of an earlier boot of
+    /// its own machine has ended: it knows its machine id, its boot id is
+    /// Linux's (exact), and it runs in the initial PID namespace (a
+    /// container's machine id may come with its image and be shared by
+    /// containers on other machines).
+    fn earlier_boots_provable(&self) -> bool {
+        self.machine.is_some()
+            && is_exact_boot_id(self.boot.as_deref())
+            && self.pidns.as_deref() == Some(INITIAL_PID_NAMESPACE)
+    }
+}
+
+/// FNV-1a over `parts`, each followed by a zero byte: stable across
+/// processes, platforms and versions, unlike std's hasher.
+fn fnv32(parts: &[&str]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in parts
+        .iter()
+        .flat_map(|p| p.bytes().chain(std::iter::once(0)))
     {
-        matches!(process_state(pid), Some((_, false)))
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
     }
+    hash
 }
 
-/// This machine and boot (and PID namespace) as 8 hex digits: names that
-/// carry a PID carry this beside it, so that a reader can tell whether the
-/// PID is one of its own machine's.
-pub(crate) fn host_tag() -> &'static str {
-    static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let me = Identity::get();
-        // FNV-1a: stable across processes and versions, unlike std's hasher.
-        let mut hash: u32 = 0x811c_9dc5;
-        let parts = [
-            me.hostname.as_str(),
-            me.boot.as_deref().unwrap_or(""),
-            me.pidns.as_deref().unwrap_or(""),
-        ];
-        for part in parts {
-            for byte in part.bytes().chain(std::iter::once(0)) {
-                hash ^= u32::from(byte);
-                hash = hash.wrapping_mul(0x0100_0193);
-            }
-        }
-        format!("{hash:08x}")
+/// FNV-1a, 64 bits (see [`fnv32`]).
+pub(crate) fn fnv64(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parts
+        .iter()
+        .flat_map(|p| p.bytes().chain(std::iter::once(0)))
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Whether the process `pid` of this machine (boot and PID namespace)
+/// may still run: `false` only on proof that it has exited (see
+/// [`sys::process_state`]); this process runs.
+pub(crate) fn pid_runs(pid: u32) -> bool {
+    pid == std::process::id() || sys::process_state(pid) != ProcessState::Exited
+}
+
+/// This machine and boot (and PID namespace) as 8 hex digits: tokens carry
+/// it before their maker's PID, so that a reader can tell whether the PID
+/// is one of its own machine's.
+pub(crate) fn host_tag() -> String {
+    Identity::get().host_tag.clone()
+}
+
+/// The tags that names carrying a PID of this process put before it
+/// (`<machine>.<boot>`, 16 hex digits each), so that a reader can judge
+/// that PID: see [`tagged_pid_runs`].
+pub(crate) fn process_tags() -> String {
+    let me = Identity::get();
+    format!("{}.{}", me.machine_tag, me.boot_tag)
+}
+
+/// Whether the process `pid` named with `tags` (from [`process_tags`])
+/// may still run: judged by its PID when it is of this machine, boot and
+/// PID namespace; `Some(false)` when it is of an earlier boot of this
+/// machine (see [`Liveness::Dead`]); `None` when it cannot be judged
+/// (another machine, or another PID namespace).
+pub(crate) fn tagged_pid_runs(tags: &str, pid: u32) -> Option<bool> {
+    let me = Identity::get();
+    let (machine, boot) = tags.split_once('.')?;
+    if machine != me.machine_tag {
+        return None;
+    }
+    if boot == me.boot_tag {
+        return Some(pid_runs(pid));
+    }
+    // The machine tag covers the host name, machine id and PID namespace:
+    // equal, the name was made on this machine, in its initial namespace.
+    me.earlier_boots_provable().then_some(false)
+}
+
+/// Whether `boot` is a Linux boot id (a UUID, new at every boot), as
+/// opposed to a boot time, which two readers may see apart.
+fn is_exact_boot_id(boot: Option<&str>) -> bool {
+    boot.is_some_and(|b| {
+        b.len() == 36
+            && b.bytes().enumerate().all(|(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    c == b'-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            })
     })
-}
-
-/// Start time of `pid` in seconds since the Unix epoch, refreshing only that
-/// one process.
-pub(crate) fn process_start(pid: u32) -> Option<u64> {
-    process_state(pid).and_then(|(start, _)| start)
-}
-
-/// Whether `pid` exists: its start time (when known) and whether it is a
-/// zombie. Refreshes only that one process.
-fn process_state(pid: u32) -> Option<(Option<u64>, bool)> {
-    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
-    let pid = Pid::from_u32(pid);
-    let mut sys = System::new();
-    sys.refresh_processes_specifics(
-        ProcessesToUpdate::Some(&[pid]),
-        false,
-        ProcessRefreshKind::nothing(),
-    );
-    let process = sys.process(pid)?;
-    let start = Some(process.start_time()).filter(|&s| s != 0);
-    Some((start, process.status() == ProcessStatus::Zombie))
-}
-
-#[cfg(target_os = "linux")]
-fn boot_id() -> Option<String> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_owned()).filter(|s| !s.is_empty())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn boot_id() -> Option<String> {
-    Some(format!("boot-time:{}", sysinfo::System::boot_time()))
 }
 
 /// Whether two boot ids name the same boot. Where there is no boot id,
@@ -458,17 +694,6 @@ fn same_boot(a: Option<&str>, b: Option<&str>) -> bool {
         (None, None) => true,
         _ => false,
     }
-}
-
-#[cfg(target_os = "linux")]
-fn pid_namespace() -> Option<String> {
-    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    link.to_str().map(str::to_owned)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pid_namespace() -> Option<String> {
-    None
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@
 //!   lease, through a Lua script that first checks the token, so it can
 //!   never extend someone else's lock. The holder's connection is the
 //!   lock's lifeline: when a renewal finds the key gone or replaced, or the
-//!   connection fails (killed with `CLIENT KILL`, Redis restarted), the
-//!   holder counts the lock as lost ([`Error::LockLost`] from
+//!   connection is closed or refused (killed with `CLIENT KILL`, Redis
+//!   restarted), the holder counts the lock as lost ([`Error::LockLost`] from
 //!   [`ensure_held`](RedisLock::ensure_held) and
 //!   [`release`](RedisLock::release)) and deletes the key if it is still
 //!   its own, so waiters do not wait out the lease.
@@ -41,6 +41,23 @@
 //! One Redis server is one point of failure: a restart without persistence
 //! forgets the lock (the holder finds out at its next renewal). This is not
 //! Redlock.
+//!
+//! # Timeouts: a partition never hangs a holder
+//!
+//! Every call to Redis (connect, write, read) is bounded by the command
+//! timeout, a quarter of the lease unless
+//! [`RedisLockOptions::command_timeout`] says otherwise (never more than a
+//! third of it). Behind a silent network partition (connections open,
+//! every byte dropped) a holder therefore never blocks for long, and it
+//! knows how long its lock is safe without asking: Redis counts the lease
+//! from when it receives a renewal, which is after the holder sent it, so
+//! the lock is the holder's at least until one lease after the last renewal
+//! Redis confirmed, counted on the holder's own monotonic clock. A renewal
+//! that fails is tried again (on a new connection) until that moment; then
+//! the lock counts as lost: [`ensure_held`](RedisLock::ensure_held) returns
+//! [`Error::LockLost`] within about one lease of the partition, without
+//! needing the network, and [`release`](RedisLock::release) and drop return
+//! within a few command timeouts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -100,6 +117,7 @@ pub struct RedisLockOptions {
     timeout: Option<Duration>,
     fallback_poll: Duration,
     connect_timeout: Duration,
+    command_timeout: Option<Duration>,
 }
 
 impl Default for RedisLockOptions {
@@ -109,6 +127,7 @@ impl Default for RedisLockOptions {
             timeout: None,
             fallback_poll: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(5),
+            command_timeout: None,
         }
     }
 }
@@ -134,10 +153,29 @@ impl RedisLockOptions {
         self
     }
 
-    /// How long to wait for a connection to Redis. Default 5 s.
+    /// How long to wait for a connection to Redis: at most this, and never
+    /// more than the [command timeout](RedisLockOptions::command_timeout).
+    /// Default 5 s.
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// How long one call to Redis (a write, a read) may take before it
+    /// fails. Default: a quarter of the lease; never more than a third of
+    /// it, so that a holder behind a partition tries a renewal again before
+    /// its lease runs out, and learns of the loss within about one lease.
+    pub fn command_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.command_timeout = Some(timeout);
+        self
+    }
+
+    /// The bound on one call to Redis, as the options say.
+    fn io_timeout(&self) -> Duration {
+        let cap = self.lease / 3;
+        self.command_timeout
+            .map_or(self.lease / 4, |t| t.min(cap))
+            .max(Duration::from_millis(1))
     }
 
     /// A handle on the lock `name` in the Redis at `url`
@@ -196,9 +234,20 @@ struct Holding {
     token: String,
     fence: u64,
     lost: AtomicBool,
+    /// Until when the lock is surely ours: one lease after the sending of
+    /// the last grant or renewal that Redis confirmed.
+    safe_until: Mutex<Instant>,
     stop: Mutex<bool>,
     wake: Condvar,
     renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Holding {
+    /// Whether the lock may have expired in Redis: the lease ran out since
+    /// the last renewal that Redis confirmed.
+    fn lease_ran_out(&self) -> bool {
+        Instant::now() >= *lock(&self.safe_until)
+    }
 }
 
 impl RedisLock {
@@ -256,7 +305,7 @@ impl RedisLock {
     /// As [`acquire`](RedisLock::acquire).
     pub fn lock(&self) -> Result<RedisGuard<'_>> {
         self.acquire()?;
-        Ok(RedisGuard { lock: self })
+        Ok(self.guard())
     }
 
     /// [`try_acquire`](RedisLock::try_acquire) with a guard.
@@ -266,7 +315,7 @@ impl RedisLock {
     /// As [`acquire`](RedisLock::acquire).
     pub fn try_lock(&self) -> Result<RedisGuard<'_>> {
         self.try_acquire()?;
-        Ok(RedisGuard { lock: self })
+        Ok(self.guard())
     }
 
     /// [`acquire_timeout`](RedisLock::acquire_timeout) with a guard.
@@ -276,7 +325,17 @@ impl RedisLock {
     /// As [`acquire`](RedisLock::acquire).
     pub fn lock_timeout(&self, timeout: Duration) -> Result<RedisGuard<'_>> {
         self.acquire_timeout(timeout)?;
-        Ok(RedisGuard { lock: self })
+        Ok(self.guard())
+    }
+
+    /// A guard of the acquisition this handle holds now.
+    fn guard(&self) -> RedisGuard<'_> {
+        let token = self
+            .state()
+            .as_ref()
+            .map(|h| h.token.clone())
+            .unwrap_or_default();
+        RedisGuard { lock: self, token }
     }
 
     /// The fencing token of this handle's current acquisition: larger than
@@ -291,48 +350,81 @@ impl RedisLock {
         self.state().is_some()
     }
 
-    /// Checks with Redis that this handle still holds the lock.
+    /// Checks that this handle still holds the lock: that its lease has not
+    /// run out since the last renewal Redis confirmed, and, when Redis
+    /// answers (within the command timeout), that Redis still holds this
+    /// acquisition's record. If Redis cannot be reached the lease answers:
+    /// the lock is still this handle's until it runs out.
     ///
     /// # Errors
     ///
     /// [`Error::NotLocked`] if it holds nothing; [`Error::LockLost`] if the
     /// lock was taken away (lease run out, connection killed, Redis
-    /// restarted); [`Error::Redis`].
+    /// restarted, a partition longer than the lease).
     pub fn ensure_held(&self) -> Result<()> {
         let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
-        if holding.lost.load(Ordering::Acquire) {
+        if holding.lost.load(Ordering::Acquire) || holding.lease_ran_out() {
+            holding.lost.store(true, Ordering::Release);
             return Err(self.lost());
         }
-        match self.owner()? {
-            Some(record) if record.token == holding.token => Ok(()),
-            _ => {
+        match self.owner() {
+            Ok(Some(record)) if record.token == holding.token => Ok(()),
+            Ok(_) => {
                 holding.lost.store(true, Ordering::Release);
                 Err(self.lost())
             }
+            // Not reachable now; within the lease, the lock is ours.
+            Err(_) => Ok(()),
         }
     }
 
     /// Releases the lock.
     ///
+    /// Returns within a few command timeouts, whatever the network does.
+    ///
     /// # Errors
     ///
     /// [`Error::NotLocked`] if this handle holds nothing;
     /// [`Error::LockLost`] if it was taken away meanwhile (nothing is
-    /// removed then); [`Error::Redis`].
+    /// removed then); [`Error::Redis`] if Redis could not be reached (the
+    /// lock then expires at the end of its lease).
     pub fn release(&self) -> Result<()> {
         let holding = self.state().take().ok_or_else(|| self.not_locked())?;
+        self.finish_release(&holding)
+    }
+
+    /// Releases the lock if it is still the acquisition of `token`.
+    fn release_token(&self, token: &str) -> Result<()> {
+        let holding = {
+            let mut state = self.state();
+            match state.as_ref() {
+                Some(h) if h.token == token => state.take(),
+                _ => None,
+            }
+        };
+        let holding = holding.ok_or_else(|| self.not_locked())?;
+        self.finish_release(&holding)
+    }
+
+    fn finish_release(&self, holding: &Holding) -> Result<()> {
         holding.stop_renewing();
-        let mut con = self.connect()?;
-        let released: i64 = Script::new(&release_script())
-            .key(&self.key)
-            .key(&self.channel)
-            .arg(&holding.token)
-            .invoke(&mut con)
-            .map_err(|e| redis_error(&self.name, "release", &e))?;
-        if released == 1 && !holding.lost.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(self.lost())
+        let ran_out = holding.lease_ran_out();
+        // Compare-and-delete: removes the key only if it is still ours, so
+        // it is safe even after the lease ran out.
+        let released: Result<i64> = self.connect().and_then(|mut con| {
+            Script::new(&release_script())
+                .key(&self.key)
+                .key(&self.channel)
+                .arg(&holding.token)
+                .invoke(&mut con)
+                .map_err(|e| redis_error(&self.name, "release", &e))
+        });
+        if ran_out || holding.lost.load(Ordering::Acquire) {
+            return Err(self.lost_without_asking());
+        }
+        match released? {
+            1 => Ok(()),
+            _ => Err(self.lost()),
         }
     }
 
@@ -367,7 +459,9 @@ impl RedisLock {
         let lease_ms = self.options.lease.as_millis().min(u128::from(u64::MAX)) as u64;
         record.lease_ms = Some(lease_ms);
         let mut con = self.connect()?;
-        let attempt = |con: &mut Connection| -> Result<u64> {
+        let mut sent = Instant::now();
+        let mut attempt = |con: &mut Connection| -> Result<u64> {
+            sent = Instant::now();
             Script::new(ACQUIRE)
                 .key(&self.key)
                 .key(&self.fence_key)
@@ -417,18 +511,20 @@ impl RedisLock {
             }
         }
         if fence > 0 {
-            self.start(record, fence, lease_ms);
+            self.start(record, fence, lease_ms, sent);
             return Ok(());
         }
         Err(self.busy(timeout, self.owner().ok().flatten()))
     }
 
-    /// Records the acquisition and starts its renewal thread.
-    fn start(&self, record: OwnerRecord, fence: u64, lease_ms: u64) {
+    /// Records the acquisition, granted by a request sent at `sent`, and
+    /// starts its renewal thread.
+    fn start(&self, record: OwnerRecord, fence: u64, lease_ms: u64, sent: Instant) {
         let holding = Arc::new(Holding {
             token: record.token.clone(),
             fence,
             lost: AtomicBool::new(false),
+            safe_until: Mutex::new(sent + self.options.lease),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             renewer: Mutex::new(None),
@@ -438,8 +534,10 @@ impl RedisLock {
             key: self.key.clone(),
             channel: self.channel.clone(),
             every: Duration::from_millis((lease_ms / 3).max(1)),
+            lease: self.options.lease,
             lease_ms,
             connect_timeout: self.options.connect_timeout,
+            io_timeout: self.options.io_timeout(),
             holding: Arc::clone(&holding),
             record,
         };
@@ -456,9 +554,12 @@ impl RedisLock {
     }
 
     fn connect(&self) -> Result<Connection> {
-        self.client
-            .get_connection_with_timeout(self.options.connect_timeout)
-            .map_err(|e| redis_error(&self.name, "connect to Redis for", &e))
+        connect(
+            &self.client,
+            self.options.connect_timeout,
+            self.options.io_timeout(),
+        )
+        .map_err(|e| redis_error(&self.name, "connect to Redis for", &e))
     }
 
     fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
@@ -477,6 +578,14 @@ impl RedisLock {
         Error::LockLost {
             path: self.path(),
             holder: self.owner().ok().flatten().map(Box::new),
+        }
+    }
+
+    /// `LockLost` without asking Redis who holds the lock now.
+    fn lost_without_asking(&self) -> Error {
+        Error::LockLost {
+            path: self.path(),
+            holder: None,
         }
     }
 
@@ -514,33 +623,36 @@ impl Holding {
     }
 }
 
+/// A connection whose connect, writes and reads are all bounded.
+fn connect(
+    client: &Client,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> redis::RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(connect_timeout.min(io_timeout))?;
+    con.set_read_timeout(Some(io_timeout))?;
+    con.set_write_timeout(Some(io_timeout))?;
+    Ok(con)
+}
+
 /// The renewal thread of one acquisition.
 struct Renewer {
     client: Client,
     key: String,
     channel: String,
     every: Duration,
+    lease: Duration,
     lease_ms: u64,
     connect_timeout: Duration,
+    io_timeout: Duration,
     holding: Arc<Holding>,
     record: OwnerRecord,
 }
 
 impl Renewer {
     fn run(mut self) {
-        let mut con = match self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)
-        {
-            Ok(con) => con,
-            Err(_) => return self.lose(),
-        };
-        // Name the lifeline, so that an operator can see (and kill) it.
-        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(format!("portalock-holder-{}", self.record.pid))
-            .query(&mut con);
         let script = Script::new(&renew_script());
+        let mut con: Option<Connection> = None;
         let mut next = Instant::now() + self.every;
         loop {
             {
@@ -562,42 +674,80 @@ impl Renewer {
                 }
             }
             self.record.beat += 1;
-            let renewed: redis::RedisResult<i64> = script
-                .key(&self.key)
-                .arg(&self.holding.token)
-                .arg(self.record.to_json())
-                .arg(self.lease_ms)
-                .invoke(&mut con);
+            let sent = Instant::now();
+            let renewed = match con.take() {
+                Some(c) => Ok(c),
+                None => self.connect_named(),
+            }
+            .and_then(|mut c| {
+                let renewed = script
+                    .key(&self.key)
+                    .arg(&self.holding.token)
+                    .arg(self.record.to_json())
+                    .arg(self.lease_ms)
+                    .invoke::<i64>(&mut c);
+                con = Some(c);
+                renewed
+            });
             match renewed {
-                Ok(1) => next += self.every,
-                _ => return self.lose(),
+                Ok(1) => {
+                    *lock(&self.holding.safe_until) = sent + self.lease;
+                    next = sent + self.every;
+                }
+                // Gone or someone else's: lost for good.
+                Ok(_) => return self.lose(),
+                // No answer in time (a partition, a server that stalls):
+                // try again on a new connection until the lease has run
+                // out since the last renewal Redis confirmed.
+                Err(e) if e.is_timeout() && !self.holding.lease_ran_out() => {
+                    con = None;
+                    next = Instant::now() + self.every / 4;
+                }
+                // The lifeline cut (the connection closed or refused: killed
+                // with `CLIENT KILL`, Redis restarted), or the lease run
+                // out: lost.
+                Err(_) => return self.lose(),
             }
         }
     }
 
-    /// The lock is lost: say so, and delete it if it is still ours so that
-    /// waiters need not wait out the lease.
+    /// A bounded connection, named after the holder, so that an operator
+    /// can see (and kill) the lock's lifeline.
+    fn connect_named(&self) -> redis::RedisResult<Connection> {
+        let mut con = connect(&self.client, self.connect_timeout, self.io_timeout)?;
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(format!("portalock-holder-{}", self.record.pid))
+            .query(&mut con);
+        Ok(con)
+    }
+
+    /// The lock is lost: say so, and delete it if it is still ours (a
+    /// bounded try) so that waiters need not wait out the lease.
     fn lose(&self) {
-        if let Ok(mut con) = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)
-        {
+        self.holding.lost.store(true, Ordering::Release);
+        if let Ok(mut con) = connect(&self.client, self.connect_timeout, self.io_timeout) {
             let _: redis::RedisResult<i64> = Script::new(&release_script())
                 .key(&self.key)
                 .key(&self.channel)
                 .arg(&self.holding.token)
                 .invoke(&mut con);
         }
-        self.holding.lost.store(true, Ordering::Release);
     }
 }
 
 /// Proof that a [`RedisLock`] holds its lock; dropping it releases the
 /// lock.
+///
+/// The guard releases only the acquisition that created it, as
+/// [`LockGuard`](crate::LockGuard) does: if the lock was released through
+/// the handle meanwhile and taken again, dropping the old guard leaves the
+/// new acquisition alone.
 #[derive(Debug)]
 #[must_use = "if unused the lock is released at once"]
 pub struct RedisGuard<'a> {
     lock: &'a RedisLock,
+    token: String,
 }
 
 impl RedisGuard<'_> {
@@ -611,16 +761,16 @@ impl RedisGuard<'_> {
     /// # Errors
     ///
     /// As [`RedisLock::release`].
-    pub fn release(self) -> Result<()> {
-        let lock = self.lock;
-        std::mem::forget(self);
-        lock.release()
+    pub fn release(mut self) -> Result<()> {
+        // An empty token matches no acquisition: `Drop` then does nothing.
+        let token = std::mem::take(&mut self.token);
+        self.lock.release_token(&token)
     }
 }
 
 impl Drop for RedisGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.lock.release();
+        let _ = self.lock.release_token(&self.token);
     }
 }
 

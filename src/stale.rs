@@ -156,7 +156,13 @@ pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration) -> Ve
     if seen.claim == Claim::Os {
         return Verdict::Live("an OS lock is released by the kernel when its holder exits");
     }
-    if seen.claim == Claim::Foreign {
+    if let Some(opaque) = seen.opaque {
+        return Verdict::Live(opaque.reason());
+    }
+    if let Claim::Strategy(_) = seen.claim {
+        return Verdict::Live("the lock was taken with another strategy");
+    }
+    if matches!(seen.claim, Claim::Foreign | Claim::Unreadable) {
         return Verdict::Live("the lock artifact is not one portalock can identify as its own");
     }
     let Some(record) = &seen.record else {

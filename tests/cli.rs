@@ -96,13 +96,19 @@ fn run_args<'a>(options: &[&'a str], lock: &'a str, child: &'a [String]) -> Vec<
 /// Starts `portalock run OPTIONS LOCK -- <child that waits>` and waits
 /// until the command runs (so the lock is held).
 fn hold_with_run(options: &[&str], lock: &Utf8Path) -> (Proc, u32) {
+    let (proc, pid, _) = hold_with_run_command(options, lock);
+    (proc, pid)
+}
+
+/// As [`hold_with_run`], also returning the command's PID.
+fn hold_with_run_command(options: &[&str], lock: &Utf8Path) -> (Proc, u32, u32) {
     let line = child_command_line();
     let mut cmd = Command::new(TOOL);
     cmd.args(run_args(options, lock.as_str(), &line));
     let mut proc = spawn_command(cmd, "wait", &[]);
-    proc.expect("STARTED");
+    let command = proc.expect("STARTED").parse().expect("the command's pid");
     let pid = proc.pid();
-    (proc, pid)
+    (proc, pid, command)
 }
 
 fn status_json(strategy: &str, lock: &Utf8Path) -> (i32, Value) {
@@ -222,7 +228,7 @@ fn break_refuses_a_live_lock_and_removes_one_left_by_a_killed_run(
 ) {
     let (_dir, root) = scratch();
     let lock = root.join("job.lock");
-    let (running, pid) = hold_with_run(&["--strategy", strategy], &lock);
+    let (running, pid, command) = hold_with_run_command(&["--strategy", strategy], &lock);
 
     let ran = tool(&["break", "--strategy", strategy, lock.as_str()], None);
     assert_eq!(ran.code(), 1, "{}", ran.stderr);
@@ -230,9 +236,12 @@ fn break_refuses_a_live_lock_and_removes_one_left_by_a_killed_run(
     let (_, json) = status_json(strategy, &lock);
     assert_eq!(json["state"], Value::from("held"));
 
-    // portalock dies with the lock; its command goes on until its input
-    // ends, but the lock's owner is the dead portalock.
+    // portalock dies with the lock; its command ends when its input does
+    // (the lock lasts as long as the command: see
+    // `a_killed_run_keeps_the_lock_while_its_command_runs`). Once both
+    // are gone, the lock is stale.
     running.kill();
+    wait_until_gone(command);
     let (code, json) = status_json(strategy, &lock);
     assert_eq!((code, &json["state"]), (3, &Value::from("stale")), "{json}");
     assert_eq!(json["liveness"], Value::from("dead"));
@@ -466,4 +475,125 @@ fn slots_admit_n_commands_at_once() {
         tool(&["run", "--slots", "0", "x", "--", "true"], None).code(),
         2
     );
+}
+
+/// Waits (bounded) until the process `pid` has exited.
+fn wait_until_gone(pid: u32) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while runs(pid) {
+        assert!(Instant::now() < deadline, "process {pid} did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether `pid` is a process that has not exited (a zombie has).
+fn runs(pid: u32) -> bool {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+    let mut sys = System::new();
+    let pid = Pid::from_u32(pid);
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        false,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(pid)
+        .is_some_and(|p| !matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead))
+}
+
+/// `portalock run` killed (the OOM killer, `timeout -s KILL`) while its
+/// command runs: the lock lasts as long as the command, as with flock(1).
+#[cfg(target_os = "linux")]
+#[rstest]
+fn a_killed_run_keeps_the_lock_while_its_command_runs(
+    #[values("os", "mkdir", "link")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let lock = root.join("job.lock");
+    let line = child_command_line();
+    let mut cmd = Command::new(TOOL);
+    cmd.args(run_args(&["--strategy", strategy], lock.as_str(), &line));
+    let mut running = spawn_command(cmd, "wait", &[]);
+    let command: u32 = running.expect("STARTED").parse().expect("pid");
+    running.signal("KILL");
+    let status = running.wait_open();
+    assert_eq!(status.code(), None, "portalock was killed");
+    assert!(runs(command), "the command goes on");
+
+    let ran = tool(
+        &[
+            "run",
+            "--strategy",
+            strategy,
+            "--timeout",
+            "0",
+            lock.as_str(),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(
+        ran.code(),
+        75,
+        "taken while the command ran: {}",
+        ran.stderr
+    );
+    let (code, json) = status_json(strategy, &lock);
+    assert_eq!((code, &json["state"]), (1, &Value::from("held")), "{json}");
+
+    // The command ends: the lock is free (os) or stale and broken.
+    running.close_stdin();
+    wait_until_gone(command);
+    let ran = tool(
+        &[
+            "run",
+            "--strategy",
+            strategy,
+            "--timeout",
+            "10",
+            lock.as_str(),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+}
+
+/// Ctrl-C at a terminal sends SIGINT to the whole foreground process
+/// group, portalock and its command alike: portalock must not pass on a
+/// second one (programs take a second Ctrl-C as "quit now"). A signal sent
+/// to portalock alone is passed on.
+#[cfg(target_os = "linux")]
+#[rstest]
+fn ctrl_c_at_a_terminal_reaches_the_command_once(#[values("os", "mkdir", "link")] strategy: &str) {
+    let (_dir, root) = scratch();
+    let lock = root.join("job.lock");
+    let line = child_command_line();
+    let words: Vec<String> = std::iter::once(TOOL)
+        .chain(run_args(&["--strategy", strategy], lock.as_str(), &line))
+        .map(|word| format!("'{word}'"))
+        .collect();
+    // script(1) runs portalock on a terminal of its own, in the terminal's
+    // foreground process group; what we write is typed at that terminal.
+    let mut cmd = Command::new("script");
+    cmd.args([
+        "-q",
+        "-e",
+        "-c",
+        &format!("exec {}", words.join(" ")),
+        "/dev/null",
+    ]);
+    let mut terminal = spawn_command(cmd, "sigint-count", &[]);
+    let portalock: u32 = terminal.expect("READY").parse().expect("parent pid");
+    terminal.send("\u{3}"); // Ctrl-C
+    assert_eq!(terminal.expect("GOT"), "1");
+    // SIGTERM to portalock alone: passed on after any SIGINT it passed on.
+    let status = Command::new("kill")
+        .args(["-s", "TERM", &portalock.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(terminal.expect("COUNT"), "1", "SIGINTs the command got");
+    assert!(terminal.wait().success());
 }

@@ -287,3 +287,101 @@ fn a_mkdir_lock_removed_under_its_holder_is_lock_lost_and_free_for_others() {
     other.ensure_held().expect("the new holder's");
     other.release().expect("release");
 }
+
+/// A child process in `role`, running as `nobody`.
+fn spawn_as_nobody(role: &str, args: &[&str]) -> common::Proc {
+    let exe = std::env::current_exe().expect("test executable");
+    let mut cmd = Command::new(exe);
+    cmd.args(CHILD_ARGS).uid(65534).gid(65534);
+    spawn_command(cmd, role, args)
+}
+
+/// A directory where everybody may create files (as `/tmp`).
+fn shared_dir() -> (TempDir, Utf8PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8");
+    (dir, root)
+}
+
+/// A holder under umask 077 (or another user) leaves a record that a
+/// waiter cannot read. The lock is simply busy: the waiter waits and times
+/// out with the busy error, and never breaks it after the grace period.
+#[rstest]
+#[ignore = "needs root: runs a process as nobody (run by .ci/run)"]
+fn a_record_the_waiter_cannot_read_is_a_busy_lock(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, root) = shared_dir();
+    let path = root.join("x.lock");
+    let mut holder = common::spawn("umask-hold", &["077", strategy.as_str(), path.as_str()]);
+    holder.expect("ACQUIRED");
+    let mut waiter = spawn_as_nobody("waiter", &[strategy.as_str(), path.as_str(), "50"]);
+    waiter.expect("READY");
+    let mut waits = |what: &str| {
+        waiter.send("try");
+        assert_eq!(waiter.expect("TRIED"), "WouldBlock", "{what}");
+        waiter.send("wait 300");
+        assert_eq!(waiter.expect("WAITED"), "Timeout", "{what}");
+    };
+    waits("nothing readable");
+    if strategy == LockStrategy::Mkdir {
+        // The directory listable, the record in it still not readable.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        waits("the record not readable");
+    }
+    holder.send("check");
+    assert_eq!(holder.expect("CHECKED"), "Ok");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    waiter.send("wait 5000");
+    assert_eq!(waiter.expect("WAITED"), "Ok", "free after the release");
+    waiter.send("release");
+    assert_eq!(waiter.expect("RELEASED"), "Ok");
+}
+
+/// A release that fails before it changed anything keeps the lock held,
+/// and its lease refreshed: nobody breaks it meanwhile.
+#[rstest]
+#[ignore = "needs root: runs a process as nobody (run by .ci/run)"]
+fn a_failed_release_keeps_refreshing_the_lease(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8");
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).expect("chown");
+    let path = root.join("x.lock");
+    let mut holder = spawn_as_nobody("hold", &[strategy.as_str(), path.as_str(), "200"]);
+    holder.expect("ACQUIRED");
+    // The holder may no longer remove names where its lock lives; it may
+    // still write its record.
+    let names_in = if strategy == LockStrategy::Mkdir {
+        &path
+    } else {
+        &root
+    };
+    let mode = |m| std::fs::set_permissions(names_in, std::fs::Permissions::from_mode(m));
+    mode(0o555).expect("chmod");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Io");
+    mode(0o755).expect("chmod");
+    // Five leases: a lease left unrefreshed would be broken.
+    let contender = LockOptions::new()
+        .strategy(strategy)
+        .poll_interval(std::time::Duration::from_millis(5))
+        .open(&path)
+        .expect("open");
+    assert!(
+        matches!(
+            contender.acquire_timeout(std::time::Duration::from_millis(1000)),
+            Err(Error::Timeout { .. })
+        ),
+        "the lease of a held lock went unrefreshed"
+    );
+    holder.send("check");
+    assert_eq!(holder.expect("CHECKED"), "Ok");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    contender.try_acquire().expect("free");
+    contender.release().expect("release");
+}

@@ -310,7 +310,7 @@ fn status_and_owner_follow_the_lock(
     assert_eq!(owner.pid, std::process::id());
     assert_eq!(owner.token, guard.token());
     assert_eq!(owner.strategy, strategy);
-    assert_eq!(owner.v, 1);
+    assert_eq!(owner.v, portalock::RECORD_VERSION);
     assert!(owner.start.is_some());
     assert!(!owner.hostname.is_empty());
     assert!(owner.acquired_at.ends_with('Z'), "{}", owner.acquired_at);
@@ -656,4 +656,99 @@ fn auto_resolves_when_the_handle_is_opened_and_records_name_the_result() {
     assert!(matches!(os.try_acquire(), Err(Error::WouldBlock { .. })));
     lock.release().expect("release");
     assert_eq!("auto".parse::<LockStrategy>(), Ok(LockStrategy::Auto));
+}
+
+/// Any lock that can be taken can be released and broken, whatever the
+/// length of its name (up to the file system's limit).
+#[rstest]
+fn long_names_lock_release_and_break(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+    #[values(120, 180, 240)] len: usize,
+) {
+    let (_dir, default_path) = scratch();
+    let dir = default_path.parent().expect("dir").to_owned();
+    let name = format!("{}.lock", "n".repeat(len - 5));
+    let path = dir.join(&name);
+    let lock = open(&path, strategy);
+    lock.acquire().expect("acquire");
+    lock.release().expect("release");
+    if strategy != LockStrategy::Os {
+        lock.acquire().expect("acquire again");
+        let other = open(&path, strategy);
+        other.force_break().expect("force break").expect("a record");
+        assert!(matches!(lock.release(), Err(Error::LockLost { .. })));
+        other.acquire().expect("acquire after the break");
+        other.release().expect("release");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_str() != Some(name.as_str()))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// One path taken through two strategies (a script with `--strategy link`,
+/// a library user with `Auto` on a local disk) never has two holders, and
+/// the other strategy's artifact is left as it was.
+#[rstest]
+#[case(LockStrategy::Link, LockStrategy::Os)]
+#[case(LockStrategy::Os, LockStrategy::Link)]
+#[case(LockStrategy::Mkdir, LockStrategy::Os)]
+#[case(LockStrategy::Os, LockStrategy::Mkdir)]
+#[case(LockStrategy::Mkdir, LockStrategy::Link)]
+#[case(LockStrategy::Link, LockStrategy::Mkdir)]
+fn one_path_through_two_strategies_never_has_two_holders(
+    #[case] held_with: LockStrategy,
+    #[case] tried_with: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut holder = spawn("hold", &[held_with.as_str(), path.as_str()]);
+    let pid: u32 = holder.expect("ACQUIRED").parse().expect("pid");
+    let record = open(&path, held_with)
+        .owner()
+        .expect("owner")
+        .expect("record");
+    assert_eq!(record.pid, pid);
+
+    let other = open(&path, tried_with);
+    let tried = other.try_acquire();
+    assert!(tried.is_err(), "{held_with} held, {tried_with} got it too");
+    let message = tried.expect_err("refused").to_string();
+    assert!(
+        message.contains(held_with.as_str()) && message.contains(tried_with.as_str()),
+        "the error names both strategies: {message}"
+    );
+    // Nor does a forced break through the other strategy remove it.
+    let _ = other.force_break();
+    holder.send("check");
+    assert_eq!(holder.expect("CHECKED"), "Ok");
+    let now = open(&path, held_with)
+        .owner()
+        .expect("owner")
+        .expect("record");
+    assert_eq!(now, record, "the holder's record was changed");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+}
+
+/// A handle inherited through `fork()` never releases the parent's lock
+/// when the child drops it.
+#[cfg(unix)]
+#[rstest]
+fn a_handle_dropped_in_a_forked_child_leaves_the_lock_to_its_parent(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut parent = spawn("fork-drop", &[strategy.as_str(), path.as_str()]);
+    let pid: u32 = parent.expect("ACQUIRED").parse().expect("pid");
+    parent.expect("FORKED");
+    assert_would_block_by(open(&path, strategy).try_acquire(), pid);
+    parent.send("check");
+    assert_eq!(parent.expect("CHECKED"), "Ok");
+    parent.send("release");
+    assert_eq!(parent.expect("RELEASED"), "Ok");
+    open(&path, strategy)
+        .try_acquire()
+        .expect("free after the release");
 }

@@ -10,8 +10,8 @@ use portalock::{Error, LockFile, LockStatus, LockStrategy, OwnerRecord, MAX_RECO
 use rstest::rstest;
 use tempfile::TempDir;
 
-/// A hand-written version-1 record with every field.
-const VALID: &str = r#"{"v":1,"token":"00112233445566778899aabbccddeeff","pid":42,"hostname":"h","boot":null,"pidns":null,"start":null,"acquired_at":"2026-11-22T10:00:00Z","strategy":"link","lease_ms":null}"#;
+/// A hand-written record of the current version with every field.
+const VALID: &str = r#"{"v":2,"token":"00112233445566778899aabbccddeeff","pid":42,"hostname":"h","machine":null,"boot":null,"pidns":null,"start":null,"acquired_at":"2026-11-22T10:00:00Z","strategy":"link","lease_ms":null}"#;
 
 /// 100 MiB: far past any cap, and cheap because the file is sparse.
 const HUGE: u64 = 100 * 1024 * 1024;
@@ -158,13 +158,14 @@ fn every_truncation_of_the_reference_record_is_unknown() {
     r#""token":"00112233445566778899aabbccddeeff""#,
     r#""token":7"#
 ))]
-#[case::version_as_string(valid_with(r#""v":1"#, r#""v":"1""#))]
-#[case::version_0(valid_with(r#""v":1"#, r#""v":0"#))]
-#[case::version_2(valid_with(r#""v":1"#, r#""v":2"#))]
-#[case::missing_version(valid_with(r#""v":1,"#, ""))]
+#[case::version_as_string(valid_with(r#""v":2"#, r#""v":"2""#))]
+#[case::version_0(valid_with(r#""v":2"#, r#""v":0"#))]
+#[case::version_1(valid_with(r#""v":2"#, r#""v":1"#))]
+#[case::version_3(valid_with(r#""v":2"#, r#""v":3"#))]
+#[case::missing_version(valid_with(r#""v":2,"#, ""))]
 #[case::missing_pid(valid_with(r#""pid":42,"#, ""))]
 #[case::unknown_strategy(valid_with(r#""strategy":"link""#, r#""strategy":"flock""#))]
-#[case::unknown_field(valid_with(r#""v":1,"#, r#""v":1,"extra":true,"#))]
+#[case::unknown_field(valid_with(r#""v":2,"#, r#""v":2,"extra":true,"#))]
 #[case::duplicate_field(valid_with(r#""pid":42,"#, r#""pid":42,"pid":43,"#))]
 #[case::two_records(format!("{VALID}{VALID}").into_bytes())]
 #[case::trailing_garbage(format!("{VALID}x").into_bytes())]
@@ -236,9 +237,10 @@ fn assert_unknown_link_owner(path: &Utf8Path) {
     r#""token":"00112233445566778899aabbccddeeff""#,
     r#""token":7"#
 ))]
-#[case::version_2(valid_with(r#""v":1"#, r#""v":2"#))]
-#[case::version_0(valid_with(r#""v":1"#, r#""v":0"#))]
-#[case::unknown_field(valid_with(r#""v":1,"#, r#""v":1,"extra":true,"#))]
+#[case::version_1(valid_with(r#""v":2"#, r#""v":1"#))]
+#[case::version_3(valid_with(r#""v":2"#, r#""v":3"#))]
+#[case::version_0(valid_with(r#""v":2"#, r#""v":0"#))]
+#[case::unknown_field(valid_with(r#""v":2,"#, r#""v":2,"extra":true,"#))]
 #[case::non_utf8(vec![b'{', 0xff, 0xfe, b'}'])]
 #[case::non_utf8_hostname(non_utf8_hostname())]
 #[case::valid_plus_5000_spaces(format!("{VALID}{}", " ".repeat(5000)).into_bytes())]
@@ -275,7 +277,7 @@ fn a_link_record_at_the_cap_is_read_whole() {
 #[rstest]
 #[case::sparse_zeros(b"".as_slice())]
 #[case::valid_prefix_then_zeros(VALID.as_bytes())]
-#[case::open_object_then_zeros(br#"{"v":1,"tok"#.as_slice())]
+#[case::open_object_then_zeros(br#"{"v":2,"tok"#.as_slice())]
 fn a_hundred_megabyte_link_lock_file_is_read_with_a_cap(#[case] start: &[u8]) {
     let (_dir, path) = scratch();
     write_huge(&path, start);
@@ -343,10 +345,10 @@ fn a_hundred_megabyte_os_lock_file_is_read_with_a_cap(#[case] start: &[u8]) {
 }
 
 #[rstest]
-#[case::empty(b"".as_slice())]
-#[case::whitespace(b" \n\t\n".as_slice())]
-#[case::a_dead_holders_record(VALID.as_bytes())]
-fn an_os_lock_file_with_no_or_a_stale_record_is_free_and_reused(#[case] bytes: &[u8]) {
+#[case::empty(b"".to_vec())]
+#[case::whitespace(b" \n\t\n".to_vec())]
+#[case::a_dead_holders_record(valid_with(r#""strategy":"link""#, r#""strategy":"os""#))]
+fn an_os_lock_file_with_no_or_a_stale_record_is_free_and_reused(#[case] bytes: Vec<u8>) {
     let (_dir, path) = scratch();
     std::fs::write(&path, bytes).expect("write");
     let lock = LockFile::with_strategy(&path, LockStrategy::Os).expect("open");

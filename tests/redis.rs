@@ -336,3 +336,192 @@ fn the_cli_runs_a_command_under_a_redis_lock() {
     holder.release().expect("release");
     assert_eq!(run("0"), Some(6));
 }
+
+/// A TCP proxy on loopback in front of a server, that can turn into a
+/// black hole: connections stay open and every byte is dropped, as behind
+/// a silent network partition (no reset, no FIN).
+struct BlackHole {
+    port: u16,
+    dropping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHole {
+    fn in_front_of(server: &Server) -> BlackHole {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let upstream = server.port;
+        let dropping = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&dropping);
+        // Threads that end when their connections end (or with the test
+        // process): the proxy serves only this test's clients.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    break;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let flag = std::sync::Arc::clone(&flag);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) if !flag.load(Ordering::SeqCst) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(_) => {} // dropped
+                            }
+                        }
+                        // A connection ended before the partition is
+                        // passed on; during it, nothing is.
+                        if !flag.load(Ordering::SeqCst) {
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        }
+                    });
+                }
+            }
+        });
+        BlackHole { port, dropping }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// From now on, every byte in either direction is dropped.
+    fn partition(&self) {
+        self.dropping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` on a thread of its own and returns what it returned and how
+/// long it took, or `None` if it did not return within `bound`.
+fn bounded<T: Send + 'static>(
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<(T, Duration)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let value = f();
+        let _ = tx.send((value, started.elapsed()));
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+/// A holder behind a silent partition learns that it lost the lock within
+/// about one lease, and release (and drop) return within a bound; another
+/// client takes the lock once the lease has run out.
+#[test]
+fn a_holder_behind_a_silent_partition_learns_of_it_within_a_lease() {
+    const LEASE: Duration = Duration::from_millis(900);
+    let server = Server::start();
+    let proxy = BlackHole::in_front_of(&server);
+    let holder = std::sync::Arc::new(
+        RedisLock::options()
+            .lease(LEASE)
+            .open(&proxy.url(), "partition")
+            .expect("open"),
+    );
+    holder.acquire().expect("acquire");
+    proxy.partition();
+    let cut = Instant::now();
+
+    // ensure_held answers within a bound every time, and says LockLost
+    // once the lease has run out.
+    let lost = loop {
+        let h = std::sync::Arc::clone(&holder);
+        let (result, took) = bounded(3 * LEASE, move || h.ensure_held())
+            .expect("ensure_held hung behind the partition");
+        assert!(took <= 2 * LEASE, "ensure_held took {took:?}");
+        if matches!(result, Err(Error::LockLost { .. })) {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < 4 * LEASE,
+            "not lost after {:?}",
+            cut.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("redis: a partitioned holder learned of its loss after {lost:?} (lease {LEASE:?})");
+    assert!(lost <= 2 * LEASE, "learned after {lost:?}");
+
+    // Another client (not behind the partition) takes the lock.
+    let other = lock(&server, "partition", 5000);
+    other
+        .acquire_timeout(2 * LEASE)
+        .expect("taken once the partitioned holder's lease ran out");
+
+    let h = std::sync::Arc::clone(&holder);
+    let (released, took) =
+        bounded(3 * LEASE, move || h.release()).expect("release hung behind the partition");
+    assert!(released.is_err(), "a lost lock's release is an error");
+    assert!(took <= 2 * LEASE, "release took {took:?}");
+    let (_, took) = bounded(3 * LEASE, move || drop(holder)).expect("drop hung");
+    assert!(took <= 2 * LEASE, "drop took {took:?}");
+    other.ensure_held().expect("the new holder is untouched");
+    other.release().expect("release");
+}
+
+/// `portalock run --redis` behind a silent partition: once its command
+/// ends, it exits within a bound and says the lock was lost.
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_behind_a_silent_partition_exits_after_its_command() {
+    let server = Server::start();
+    let proxy = BlackHole::in_front_of(&server);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portalock"));
+    cmd.args([
+        "run",
+        "--redis",
+        &proxy.url(),
+        "--lease",
+        "0.9",
+        "cut",
+        "--",
+    ])
+    .args(common::child_command_line());
+    let mut running = common::spawn_command(cmd, "wait", &[]);
+    running.expect("STARTED");
+    proxy.partition();
+    running.close_stdin(); // the command ends
+    let ended = Instant::now();
+    let status = running.wait_open();
+    assert!(
+        ended.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        ended.elapsed()
+    );
+    assert_eq!(status.code(), Some(74), "the lost lock is reported");
+}
+
+/// A guard releases only the acquisition that made it, as `LockGuard`
+/// does: an old guard dropped after a new acquisition leaves it alone.
+#[test]
+fn a_guard_releases_only_its_own_acquisition() {
+    let server = Server::start();
+    let lock = lock(&server, "guard", 5000);
+    let old = lock.lock().expect("lock");
+    lock.release().expect("released through the handle");
+    lock.acquire().expect("taken again");
+    drop(old);
+    assert!(lock.is_held(), "the old guard released the new acquisition");
+    lock.ensure_held().expect("still held");
+    let other = RedisLock::new(&server.url(), "guard").expect("open");
+    assert!(matches!(other.try_acquire(), Err(Error::WouldBlock { .. })));
+    lock.release().expect("release");
+}

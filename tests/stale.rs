@@ -279,7 +279,7 @@ fn a_live_pid_with_another_start_time_is_stale(
     lock.force_break().expect("clean up");
 
     // The same PID with another start time: the PID was reused.
-    let reused = record(strategy, |r| r.start = r.start.map(|s| s - 1000));
+    let reused = record(strategy, other_start);
     assert_eq!(reused.liveness(), Liveness::Dead);
     plant(strategy, &path, &reused);
     lock.try_acquire().expect("a reused PID's lock is stale");
@@ -697,4 +697,93 @@ fn a_fifo_at_the_lock_path_is_refused_without_hanging(
     let _ = lock.break_lock();
     assert!(lock.try_acquire().is_err());
     assert!(fifo.exists(), "the FIFO is left alone");
+}
+
+/// A failed look at the process table (no file descriptor left, `/proc`
+/// hidden or unreadable) proves nothing: a live owner stays alive. Only a
+/// proven absence makes an owner dead.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_look_at_the_process_table_never_makes_an_owner_dead() {
+    let alive = template(LockStrategy::Mkdir);
+    let mut dead = alive.clone();
+    dead.pid = dead_pid();
+    // A child with 32 file descriptors uses them all up, then judges.
+    let exe = std::env::current_exe().expect("test executable");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args(common::CHILD_ARGS);
+    let mut child = common::spawn_command(
+        cmd,
+        "liveness-starved",
+        &[&alive.to_json(), &dead.to_json()],
+    );
+    assert_eq!(child.expect("LIVENESS"), "alive alive");
+    assert_eq!(child.expect("LIVENESS"), "dead dead");
+    assert!(child.wait().success());
+}
+
+/// `release_for(pid)` releases only a lock held for that very process:
+/// the PID of another PID namespace, another boot, or an earlier process
+/// that had the same PID is another process.
+#[rstest]
+fn release_for_matches_the_whole_identity_of_the_process(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut other = spawn("wait", &[]);
+    let pid: u32 = other.expect("STARTED").parse().expect("pid");
+    // The record of a lock held for `other`, as `acquire --pid` leaves it.
+    let taker = options(strategy)
+        .on_behalf_of(pid)
+        .open(&path)
+        .expect("open");
+    taker.acquire().expect("acquire");
+    let held_for_other = taker.detach().expect("detach");
+    assert_eq!(held_for_other.pid, pid);
+    let lock = open(&path, strategy);
+    lock.force_break().expect("clean up");
+
+    type Edit = fn(&mut OwnerRecord);
+    let impostors: [(&str, Edit); 3] = [
+        ("another PID namespace", |r| {
+            r.pidns = Some("pid:[1]".to_owned())
+        }),
+        ("another boot", |r| r.boot = Some("another-boot".to_owned())),
+        ("an earlier process with that PID", |r| other_start(r)),
+    ];
+    for (what, edit) in impostors {
+        let mut record = held_for_other.clone();
+        record.token = fresh_token();
+        edit(&mut record);
+        plant(strategy, &path, &record);
+        assert!(
+            matches!(lock.release_for(pid), Err(Error::NotOwner { .. })),
+            "{what}: released"
+        );
+        assert_eq!(
+            lock.owner().expect("owner").map(|r| r.token),
+            Some(record.token),
+            "{what}: the lock changed"
+        );
+        lock.force_break().expect("clean up");
+    }
+    let mut record = held_for_other;
+    record.token = fresh_token();
+    plant(strategy, &path, &record);
+    assert_eq!(lock.release_for(pid).expect("release").token, record.token);
+    assert!(!lock.is_locked().expect("is_locked"));
+    other.close_stdin();
+    assert!(other.wait().success());
+}
+
+/// Makes `record` name a process that started at another time than the
+/// one it names.
+fn other_start(record: &mut OwnerRecord) {
+    let start = record.start.as_deref().expect("a start stamp");
+    let (scheme, value) = start.split_once(':').expect("scheme:value");
+    let value: u64 = value.parse().expect("a number");
+    record.start = Some(format!("{scheme}:{}", value + 1000));
 }

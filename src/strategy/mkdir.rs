@@ -21,10 +21,10 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, FileKind, Result};
+use crate::fault;
 use crate::fs;
-use crate::owner::{read_capped, OwnerRecord};
-use crate::strategy::link::is_token;
-use crate::strategy::{Broken, Claim, LockStrategy, Probe, Released, Seen};
+use crate::owner::{is_token, read_capped, OwnerRecord};
+use crate::strategy::{Broken, Claim, LockStrategy, Opaque, Probe, Released, Seen};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
@@ -41,7 +41,7 @@ pub(crate) fn try_acquire(
     record: &OwnerRecord,
     sync: bool,
 ) -> Result<Option<Held>> {
-    match fs::create_dir(path) {
+    match fault::step("mkdir.acquire.mkdir", || fs::create_dir(path)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return fs::busy(path, LockStrategy::Mkdir, FileKind::Directory).map(|()| None);
@@ -98,14 +98,16 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             return Err(Error::io(path, "open lock directory", e));
         }
     };
-    let written = fs::stale_retry(|| {
-        rustix::fs::openat(
-            &dir,
-            name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(fs::FILE_MODE as _),
-        )
-        .map_err(io::Error::from)
+    let written = fault::step("mkdir.acquire.record", || {
+        fs::stale_retry(|| {
+            rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(fs::FILE_MODE as _),
+            )
+            .map_err(io::Error::from)
+        })
     })
     .and_then(|fd| {
         let mut file = std::fs::File::from(fd);
@@ -134,7 +136,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             ));
         }
     }
-    if alone_in(dir, &name) {
+    if fault::point("mkdir.acquire.alone").is_ok() && alone_in(dir, &name) {
         return Ok(true);
     }
     let _ = fs::remove_file(record_path(path, &record.token));
@@ -195,15 +197,16 @@ fn listed_alone_in(entries: &mut rustix::fs::Dir, name: &str) -> io::Result<bool
 fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
     let made = dir_ino(path);
     let target = record_path(path, &record.token);
-    let written = fs::create_new(&target).and_then(|mut file| {
-        file.write_all(record.to_json().as_bytes())?;
-        if sync {
-            file.sync_all()?;
-            fs::sync_dir(path)?;
-            fs::sync_parent(path)?;
-        }
-        Ok(file)
-    });
+    let written =
+        fault::step("mkdir.acquire.record", || fs::create_new(&target)).and_then(|mut file| {
+            file.write_all(record.to_json().as_bytes())?;
+            if sync {
+                file.sync_all()?;
+                fs::sync_dir(path)?;
+                fs::sync_parent(path)?;
+            }
+            Ok(file)
+        });
     let file = match written {
         Ok(file) => file,
         // A breaker removed the directory while it was still empty (this
@@ -217,7 +220,8 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
     };
     // Closed now: see `Held::rewrite_record`.
     drop(file);
-    if (made.is_some() && dir_ino(path) != made) || !alone(path, &record.token) {
+    let alone = fault::point("mkdir.acquire.alone").is_ok() && alone(path, &record.token);
+    if (made.is_some() && dir_ino(path) != made) || !alone {
         // Inode numbers are reused at once on some file systems, so the
         // listing is what decides.
         let _ = fs::remove_file(&target);
@@ -291,6 +295,16 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Ok(entries) => entries,
         // Removed since the look above: free now.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
+        // Another user's lock (or one made under a umask of 077): held,
+        // by an owner this process cannot read.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Ok(Probe::Held(Box::new(Seen {
+                record: None,
+                opaque: Some(Opaque::Unreadable),
+                claim: Claim::Unreadable,
+                stamp: fs::stamp(&meta),
+            })))
+        }
         Err(e) => return Err(Error::io(path, "list lock directory", e)),
     };
     let mut tokens = Vec::new();
@@ -311,47 +325,59 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         }
     }
     let mut stamp = fs::stamp(&meta);
-    let (record, claim) = match (tokens.as_slice(), others) {
-        ([], 0) => (None, Claim::MkdirEmpty),
-        ([token], 0) => {
-            let target = record_path(path, token);
-            // Released since the listing (on sshfs, `fstat` and `read` of
-            // an open file can find it gone too): an empty stamp marks the
-            // change.
-            let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
-            let bytes = match fs::open_read(&target) {
-                Ok(file) => match file.metadata() {
-                    Ok(m) if m.is_file() => match read_capped(file) {
-                        Ok(bytes) => bytes,
-                        Err(e) if gone(&e) => Vec::new(),
-                        Err(e) => return Err(Error::io(&target, "read", e)),
-                    },
-                    Err(e) if gone(&e) => Vec::new(),
-                    // A FIFO or device under a record's name: not ours.
-                    _ => {
-                        return Ok(Probe::Held(Box::new(Seen {
-                            record: None,
-                            claim: Claim::Foreign,
-                            stamp,
-                        })))
-                    }
-                },
+    let ([token], 0) = (tokens.as_slice(), others) else {
+        let claim = if tokens.is_empty() && others == 0 {
+            Claim::MkdirEmpty
+        } else {
+            Claim::Foreign
+        };
+        return Ok(Probe::Held(Box::new(Seen::new(None, claim, stamp))));
+    };
+    let target = record_path(path, token);
+    // Released since the listing (on sshfs, `fstat` and `read` of an open
+    // file can find it gone too): an empty stamp marks the change.
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let mut opaque = None;
+    let bytes = match fs::open_read(&target) {
+        Ok(file) => match file.metadata() {
+            Ok(m) if m.is_file() => match read_capped(file) {
+                Ok(bytes) => bytes,
                 Err(e) if gone(&e) => Vec::new(),
-                Err(e) => return Err(fs::io_error(&target, "open owner record", e)),
-            };
-            stamp.extend_from_slice(&bytes);
-            let record = OwnerRecord::parse(&bytes).filter(|r| r.token == *token);
-            (
-                record,
-                Claim::Mkdir {
-                    token: token.clone(),
-                },
-            )
+                Err(e) => return Err(Error::io(&target, "read", e)),
+            },
+            Err(e) if gone(&e) => Vec::new(),
+            // A FIFO or device under a record's name: not ours.
+            _ => {
+                return Ok(Probe::Held(Box::new(Seen::new(
+                    None,
+                    Claim::Foreign,
+                    stamp,
+                ))))
+            }
+        },
+        Err(e) if gone(&e) => Vec::new(),
+        // There, but not readable by this process: an owner that exists
+        // and cannot be judged, never a missing record.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            opaque = Some(Opaque::Unreadable);
+            Vec::new()
         }
-        _ => (None, Claim::Foreign),
+        Err(e) => return Err(fs::io_error(&target, "open owner record", e)),
+    };
+    stamp.extend_from_slice(&bytes);
+    let record = OwnerRecord::parse(&bytes).filter(|r| r.token == *token);
+    if record.is_none() && opaque.is_none() {
+        opaque = crate::owner::other_version(&bytes).map(Opaque::Version);
+    }
+    let claim = match &record {
+        Some(r) if r.strategy != LockStrategy::Mkdir => Claim::Strategy(r.strategy),
+        _ => Claim::Mkdir {
+            token: token.clone(),
+        },
     };
     Ok(Probe::Held(Box::new(Seen {
         record,
+        opaque,
         claim,
         stamp,
     })))
@@ -361,7 +387,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 /// (only one remover can), then the directory if it is empty.
 pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
     let target = record_path(path, token);
-    match fs::remove_file(&target) {
+    match fault::step("mkdir.remove.record", || fs::remove_file(&target)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&target, "remove owner record", e)),
@@ -372,8 +398,9 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
     // the file. Wait for that, briefly; nothing else may be in the way.
     let mut wait = Duration::from_millis(1);
     let mut waited = Duration::ZERO;
+    let rmdir = || fault::step("mkdir.remove.dir", || fs::remove_dir(path));
     loop {
-        let err = match fs::remove_dir(path) {
+        let err = match rmdir() {
             Ok(()) => return Ok(Broken::Removed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Removed),
             Err(e) => e,
@@ -475,7 +502,7 @@ pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
         // Judged empty: hidden renames do not count (see `break_record`).
         clear_hidden(path);
     }
-    match fs::remove_dir(path) {
+    match fault::step("mkdir.break_empty.rmdir", || fs::remove_dir(path)) {
         Ok(()) => Ok(Broken::Removed),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
         Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(Broken::Raced),

@@ -18,6 +18,8 @@ use crate::owner::OwnerRecord;
 
 mod link;
 mod mkdir;
+
+pub(crate) use link::LONGEST_NAME as LONGEST_LINK_NAME;
 pub(crate) mod os;
 
 /// How a [`LockFile`](crate::LockFile) takes its lock.
@@ -203,6 +205,14 @@ impl Held {
         }
     }
 
+    /// The open lock file of an `Os` lock (which holds the lock).
+    pub(crate) fn os_file(&self) -> Option<std::sync::Arc<std::fs::File>> {
+        match self {
+            Held::Os(h) => Some(std::sync::Arc::clone(&h.file)),
+            Held::Mkdir(_) | Held::Link(_) => None,
+        }
+    }
+
     /// The token of the owner record this acquisition wrote.
     pub(crate) fn token(&self) -> &str {
         match self {
@@ -257,11 +267,49 @@ impl Held {
 pub(crate) struct Seen {
     /// The holder's record, when readable.
     pub(crate) record: Option<OwnerRecord>,
+    /// Why there is a record that cannot be judged, if there is one.
+    pub(crate) opaque: Option<Opaque>,
     /// How exactly this artifact can be broken, if at all.
     pub(crate) claim: Claim,
     /// Changes whenever the artifact or its record changes (a lease
     /// refresh, a new holder): a contender's clock restarts on any change.
     pub(crate) stamp: Vec<u8>,
+}
+
+impl Seen {
+    /// A look at an artifact whose record could be read (or not), with
+    /// nothing unusual about it.
+    pub(crate) fn new(record: Option<OwnerRecord>, claim: Claim, stamp: Vec<u8>) -> Seen {
+        Seen {
+            record,
+            opaque: None,
+            claim,
+            stamp,
+        }
+    }
+}
+
+/// A record that exists but cannot be judged: its owner is unknown, and
+/// the lock is never broken as stale (a missing record, by contrast, is a
+/// holder that crashed before writing it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opaque {
+    /// This process may not read it (another user's, or a umask of 077).
+    Unreadable,
+    /// A record of another format version.
+    Version(u64),
+}
+
+impl Opaque {
+    /// Why such a lock is not stale.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Opaque::Unreadable => "its owner record cannot be read by this process",
+            Opaque::Version(_) => {
+                "its owner record is of another format version, which this version cannot judge"
+            }
+        }
+    }
 }
 
 /// The handle by which a breaker removes one particular artifact and never
@@ -275,8 +323,13 @@ pub(crate) enum Claim {
     /// A `Mkdir` directory without any record: a holder that crashed
     /// between `mkdir` and writing its record, or one about to write it.
     MkdirEmpty,
-    /// A `Link` lock file with the record of `token`, inode `ino`.
-    Link { token: String, ino: u64 },
+    /// A `Link` lock file with the record of `token`.
+    Link { token: String },
+    /// An artifact of another strategy than the looker's: never broken by
+    /// this one.
+    Strategy(LockStrategy),
+    /// An artifact that this process may not read.
+    Unreadable,
     /// Something portalock cannot identify as its own.
     Foreign,
 }
@@ -339,6 +392,8 @@ pub(crate) fn try_acquire(
 
 /// How a release ended.
 #[derive(Debug)]
+// Returned once per release.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Released {
     /// The lock was this acquisition's and is released.
     Done,
@@ -371,12 +426,19 @@ pub(crate) fn probe(strategy: Concrete, path: &Utf8Path) -> Result<Probe> {
     }
 }
 
-/// Removes the artifact that `claim` names, and no other.
-pub(crate) fn break_claim(path: &Utf8Path, claim: &Claim, recover: bool) -> Result<Broken> {
-    match claim {
+/// Removes the artifact that `claim` names, and no other. With `force`, a
+/// `Link` lock whose claim is missing and cannot be recovered through a
+/// dead remover gets a new claim (see `link::break_link`).
+pub(crate) fn break_claim(
+    strategy: Concrete,
+    path: &Utf8Path,
+    seen: &Seen,
+    force: bool,
+) -> Result<Broken> {
+    match &seen.claim {
         Claim::Mkdir { token } => mkdir::break_record(path, token),
         Claim::MkdirEmpty => mkdir::break_empty(path),
-        Claim::Link { token, ino } => link::break_link(path, token, *ino, recover),
+        Claim::Link { token } => link::break_link(path, token, force),
         Claim::Os => Err(Error::Unsupported {
             path: path.to_owned(),
             strategy: LockStrategy::Os,
@@ -384,6 +446,17 @@ pub(crate) fn break_claim(path: &Utf8Path, claim: &Claim, recover: bool) -> Resu
                      when that process exits"
                 .to_owned(),
         }),
+        Claim::Strategy(found) => Err(Error::StrategyMismatch {
+            path: path.to_owned(),
+            strategy: strategy.into(),
+            found: *found,
+            holder: seen.record.clone().map(Box::new),
+        }),
+        Claim::Unreadable => Err(Error::io(
+            path,
+            "read the owner record of",
+            io::ErrorKind::PermissionDenied.into(),
+        )),
         Claim::Foreign => Err(Error::Foreign {
             path: path.to_owned(),
         }),

@@ -30,8 +30,9 @@ use std::sync::Arc;
 use camino::Utf8Path;
 
 use crate::error::{Error, FileKind, Result};
+use crate::fault;
 use crate::fs;
-use crate::owner::{OwnerRecord, MAX_RECORD_LEN};
+use crate::owner::{record_has_token, OwnerRecord, MAX_RECORD_LEN};
 use crate::strategy::{Claim, LockStrategy, Probe, Released, Seen};
 
 #[derive(Debug)]
@@ -47,6 +48,10 @@ pub(crate) struct Held {
 pub(crate) struct Open {
     file: File,
     id: fs::FileId,
+    /// The process that opened it. A child of `fork()` shares the open
+    /// file, and with it the lock (`flock` locks belong to the open file):
+    /// it opens its own.
+    pid: u32,
 }
 
 /// How a handle takes and releases its `Os` lock.
@@ -71,14 +76,15 @@ pub(crate) fn try_acquire(
     // opened afresh. Each round means the lock was released meanwhile;
     // after many, the lock is plainly busy.
     for _ in 0..64 {
-        let Open { file, id } = match cached.take() {
+        let pid = std::process::id();
+        let Open { file, id, .. } = match cached.take().filter(|open| open.pid == pid) {
             Some(open) => open,
             None => {
                 let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
                 // The identity of an open file does not change; it is
                 // compared with the path's once the lock is held.
                 let id = check_regular(path, &file)?;
-                Open { file, id }
+                Open { file, id, pid }
             }
         };
         let mut lock = fd_lock::RwLock::new(file);
@@ -91,12 +97,16 @@ pub(crate) fn try_acquire(
         match taken {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                *cached = Some(Open { file, id });
+                *cached = Some(Open { file, id, pid });
                 return Ok(None);
             }
             Err(e) => return Err(Error::io(path, "lock", e)),
         }
         // The lock is ours from here; any error below must unlock it.
+        if let Err(e) = fault::point("os.acquire.locked") {
+            unlock(&file);
+            return Err(Error::io(path, "lock", e));
+        }
         let len = match fs::path_state(path) {
             Ok(Some((now, len))) if now == id => len,
             Ok(_) => {
@@ -168,7 +178,11 @@ pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) ->
         // A lease's heartbeat may hold the file a moment longer: then it
         // is simply closed, and the next acquisition opens it again.
         if let Ok(file) = Arc::try_unwrap(file) {
-            *cached = Some(Open { file, id });
+            *cached = Some(Open {
+                file,
+                id,
+                pid: std::process::id(),
+            });
         }
     }
     result
@@ -185,7 +199,7 @@ fn release_locked(path: &Utf8Path, file: &File, token: &str, id: fs::FileId) -> 
     // reach ours) is left alone and the lock reported lost.
     let bytes =
         read_from_start(file, len).map_err(|e| Error::io(path, "read the owner record of", e))?;
-    if !is_record_of(&bytes, token) {
+    if !record_has_token(&bytes, token) {
         return Ok(Released::Lost(Some(OwnerRecord::parse(&bytes))));
     }
     // Blanked, not cut: white space is an empty record to every reader,
@@ -193,6 +207,7 @@ fn release_locked(path: &Utf8Path, file: &File, token: &str, id: fs::FileId) -> 
     // file system freeing it now and allocating it again then.
     let blank = vec![b' '; usize::try_from(len).map_or(MAX_RECORD_LEN, |l| l.min(MAX_RECORD_LEN))];
     fs::rewrite(file, &blank, 0).map_err(|e| Error::io(path, "clear the owner record of", e))?;
+    fault::point("os.release.blanked").map_err(|e| Error::io(path, "unlock", e))?;
     Ok(Released::Done)
 }
 
@@ -236,11 +251,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         }
         std::thread::yield_now();
     }
-    Ok(Probe::Held(Box::new(Seen {
-        record,
-        claim: Claim::Os,
-        stamp,
-    })))
+    Ok(Probe::Held(Box::new(Seen::new(record, Claim::Os, stamp))))
 }
 
 fn open_error(path: &Utf8Path, err: io::Error) -> Error {
@@ -287,27 +298,32 @@ fn read_from_start(file: &File, expected: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Whether `bytes` is the record of the acquisition with `token`: records
-/// written by this version start with their token, so the common case needs
-/// no parsing.
-fn is_record_of(bytes: &[u8], token: &str) -> bool {
-    const PREFIX: &[u8] = b"{\"v\":1,\"token\":\"";
-    match bytes.strip_prefix(PREFIX) {
-        Some(rest) if rest.len() > token.len() => {
-            rest.starts_with(token.as_bytes()) && rest[token.len()] == b'"'
-        }
-        _ => OwnerRecord::parse(bytes).is_some_and(|rec| rec.token == token),
-    }
-}
-
 /// Whether the current contents of a lock file may be overwritten: empty,
-/// white space, or something that is (or was being written as) an owner
-/// record of any version.
-fn is_ours(bytes: &[u8]) -> bool {
+/// white space, an `os` record, or something that was being written as a
+/// record of any version when its writer died.
+///
+/// A record of another strategy is refused with
+/// [`Error::StrategyMismatch`]: the `Link` strategy's lock file looks like
+/// ours, but its holder takes no OS lock, so holding the OS lock on it
+/// proves nothing.
+fn check_overwritable(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     let trimmed = bytes.trim_ascii();
-    trimmed.is_empty()
-        || OwnerRecord::parse(bytes).is_some()
-        || (bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":"))
+    if trimmed.is_empty() {
+        return Ok(());
+    }
+    match OwnerRecord::parse(bytes) {
+        Some(record) if record.strategy == LockStrategy::Os => Ok(()),
+        Some(record) => Err(Error::StrategyMismatch {
+            path: path.to_owned(),
+            strategy: LockStrategy::Os,
+            found: record.strategy,
+            holder: Some(Box::new(record)),
+        }),
+        None if bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":") => Ok(()),
+        None => Err(Error::Foreign {
+            path: path.to_owned(),
+        }),
+    }
 }
 
 /// Writes the record into the locked file, which is `len` bytes long:
@@ -319,11 +335,7 @@ fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) ->
     } else {
         read_from_start(file, len).map_err(|e| Error::io(path, "read", e))?
     };
-    if !is_ours(&old) {
-        return Err(Error::Foreign {
-            path: path.to_owned(),
-        });
-    }
+    check_overwritable(path, &old)?;
     let mut bytes = record.to_json().into_bytes();
     bytes.push(b'\n');
     fs::rewrite(file, &bytes, old.len())

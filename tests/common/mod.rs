@@ -75,8 +75,12 @@ pub fn spawn_command(mut cmd: Command, role: &str, args: &[&str]) -> Proc {
             let Ok(line) = line else { break };
             // The harness may have written "test child ... " on this line
             // before the child's first event.
+            // (A child behind a terminal ends its lines with "\r\n".)
             if let Some(at) = line.find("PL:") {
-                if tx.send(line[at + 3..].to_owned()).is_err() {
+                if tx
+                    .send(line[at + 3..].trim_end_matches('\r').to_owned())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -228,6 +232,7 @@ pub fn child_entry() {
         "hold" => hold(&args),
         "count" => count(&args),
         "race" => race(&args),
+        "waiter" => waiter(&args),
         "bump" => bump(&args),
         "exit" => args[0].parse().expect("exit code"),
         "wait" => wait_for_eof(),
@@ -240,6 +245,11 @@ pub fn child_entry() {
         #[cfg(feature = "redis")]
         "redis-count" => redis_roles::count(&args),
         "pidfile" => pidfile(&args),
+        "liveness-starved" => liveness_starved(&args),
+        #[cfg(unix)]
+        "fork-drop" => fork_drop(&args),
+        #[cfg(all(unix, feature = "cli"))]
+        "sigint-count" => sigint_count(),
         #[cfg(unix)]
         "umask-hold" => {
             // `umask-hold MASK STRATEGY PATH`: `hold` under that umask.
@@ -295,17 +305,38 @@ fn hold(args: &[&str]) -> i32 {
     0
 }
 
-/// Answers `check`, `try` and `release` on `lock` until end of input.
+/// Answers `check`, `try`, `release` and `wait MS` (`acquire_timeout`,
+/// saying `WAITED <result>`) on `lock` until end of input.
 fn serve(lock: &LockFile) {
     for line in std::io::stdin().lock().lines() {
         match line.as_deref() {
             Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
             Ok("try") => say(&format!("TRIED {}", outcome(lock.try_acquire()))),
             Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
+            Ok(line) if line.starts_with("wait ") => {
+                let ms: u64 = line[5..].parse().expect("wait MS");
+                let waited = lock.acquire_timeout(Duration::from_millis(ms));
+                say(&format!("WAITED {}", outcome(waited)));
+            }
             Ok(_) => {}
             Err(_) => break,
         }
     }
+}
+
+/// `waiter STRATEGY PATH GRACE_MS`: as `race`, with that grace period.
+fn waiter(args: &[&str]) -> i32 {
+    let strategy: LockStrategy = args[0].parse().expect("strategy");
+    let grace: u64 = args[2].parse().expect("grace in ms");
+    let lock = LockOptions::new()
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(5))
+        .grace(Duration::from_millis(grace))
+        .open(args[1])
+        .expect("open lock");
+    say("READY");
+    serve(&lock);
+    0
 }
 
 /// `Ok`, or the error's variant name (`LockLost`, `WouldBlock`, ...).
@@ -534,6 +565,81 @@ fn wait_for_eof() -> i32 {
         sink.clear();
     }
     0
+}
+
+/// `liveness-starved RECORD...`: judges each owner record (JSON) once,
+/// then again after opening files until none is left (`EMFILE`), and says
+/// `LIVENESS <before> <after>` for each, in order.
+fn liveness_starved(args: &[&str]) -> i32 {
+    let records: Vec<portalock::OwnerRecord> = args
+        .iter()
+        .map(|json| portalock::OwnerRecord::parse(json.as_bytes()).expect("a record"))
+        .collect();
+    let before: Vec<_> = records.iter().map(|r| r.liveness()).collect();
+    let mut hoard = Vec::new();
+    let exhausted = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => hoard.push(file),
+            Err(e) => break e,
+        }
+        assert!(hoard.len() < 100_000, "no file descriptor limit");
+    };
+    assert_eq!(exhausted.raw_os_error(), Some(24), "EMFILE: {exhausted}");
+    for (record, before) in records.iter().zip(before) {
+        say(&format!("LIVENESS {before} {}", record.liveness()));
+    }
+    drop(hoard);
+    0
+}
+
+/// `fork-drop STRATEGY PATH`: takes the lock, says `ACQUIRED <pid>`,
+/// forks; the forked child drops its copy of the handle and exits at once.
+/// Once it has exited, says `FORKED` and serves commands (see `serve`).
+#[cfg(unix)]
+fn fork_drop(args: &[&str]) -> i32 {
+    let lock = open(args[0], args[1]);
+    lock.acquire().expect("acquire");
+    say(&format!("ACQUIRED {}", std::process::id()));
+    // SAFETY: this process runs one test thread (`--test-threads=1`) and
+    // the harness's main thread, which only waits for it; no lock of
+    // portalock's is held by another thread at the fork. The child only
+    // drops the handle and leaves with `_exit`, running no destructor or
+    // handler of the parent's.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        drop(lock);
+        // SAFETY: `_exit` ends the forked child without unwinding.
+        unsafe { libc::_exit(0) };
+    }
+    let child = rustix::process::Pid::from_raw(pid).expect("child pid");
+    let status = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
+        .expect("waitpid")
+        .expect("a status");
+    assert_eq!(status.1.exit_status(), Some(0), "the forked child failed");
+    say("FORKED");
+    serve(&lock);
+    0
+}
+
+/// `sigint-count`: says `READY <parent pid>`, then counts the `SIGINT`s it gets (saying
+/// `GOT <n>` at each) until a `SIGTERM`, then says `COUNT <n>` and exits.
+#[cfg(all(unix, feature = "cli"))]
+fn sigint_count() -> i32 {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).expect("signals");
+    say(&format!("READY {}", std::os::unix::process::parent_id()));
+    let mut count = 0;
+    for signal in signals.forever() {
+        if signal == SIGINT {
+            count += 1;
+            say(&format!("GOT {count}"));
+        } else {
+            say(&format!("COUNT {count}"));
+            return 0;
+        }
+    }
+    1
 }
 
 /// Asserts that `result` is `Err(WouldBlock)` naming `pid` as the holder.

@@ -1,0 +1,72 @@
+//! What portalock asks of the operating system about processes and
+//! machines, one implementation per platform with the same names on each
+//! side: `unix` (Linux reads `/proc`; macOS and the BSDs ask `sysinfo`),
+//! `windows`, and `unsupported`, which compiles everywhere and knows
+//! nothing.
+//!
+//! The functions here never turn an error into an answer: a process is
+//! [`ProcessState::Exited`] only on proof (the kernel says no such process,
+//! or shows it a zombie), never because a look failed.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as imp;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+
+#[cfg(not(any(unix, windows)))]
+mod unsupported;
+#[cfg(not(any(unix, windows)))]
+use unsupported as imp;
+
+pub(crate) use imp::{boot_id, machine_id, name_max, pid_namespace, process_state, spawn_gated};
+
+/// What a look at a process of this machine found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProcessState {
+    /// It runs; its start stamp (see [`crate::owner`]), when it could be
+    /// read.
+    Running { start: Option<String> },
+    /// It has exited: the kernel knows no process with that PID, or only a
+    /// zombie.
+    Exited,
+    /// Nothing could be told (the look failed in a way that proves
+    /// nothing).
+    #[cfg_attr(windows, allow(dead_code))]
+    Unknown,
+}
+
+/// What sysinfo knows of process `pid`: `None` if it lists no such
+/// process, else whether it is a zombie and its start time in seconds
+/// (when known). Refreshes only that one process.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+fn sysinfo_process(pid: u32) -> Option<(bool, Option<u64>)> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+    let mut sys = System::new();
+    let id = Pid::from_u32(pid);
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[id]),
+        false,
+        ProcessRefreshKind::nothing(),
+    );
+    let process = sys.process(id)?;
+    let zombie = process.status() == ProcessStatus::Zombie;
+    Some((zombie, Some(process.start_time()).filter(|&s| s != 0)))
+}
+
+/// Spawns `command`, then calls `name_it` with its PID: for platforms
+/// without a gate between fork and exec (the command runs before it is
+/// named) and without inheritable locks.
+#[cfg_attr(unix, allow(dead_code))]
+fn spawn_then_name(
+    command: &mut std::process::Command,
+    name_it: &mut (dyn FnMut(u32) -> std::io::Result<()> + Send),
+) -> std::io::Result<std::process::Child> {
+    let child = command.spawn()?;
+    let _ = name_it(child.id());
+    Ok(child)
+}

@@ -1,0 +1,304 @@
+//! Processes and machines on Unix.
+//!
+//! A process's start stamp must not depend on the wall clock, which an NTP
+//! correction or `date -s` steps. Linux: the start time in clock ticks
+//! since boot, field 22 of `/proc/<pid>/stat`, which never changes for a
+//! process and, with the boot id beside it, names one process exactly.
+//! (sysinfo's start time is `btime` from `/proc/stat` plus those ticks, and
+//! `btime` is the wall clock minus the uptime: it moves with every step.)
+//! macOS: the creation time the kernel stored when the process was made
+//! (`pbi_start_tvsec`), which a later step does not change. FreeBSD and the
+//! other BSDs compute a process's start from the boot time, which moves
+//! with the clock; the stamp is therefore the start minus the boot time,
+//! both read at once, which a step leaves unchanged (within a second).
+
+use std::fs::File;
+use std::io;
+#[cfg(target_os = "linux")]
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use super::ProcessState;
+
+/// Whether the kernel knows a process `pid` (a zombie included): `Some`
+/// on an answer, `None` if the question failed in a way that tells
+/// nothing. `EPERM` (another user's process) is a yes.
+fn exists(pid: u32) -> Option<bool> {
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        // PID 0 or beyond the kernel's range: no process of ours.
+        return Some(false);
+    };
+    match rustix::process::test_kill_process(raw) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => Some(true),
+        Err(rustix::io::Errno::SRCH) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The state of process `pid`.
+///
+/// Linux: `/proc/<pid>/stat` gives the state (a zombie has exited) and the
+/// start. If it cannot be read (`ENOENT` under `hidepid`, `EMFILE`,
+/// `EACCES`), `kill(pid, 0)` decides between exited and running with an
+/// unknown start.
+#[cfg(target_os = "linux")]
+pub(crate) fn process_state(pid: u32) -> ProcessState {
+    if let Ok(stat) = read_stat(pid) {
+        if let Some((state, ticks)) = parse_stat(&stat) {
+            return if matches!(state, 'Z' | 'X' | 'x') {
+                ProcessState::Exited
+            } else {
+                ProcessState::Running {
+                    start: Some(format!("linux-ticks:{ticks}")),
+                }
+            };
+        }
+    }
+    from_kill(pid)
+}
+
+/// Elsewhere: `kill(pid, 0)` says whether it exists, sysinfo what its
+/// start is and whether it is a zombie.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn process_state(pid: u32) -> ProcessState {
+    match exists(pid) {
+        Some(true) => {}
+        Some(false) => return ProcessState::Exited,
+        None => return ProcessState::Unknown,
+    }
+    match super::sysinfo_process(pid) {
+        // It exists for the kernel, but could not be read.
+        None => ProcessState::Running { start: None },
+        Some((true, _)) => ProcessState::Exited,
+        Some((false, start)) => ProcessState::Running {
+            start: start.map(stamp_of_start),
+        },
+    }
+}
+
+#[cfg(any(target_os = "macos", target_os = "ios"))]
+fn stamp_of_start(start: u64) -> String {
+    format!("darwin-created:{start}")
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "ios")))]
+fn stamp_of_start(start: u64) -> String {
+    let boot = sysinfo::System::boot_time();
+    format!("bsd-since-boot:{}", start.saturating_sub(boot))
+}
+
+#[cfg(target_os = "linux")]
+fn from_kill(pid: u32) -> ProcessState {
+    match exists(pid) {
+        Some(true) => ProcessState::Running { start: None },
+        Some(false) => ProcessState::Exited,
+        None => ProcessState::Unknown,
+    }
+}
+
+/// `/proc/<pid>/stat`, read with one small read.
+#[cfg(target_os = "linux")]
+fn read_stat(pid: u32) -> io::Result<Vec<u8>> {
+    let mut file = File::open(format!("/proc/{pid}/stat"))?;
+    let mut buf = Vec::with_capacity(512);
+    file.by_ref().take(4096).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The state (field 3) and start time in ticks since boot (field 22) of a
+/// `/proc/<pid>/stat` line. The command name (field 2) is in parentheses
+/// and may itself hold spaces and parentheses: fields are counted after
+/// the last `)`.
+#[cfg(any(target_os = "linux", test))]
+fn parse_stat(stat: &[u8]) -> Option<(char, u64)> {
+    let text = std::str::from_utf8(&stat[stat.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
+    let mut fields = text.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Fields 4 to 21 lie between the state and the start time.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The boot id: Linux's `/proc/sys/kernel/random/boot_id`; elsewhere the
+/// boot time (`boot-time:<unix seconds>`, which may be off by a second
+/// between two readers).
+pub(crate) fn boot_id() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        Some(id.trim().to_owned()).filter(|s| !s.is_empty())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Some(format!("boot-time:{}", sysinfo::System::boot_time()))
+    }
+}
+
+/// The longest file name the file system that holds `dir` accepts, in
+/// bytes, if it can be asked (`statvfs`).
+pub(crate) fn name_max(dir: &std::path::Path) -> Option<usize> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    usize::try_from(stat.f_namemax).ok().filter(|&n| n > 0)
+}
+
+/// The PID namespace of this process (Linux: `pid:[<inode>]`).
+pub(crate) fn pid_namespace() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        link.to_str().map(str::to_owned)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The machine id (Linux: `/etc/machine-id`, set once per installation),
+/// if there is one. Never stored as such: see `owner::Identity`.
+pub(crate) fn machine_id() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+            .iter()
+            .find_map(|path| {
+                let id = std::fs::read_to_string(path).ok()?;
+                let id = id.trim();
+                (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+            })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Spawns `command`, which inherits the open files `keep` (and no process
+/// spawned meanwhile by another thread does), and lets it run only once
+/// `name_it(pid)` has returned `Ok`: between the fork and the exec the
+/// child waits until then. If `name_it` fails, or this process dies first,
+/// the command never runs.
+///
+/// This is how a lock is handed to a command (`LockFile::spawn`): its
+/// record names the command before the command starts (an exec keeps the
+/// PID and the start time), and an `Os` lock's open file is the command's
+/// too, so the kernel keeps the lock while either has it.
+///
+/// Every file portalock opens is close-on-exec, and so are the two pipes
+/// of the gate: `keep`'s flags are cleared in the child alone, after the
+/// fork. Spawn `command` only once (the gate stays in it).
+#[allow(unsafe_code)]
+pub(crate) fn spawn_gated(
+    command: &mut Command,
+    keep: &[&File],
+    name_it: &mut (dyn FnMut(u32) -> io::Result<()> + Send),
+) -> io::Result<Child> {
+    use rustix::fd::AsFd;
+    let (pid_read, pid_write) = cloexec_pipe()?;
+    let (go_read, go_write) = cloexec_pipe()?;
+    let keep: Vec<i32> = keep.iter().map(|f| f.as_raw_fd()).collect();
+    let (tell, wait, parent_end) = (
+        pid_write.as_raw_fd(),
+        go_read.as_raw_fd(),
+        go_write.as_raw_fd(),
+    );
+    let gate = move || -> io::Result<()> {
+        // SAFETY: every number was an open descriptor of the parent when
+        // it forked (the caller borrows `keep`; the pipes live until
+        // `spawn` returns), hence of this child. Only async-signal-safe
+        // calls follow (fcntl, close, getpid, write, read), and nothing is
+        // allocated or locked.
+        let fd = |raw| unsafe { BorrowedFd::borrow_raw(raw) };
+        for &raw in &keep {
+            rustix::io::fcntl_setfd(fd(raw), rustix::io::FdFlags::empty())?;
+        }
+        // SAFETY: as above; the parent's end of the gate must be closed in
+        // the child, or the child would never see it close if the parent
+        // died.
+        unsafe { rustix::io::close(parent_end) };
+        let pid = rustix::process::Pid::as_raw(Some(rustix::process::getpid()));
+        let told = rustix::io::write(fd(tell), &pid.to_ne_bytes())?;
+        let mut answer = [0u8; 1];
+        let read = rustix::io::read(fd(wait), &mut answer)?;
+        if told == 4 && read == 1 && answer[0] == b'g' {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ECANCELED))
+        }
+    };
+    // SAFETY: the closure runs between fork and exec and keeps to
+    // async-signal-safe calls (see above).
+    unsafe {
+        command.pre_exec(gate);
+    }
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(move || -> Option<io::Result<()>> {
+            let mut pid = [0u8; 4];
+            let mut got = 0;
+            while got < 4 {
+                match rustix::io::read(&pid_read, &mut pid[got..]) {
+                    Ok(0) | Err(_) => return None, // no child got that far
+                    Ok(n) => got += n,
+                }
+            }
+            let named = name_it(u32::from_ne_bytes(pid));
+            let answer: &[u8] = if named.is_ok() { b"g" } else { b"n" };
+            let _ = rustix::io::write(go_write.as_fd(), answer);
+            Some(named)
+        });
+        let spawned = command.spawn();
+        // The helper sees the end of the pipe if no child wrote to it.
+        drop(pid_write);
+        let named = helper.join().ok().flatten();
+        match (spawned, named) {
+            (Err(_), Some(Err(why))) => Err(why),
+            (spawned, _) => spawned,
+        }
+    })
+}
+
+/// A pipe whose two ends are close-on-exec.
+fn cloexec_pipe() -> io::Result<(rustix::fd::OwnedFd, rustix::fd::OwnedFd)> {
+    #[cfg(not(any(target_os = "macos", target_os = "ios")))]
+    {
+        Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios"))]
+    {
+        let (read, write) = rustix::pipe::pipe()?;
+        for end in [&read, &write] {
+            rustix::io::fcntl_setfd(end, rustix::io::FdFlags::CLOEXEC)?;
+        }
+        Ok((read, write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let line = b"4242 (a (strange) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                     1 2 0 0 20 0 1 0 987654 12345 67 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(('S', 987_654)));
+        assert_eq!(parse_stat(b"4242 (x) Z 1 2"), None);
+        assert_eq!(parse_stat(b"no parenthesis"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_runs_with_a_start_in_ticks() {
+        match process_state(std::process::id()) {
+            ProcessState::Running { start: Some(start) } => {
+                assert!(start.starts_with("linux-ticks:"), "{start}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
