@@ -168,8 +168,12 @@ impl Holding {
             self.mark_lost();
             return Ok(false);
         }
-        let ok = match lock(&self.held).as_ref() {
-            Some(held) => held.check(&self.path)?,
+        let ok = match self.held_for_io() {
+            Some(Ok(held)) => held.check(&self.path)?,
+            Some(Err(guard)) => match guard.as_ref() {
+                Some(held) => held.check(&self.path)?,
+                None => return Ok(false),
+            },
             None => return Ok(false),
         };
         if !ok {
@@ -178,11 +182,25 @@ impl Holding {
         Ok(ok)
     }
 
+    /// The proof of holding for file-system work: a copy, for `Mkdir` and
+    /// `Link` (whose names belong to this acquisition alone, so work on
+    /// them needs no lock held, and a mount that hangs does not block
+    /// `ensure_held` or `release` behind a refresh); the locked guard, for
+    /// `Os`, whose record is written through the lock file itself and must
+    /// not be written after a release. `None` if nothing is held.
+    fn held_for_io(&self) -> Option<Result<Held, MutexGuard<'_, Option<Held>>>> {
+        let guard = lock(&self.held);
+        match guard.as_ref()?.retry_copy() {
+            Some(copy) => Some(Ok(copy)),
+            None => Some(Err(guard)),
+        }
+    }
+
     /// Rewrites the record with `edit` applied, under the `held` mutex
     /// (a lease refresh, or naming the command the lock was taken for).
     pub(crate) fn rewrite(&self, edit: impl FnOnce(&mut OwnerRecord)) -> std::io::Result<()> {
-        let held = lock(&self.held);
-        let Some(held) = held.as_ref() else {
+        let guard = lock(&self.held);
+        let Some(held) = guard.as_ref() else {
             return Err(std::io::ErrorKind::NotFound.into());
         };
         let mut record = lock(&self.record);
@@ -201,13 +219,7 @@ impl Holding {
         if self.is_lost() {
             return None;
         }
-        let outcome = {
-            let held = lock(&self.held);
-            let Some(held) = held.as_ref() else {
-                // Being released (or given back after a failed release):
-                // look again at the next beat.
-                return Some(every);
-            };
+        let write = |held: &Held| {
             let written = {
                 let mut record = lock(&self.record);
                 record.0.beat += 1;
@@ -217,6 +229,16 @@ impl Holding {
                 written
             };
             written.and_then(|()| held.check(&self.path))
+        };
+        let outcome = match self.held_for_io() {
+            Some(Ok(copy)) => write(&copy),
+            Some(Err(guard)) => match guard.as_ref() {
+                Some(held) => write(held),
+                None => return Some(every),
+            },
+            // Being released (or given back after a failed release): look
+            // again at the next beat.
+            None => return Some(every),
         };
         // The guard on `held` is gone: the callback may call `release`.
         match outcome {

@@ -135,6 +135,10 @@ pub(crate) enum Verdict {
     LeaseExpired,
     /// No readable record, unchanged for the grace period.
     NoRecord,
+    /// A `Link` lock file whose claim a remover took: its owner has lost
+    /// it; it is removed by taking over the taken name of a remover that
+    /// is proved gone.
+    Orphaned,
     /// Not stale now; the reason, for `NotStale` errors.
     Live(&'static str),
     /// Not stale yet: it becomes stale if it stays unchanged for this long
@@ -146,7 +150,7 @@ impl Verdict {
     pub(crate) fn is_stale(self) -> bool {
         matches!(
             self,
-            Verdict::Dead | Verdict::LeaseExpired | Verdict::NoRecord
+            Verdict::Dead | Verdict::LeaseExpired | Verdict::NoRecord | Verdict::Orphaned
         )
     }
 }
@@ -164,6 +168,11 @@ pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration) -> Ve
     }
     if matches!(seen.claim, Claim::Foreign | Claim::Unreadable) {
         return Verdict::Live("the lock artifact is not one portalock can identify as its own");
+    }
+    if seen.orphaned {
+        // Whoever owns it has lost it already (its claim is taken); the
+        // break goes on only through a remover proved gone.
+        return Verdict::Orphaned;
     }
     let Some(record) = &seen.record else {
         if matches!(seen.claim, Claim::Link { .. }) {

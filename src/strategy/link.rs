@@ -509,10 +509,8 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             let meta = fs::lstat(path).map_err(|e| Error::io(path, "inspect lock file", e))?;
             fs::expect_kind(path, LockStrategy::Link, FileKind::File, fs::kind(&meta))?;
             return Ok(Probe::Held(Box::new(Seen {
-                record: None,
                 opaque: Some(Opaque::Unreadable),
-                claim: Claim::Unreadable,
-                stamp: fs::stamp(&meta),
+                ..Seen::new(None, Claim::Unreadable, fs::stamp(&meta))
             })));
         }
         Err(e) => return Err(fs::open_file_error(path, LockStrategy::Link, e)),
@@ -548,6 +546,12 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     };
     if record.is_none() {
         seen.opaque = crate::owner::other_version(&bytes).map(Opaque::Version);
+    }
+    if let Claim::Link { token } = &seen.claim {
+        // Its remover took the claim and has not removed the lock path: a
+        // moment of every release, or an orphan if the remover died.
+        let claim = claim_path(path, token)?;
+        seen.orphaned = fs::lkind(&claim).is_ok_and(|kind| kind.is_none());
     }
     Ok(Probe::Held(Box::new(seen)))
 }

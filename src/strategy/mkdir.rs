@@ -299,10 +299,8 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         // by an owner this process cannot read.
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return Ok(Probe::Held(Box::new(Seen {
-                record: None,
                 opaque: Some(Opaque::Unreadable),
-                claim: Claim::Unreadable,
-                stamp: fs::stamp(&meta),
+                ..Seen::new(None, Claim::Unreadable, fs::stamp(&meta))
             })))
         }
         Err(e) => return Err(Error::io(path, "list lock directory", e)),
@@ -376,10 +374,8 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         },
     };
     Ok(Probe::Held(Box::new(Seen {
-        record,
         opaque,
-        claim,
-        stamp,
+        ..Seen::new(record, claim, stamp)
     })))
 }
 

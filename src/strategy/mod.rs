@@ -240,14 +240,14 @@ impl Held {
     ) -> io::Result<()> {
         match self {
             Held::Os(h) => crate::fs::rewrite(&h.file, bytes, old_len),
-            Held::Mkdir(h) => {
+            Held::Mkdir(h) => crate::fault::step("mkdir.refresh.write", || {
                 let file = crate::fs::open_write(&mkdir::record_path(path, &h.token))?;
                 crate::fs::rewrite(&file, bytes, old_len)
-            }
-            Held::Link(h) => {
+            }),
+            Held::Link(h) => crate::fault::step("link.refresh.write", || {
                 let file = crate::fs::open_write(h.claim())?;
                 crate::fs::rewrite(&file, bytes, old_len)
-            }
+            }),
         }
     }
 
@@ -271,6 +271,9 @@ pub(crate) struct Seen {
     pub(crate) opaque: Option<Opaque>,
     /// How exactly this artifact can be broken, if at all.
     pub(crate) claim: Claim,
+    /// A `Link` lock file whose claim is missing: its remover took the
+    /// claim and has not (yet) removed the lock path.
+    pub(crate) orphaned: bool,
     /// Changes whenever the artifact or its record changes (a lease
     /// refresh, a new holder): a contender's clock restarts on any change.
     pub(crate) stamp: Vec<u8>,
@@ -284,6 +287,7 @@ impl Seen {
             record,
             opaque: None,
             claim,
+            orphaned: false,
             stamp,
         }
     }

@@ -224,11 +224,15 @@ pub(crate) fn spawn_gated(
         let pid = rustix::process::Pid::as_raw(Some(rustix::process::getpid()));
         let told = rustix::io::write(fd(tell), &pid.to_ne_bytes())?;
         let mut answer = [0u8; 1];
-        let read = rustix::io::read(fd(wait), &mut answer)?;
-        if told == 4 && read == 1 && answer[0] == b'g' {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(libc::ECANCELED))
+        match rustix::io::read(fd(wait), &mut answer) {
+            Ok(1) if told == 4 && answer[0] == b'g' => Ok(()),
+            // Refused: the parent waits in `spawn` for the error.
+            Ok(1) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            // The parent is gone: nobody can hear an error (the standard
+            // library would abort on reporting it). Leave quietly; the
+            // command never runs.
+            // SAFETY: `_exit` is async-signal-safe and runs no handler.
+            _ => unsafe { libc::_exit(125) },
         }
     };
     // SAFETY: the closure runs between fork and exec and keeps to
@@ -289,6 +293,24 @@ mod tests {
         assert_eq!(parse_stat(line), Some(('S', 987_654)));
         assert_eq!(parse_stat(b"4242 (x) Z 1 2"), None);
         assert_eq!(parse_stat(b"no parenthesis"), None);
+    }
+
+    #[test]
+    fn a_gate_that_is_not_opened_runs_no_command() {
+        let mut named = None;
+        let mut refuse = |pid: u32| {
+            named = Some(pid);
+            Err(io::Error::other("no"))
+        };
+        let mut cmd = Command::new("true");
+        cmd.stdin(std::process::Stdio::piped());
+        let spawned = spawn_gated(&mut cmd, &[], &mut refuse);
+        let err = spawned.expect_err("the command must not run");
+        assert_eq!(err.to_string(), "no");
+        assert!(named.is_some(), "the child was named before its exec");
+        let mut open = |_pid: u32| Ok(());
+        let mut child = spawn_gated(&mut Command::new("true"), &[], &mut open).expect("spawn");
+        assert!(child.wait().expect("wait").success());
     }
 
     #[cfg(target_os = "linux")]
