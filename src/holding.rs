@@ -177,9 +177,18 @@ impl Holding {
             None => return Ok(false),
         };
         if !ok {
-            self.mark_lost();
+            self.mark_lost_if_held();
         }
         Ok(ok)
+    }
+
+    /// Marks the acquisition lost, unless it was released meanwhile (a
+    /// look made from a copy of the proof of holding can find the lock
+    /// gone because its own release removed it).
+    fn mark_lost_if_held(&self) {
+        if lock(&self.held).is_some() {
+            self.mark_lost();
+        }
     }
 
     /// The proof of holding for file-system work: a copy, for `Mkdir` and
@@ -219,6 +228,9 @@ impl Holding {
         if self.is_lost() {
             return None;
         }
+        // Stamped before the write: contenders count the lease from when
+        // they last saw the record change, which is no earlier.
+        let attempted = Instant::now();
         let write = |held: &Held| {
             let written = {
                 let mut record = lock(&self.record);
@@ -243,18 +255,18 @@ impl Holding {
         // The guard on `held` is gone: the callback may call `release`.
         match outcome {
             Ok(true) => {
-                *lock(&self.refreshed) = Instant::now();
+                *lock(&self.refreshed) = attempted;
                 Some(every)
             }
             Ok(false) => {
-                self.mark_lost();
+                self.mark_lost_if_held();
                 None
             }
             // A failed refresh proves nothing yet: try again soon, until
             // the lease has run out since the last one that succeeded.
             Err(_) if !self.lease_ran_out() => Some(every / 4),
             Err(_) => {
-                self.mark_lost();
+                self.mark_lost_if_held();
                 None
             }
         }
@@ -368,4 +380,54 @@ impl Heartbeat {
             );
         }
     }
+}
+
+/// Releases that failed in a drop, tried again in the background (one
+/// thread per process, started on first use) until each succeeds or its
+/// lock is found no longer its own. Waits between tries grow from 10 ms to
+/// 5 s.
+pub(crate) fn release_later(path: &Utf8Path, held: Held) {
+    static LATER: OnceLock<Mutex<Vec<(Utf8PathBuf, Held)>>> = OnceLock::new();
+    static WAKE: Condvar = Condvar::new();
+    let queue = LATER.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("portalock-release".to_owned())
+            .spawn(|| {
+                let mut pause = Duration::from_millis(10);
+                // Set once this initializer returns.
+                let queue = LATER.wait();
+                let mut pending = lock(queue);
+                loop {
+                    while pending.is_empty() {
+                        pause = Duration::from_millis(10);
+                        pending = WAKE.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                    }
+                    pending = WAKE
+                        .wait_timeout(pending, pause)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    let batch = std::mem::take(&mut *pending);
+                    drop(pending);
+                    let mut again = Vec::new();
+                    for (path, held) in batch {
+                        let copy = held.retry_copy();
+                        let released = crate::strategy::release(&path, held, &mut None);
+                        if let (Err(_), Some(copy)) = (released, copy) {
+                            if copy.check(&path).unwrap_or(true) {
+                                again.push((path, copy));
+                            }
+                        }
+                    }
+                    pending = lock(queue);
+                    pending.extend(again);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("portalock: cannot start the background release thread: {e}");
+        }
+        Mutex::new(Vec::new())
+    });
+    lock(queue).push((path.to_owned(), held));
+    WAKE.notify_all();
 }

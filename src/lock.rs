@@ -332,6 +332,10 @@ impl LockOptions {
         Ok(LockFile {
             path,
             strategy,
+            local: file_system
+                .as_ref()
+                .map(|fs| std::sync::OnceLock::from(fs.is_local()))
+                .unwrap_or_default(),
             file_system,
             sync: self.sync,
             owner_pid: self.owner_pid,
@@ -473,6 +477,9 @@ pub struct LockFile {
     strategy: Concrete,
     /// Inspected at open for `Auto` and `Os`.
     file_system: Option<FileSystem>,
+    /// Whether the lock's file system is one only this machine writes to
+    /// (from `file_system`, or looked up the first time it matters).
+    local: std::sync::OnceLock<bool>,
     sync: bool,
     owner_pid: Option<u32>,
     remove_on_release: bool,
@@ -814,7 +821,7 @@ impl LockFile {
     /// when clearing its record failed.
     pub fn release(&self) -> Result<()> {
         let holding = self.state().take().ok_or_else(|| self.not_locked())?;
-        self.finish_release(holding, true)
+        self.finish_release(holding, Keep::Handle)
     }
 
     /// Starts `command` under the lock this handle holds, so that the lock
@@ -1041,7 +1048,7 @@ impl LockFile {
                     })
                 }
             };
-            match strategy::break_claim(self.strategy, &self.path, &seen, false)? {
+            match strategy::break_claim(self.strategy, &self.path, &seen, false, self.is_local())? {
                 Broken::Removed => return Ok(record),
                 Broken::Raced => std::thread::yield_now(),
                 Broken::Orphan => {
@@ -1123,6 +1130,19 @@ impl LockFile {
         })
     }
 
+    /// Whether the owner named by `owner` (read from this lock) still runs,
+    /// as this lock's waiters judge it: [`OwnerRecord::liveness`], and, on
+    /// a file system only this machine writes to (a local disk), an owner
+    /// from an earlier boot of this machine is [`Liveness::Dead`]: its
+    /// lock is stale. (On a network file system such a record may be a
+    /// cloned machine's: it stays [`Liveness::Unknown`].)
+    ///
+    /// [`Liveness::Dead`]: crate::Liveness::Dead
+    /// [`Liveness::Unknown`]: crate::Liveness::Unknown
+    pub fn owner_liveness(&self, owner: &OwnerRecord) -> crate::Liveness {
+        owner.liveness_here(self.is_local())
+    }
+
     fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
         let mut state = holding::lock(&self.held);
         if state.as_ref().is_some_and(|h| h.is_inherited()) {
@@ -1136,6 +1156,14 @@ impl LockFile {
             registry().leave(&self.path, self.id);
         }
         state
+    }
+
+    /// Whether the lock's file system is one only this machine writes to;
+    /// `false` (the careful answer) if that cannot be told.
+    fn is_local(&self) -> bool {
+        *self
+            .local
+            .get_or_init(|| detect(&self.path).is_ok_and(|fs| fs.is_local()))
     }
 
     fn not_locked(&self) -> Error {
@@ -1292,7 +1320,7 @@ impl LockFile {
             Err(e) => return Err(e),
         };
         let unchanged = watch.observe(&seen);
-        if !judge(&seen, unchanged, self.grace).is_stale() {
+        if !judge(&seen, unchanged, self.grace, self.is_local()).is_stale() {
             return Ok(false);
         }
         if let Err(e) = fault::point("break.judged") {
@@ -1301,7 +1329,7 @@ impl LockFile {
         // An orphan (a Link lock whose claim is gone) is recovered only
         // through the taken name of its dead remover; without one, only
         // `force_break` recovers it (concurrent recoverers could collide).
-        match strategy::break_claim(self.strategy, &self.path, &seen, false) {
+        match strategy::break_claim(self.strategy, &self.path, &seen, false, self.is_local()) {
             Ok(Broken::Removed | Broken::Raced) => Ok(true),
             Ok(Broken::Orphan) => Ok(false),
             // Something in the way for a moment (on Windows, a name another
@@ -1325,7 +1353,7 @@ impl LockFile {
         loop {
             let seen = match strategy::probe(self.strategy, &self.path)? {
                 Probe::Free => {
-                    strategy::sweep(self.strategy, &self.path);
+                    strategy::sweep(self.strategy, &self.path, self.is_local());
                     return Ok(None);
                 }
                 Probe::Held(seen) => *seen,
@@ -1356,7 +1384,7 @@ impl LockFile {
             let verdict = if force {
                 Verdict::Dead
             } else {
-                judge(&seen, unchanged, self.grace)
+                judge(&seen, unchanged, self.grace, self.is_local())
             };
             match verdict {
                 Verdict::Live(why) => return Err(not_stale(why)),
@@ -1373,7 +1401,7 @@ impl LockFile {
                 "break.judged"
             };
             fault::point(step).map_err(|e| Error::io(&self.path, "break", e))?;
-            match strategy::break_claim(self.strategy, &self.path, &seen, force)? {
+            match strategy::break_claim(self.strategy, &self.path, &seen, force, self.is_local())? {
                 Broken::Removed => return Ok(seen.record),
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
@@ -1424,13 +1452,16 @@ impl LockFile {
     /// Gives the lock up: releases it in the file system and leaves the
     /// process's table.
     ///
-    /// With `keep`, a `Mkdir` or `Link` release that failed before it changed
-    /// anything (a read-only or full file system, a permission taken away),
-    /// the lock still this acquisition's, leaves the lock held by this handle
-    /// instead, so that the caller may retry.
-    fn finish_release(&self, holding: Arc<Holding>, keep: bool) -> Result<()> {
+    /// A `Mkdir` or `Link` release that failed before it changed anything
+    /// (a read-only or full file system, a permission taken away, a passing
+    /// I/O error), the lock still this acquisition's, is not given up:
+    /// with `Keep::Handle` the handle holds the lock again, so that the
+    /// caller may retry; with `Keep::Background` (a drop: nobody to see the
+    /// error or to retry) the release is tried again in the background
+    /// until it succeeds or the lock is found lost, and the handle is free.
+    fn finish_release(&self, holding: Arc<Holding>, keep: Keep) -> Result<()> {
         let held = holding.take();
-        let copy = held.as_ref().filter(|_| keep).and_then(Held::retry_copy);
+        let copy = held.as_ref().and_then(Held::retry_copy);
         let result = match held {
             Some(held) => strategy::release(&self.path, held, &mut holding::lock(&self.os_file)),
             None => Ok(Released::Lost(None)),
@@ -1440,8 +1471,16 @@ impl LockFile {
                 && copy.check(&self.path).unwrap_or(false)
         };
         if let Some(copy) = copy.filter(unchanged) {
-            holding.restore(copy);
-            *self.state() = Some(holding);
+            match keep {
+                Keep::Handle => {
+                    holding.restore(copy);
+                    *self.state() = Some(holding);
+                }
+                Keep::Background => {
+                    registry().leave(&self.path, self.id);
+                    holding::release_later(&self.path, copy);
+                }
+            }
             return result.map(drop);
         }
         registry().leave(&self.path, self.id);
@@ -1461,7 +1500,7 @@ impl LockFile {
     }
 
     /// Releases the lock if it is still the acquisition that issued `token`.
-    fn release_token(&self, token: &str) -> Result<()> {
+    fn release_token(&self, token: &str, keep: Keep) -> Result<()> {
         let holding = {
             let mut state = self.state();
             match state.as_ref() {
@@ -1470,8 +1509,17 @@ impl LockFile {
             }
         };
         let holding = holding.ok_or_else(|| self.not_locked())?;
-        self.finish_release(holding, true)
+        self.finish_release(holding, keep)
     }
+}
+
+/// Where a release that failed before changing anything leaves the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Held by the handle again: the caller sees the error and may retry.
+    Handle,
+    /// Released in the background, retried until done: for drops.
+    Background,
 }
 
 /// A handle's open `Os` lock file while an acquisition uses it; returned to
@@ -1495,8 +1543,9 @@ impl Drop for LockFile {
         let held = self.state().take();
         if let Some(holding) = held {
             // Best effort: a caller who wants the error calls `release`.
-            // Nothing is kept: the handle goes away.
-            let _ = self.finish_release(holding, false);
+            // A release that fails for a moment is finished in the
+            // background: the handle goes away.
+            let _ = self.finish_release(holding, Keep::Background);
         }
     }
 }
@@ -1554,13 +1603,15 @@ impl LockGuard<'_> {
         // Leaves an empty token behind, which matches no acquisition, so the
         // guard's `Drop` then does nothing.
         let token = std::mem::take(&mut self.token);
-        self.lock.release_token(&token)
+        self.lock.release_token(&token, Keep::Handle)
     }
 }
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.lock.release_token(&self.token);
+        // Nobody sees an error here, and no guard is left to retry with: a
+        // release that fails for a moment is finished in the background.
+        let _ = self.lock.release_token(&self.token, Keep::Background);
     }
 }
 

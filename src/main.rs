@@ -722,7 +722,7 @@ fn status(args: StatusArgs) -> Outcome {
         .map_err(lock_error)?;
     let (state, owner, liveness) = match lock.status().map_err(lock_error)? {
         LockStatus::Held(Some(owner)) => {
-            let liveness = owner.liveness();
+            let liveness = lock.owner_liveness(&owner);
             // An OS lock is held only by a live process.
             let stale = liveness == Liveness::Dead && lock.strategy() != LockStrategy::Os;
             (

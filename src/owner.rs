@@ -74,10 +74,6 @@ pub const MAX_RECORD_LEN: usize = 4096;
 /// The format version written by this release.
 pub const RECORD_VERSION: u32 = 2;
 
-/// The PID namespace of a Linux machine's own processes (the initial one,
-/// whose inode number is fixed): stable across boots, unlike the others.
-const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
-
 /// Who holds a lock: the JSON owner record stored in every lock artifact.
 ///
 /// Read one with [`LockFile::owner`](crate::LockFile::owner) or parse one
@@ -167,10 +163,13 @@ pub enum Liveness {
     /// The holder cannot release the lock any more, on proof: same host,
     /// boot and PID namespace, and neither the holder nor its command runs
     /// (no process with the PID exists, or a zombie, or one with another
-    /// start stamp: the PID was reused); or the record names an earlier
-    /// boot of this very machine (same host name, machine id and initial
-    /// PID namespace, another Linux boot id), every process of which has
-    /// ended.
+    /// start stamp: the PID was reused).
+    ///
+    /// A lock's waiters also count as dead an owner from an earlier boot
+    /// of this very machine, when the lock lives on a file system only
+    /// this machine writes to (see [`LockFile::break_lock`]).
+    ///
+    /// [`LockFile::break_lock`]: crate::LockFile::break_lock
     Dead,
     /// Nothing can be proved: the record names another host, boot or PID
     /// namespace (a container sharing the volume), or the process table
@@ -281,16 +280,7 @@ impl OwnerRecord {
             return Liveness::Unknown;
         }
         if !same_boot(self.boot.as_deref(), me.boot.as_deref()) {
-            let earlier_boot = self.machine.is_some()
-                && self.machine == me.machine
-                && is_exact_boot_id(self.boot.as_deref())
-                && self.pidns.as_deref() == Some(INITIAL_PID_NAMESPACE)
-                && me.earlier_boots_provable();
-            return if earlier_boot {
-                Liveness::Dead
-            } else {
-                Liveness::Unknown
-            };
+            return Liveness::Unknown;
         }
         if self.pidns != me.pidns {
             return Liveness::Unknown;
@@ -300,6 +290,33 @@ impl OwnerRecord {
             Some(command) => holder.or(process_liveness(command.pid, command.start.as_deref())),
             None => holder,
         }
+    }
+
+    /// The liveness of the owner of a lock whose file system only this
+    /// machine writes to (`local`: a disk, tmpfs; not a network file
+    /// system): as [`liveness`](OwnerRecord::liveness), and an owner from an
+    /// earlier boot of this very machine is dead. On such a file system a
+    /// record with this machine's host name and machine id and another
+    /// (Linux) boot id was written before this boot: every process of that
+    /// boot has ended. On a network file system the same record may be a
+    /// clone's (same host name and machine id), alive: `Unknown` there.
+    pub(crate) fn liveness_here(&self, local: bool) -> Liveness {
+        match self.liveness() {
+            Liveness::Unknown if local && self.is_from_an_earlier_boot() => Liveness::Dead,
+            liveness => liveness,
+        }
+    }
+
+    /// Whether this record was written by this machine (host name and
+    /// machine id) in an earlier boot (another exact boot id).
+    fn is_from_an_earlier_boot(&self) -> bool {
+        let me = Identity::get();
+        self.hostname == me.hostname
+            && self.machine.is_some()
+            && self.machine == me.machine
+            && is_exact_boot_id(self.boot.as_deref())
+            && is_exact_boot_id(me.boot.as_deref())
+            && self.boot != me.boot
     }
 
     /// Whether this record names the process `pid` of this machine as its
@@ -530,8 +547,8 @@ pub(crate) struct Identity {
     /// This machine, boot and PID namespace, 8 hex digits (see
     /// [`host_tag`]).
     host_tag: String,
-    /// This host, machine and PID namespace, 16 hex digits; and this boot,
-    /// 16 hex digits (see [`process_tags`]).
+    /// This host, machine and PID namespace (16 hex digits), and this boot
+    /// (see [`process_tags`]).
     machine_tag: String,
     boot_tag: String,
 }
@@ -561,15 +578,18 @@ impl Identity {
             _ => None,
         };
         let or_empty = |s: &Option<String>| s.clone().unwrap_or_default();
+        // A boot time (not a boot id) is seen a second or two apart by two
+        // processes: it cannot go into a hash that must match exactly.
+        let exact_boot = boot.clone().filter(|b| is_exact_boot_id(Some(b)));
         let host_tag = format!(
             "{:08x}",
-            fnv32(&[&hostname, &or_empty(&boot), &or_empty(&pidns)])
+            fnv32(&[&hostname, &or_empty(&exact_boot), &or_empty(&pidns)])
         );
         let machine_tag = format!(
             "{:016x}",
             fnv64(&[&hostname, &or_empty(&machine), &or_empty(&pidns)])
         );
-        let boot_tag = format!("{:016x}", fnv64(&[&or_empty(&boot)]));
+        let boot_tag = boot_tag_of(boot.as_deref());
         Identity {
             pid,
             hostname,
@@ -582,16 +602,33 @@ impl Identity {
             boot_tag,
         }
     }
+}
 
-    /// Whether this process can prove that a process of an earlier boot of
-    /// its own machine has ended: it knows its machine id, its boot id is
-    /// Linux's (exact), and it runs in the initial PID namespace (a
-    /// container's machine id may come with its image and be shared by
-    /// containers on other machines).
-    fn earlier_boots_provable(&self) -> bool {
-        self.machine.is_some()
-            && is_exact_boot_id(self.boot.as_deref())
-            && self.pidns.as_deref() == Some(INITIAL_PID_NAMESPACE)
+/// A boot as taken names carry it: `h<16 hex digits>`, a hash of a Linux
+/// boot id (exact), or `t<seconds>`, a boot time (compared within two
+/// seconds, as [`same_boot`] does); `u` when unknown.
+fn boot_tag_of(boot: Option<&str>) -> String {
+    match boot {
+        Some(b) if is_exact_boot_id(Some(b)) => format!("h{:016x}", fnv64(&[b])),
+        Some(b) => match b
+            .strip_prefix("boot-time:")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            Some(t) => format!("t{t}"),
+            None => format!("h{:016x}", fnv64(&[b])),
+        },
+        None => "u".to_owned(),
+    }
+}
+
+/// Whether two boot tags name one boot (`None`: cannot be told), and
+/// whether both are exact.
+fn same_boot_tag(a: &str, b: &str) -> Option<(bool, bool)> {
+    let time = |t: &str| t.strip_prefix('t')?.parse::<i64>().ok();
+    match (a.chars().next()?, b.chars().next()?) {
+        ('h', 'h') => Some((a == b, true)),
+        ('t', 't') => Some(((time(a)? - time(b)?).abs() <= 2, false)),
+        _ => None,
     }
 }
 
@@ -636,31 +673,51 @@ pub(crate) fn host_tag() -> String {
     Identity::get().host_tag.clone()
 }
 
-/// The tags that names carrying a PID of this process put before it
-/// (`<machine>.<boot>`, 16 hex digits each), so that a reader can judge
-/// that PID: see [`tagged_pid_runs`].
+/// What names carrying a PID of this process put around it, so that a
+/// reader can judge that PID: `<machine>.<boot>.<pid>.<start>` (see
+/// [`tagged_process_runs`]): the machine tag (host name, machine id, PID
+/// namespace), the boot tag, the PID and the number of its start stamp
+/// (`x` when unknown), so that a reused PID is not taken for it.
 pub(crate) fn process_tags() -> String {
     let me = Identity::get();
-    format!("{}.{}", me.machine_tag, me.boot_tag)
+    let start = me
+        .start
+        .as_deref()
+        .and_then(|s| s.split_once(':'))
+        .map_or("x", |(_, number)| number);
+    format!("{}.{}.{}.{start}", me.machine_tag, me.boot_tag, me.pid)
 }
 
-/// Whether the process `pid` named with `tags` (from [`process_tags`])
-/// may still run: judged by its PID when it is of this machine, boot and
+/// Whether the process named by `tags` (from [`process_tags`]) may still
+/// run: judged by its PID and start when it is of this machine, boot and
 /// PID namespace; `Some(false)` when it is of an earlier boot of this
-/// machine (see [`Liveness::Dead`]); `None` when it cannot be judged
-/// (another machine, or another PID namespace).
-pub(crate) fn tagged_pid_runs(tags: &str, pid: u32) -> Option<bool> {
+/// machine and `local` (the name lives on a file system only this machine
+/// writes to); `None` when it cannot be judged.
+pub(crate) fn tagged_process_runs(tags: &str, local: bool) -> Option<bool> {
     let me = Identity::get();
-    let (machine, boot) = tags.split_once('.')?;
+    let mut parts = tags.split('.');
+    let (machine, boot) = (parts.next()?, parts.next()?);
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let start = parts.next()?;
     if machine != me.machine_tag {
         return None;
     }
-    if boot == me.boot_tag {
-        return Some(pid_runs(pid));
+    match same_boot_tag(boot, &me.boot_tag)? {
+        (true, _) => {
+            // The stamp's scheme is this machine's own.
+            let recorded = me
+                .start
+                .as_deref()
+                .and_then(|s| s.split_once(':'))
+                .filter(|_| start != "x")
+                .map(|(scheme, _)| format!("{scheme}:{start}"));
+            Some(process_liveness(pid, recorded.as_deref()) != Liveness::Dead)
+        }
+        // Another boot of this machine (the machine tag covers the host
+        // name and the machine id), on a file system it alone writes to.
+        (false, true) if local && me.machine.is_some() => Some(false),
+        (false, _) => None,
     }
-    // The machine tag covers the host name, machine id and PID namespace:
-    // equal, the name was made on this machine, in its initial namespace.
-    me.earlier_boots_provable().then_some(false)
 }
 
 /// Whether `boot` is a Linux boot id (a UUID, new at every boot), as

@@ -12,13 +12,16 @@
 //!   `redis`), so anyone can `GET` who holds it.
 //! - A renewal thread rewrites the record (its `beat`) three times per
 //!   lease, through a Lua script that first checks the token, so it can
-//!   never extend someone else's lock. The holder's connection is the
-//!   lock's lifeline: when a renewal finds the key gone or replaced, or the
-//!   connection is closed or refused (killed with `CLIENT KILL`, Redis
-//!   restarted), the holder counts the lock as lost ([`Error::LockLost`] from
+//!   never extend someone else's lock. When a renewal finds the key gone or
+//!   replaced (deleted by an operator, Redis restarted without it), the
+//!   holder counts the lock as lost ([`Error::LockLost`] from
 //!   [`ensure_held`](RedisLock::ensure_held) and
-//!   [`release`](RedisLock::release)) and deletes the key if it is still
-//!   its own, so waiters do not wait out the lease.
+//!   [`release`](RedisLock::release)). A renewal that gets no answer (a
+//!   connection closed by an idle timeout, killed, refused, or silent) is
+//!   tried again on a new connection until the lease has run out since the
+//!   last renewal Redis confirmed; then the lock is lost too, and its key
+//!   deleted if it is still the holder's, so that waiters do not wait out
+//!   the lease. An operator takes a lock away by deleting its key.
 //! - Release is a compare-and-delete script, which then publishes on
 //!   `portalock:<name>:released`: waiters subscribe and wake at once; they
 //!   also wake when the key's time to live runs out (a dead holder), never
@@ -71,6 +74,7 @@ use crate::error::{Error, Result};
 use crate::holding::lock;
 use crate::owner::OwnerRecord;
 use crate::strategy::LockStrategy;
+use crate::sys;
 use crate::wait::Deadline;
 
 const ACQUIRE: &str = r"
@@ -235,8 +239,9 @@ struct Holding {
     fence: u64,
     lost: AtomicBool,
     /// Until when the lock is surely ours: one lease after the sending of
-    /// the last grant or renewal that Redis confirmed.
-    safe_until: Mutex<Instant>,
+    /// the last grant or renewal that Redis confirmed, on a clock that
+    /// counts on through a suspend ([`sys::since_boot`]).
+    safe_until: Mutex<Duration>,
     stop: Mutex<bool>,
     wake: Condvar,
     renewer: Mutex<Option<JoinHandle<()>>>,
@@ -246,7 +251,7 @@ impl Holding {
     /// Whether the lock may have expired in Redis: the lease ran out since
     /// the last renewal that Redis confirmed.
     fn lease_ran_out(&self) -> bool {
-        Instant::now() >= *lock(&self.safe_until)
+        sys::since_boot() >= *lock(&self.safe_until)
     }
 }
 
@@ -459,9 +464,9 @@ impl RedisLock {
         let lease_ms = self.options.lease.as_millis().min(u128::from(u64::MAX)) as u64;
         record.lease_ms = Some(lease_ms);
         let mut con = self.connect()?;
-        let mut sent = Instant::now();
+        let mut sent = sys::since_boot();
         let mut attempt = |con: &mut Connection| -> Result<u64> {
-            sent = Instant::now();
+            sent = sys::since_boot();
             Script::new(ACQUIRE)
                 .key(&self.key)
                 .key(&self.fence_key)
@@ -470,7 +475,15 @@ impl RedisLock {
                 .invoke(con)
                 .map_err(|e| redis_error(&self.name, "acquire", &e))
         };
-        let mut fence = attempt(&mut con)?;
+        let token = record.token.clone();
+        // A grant whose reply was lost (the call timed out after Redis
+        // had taken it) would keep the lock from everyone for a lease: give
+        // it back, if it is ours, before reporting the error.
+        let give_back = |e: Error| {
+            self.release_quietly(&token);
+            e
+        };
+        let mut fence = attempt(&mut con).map_err(give_back)?;
         if fence == 0 && !deadline.expired() {
             // Subscribe, then look again, so that a release between the
             // first look and the wait is not missed.
@@ -480,7 +493,7 @@ impl RedisLock {
                 .subscribe(&self.channel)
                 .map_err(|e| redis_error(&self.name, "subscribe", &e))?;
             loop {
-                fence = attempt(&mut con)?;
+                fence = attempt(&mut con).map_err(give_back)?;
                 if fence > 0 || deadline.expired() {
                     break;
                 }
@@ -519,7 +532,7 @@ impl RedisLock {
 
     /// Records the acquisition, granted by a request sent at `sent`, and
     /// starts its renewal thread.
-    fn start(&self, record: OwnerRecord, fence: u64, lease_ms: u64, sent: Instant) {
+    fn start(&self, record: OwnerRecord, fence: u64, lease_ms: u64, sent: Duration) {
         let holding = Arc::new(Holding {
             token: record.token.clone(),
             fence,
@@ -551,6 +564,18 @@ impl RedisLock {
             Err(_) => holding.lost.store(true, Ordering::Release),
         }
         *self.state() = Some(holding);
+    }
+
+    /// Runs the release script for `token` (a bounded try, errors
+    /// ignored): deletes the lock only if it holds that token.
+    fn release_quietly(&self, token: &str) {
+        if let Ok(mut con) = self.connect() {
+            let _: redis::RedisResult<i64> = Script::new(&release_script())
+                .key(&self.key)
+                .key(&self.channel)
+                .arg(token)
+                .invoke(&mut con);
+        }
     }
 
     fn connect(&self) -> Result<Connection> {
@@ -674,7 +699,8 @@ impl Renewer {
                 }
             }
             self.record.beat += 1;
-            let sent = Instant::now();
+            let sent = sys::since_boot();
+            let sent_at = Instant::now();
             let renewed = match con.take() {
                 Some(c) => Ok(c),
                 None => self.connect_named(),
@@ -692,20 +718,19 @@ impl Renewer {
             match renewed {
                 Ok(1) => {
                     *lock(&self.holding.safe_until) = sent + self.lease;
-                    next = sent + self.every;
+                    next = sent_at + self.every;
                 }
                 // Gone or someone else's: lost for good.
                 Ok(_) => return self.lose(),
-                // No answer in time (a partition, a server that stalls):
-                // try again on a new connection until the lease has run
-                // out since the last renewal Redis confirmed.
-                Err(e) if e.is_timeout() && !self.holding.lease_ran_out() => {
+                // No answer (a partition, a server that stalls, a
+                // connection closed or refused: an idle timeout of the
+                // server, a proxy or the server restarting): the key may
+                // still be ours. Try again on a new connection until the
+                // lease has run out since the last renewal Redis confirmed.
+                Err(_) if !self.holding.lease_ran_out() => {
                     con = None;
                     next = Instant::now() + self.every / 4;
                 }
-                // The lifeline cut (the connection closed or refused: killed
-                // with `CLIENT KILL`, Redis restarted), or the lease run
-                // out: lost.
                 Err(_) => return self.lose(),
             }
         }
@@ -722,7 +747,8 @@ impl Renewer {
         Ok(con)
     }
 
-    /// The lock is lost: say so, and delete it if it is still ours (a
+    /// The lock is lost (its key is gone or someone else's, or its lease
+    /// ran out unconfirmed): say so, and delete it if it is still ours (a
     /// bounded try) so that waiters need not wait out the lease.
     fn lose(&self) {
         self.holding.lost.store(true, Ordering::Release);

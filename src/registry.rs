@@ -23,6 +23,9 @@ pub(crate) struct Registry {
 
 #[derive(Debug, Default)]
 struct Table {
+    /// The process whose handles the table lists: a child of `fork()`
+    /// inherits the table, not the locks in it, and starts afresh.
+    pid: u32,
     /// Lock path -> id of the handle that holds it (or is taking it). Keyed
     /// by the path's text: handles hold normalized absolute paths, and
     /// hashing a string is much cheaper than hashing a path's components.
@@ -43,7 +46,16 @@ impl Registry {
         // The table stays consistent even if a thread panicked while
         // holding the mutex: every critical section is a single insert,
         // remove or lookup.
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut table = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if table.pid != pid {
+            // A new process (or the first use): its handles hold nothing
+            // yet. Waiters of the parent are not in this process either.
+            table.paths.clear();
+            table.waiting = 0;
+            table.pid = pid;
+        }
+        table
     }
 
     /// Claims `path` for handle `id`, waiting until the deadline while

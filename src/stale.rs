@@ -156,7 +156,8 @@ impl Verdict {
 }
 
 /// Judges `seen`, unchanged since `unchanged_for` on this process's clock.
-pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration) -> Verdict {
+/// `local`: the lock lives on a file system only this machine writes to.
+pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration, local: bool) -> Verdict {
     if seen.claim == Claim::Os {
         return Verdict::Live("an OS lock is released by the kernel when its holder exits");
     }
@@ -180,7 +181,7 @@ pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration) -> Ve
         }
         return expiring(unchanged_for, grace, Verdict::NoRecord);
     };
-    match record.liveness() {
+    match record.liveness_here(local) {
         Liveness::Dead => Verdict::Dead,
         liveness => match record.lease() {
             Some(lease) => expiring(unchanged_for, lease, Verdict::LeaseExpired),

@@ -206,6 +206,8 @@ enum Role {
     OrphanBreaker,
     /// Force-breaking a `Link` orphan without any taken name.
     OrphanForcer,
+    /// Dropping a guard (nobody to see an error or to retry).
+    GuardDropper,
 }
 
 impl Role {
@@ -221,6 +223,7 @@ impl Role {
             Role::EmptyBreaker => "empty-breaker",
             Role::OrphanBreaker => "orphan-breaker",
             Role::OrphanForcer => "orphan-forcer",
+            Role::GuardDropper => "guard-dropper",
         }
     }
 }
@@ -266,7 +269,7 @@ impl Scenario {
 fn scenarios() -> Vec<Scenario> {
     use LockStrategy::{Link, Mkdir, Os};
     use Role::*;
-    let breakers = [Releaser, Breaker, Waiter, Forcer];
+    let breakers = [Releaser, Breaker, Waiter, Forcer, GuardDropper];
     let mut cells: Vec<(LockStrategy, &'static str, Role)> = vec![
         (Os, "os.acquire.locked", Acquirer),
         (Os, "os.release.blanked", Releaser),
@@ -365,6 +368,8 @@ struct World {
     /// lock: the victim of a forced break, a holder paused past its lease.
     may_lose: Vec<usize>,
     log: Vec<String>,
+    /// A guard was dropped: its handle must hold nothing afterwards.
+    guard_dropped: bool,
 }
 
 impl World {
@@ -375,6 +380,7 @@ impl World {
             actors: Vec::new(),
             may_lose: Vec::new(),
             log: Vec::new(),
+            guard_dropped: false,
         }
     }
 
@@ -500,11 +506,22 @@ impl World {
                 self.may_lose.push(d);
                 remove_claims(&self.path)?;
             }
-            Role::Acquirer | Role::Releaser | Role::Refresher | Role::Spawner => {}
+            Role::Acquirer
+            | Role::Releaser
+            | Role::Refresher
+            | Role::Spawner
+            | Role::GuardDropper => {}
         }
         let a = self.spawn("A", lease)?;
         if matches!(s.role, Role::Releaser | Role::Refresher | Role::Spawner) {
             self.take(a)?;
+        }
+        if s.role == Role::GuardDropper {
+            let got = self.call(a, "guard")?;
+            check(got == "ok", || {
+                format!("A could not take a free lock: {got}")
+            })?;
+            self.actors[a].holds = true;
         }
         if s.role == Role::Refresher && s.outcome != Outcome::Fail {
             // Paused past its lease, its lock may be broken.
@@ -518,6 +535,7 @@ impl World {
             Role::Forcer | Role::OrphanForcer => Some("force"),
             Role::Refresher => None,
             Role::Spawner => Some("spawn"),
+            Role::GuardDropper => Some("dropguard"),
         };
         let mut a_answer = None;
         if s.outcome == Outcome::Fail {
@@ -656,6 +674,15 @@ impl World {
         check(released == "ok", || {
             format!("the newcomer's release: {released}")
         })?;
+        if self.guard_dropped && self.actors[a].alive {
+            // The handle whose guard was dropped takes the lock again.
+            let again = self.call(a, "wait 3000")?;
+            check(again == "ok", || {
+                format!("the handle of a dropped guard cannot take the lock again: {again}")
+            })?;
+            let released = self.call(a, "release")?;
+            check(released == "ok", || format!("its release: {released}"))?;
+        }
         // An `Os` lock file stays after release (blanked); the others go.
         check(
             self.strategy == LockStrategy::Os || !exists(&self.path),
@@ -673,6 +700,13 @@ impl World {
     fn after_op(&mut self, a: usize, role: Role, answer: &str) {
         match role {
             Role::Acquirer | Role::Waiter => self.actors[a].holds = answer == "ok",
+            // A dropped guard lets go whatever happens: a release that
+            // failed is tried again in the background, never left to a
+            // handle that no guard can release any more.
+            Role::GuardDropper => {
+                self.actors[a].holds = false;
+                self.guard_dropped = true;
+            }
             // Released, lost, or (a `Mkdir` or `Link` release that failed
             // before it changed anything) still held; an `Os` lock is
             // unlocked even when its release fails.
@@ -902,6 +936,7 @@ fn actor(args: &[String]) -> i32 {
     });
     say("READY");
     let mut command: Option<Child> = None;
+    let mut guard: Option<portalock::LockGuard<'_>> = None;
     while let Ok(line) = commands.recv() {
         let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         let answer = match verb {
@@ -924,6 +959,17 @@ fn actor(args: &[String]) -> i32 {
                     }
                     Err(e) => kind(&e),
                 }
+            }
+            "guard" => match lock.try_lock() {
+                Ok(g) => {
+                    guard = Some(g);
+                    "ok".to_owned()
+                }
+                Err(e) => kind(&e),
+            },
+            "dropguard" => {
+                drop(guard.take());
+                if lock.is_held() { "held" } else { "ok" }.to_owned()
             }
             "endcmd" => {
                 if let Some(mut child) = command.take() {

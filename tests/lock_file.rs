@@ -752,3 +752,21 @@ fn a_handle_dropped_in_a_forked_child_leaves_the_lock_to_its_parent(
         .try_acquire()
         .expect("free after the release");
 }
+
+/// A child of `fork()` inherits the parent's table of held locks too: a
+/// lock its parent held at the fork and released since must be free for
+/// the child's own handles.
+#[cfg(unix)]
+#[rstest]
+fn a_forked_child_takes_a_lock_its_parent_released(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    let mut parent = spawn("fork-after-release", &[strategy.as_str(), path.as_str()]);
+    assert_eq!(
+        parent.expect("CHILD"),
+        "0",
+        "the child could not take the lock"
+    );
+    assert!(parent.wait().success());
+}

@@ -227,8 +227,6 @@ fn assert_unknown_link_owner(path: &Utf8Path) {
 }
 
 #[rstest]
-#[case::empty(b"".to_vec())]
-#[case::whitespace(b" \n".to_vec())]
 #[case::garbage(vec![0xde, 0xad, 0xbe, 0xef])]
 #[case::not_an_object(b"null".to_vec())]
 #[case::truncated(VALID.as_bytes()[..VALID.len() / 2].to_vec())]
@@ -250,6 +248,60 @@ fn a_hostile_link_lock_file_is_an_unknown_owner(#[case] bytes: Vec<u8>) {
     std::fs::write(&path, &bytes).expect("write");
     assert_unknown_link_owner(&path);
     assert_eq!(std::fs::read(&path).expect("kept"), bytes);
+}
+
+/// A blank file at a `Link` lock path is the file of a released `Os`
+/// lock, which stays after its release (a `Link` lock file always holds its
+/// record: it is linked whole). `Link` refuses it with `StrategyMismatch`
+/// at once, never waits for it forever, and leaves it as it was.
+#[rstest]
+#[case::empty(b"".to_vec())]
+#[case::whitespace(b" \n".to_vec())]
+fn a_blank_link_lock_file_is_an_os_lock_file(#[case] bytes: Vec<u8>) {
+    let (_dir, path) = scratch();
+    std::fs::write(&path, &bytes).expect("write");
+    let lock = LockFile::with_strategy(&path, LockStrategy::Link).expect("open");
+    assert!(matches!(
+        lock.status().expect("status"),
+        LockStatus::Held(None)
+    ));
+    let mismatch = |result: Result<(), Error>| {
+        matches!(
+            result,
+            Err(Error::StrategyMismatch {
+                found: LockStrategy::Os,
+                ..
+            })
+        )
+    };
+    assert!(mismatch(lock.try_acquire()));
+    assert!(mismatch(
+        lock.acquire_timeout(std::time::Duration::from_millis(50))
+    ));
+    assert!(mismatch(lock.force_break().map(drop)));
+    assert!(!lock.is_held());
+    assert_eq!(std::fs::read(&path).expect("kept"), bytes);
+}
+
+/// The same path taken with `Os` (by a process on an NFS server, say,
+/// whose `Auto` sees a local disk), then with `Link`: refused with a clear
+/// error, not a wait that never ends.
+#[test]
+fn link_after_os_on_one_path_is_a_clear_error() {
+    let (_dir, path) = scratch();
+    let os = LockFile::with_strategy(&path, LockStrategy::Os).expect("open");
+    os.acquire().expect("acquire");
+    os.release().expect("release");
+    let link = LockFile::with_strategy(&path, LockStrategy::Link).expect("open");
+    let tried = link.acquire_timeout(std::time::Duration::from_millis(100));
+    let message = match tried {
+        Err(e @ Error::StrategyMismatch { .. }) => e.to_string(),
+        other => panic!("expected StrategyMismatch, got {other:?}"),
+    };
+    assert!(
+        message.contains("os") && message.contains("link"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -221,13 +221,16 @@ fn a_killed_holder_frees_the_lock_within_its_lease() {
     waiter.release().expect("release");
 }
 
+/// Killing the holder's connection (`CLIENT KILL`) does not take its lock
+/// away: the key is still its own, and the holder renews it on a new
+/// connection. Deleting the key does: the holder learns it at its next
+/// renewal, and the waiter gets the lock without waiting out the lease.
 #[test]
-fn a_holder_whose_connection_is_killed_learns_it_lost_the_lock() {
+fn a_holder_whose_key_is_deleted_learns_it_lost_the_lock() {
     let server = Server::start();
     let holder = lock(&server, "killed", 600);
     holder.acquire().expect("acquire");
     let waiter = lock(&server, "killed", 600);
-    // Kill the holder's lifeline (its renewal connection, named after it).
     let name = format!("portalock-holder-{}", std::process::id());
     eventually("the renewal connection is named", || {
         let list: String = server.query(redis::cmd("CLIENT").arg("LIST"));
@@ -242,11 +245,22 @@ fn a_holder_whose_connection_is_killed_learns_it_lost_the_lock() {
             .arg("yes"),
     );
     assert!(killed >= 1);
+    // Two leases later the holder still holds it, renewed anew.
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        assert!(matches!(
+            waiter.try_acquire(),
+            Err(Error::WouldBlock { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holder.ensure_held().expect("still the holder's");
+    // An operator deletes the key: the holder finds out.
+    let deleted: i64 = server.query(redis::cmd("DEL").arg("portalock:killed"));
+    assert_eq!(deleted, 1);
     eventually("the holder notices", || {
         matches!(holder.ensure_held(), Err(Error::LockLost { .. }))
     });
-    // It deleted its lock on the way out: the waiter does not wait out the
-    // lease.
     waiter.try_acquire().expect("free");
     assert!(matches!(holder.release(), Err(Error::LockLost { .. })));
     waiter.release().expect("release");
@@ -524,4 +538,28 @@ fn a_guard_releases_only_its_own_acquisition() {
     let other = RedisLock::new(&server.url(), "guard").expect("open");
     assert!(matches!(other.try_acquire(), Err(Error::WouldBlock { .. })));
     lock.release().expect("release");
+}
+
+/// A server that closes idle connections (`timeout` in redis.conf) cuts
+/// the holder's renewal connection between two renewals: the holder
+/// connects again and keeps its lock, which is still its own.
+#[test]
+fn a_holder_keeps_its_lock_when_the_server_closes_idle_connections() {
+    let server = Server::start();
+    let _: () = server.query(redis::cmd("CONFIG").arg("SET").arg("timeout").arg("1"));
+    // Renewals every 3 s: longer than the server keeps an idle client
+    // (it counts idle time in whole seconds).
+    let holder = lock(&server, "idle", 9000);
+    holder.acquire().expect("acquire");
+    let other = lock(&server, "idle", 9000);
+    let until = Instant::now() + Duration::from_millis(7500);
+    while Instant::now() < until {
+        assert!(
+            matches!(other.try_acquire(), Err(Error::WouldBlock { .. })),
+            "the lock was given away while its holder held it"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    holder.ensure_held().expect("still held");
+    holder.release().expect("release");
 }

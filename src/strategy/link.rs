@@ -56,9 +56,10 @@ const STEM_CUT: usize = 40;
 
 /// The longest private name this strategy makes: a taken name of the
 /// longest stem. `.` stem `.` token (32) `.owner` `.taken.` machine (16)
-/// `.` boot (16) `.` pid (up to 10) `.` nonce (32).
+/// `.` boot (up to 21) `.` pid (up to 10) `.` start (up to 20) `.` nonce
+/// (32).
 pub(crate) const LONGEST_NAME: usize =
-    1 + STEM_MAX + 1 + 32 + 6 + 7 + 16 + 1 + 16 + 1 + 10 + 1 + 32;
+    1 + STEM_MAX + 1 + 32 + 6 + 7 + 16 + 1 + 21 + 1 + 10 + 1 + 20 + 1 + 32;
 
 /// The part of a lock's name that its private names carry: the name
 /// itself when it is short, else its first bytes (at a character
@@ -137,14 +138,21 @@ pub(crate) fn try_acquire(
     match linked {
         // The claim is closed now: see `Held::rewrite_record`.
         Ok(true) => Ok(Some(held)),
-        Err(e) if names(path, &record.token).unwrap_or(false) => {
-            // An error after a link that did happen: let it go properly.
-            let _ = release(path, held);
+        Ok(false) => {
+            let _ = fs::remove_file(&claim);
+            Ok(None)
+        }
+        // Not linked, for certain: the claim is ours alone to remove.
+        Err(e) if matches!(names(path, &record.token), Ok(false)) => {
+            let _ = fs::remove_file(&claim);
             Err(e)
         }
-        other => {
-            let _ = fs::remove_file(&claim);
-            other.map(|_| None)
+        // An error after a link that did, or may have, happened: let it go
+        // the way every lock is released, which removes the lock path only
+        // if it holds our token.
+        Err(e) => {
+            let _ = release(path, held);
+            Err(e)
         }
     }
 }
@@ -201,9 +209,9 @@ fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, token: &str) -> Result<b
 }
 
 /// After `EEXIST` from linking onto `path`: busy (`Ok(())`) if a `Link`
-/// lock file (or nothing, any more) is there, or a file without a record;
-/// the typed error for anything else, such as a held lock of the `Os`
-/// strategy (its file holds an `os` record).
+/// lock file (or nothing, any more) is there, or a file whose record
+/// cannot be read; the typed error for anything else, such as the lock
+/// file of the `Os` strategy (an `os` record, or blank once released).
 fn busy(path: &Utf8Path) -> Result<()> {
     fs::busy(path, LockStrategy::Link, FileKind::File)?;
     let bytes = match fs::open_read(path).and_then(read_capped) {
@@ -218,9 +226,15 @@ fn busy(path: &Utf8Path) -> Result<()> {
             found: record.strategy,
             holder: Some(Box::new(record)),
         }),
-        // Blank (a released `Os` lock file, or a file something else
-        // made): an owner this process cannot name, as any file that
-        // holds no record.
+        // Blank: the file of a released `Os` lock, which stays. A `Link`
+        // lock file always holds its record (it is linked whole), so this
+        // is no `Link` lock, and waiting would never end.
+        None if bytes.trim_ascii().is_empty() => Err(Error::StrategyMismatch {
+            path: path.to_owned(),
+            strategy: LockStrategy::Link,
+            found: LockStrategy::Os,
+            holder: None,
+        }),
         _ => Ok(()),
     }
 }
@@ -330,7 +344,16 @@ fn remove_lock_path(
             let _ = fault::step("link.remove.taken", || fs::remove_file(taken));
         }
         Err(_) => {
-            let _ = fs::stale_retry(|| std::fs::rename(taken, claim));
+            // Tried a few times: a taken name left in place names this
+            // live process, and nobody could recover the lock until it
+            // exits.
+            for attempt in 0..4u32 {
+                match fs::stale_retry(|| std::fs::rename(taken, claim)) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1 << attempt)),
+                }
+            }
         }
     }
     outcome
@@ -352,10 +375,15 @@ fn remove_lock_path(
 /// the taken name over in turn (see `recover_orphan`).
 fn take_claim(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
     let taken = taken_name(claim)?;
-    fault::step("link.remove.take", || {
+    match fault::step("link.remove.take", || {
         fs::stale_retry(|| std::fs::rename(claim, &taken))
-    })?;
-    Ok(taken)
+    }) {
+        Ok(()) => Ok(taken),
+        // On NFS a rename whose reply was lost is sent again and answered
+        // `ENOENT`, though it happened: the taken name (ours alone) tells.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && fs::lkind(&taken)?.is_some() => Ok(taken),
+        Err(e) => Err(e),
+    }
 }
 
 /// A fresh taken name for `claim` (a claim or a taken name), of this
@@ -364,28 +392,31 @@ fn taken_name(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
     let Some(name) = claim.file_name() else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    // The claim's name ends in `.owner`; a taken name continues with
-    // `.owner.taken.…` (the lock's own name may contain `.taken.`).
-    let base = name
-        .split_once(".owner.taken.")
-        .map_or(name, |(base, _)| base)
-        .trim_end_matches(".owner");
+    // A claim's name ends in `.owner`; a taken name continues with
+    // `.owner.taken.<tags>.<nonce>`, whose tags hold no `.owner.taken.`:
+    // there the last one is where the claim's name ends (the lock's own
+    // name may contain `.owner.taken.` too).
+    let base = match name.strip_suffix(".owner") {
+        Some(base) => base,
+        None => name
+            .rsplit_once(".owner.taken.")
+            .map_or(name, |(base, _)| base),
+    };
     Ok(claim.with_file_name(format!(
-        "{base}.owner.taken.{}.{}.{}",
+        "{base}.owner.taken.{}.{}",
         crate::owner::process_tags(),
-        std::process::id(),
         crate::owner::new_token()?
     )))
 }
 
 /// The taker named by a taken name's suffix (after `.taken.`): whether it
 /// may still run. `None` if it cannot be told (another machine or PID
-/// namespace, or a name of an older format).
-fn taker_runs(suffix: &str) -> Option<bool> {
-    let mut parts = suffix.splitn(4, '.');
-    let (machine, boot) = (parts.next()?, parts.next()?);
-    let pid = parts.next()?.parse::<u32>().ok()?;
-    crate::owner::tagged_pid_runs(&format!("{machine}.{boot}"), pid)
+/// namespace, or a name of an older format). `local`: the lock lives on a
+/// file system only this machine writes to (see `tagged_process_runs`).
+fn taker_runs(suffix: &str, local: bool) -> Option<bool> {
+    // `<machine>.<boot>.<pid>.<start>.<nonce>`
+    let (tags, _nonce) = suffix.rsplit_once('.')?;
+    crate::owner::tagged_process_runs(tags, local)
 }
 
 /// Recovers a lock file of `token` whose claim is missing and whose owner
@@ -397,7 +428,7 @@ fn taker_runs(suffix: &str) -> Option<bool> {
 /// A taker that may still run is finishing its removal (`Raced`: look
 /// again); no taken name, or one whose taker cannot be judged, leaves an
 /// orphan that only [`force_break`](crate::LockFile::force_break) recovers.
-fn recover_orphan(path: &Utf8Path, token: &str) -> Result<Broken> {
+fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
     let claim = claim_path(path, token)?;
     let (Some(dir), Some(claim_name)) = (claim.parent(), claim.file_name()) else {
         return Ok(Broken::Orphan);
@@ -411,7 +442,7 @@ fn recover_orphan(path: &Utf8Path, token: &str) -> Result<Broken> {
             continue;
         };
         let taken = dir.join(name.to_str().unwrap_or_default());
-        match taker_runs(suffix) {
+        match taker_runs(suffix, local) {
             None => return Ok(Broken::Orphan),
             Some(true) => return Ok(Broken::Raced),
             Some(false) => {}
@@ -424,7 +455,7 @@ fn recover_orphan(path: &Utf8Path, token: &str) -> Result<Broken> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
             Err(e) => return Err(Error::io(&taken, "take over", e)),
         }
-        return finish_break(path, token, &claim, &ours);
+        return finish_break(path, token, &claim, &ours, local);
     }
     // No taken name: an orphan, unless the lock changed meanwhile (removed
     // by someone else, or taken afresh).
@@ -442,7 +473,7 @@ fn recover_orphan(path: &Utf8Path, token: &str) -> Result<Broken> {
 /// proved gone and that are not the lock's (killed between removing the
 /// lock path and its taken name). Anything else, other machines' files
 /// included, is left alone. Best effort.
-pub(crate) fn sweep(path: &Utf8Path) {
+pub(crate) fn sweep(path: &Utf8Path, local: bool) {
     let (Some(dir), Some(prefix)) = (path.parent(), private_prefix(path)) else {
         return;
     };
@@ -464,16 +495,17 @@ pub(crate) fn sweep(path: &Utf8Path) {
         let target = dir.join(file_name.to_str().unwrap_or_default());
         let dead = if kind.is_empty() {
             // The token names the process that made the claim (even an
-            // empty one: killed before it wrote its record); a claim of an
-            // older format is judged by its record.
+            // empty one: killed before it wrote its record); a claim of
+            // another machine or boot is judged by its record.
             match crate::owner::token_maker(token) {
                 Some(pid) => !crate::owner::pid_runs(pid),
-                None => record_at(&target)
-                    .is_some_and(|r| r.token == token && r.liveness() == crate::Liveness::Dead),
+                None => record_at(&target).is_some_and(|r| {
+                    r.token == token && r.liveness_here(local) == crate::Liveness::Dead
+                }),
             }
         } else {
             kind.strip_prefix(".taken.")
-                .and_then(taker_runs)
+                .and_then(|suffix| taker_runs(suffix, local))
                 .is_some_and(|runs| !runs)
         };
         if !dead {
@@ -481,13 +513,23 @@ pub(crate) fn sweep(path: &Utf8Path) {
         }
         // Looked at only now, after its maker was found dead (a dead
         // process links nothing more): a name that is also the lock file (a
-        // second link) or carries the lock's current token stays.
+        // second link) or carries the lock's current token stays, and so
+        // does everything if the lock file cannot be read now.
         let loose =
             fs::lstat(&target).is_ok_and(|m| m.is_file() && link_count(&m).unwrap_or(1) == 1);
-        let current = record_at(path).is_some_and(|r| r.token == token);
-        if loose && !current {
+        if loose && lock_is_not(path, token) {
             let _ = fs::remove_file(&target);
         }
+    }
+}
+
+/// Whether the lock at `path` is, for certain, not the acquisition of
+/// `token`: absent, or a regular file whose record (read whole) has
+/// another token. A read that fails proves nothing.
+fn lock_is_not(path: &Utf8Path, token: &str) -> bool {
+    match fs::open_read(path).and_then(read_capped) {
+        Ok(bytes) => !record_has_token(&bytes, token),
+        Err(e) => fs::is_absent(path, &e),
     }
 }
 
@@ -542,6 +584,10 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             },
             stamp,
         ),
+        // Blank: a released `Os` lock file.
+        None if bytes.trim_ascii().is_empty() => {
+            Seen::new(None, Claim::Strategy(LockStrategy::Os), stamp)
+        }
         _ => Seen::new(record.clone(), Claim::Foreign, stamp),
     };
     if record.is_none() {
@@ -566,12 +612,12 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 /// without any taken name (a cleaner removed the hidden files) gets a new
 /// claim, a hard link of the lock path made with `link()`, which fails if
 /// another recoverer made it first; run one forced break at a time.
-pub(crate) fn break_link(path: &Utf8Path, token: &str, force: bool) -> Result<Broken> {
+pub(crate) fn break_link(path: &Utf8Path, token: &str, force: bool, local: bool) -> Result<Broken> {
     let claim = claim_path(path, token)?;
     match names(&claim, token) {
         Ok(true) => {}
         Ok(false) if fs::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
-        Ok(false) => match recover_orphan(path, token)? {
+        Ok(false) => match recover_orphan(path, token, local)? {
             Broken::Orphan if force => {
                 match fault::step("link.force.relink", || fs::hard_link(path, &claim)) {
                     Ok(()) => {}
@@ -602,7 +648,7 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, force: bool) -> Result<Br
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
     };
-    finish_break(path, token, &claim, &taken)
+    finish_break(path, token, &claim, &taken, local)
 }
 
 /// The end of a break, its claim taken (as `taken`): the lock path removed
@@ -612,9 +658,10 @@ fn finish_break(
     token: &str,
     claim: &Utf8Path,
     taken: &Utf8Path,
+    local: bool,
 ) -> Result<Broken> {
     Ok(if remove_lock_path(path, token, claim, taken)? {
-        sweep(path);
+        sweep(path, local);
         Broken::Removed
     } else {
         Broken::Raced
@@ -683,6 +730,16 @@ mod tests {
         pid
     }
 
+    /// The tags a taken name of process `pid` of this machine and boot
+    /// carries (its start unknown: judged by its PID alone).
+    #[cfg(unix)]
+    fn tags_of(pid: u32) -> String {
+        let tags = crate::owner::process_tags();
+        let mut parts = tags.split('.');
+        let (machine, boot) = (parts.next().expect("machine"), parts.next().expect("boot"));
+        format!("{machine}.{boot}.{pid}.x")
+    }
+
     /// A lock of a dead owner whose remover took the claim (as `pid`) and
     /// died before removing the lock path.
     #[cfg(unix)]
@@ -693,9 +750,9 @@ mod tests {
         std::fs::write(&claim, record.to_json()).expect("claim");
         std::fs::hard_link(&claim, path).expect("lock");
         let taken = root.join(format!(
-            "{}.taken.{}.{taker}.{}",
+            "{}.taken.{}.{}",
             claim.file_name().expect("name"),
-            crate::owner::process_tags(),
+            tags_of(taker),
             "ab".repeat(16)
         ));
         std::fs::rename(&claim, &taken).expect("take");
@@ -709,7 +766,7 @@ mod tests {
         let path = root.join("x.lock");
         let (token, taken) = orphan(&root, &path, dead_pid());
         assert_eq!(
-            break_link(&path, &token, false).expect("break"),
+            break_link(&path, &token, false, false).expect("break"),
             Broken::Removed
         );
         assert!(!path.exists());
@@ -725,7 +782,7 @@ mod tests {
         let path = root.join("x.lock");
         let (token, taken) = orphan(&root, &path, std::process::id());
         assert_eq!(
-            break_link(&path, &token, false).expect("break"),
+            break_link(&path, &token, false, false).expect("break"),
             Broken::Raced
         );
         assert!(path.exists() && taken.exists());
@@ -739,12 +796,12 @@ mod tests {
         let (token, taken) = orphan(&root, &path, dead_pid());
         std::fs::remove_file(&taken).expect("remove taken");
         assert_eq!(
-            break_link(&path, &token, false).expect("break"),
+            break_link(&path, &token, false, false).expect("break"),
             Broken::Orphan
         );
         assert!(path.exists());
         assert_eq!(
-            break_link(&path, &token, true).expect("force"),
+            break_link(&path, &token, true, false).expect("force"),
             Broken::Removed
         );
         assert!(!path.exists());
@@ -772,7 +829,6 @@ mod tests {
         // A claim of a live process (this one), not yet linked.
         let (_waiting, waiting_claim, _g, _j) = claim_for(&root, &path);
         // Taken names: of a dead taker, of a live one, of another machine.
-        let tags = crate::owner::process_tags();
         let taken = |who: String| {
             let name = format!(
                 ".x.lock.{}.owner.taken.{who}.{}",
@@ -783,17 +839,17 @@ mod tests {
             std::fs::write(&p, "{}").expect("taken");
             p
         };
-        let dead_taken = taken(format!("{tags}.{}", dead_pid()));
-        let live_taken = taken(format!("{tags}.{}", std::process::id()));
+        let dead_taken = taken(tags_of(dead_pid()));
+        let live_taken = taken(tags_of(std::process::id()));
         let foreign_taken = taken(format!(
-            "{}.{}.{}",
+            "{}.h{}.{}.x",
             "0".repeat(16),
             "0".repeat(16),
             dead_pid()
         ));
         let unrelated = root.join("notes.txt");
         std::fs::write(&unrelated, "keep").expect("unrelated");
-        sweep(&path);
+        sweep(&path, false);
         assert!(!dead_claim.exists(), "a dead process's claim stays");
         assert!(!empty_claim.exists(), "a dead process's empty claim stays");
         assert!(!dead_taken.exists(), "a dead taker's name stays");
@@ -813,22 +869,56 @@ mod tests {
         );
     }
 
+    /// A remover of an earlier boot of this machine cannot be alive: on a
+    /// file system only this machine writes to, its orphan is recovered;
+    /// on a network one (where a clone of this machine could have written
+    /// it) it needs a forced break.
+    #[cfg(unix)]
+    #[test]
+    fn an_orphan_whose_taker_ran_in_an_earlier_boot_is_recovered_on_a_local_disk() {
+        let tags = crate::owner::process_tags();
+        let boot = tags.split('.').nth(1).expect("boot").to_owned();
+        if crate::owner::Identity::get().machine.is_none() || !boot.starts_with('h') {
+            eprintln!("no machine id or boot id here: nothing to test");
+            return;
+        }
+        for local in [false, true] {
+            let (_dir, root) = scratch();
+            let path = root.join("x.lock");
+            let (token, taken) = orphan(&root, &path, dead_pid());
+            // The same remover, as an earlier boot named it.
+            let name = taken.file_name().expect("name").to_owned();
+            let earlier = root.join(name.replace(&boot, &format!("h{}", "0".repeat(16))));
+            std::fs::rename(&taken, &earlier).expect("rename");
+            let broken = break_link(&path, &token, false, local).expect("break");
+            if local {
+                assert_eq!(broken, Broken::Removed);
+                assert!(!path.exists() && !earlier.exists());
+            } else {
+                assert_eq!(broken, Broken::Orphan);
+                assert!(path.exists() && earlier.exists());
+            }
+        }
+    }
+
     #[test]
     fn taken_names_keep_the_token_whatever_the_lock_is_called() {
         let (_dir, root) = scratch();
-        let path = root.join("a.taken.lock");
         let token = "0123456789abcdef0123456789abcdef";
-        let claim = claim_path(&path, token).expect("claim");
-        let taken = taken_name(&claim).expect("taken");
-        let again = taken_name(&taken).expect("taken again");
-        for name in [&taken, &again] {
-            let name = name.file_name().expect("name");
-            assert!(
-                name.starts_with(&format!(".a.taken.lock.{token}.owner.taken.")),
-                "{name}"
-            );
+        for lock in ["a.taken.lock", "x.owner.taken.y", "z.owner"] {
+            let path = root.join(lock);
+            let claim = claim_path(&path, token).expect("claim");
+            let taken = taken_name(&claim).expect("taken");
+            let again = taken_name(&taken).expect("taken again");
+            for name in [&taken, &again] {
+                let name = name.file_name().expect("name");
+                assert!(
+                    name.starts_with(&format!(".{lock}.{token}.owner.taken.")),
+                    "{name}"
+                );
+            }
+            assert_ne!(taken, again);
         }
-        assert_ne!(taken, again);
     }
 
     #[cfg(unix)]
@@ -838,7 +928,7 @@ mod tests {
         let path = root.join("x.lock");
         let (token, taken) = orphan(&root, &path, std::process::id());
         assert_eq!(
-            break_link(&path, &token, true).expect("force"),
+            break_link(&path, &token, true, false).expect("force"),
             Broken::Raced
         );
         assert!(path.exists() && taken.exists());
@@ -868,7 +958,7 @@ mod tests {
         std::fs::hard_link(&new_claim, &path).expect("the new lock");
         assert_eq!(fs::ino(&fs::lstat(&path).expect("lstat")), ino);
 
-        let broken = break_link(&path, &old.token, true).expect("break");
+        let broken = break_link(&path, &old.token, true, false).expect("break");
         assert_ne!(broken, Broken::Removed);
         assert_eq!(record_at(&path).map(|r| r.token), Some(new.token.clone()));
         assert!(new_claim.exists(), "the new holder's claim was taken");
@@ -884,7 +974,7 @@ mod tests {
         std::fs::remove_file(&taken).expect("remove taken");
         std::fs::remove_file(&path).expect("someone removed the lock");
         assert_eq!(
-            break_link(&path, &token, false).expect("break"),
+            break_link(&path, &token, false, false).expect("break"),
             Broken::Raced
         );
     }

@@ -432,17 +432,19 @@ pub(crate) fn probe(strategy: Concrete, path: &Utf8Path) -> Result<Probe> {
 
 /// Removes the artifact that `claim` names, and no other. With `force`, a
 /// `Link` lock whose claim is missing and cannot be recovered through a
-/// dead remover gets a new claim (see `link::break_link`).
+/// dead remover gets a new claim (see `link::break_link`). `local`: the
+/// lock lives on a file system only this machine writes to.
 pub(crate) fn break_claim(
     strategy: Concrete,
     path: &Utf8Path,
     seen: &Seen,
     force: bool,
+    local: bool,
 ) -> Result<Broken> {
     match &seen.claim {
         Claim::Mkdir { token } => mkdir::break_record(path, token),
         Claim::MkdirEmpty => mkdir::break_empty(path),
-        Claim::Link { token } => link::break_link(path, token, force),
+        Claim::Link { token } => link::break_link(path, token, force, local),
         Claim::Os => Err(Error::Unsupported {
             path: path.to_owned(),
             strategy: LockStrategy::Os,
@@ -470,9 +472,9 @@ pub(crate) fn break_claim(
 /// Removes what killed processes of this machine left beside the lock
 /// (`Link`'s claims and taken names); nothing for the other strategies,
 /// whose leftovers are inside the lock artifact itself.
-pub(crate) fn sweep(strategy: Concrete, path: &Utf8Path) {
+pub(crate) fn sweep(strategy: Concrete, path: &Utf8Path, local: bool) {
     if strategy == Concrete::Link {
-        link::sweep(path);
+        link::sweep(path, local);
     }
 }
 

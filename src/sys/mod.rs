@@ -23,7 +23,9 @@ mod unsupported;
 #[cfg(not(any(unix, windows)))]
 use unsupported as imp;
 
-pub(crate) use imp::{boot_id, machine_id, name_max, pid_namespace, process_state, spawn_gated};
+pub(crate) use imp::{
+    boot_id, machine_id, name_max, pid_namespace, process_state, since_boot, spawn_gated,
+};
 
 /// What a look at a process of this machine found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,4 +71,11 @@ fn spawn_then_name(
     let child = command.spawn()?;
     let _ = name_it(child.id());
     Ok(child)
+}
+
+/// Time on the monotonic clock since this process first asked.
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+fn monotonic_since_start() -> std::time::Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }

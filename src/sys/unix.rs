@@ -146,6 +146,26 @@ pub(crate) fn name_max(dir: &std::path::Path) -> Option<usize> {
     usize::try_from(stat.f_namemax).ok().filter(|&n| n > 0)
 }
 
+/// A clock that counts on while the machine is suspended (a laptop's lid
+/// closed, a VM paused): time since boot, on Linux `CLOCK_BOOTTIME`. A
+/// lease must be measured on it: `Instant` stops during a suspend, and a
+/// holder would believe a lease still runs that its server saw expire.
+/// Elsewhere the monotonic clock (documented where it matters).
+pub(crate) fn since_boot() -> std::time::Duration {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        std::time::Duration::new(
+            now.tv_sec.max(0) as u64,
+            now.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        super::monotonic_since_start()
+    }
+}
+
 /// The PID namespace of this process (Linux: `pid:[<inode>]`).
 pub(crate) fn pid_namespace() -> Option<String> {
     #[cfg(target_os = "linux")]
@@ -191,14 +211,23 @@ pub(crate) fn machine_id() -> Option<String> {
 ///
 /// Every file portalock opens is close-on-exec, and so are the two pipes
 /// of the gate: `keep`'s flags are cleared in the child alone, after the
-/// fork. Spawn `command` only once (the gate stays in it).
+/// fork. The gate stays in `command` (a `pre_exec` closure cannot be taken
+/// back) but is disarmed when this returns: a later spawn of `command` is
+/// a plain spawn. Gates are passed one at a time in a process, so that no
+/// gated child inherits another gate's pipe (and waits forever if this
+/// process dies).
 #[allow(unsafe_code)]
 pub(crate) fn spawn_gated(
     command: &mut Command,
     keep: &[&File],
     name_it: &mut (dyn FnMut(u32) -> io::Result<()> + Send),
 ) -> io::Result<Child> {
-    use rustix::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+    static ONE_GATE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_GATE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let (pid_read, pid_write) = cloexec_pipe()?;
     let (go_read, go_write) = cloexec_pipe()?;
     let keep: Vec<i32> = keep.iter().map(|f| f.as_raw_fd()).collect();
@@ -207,12 +236,19 @@ pub(crate) fn spawn_gated(
         go_read.as_raw_fd(),
         go_write.as_raw_fd(),
     );
+    let armed = Arc::new(AtomicBool::new(true));
+    let armed_in_child = Arc::clone(&armed);
     let gate = move || -> io::Result<()> {
+        // The child's memory is a copy: only a spawn made while the gate
+        // was armed passes it.
+        if !armed_in_child.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         // SAFETY: every number was an open descriptor of the parent when
         // it forked (the caller borrows `keep`; the pipes live until
         // `spawn` returns), hence of this child. Only async-signal-safe
-        // calls follow (fcntl, close, getpid, write, read), and nothing is
-        // allocated or locked.
+        // calls follow (fcntl, close, getpid, write, read, _exit), and
+        // nothing is allocated or locked.
         let fd = |raw| unsafe { BorrowedFd::borrow_raw(raw) };
         for &raw in &keep {
             rustix::io::fcntl_setfd(fd(raw), rustix::io::FdFlags::empty())?;
@@ -222,12 +258,15 @@ pub(crate) fn spawn_gated(
         // died.
         unsafe { rustix::io::close(parent_end) };
         let pid = rustix::process::Pid::as_raw(Some(rustix::process::getpid()));
-        let told = rustix::io::write(fd(tell), &pid.to_ne_bytes())?;
+        let told = retry_eintr(|| rustix::io::write(fd(tell), &pid.to_ne_bytes()));
         let mut answer = [0u8; 1];
-        match rustix::io::read(fd(wait), &mut answer) {
-            Ok(1) if told == 4 && answer[0] == b'g' => Ok(()),
+        match (
+            told,
+            retry_eintr(|| rustix::io::read(fd(wait), &mut answer)),
+        ) {
+            (Ok(4), Ok(1)) if answer[0] == b'g' => Ok(()),
             // Refused: the parent waits in `spawn` for the error.
-            Ok(1) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            (Ok(4), Ok(1)) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
             // The parent is gone: nobody can hear an error (the standard
             // library would abort on reporting it). Leave quietly; the
             // command never runs.
@@ -240,21 +279,29 @@ pub(crate) fn spawn_gated(
     unsafe {
         command.pre_exec(gate);
     }
-    std::thread::scope(|scope| {
-        let helper = scope.spawn(move || -> Option<io::Result<()>> {
-            let mut pid = [0u8; 4];
-            let mut got = 0;
-            while got < 4 {
-                match rustix::io::read(&pid_read, &mut pid[got..]) {
-                    Ok(0) | Err(_) => return None, // no child got that far
-                    Ok(n) => got += n,
+    let spawned = std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("portalock-gate".to_owned())
+            .spawn_scoped(scope, move || -> Option<io::Result<()>> {
+                let mut pid = [0u8; 4];
+                let mut got = 0;
+                while got < 4 {
+                    match retry_eintr(|| rustix::io::read(&pid_read, &mut pid[got..])) {
+                        Ok(0) | Err(_) => return None, // no child got that far
+                        Ok(n) => got += n,
+                    }
                 }
-            }
-            let named = name_it(u32::from_ne_bytes(pid));
-            let answer: &[u8] = if named.is_ok() { b"g" } else { b"n" };
-            let _ = rustix::io::write(go_write.as_fd(), answer);
-            Some(named)
-        });
+                let named = name_it(u32::from_ne_bytes(pid));
+                let answer: &[u8] = if named.is_ok() { b"g" } else { b"n" };
+                // The parent keeps the read end open: no EPIPE.
+                let _ = retry_eintr(|| rustix::io::write(&go_write, answer));
+                Some(named)
+            });
+        let helper = match helper {
+            Ok(helper) => helper,
+            // No thread, no gate: the command must not start ungated.
+            Err(e) => return Err(e),
+        };
         let spawned = command.spawn();
         // The helper sees the end of the pipe if no child wrote to it.
         drop(pid_write);
@@ -263,23 +310,40 @@ pub(crate) fn spawn_gated(
             (Err(_), Some(Err(why))) => Err(why),
             (spawned, _) => spawned,
         }
-    })
+    });
+    armed.store(false, Ordering::SeqCst);
+    drop(go_read);
+    spawned
 }
 
-/// A pipe whose two ends are close-on-exec.
+/// `op`, again while the call is interrupted by a signal.
+fn retry_eintr<T>(mut op: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    loop {
+        match op() {
+            Err(rustix::io::Errno::INTR) => {}
+            other => return other,
+        }
+    }
+}
+
+/// A pipe whose two ends are close-on-exec and above the standard
+/// descriptors (if this process runs with 0, 1 or 2 closed, a pipe could
+/// get one of those numbers, which the child's standard I/O set-up would
+/// overwrite before the gate runs).
 fn cloexec_pipe() -> io::Result<(rustix::fd::OwnedFd, rustix::fd::OwnedFd)> {
     #[cfg(not(any(target_os = "macos", target_os = "ios")))]
-    {
-        Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
-    }
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     #[cfg(any(target_os = "macos", target_os = "ios"))]
-    {
-        let (read, write) = rustix::pipe::pipe()?;
-        for end in [&read, &write] {
-            rustix::io::fcntl_setfd(end, rustix::io::FdFlags::CLOEXEC)?;
+    let (read, write) = rustix::pipe::pipe()?;
+    let above = |end: rustix::fd::OwnedFd| -> io::Result<rustix::fd::OwnedFd> {
+        if end.as_raw_fd() > 2 {
+            rustix::io::fcntl_setfd(&end, rustix::io::FdFlags::CLOEXEC)?;
+            Ok(end)
+        } else {
+            Ok(rustix::io::fcntl_dupfd_cloexec(&end, 3)?)
         }
-        Ok((read, write))
-    }
+    };
+    Ok((above(read)?, above(write)?))
 }
 
 #[cfg(test)]
@@ -311,6 +375,30 @@ mod tests {
         let mut open = |_pid: u32| Ok(());
         let mut child = spawn_gated(&mut Command::new("true"), &[], &mut open).expect("spawn");
         assert!(child.wait().expect("wait").success());
+    }
+
+    /// The gate stays in the `Command` (there is no way to take a
+    /// `pre_exec` closure back out): a second spawn of it must be a plain
+    /// spawn, touching no descriptor of this process.
+    #[test]
+    fn a_command_spawned_again_passes_no_gate() {
+        let mut cmd = Command::new("true");
+        let mut open = |_pid: u32| Ok(());
+        let mut child = spawn_gated(&mut cmd, &[], &mut open).expect("spawn");
+        assert!(child.wait().expect("wait").success());
+        // Descriptors that may now have the numbers the gate used.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files: Vec<File> = (0..8)
+            .map(|i| File::create(dir.path().join(i.to_string())).expect("file"))
+            .collect();
+        let status = cmd.status().expect("spawned again");
+        assert!(status.success(), "{status}");
+        for i in 0..files.len() {
+            let len = std::fs::metadata(dir.path().join(i.to_string()))
+                .expect("meta")
+                .len();
+            assert_eq!(len, 0, "the second spawn wrote into file {i}");
+        }
     }
 
     #[cfg(target_os = "linux")]

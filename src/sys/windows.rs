@@ -32,6 +32,11 @@ pub(crate) fn name_max(_dir: &std::path::Path) -> Option<usize> {
     Some(255)
 }
 
+/// The monotonic clock (see `unix::since_boot`).
+pub(crate) fn since_boot() -> std::time::Duration {
+    super::monotonic_since_start()
+}
+
 pub(crate) fn pid_namespace() -> Option<String> {
     None
 }

@@ -248,6 +248,8 @@ pub fn child_entry() {
         "liveness-starved" => liveness_starved(&args),
         #[cfg(unix)]
         "fork-drop" => fork_drop(&args),
+        #[cfg(unix)]
+        "fork-after-release" => fork_after_release(&args),
         #[cfg(all(unix, feature = "cli"))]
         "sigint-count" => sigint_count(),
         #[cfg(unix)]
@@ -619,6 +621,47 @@ fn fork_drop(args: &[&str]) -> i32 {
     assert_eq!(status.1.exit_status(), Some(0), "the forked child failed");
     say("FORKED");
     serve(&lock);
+    0
+}
+
+/// `fork-after-release STRATEGY PATH`: takes the lock and forks; the
+/// parent releases the lock, then lets the child go on (a pipe); the child
+/// takes the lock through a handle of its own, within a bound. Says `CHILD
+/// <exit code>` (0 if the child got the lock).
+#[cfg(unix)]
+fn fork_after_release(args: &[&str]) -> i32 {
+    use std::io::{Read, Write as _};
+    let lock = open(args[0], args[1]);
+    lock.acquire().expect("acquire");
+    let (mut released, mut told) = std::io::pipe().expect("pipe");
+    // SAFETY: as in `fork_drop`; the child reads a pipe, takes a lock and
+    // leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        drop(told);
+        let mut byte = [0u8];
+        let code = match released.read_exact(&mut byte) {
+            Ok(()) => {
+                let own = open(args[0], args[1]);
+                match own.acquire_timeout(Duration::from_secs(5)) {
+                    Ok(()) => 0,
+                    Err(_) => 42,
+                }
+            }
+            Err(_) => 43,
+        };
+        // SAFETY: `_exit` ends the forked child without unwinding.
+        unsafe { libc::_exit(code) };
+    }
+    drop(released);
+    lock.release().expect("release");
+    told.write_all(b"x").expect("tell the child");
+    let child = rustix::process::Pid::from_raw(pid).expect("child pid");
+    let status = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
+        .expect("waitpid")
+        .expect("a status");
+    say(&format!("CHILD {}", status.1.exit_status().unwrap_or(-1)));
     0
 }
 
