@@ -55,6 +55,7 @@ fn main() {
         let args: Vec<String> = std::env::args().skip(1).collect();
         std::process::exit(match role.as_str() {
             "actor" => actor(&args),
+            "two-leases" => two_leases(&args),
             "sleeper" => sleeper(),
             "marker" => marker(&args),
             other => {
@@ -77,6 +78,7 @@ fn main() {
     scenarios.retain(|s| s.name().contains(&only));
     let results = run_all(&scenarios);
     let mut run_results = run_wrapper_matrix(&only);
+    run_results.extend(lease_scenarios());
     run_results.retain(|(name, _)| name.contains(&only));
     let mut failed = 0;
     let mut passed = 0;
@@ -1282,5 +1284,183 @@ fn wait_for_beat(strategy: LockStrategy, path: &Path, beat: u64) -> Result<(), S
             format!("no beat {beat} within {BOUND:?}")
         })?;
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Leases: a failed release, a stalled file system
+// ---------------------------------------------------------------------------
+
+/// The lease of the lease scenarios: refreshed every 100 ms.
+const SHORT_LEASE_MS: u64 = 300;
+
+fn lease_scenarios() -> Vec<(String, Result<String, String>)> {
+    vec![
+        (
+            "link.remove.check failed-release link fail".to_owned(),
+            failed_release_keeps_its_lease(),
+        ),
+        (
+            "mkdir.refresh.write other-file-system mkdir resume".to_owned(),
+            a_stalled_file_system_stalls_no_other(),
+        ),
+    ]
+}
+
+/// A release that fails before it changes anything gives the lock back to
+/// its handle, and its lease goes on being refreshed: A's release waits
+/// (stopped after taking its claim) for longer than a refresh period, then
+/// fails; for four leases afterwards nobody may break the lock.
+fn failed_release_keeps_its_lease() -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let path = dir.path().join("m.lock");
+    let mut world = World::new(LockStrategy::Link, &path);
+    let result = (|| {
+        let a = world.spawn("A", SHORT_LEASE_MS)?;
+        world.take(a)?;
+        world.call(a, "pause link.remove.take")?;
+        world.call(a, "fail link.remove.check")?;
+        world.actors[a].send("release")?;
+        world.actors[a].expect_at("link.remove.take")?;
+        // More than a refresh period passes while the release is under
+        // way (the heartbeat finds nothing to refresh meanwhile).
+        std::thread::sleep(Duration::from_millis(SHORT_LEASE_MS / 3 * 2));
+        world.actors[a].send("go")?;
+        let released = world.actors[a].reply()?;
+        check(released.starts_with("err"), || {
+            format!("the release did not fail where it was made to: {released}")
+        })?;
+        let before = beat_of(LockStrategy::Link, &path)?;
+        let b = world.spawn("B", 0)?;
+        let waited = world.call(b, &format!("wait {}", 4 * SHORT_LEASE_MS))?;
+        check(waited == "busy", || {
+            format!("the lease of a lock kept after a failed release ran out: B {waited}")
+        })?;
+        let after = beat_of(LockStrategy::Link, &path)?;
+        check(after > before, || {
+            format!("no refresh after the failed release: beat {before} then {after}")
+        })?;
+        let checked = world.call(a, "check")?;
+        check(checked == "ok", || format!("A's lock: {checked}"))?;
+        let released = world.call(a, "release")?;
+        check(released == "ok", || {
+            format!("A's second release: {released}")
+        })?;
+        Ok(format!("kept, beat {before} -> {after}"))
+    })();
+    world.end();
+    result
+}
+
+/// Two leases of one process on two file systems (the temporary directory
+/// and `/dev/shm`): the refresh of the first stopped as on a mount that
+/// hangs, the second goes on being refreshed and is not broken.
+fn a_stalled_file_system_stalls_no_other() -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let shm = tempfile::tempdir_in("/dev/shm").map_err(|e| format!("/dev/shm: {e}"))?;
+    let stalled = dir.path().join("stalled.lock");
+    let other = shm.path().join("other.lock");
+    let dev = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(|e| e.to_string())
+    };
+    check(dev(dir.path())? != dev(shm.path())?, || {
+        "the temporary directory and /dev/shm are one file system here".to_owned()
+    })?;
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg(&stalled)
+        .arg(&other)
+        .env(ROLE, "two-leases")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let result = (|| {
+        let stdout = child.stdout.take().ok_or("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut next = || -> Result<String, String> {
+            let line = lines
+                .next()
+                .ok_or("the process ended")?
+                .map_err(|e| e.to_string())?;
+            Ok(line
+                .split_once("PL:")
+                .map_or(line.clone(), |(_, l)| l.to_owned()))
+        };
+        check(next()? == "AT mkdir.refresh.write", || {
+            "not stopped".to_owned()
+        })?;
+        let before = beat_of(LockStrategy::Link, &other)?;
+        let frozen = beat_of(LockStrategy::Mkdir, &stalled)?;
+        // Four leases of the other lock: it must be refreshed, not broken.
+        let contender = LockOptions::new()
+            .strategy(LockStrategy::Link)
+            .poll_interval(Duration::from_millis(5))
+            .open(&other)
+            .map_err(|e| e.to_string())?;
+        let waited = contender.acquire_timeout(Duration::from_millis(4 * SHORT_LEASE_MS));
+        check(matches!(waited, Err(Error::Timeout { .. })), || {
+            format!("the lease on the other file system ran out: {waited:?}")
+        })?;
+        let after = beat_of(LockStrategy::Link, &other)?;
+        check(after >= before + 4, || {
+            format!(
+                "the other lease was refreshed {} times in four leases",
+                after - before
+            )
+        })?;
+        Ok(format!(
+            "other refreshed {} times, stalled one at beat {frozen}",
+            after - before
+        ))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// `two-leases STALLED OTHER`: a `Mkdir` lock at STALLED and a `Link` lock
+/// at OTHER, both with a short lease; the refresh of the `Mkdir` one stops
+/// (says `AT mkdir.refresh.write`) until the process is killed.
+fn two_leases(args: &[String]) -> i32 {
+    let open = |strategy: LockStrategy, path: &str| {
+        let lock = LockOptions::new()
+            .strategy(strategy)
+            .lease(Some(Duration::from_millis(SHORT_LEASE_MS)))
+            .open(path)
+            .expect("open");
+        lock.acquire().expect("acquire");
+        lock
+    };
+    let _other = open(LockStrategy::Link, &args[1]);
+    let _stalled = open(LockStrategy::Mkdir, &args[0]);
+    let fired = Arc::new(AtomicBool::new(false));
+    fail::cfg_callback("mkdir.refresh.write", move || {
+        if !fired.swap(true, Ordering::SeqCst) {
+            say("AT mkdir.refresh.write");
+        }
+        // As a mount that hangs: never returns.
+        loop {
+            std::thread::park();
+        }
+    })
+    .expect("configure the fault point");
+    // Waits until killed.
+    sleeper()
+}
+
+/// The beat of the record of the lock at `path`.
+fn beat_of(strategy: LockStrategy, path: &Path) -> Result<u64, String> {
+    let lock = LockOptions::new()
+        .strategy(strategy)
+        .open(path)
+        .map_err(|e| format!("open: {e}"))?;
+    match lock.owner() {
+        Ok(Some(record)) => Ok(record.beat),
+        other => Err(format!("no record at {}: {other:?}", path.display())),
     }
 }
