@@ -1176,6 +1176,9 @@ fn wrapper_scenario(strategy: LockStrategy, step: &str, kill: bool) -> Result<St
         format!("a second run got the lock while the first held it: exit {first}")
     })?;
     let summary = if kill {
+        // (`Child::wait` would close the command's input, which is the
+        // wrapper's: kept open, the command runs on.)
+        let input = w.stdin.take();
         let _ = w.kill();
         let _ = w.wait();
         // Stopped before its command started (at its gate, the command
@@ -1186,7 +1189,7 @@ fn wrapper_scenario(strategy: LockStrategy, step: &str, kill: bool) -> Result<St
         check(second == 0, || {
             format!("the lock of a killed wrapper without a running command stayed taken: exit {second}")
         })?;
-        drop(w.stdin.take());
+        drop(input);
         if let Some(pid) = command {
             let deadline = Instant::now() + BOUND;
             while runs(pid) {
@@ -1280,9 +1283,9 @@ fn wait_for_beat(strategy: LockStrategy, path: &Path, beat: u64) -> Result<(), S
                 return Ok(());
             }
         }
-        check(Instant::now() < deadline, || {
-            format!("no beat {beat} within {BOUND:?}")
-        })?;
+        if Instant::now() >= deadline {
+            return check(false, || format!("no beat {beat} within {BOUND:?}"));
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
