@@ -385,3 +385,65 @@ fn a_failed_release_keeps_refreshing_the_lease(
     contender.try_acquire().expect("free");
     contender.release().expect("release");
 }
+
+/// Two containers with one host name each have a PID 1: `portalock
+/// release --pid 1` in one must not free the other's live lock. Container
+/// A (a new PID namespace, `unshare --pid --fork --mount-proc`) takes the
+/// lock for its PID 1; this process, in another PID namespace, asks to
+/// release the lock held for pid 1.
+#[cfg(all(target_os = "linux", feature = "cli"))]
+#[rstest]
+#[ignore = "needs root: makes a PID namespace (run by .ci/run)"]
+fn release_for_pid_1_of_another_pid_namespace_is_refused(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    const TOOL: &str = env!("CARGO_BIN_EXE_portalock");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.lock");
+    let path = path.to_str().expect("utf-8");
+    let ready = dir.path().join("ready");
+    // In the container, PID 1 is this shell: it takes the lock for itself
+    // and waits until its input ends.
+    let script = format!(
+        "'{TOOL}' acquire --strategy {strategy} --pid 1 '{path}' && touch '{}' && {{ read _ || true; }}",
+        ready.display()
+    );
+    let mut container = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let deadline = std::time::Instant::now() + common::EVENT_TIMEOUT;
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container took no lock"
+        );
+        assert!(
+            container.try_wait().expect("try_wait").is_none(),
+            "the container ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let lock = open(Utf8Path::new(path), strategy);
+    let token = lock.owner().expect("owner").expect("record").token;
+    let released = Command::new(TOOL)
+        .args([
+            "release",
+            "--strategy",
+            strategy.as_str(),
+            "--pid",
+            "1",
+            path,
+        ])
+        .output()
+        .expect("release");
+    assert_eq!(released.status.code(), Some(1), "{released:?}");
+    assert_eq!(
+        lock.owner().expect("owner").map(|r| r.token),
+        Some(token),
+        "the container's lock was released from outside it"
+    );
+    drop(container.stdin.take());
+    assert!(container.wait().expect("wait").success());
+}
