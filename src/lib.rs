@@ -5,9 +5,10 @@
 //! follows the contract of Python's `locket`: non-reentrant
 //! [`acquire`](LockFile::acquire) / [`release`](LockFile::release), try-once,
 //! bounded and unbounded waits, and `release` on an unlocked handle is an
-//! error. Every lock carries an [`OwnerRecord`] (JSON: pid, host, process
-//! start time, a unique token), so a waiter can say who holds the lock and a
-//! holder never removes a lock that is no longer its own.
+//! error. Every lock carries an [`OwnerRecord`] (JSON: pid, host, machine and
+//! boot id, a process start stamp that no clock step moves, a unique token),
+//! so a waiter can say who holds the lock, a lock whose owner died is broken
+//! safely, and a holder never removes a lock that is no longer its own.
 //!
 //! # Quick start
 //!
@@ -70,7 +71,13 @@
 //! or no readable record for the [grace period](LockOptions::grace).
 //! [`LockFile::break_lock`] breaks a stale lock on request and
 //! [`LockFile::force_break`] any lock. Breaking is safe when many processes
-//! try at once; the [`stale`] module argues why.
+//! try at once; the [`stale`] module argues why. A dead owner is judged from
+//! its process's start stamp, which no step of the wall clock moves, and
+//! never from a look at the process table that failed.
+//!
+//! A lock handed to a command with [`LockFile::spawn`] (what `portalock run`
+//! does) lasts as long as the command runs, even if the process that took
+//! it is killed.
 //!
 //! # Waiting
 //!
@@ -95,8 +102,18 @@
 //! # Processes and threads
 //!
 //! A [`LockFile`] is `Send` and `Sync`: share it with `Arc` and release it
-//! from any thread. After `fork()`, the child must not use handles it
-//! inherited: their state is undefined there.
+//! from any thread. After `fork()`, a handle the child inherited holds
+//! nothing there: dropping or releasing it never releases the parent's
+//! lock, and the child takes locks afresh through its handles.
+//!
+//! # Feature flags
+//!
+//! - `cli`: the `portalock` command-line tool.
+//! - `tokio`: async waiting (`LockFile::lock_async` and its kin).
+//! - `redis`: `RedisLock`, a lock in a Redis server.
+//! - `failpoints`: named fault points on every file-system step of the
+//!   protocols, for the project's own tests. Off by default; never enable
+//!   it in a build that ships.
 #![deny(missing_docs, missing_debug_implementations, nonstandard_style)]
 // The one exception, `GetDriveTypeW` on Windows, is allowed where it is.
 #![deny(unsafe_code)]

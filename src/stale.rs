@@ -6,8 +6,17 @@
 //! A contender judges what it sees at the lock path:
 //!
 //! * **A dead owner.** The record names this host, this boot and this PID
-//!   namespace, and its PID is gone, a zombie, or now belongs to a process
-//!   with another start time ([`Liveness::Dead`]). Stale at once.
+//!   namespace, and neither its process nor the command it took the lock
+//!   for runs: no process has the PID (`kill(pid, 0)` answers `ESRCH`), or
+//!   only a zombie, or one with another start stamp (the PID was reused)
+//!   ([`Liveness::Dead`]). Stale at once. A look that fails (no file
+//!   descriptor left, `/proc` hidden or unreadable) proves nothing: the
+//!   owner is then alive or unknown, never dead.
+//! * **An owner of an earlier boot of this machine**, on a file system only
+//!   this machine writes to (a local disk): same host name and machine id,
+//!   another Linux boot id. Every process of that boot has ended. On a
+//!   network file system such a record could be a clone's (a copied VM
+//!   keeps its host name and machine id), alive: there it is unknown.
 //! * **An expired lease.** The record carries a lease and the contender has
 //!   seen the record unchanged for the whole lease, measured on its own
 //!   monotonic clock from the first time it saw that very record. A holder
@@ -20,11 +29,28 @@
 //!   clock. `Link` locks always carry their record (it is written before
 //!   the link), so a `Link` lock file without a readable record is foreign
 //!   and never broken.
+//! * **An orphan** (`Link`): the lock file's claim was taken by a remover
+//!   (see below) that has not removed the lock path; if that remover is
+//!   proved gone, a contender finishes its removal, whoever the owner was
+//!   (its owner lost the lock the moment its claim was taken).
 //!
-//! An owner of another host, boot or PID namespace ([`Liveness::Unknown`])
-//! without a lease is never judged stale: only a forced break removes it.
-//! `Os` locks are never broken: the kernel releases them when their holder
-//! dies.
+//! Never stale, whatever else: an owner of another host, boot or PID
+//! namespace ([`Liveness::Unknown`]) without a lease; a record that exists
+//! but cannot be read (another user's, a umask of `077`) or is of another
+//! format version (a newer portalock's); an artifact of another strategy
+//! (a `Link` lock file seen by an `Os` handle, and so on: refused with
+//! [`Error::StrategyMismatch`]); and `Os` locks, which the kernel releases
+//! when their holder dies. Only a forced break removes the first three.
+//!
+//! # What a clock step can and cannot do
+//!
+//! A process's start stamp never depends on the wall clock (see the
+//! [owner record](crate::OwnerRecord) docs: clock ticks since boot on
+//! Linux, the creation time the kernel stored elsewhere), and leases and
+//! grace periods are measured on each contender's monotonic clock. So a
+//! step of the wall clock (NTP, `date -s`, a VM resynchronised), either way
+//! and of any size, never makes a live owner dead and never expires a
+//! lease early. It changes only what a record's `acquired_at` says.
 //!
 //! # How a lock is broken
 //!
@@ -40,31 +66,40 @@
 //! * `Mkdir`: the claim is the record file `<lock>/<token>.json`. The winner
 //!   of its `unlink` then calls `rmdir` on the lock directory, which the
 //!   kernel refuses unless the directory is empty.
-//! * `Link`: the claim is the private file `.<name>.<token>.owner` that the
+//! * `Link`: the claim is the private file `.<stem>.<token>.owner` that the
 //!   holder linked onto the lock path and keeps while it holds the lock.
 //!   It is taken by a `rename` to a name of the taker's own
-//!   (`<claim>.taken.<host>.<pid>.<nonce>`; a rename, because on Windows
-//!   a second delete of a delete-pending file can succeed). The winner
-//!   then removes the lock path if it is still that acquisition's lock
-//!   file (it names the claim's inode, or, where inode numbers do not
-//!   tell, as on sshfs, which numbers names rather than files, it holds
-//!   the record with the claim's token), and its taken name last.
+//!   (`<claim>.taken.<machine>.<boot>.<pid>.<start>.<nonce>`; a rename,
+//!   because on Windows a second delete of a delete-pending file can
+//!   succeed). The winner then removes the lock path if the file there
+//!   still holds the claim's token, and its taken name last.
 //!
-//! Why this is safe:
+//! Why this is safe (the test that checks each claim in brackets):
 //!
 //! 1. `unlink` (`rename`) of one name succeeds for exactly one caller. Two
 //!    breakers of one stale lock (or a breaker and a holder that wakes up
 //!    to release) cannot both go on: the loser sees `ENOENT` and looks
-//!    again.
+//!    again. (On NFS, a rename whose reply was lost is answered `ENOENT`
+//!    when it is sent again: the taker's own taken name, which exists only
+//!    if the rename happened, settles it.)
+//!    (tests: `sixteen_processes_race_to_break_one_stale_lock`, the fault matrix's
+//!    `link.remove.take` and `mkdir.remove.record` rows)
 //! 2. A fresh lock has a fresh token, hence a claim of another name. A
 //!    breaker holding an old judgment can only ever remove the old claim,
-//!    which no longer exists: it cannot touch the fresh lock.
+//!    which no longer exists: it cannot touch the fresh lock. Nothing is
+//!    ever decided by an inode number: ext4 hands a freed inode out again at
+//!    once, so the next holder's lock file may well have the number of the
+//!    one that was judged. A forced break removes only the acquisition it
+//!    looked at first; if that one goes away meanwhile, it stops.
+//!    (tests: `a_forced_break_never_removes_a_newer_lock_in_a_reused_inode`, the
+//!    fault matrix's turnover while a breaker or forcer is stopped)
 //! 3. Between winning the claim and removing the lock path, nobody else can
 //!    remove the path: that needs the claim, and creating a lock needs the
 //!    path to be absent. So the path still names the judged lock. (`Mkdir`:
 //!    `rmdir` could only fail, never remove a non-empty directory; `Link`:
-//!    the inode or token is compared anyway, in case something outside
-//!    portalock replaced the lock file.)
+//!    the token is compared anyway, in case something outside portalock
+//!    replaced the lock file.) (tests: the fault matrix's `link.remove.check` and
+//!    `link.remove.unlink` rows, every role)
 //! 4. A `Mkdir` directory without a record is removed only by `rmdir`,
 //!    which fails as soon as a record is in it. That `rmdir` acts on an
 //!    earlier look, so it may remove a directory another acquirer has just
@@ -73,26 +108,43 @@
 //!    that its record is the only entry; otherwise it removes its own
 //!    record, by its own name, and counts the lock as busy. Two acquirers
 //!    that meet in one directory both withdraw, which is safe (the empty
-//!    directory is broken after the grace period).
+//!    directory is broken after the grace period). (tests: the fault matrix's
+//!    `mkdir.acquire.*` and `mkdir.break_empty.rmdir` rows)
+//! 5. A taken name is taken over only from a remover proved gone: of this
+//!    machine, boot and PID namespace, with its PID absent or reused (the
+//!    name carries its start stamp), or of an earlier boot of this machine
+//!    on a file system it alone writes to. A remover that may still run is
+//!    left to finish; one that cannot be judged (another machine) leaves an
+//!    orphan that only a forced break recovers. Two recoverers race for the
+//!    taken name by the same exclusive rename as in point 1.
+//!    (tests: `an_orphan_whose_taker_died_is_recovered`,
+//!    `an_orphan_whose_taker_runs_is_left_to_it`,
+//!    `an_orphan_whose_taker_ran_in_an_earlier_boot_is_recovered_on_a_local_disk`,
+//!    the fault matrix's `link.recover.take_over` row)
 //!
-//! The multi-process test `sixteen_processes_race_to_break_one_stale_lock`
-//! checks points 1 to 3: in every round exactly one of 16 contenders holds
-//! the lock and no fresh lock is ever removed (with a plain unlink of the
-//! lock path instead of the claim, 8 to 12 contenders "win" a round).
+//! # Handing a lock to a command
 //!
-//! What remains, and is documented rather than hidden:
+//! [`LockFile::spawn`] (and `portalock run`) makes a lock last as long as
+//! the command it runs, even if the holder is killed:
 //!
-//! * A `Link` lock whose claim is gone while the lock file stays is an
-//!   *orphan*: its remover was killed after taking the claim and before
-//!   removing the lock path. Its taken name (still there: it is removed
-//!   last) names the remover's machine and PID. When the lock's owner is
-//!   judged stale and the remover is a process of this machine that no
-//!   longer runs, a contender takes the taken name over by the same
-//!   exclusive `rename` and goes on as in point 3; nobody else can be
-//!   between its claim and the lock path, because that would need the
-//!   taken name too (or a live remover, whose taken name makes everyone
-//!   wait). An orphan without a taken name (a cleaner removed the hidden
-//!   files) or whose remover is on another machine is never broken
+//! 1. The command's record entry is written before the command runs: the
+//!    child waits between its fork and its exec until the holder has
+//!    rewritten the record to name it (an exec keeps the PID and the start
+//!    stamp), so no moment exists at which the command runs under a record
+//!    that names only a process that may die. (tests: the fault matrix's
+//!    `spawn.gate` rows)
+//! 2. If the holder dies before it opened the gate, the child sees the
+//!    gate's pipe close and exits without running the command: the lock is
+//!    then stale as soon as both have ended. (tests: the fault matrix's
+//!    `spawn.gate` and `spawn.named` rows, outcome `kill`)
+//! 3. Liveness counts the lock alive while the holder or the command runs
+//!    (for `Os`, the command also holds the locked open file, so the kernel
+//!    keeps the lock). (tests: `a_killed_run_keeps_the_lock_while_its_command_runs`)
+//!
+//! # What remains, documented rather than hidden
+//!
+//! * An orphan without a taken name (a cleaner removed the hidden files)
+//!   or whose remover is on another machine is never broken
 //!   automatically; [`LockFile::break_lock`] reports it as not stale and
 //!   [`LockFile::force_break`] recovers it by making a new claim with
 //!   `link()` (run one forced break at a time).
@@ -107,15 +159,22 @@
 //!   successor's lock (its claim is gone). What it did between losing the
 //!   lock and finding out is not undone: protect shared resources with the
 //!   record's token where that matters.
-//! * Liveness trusts the process table: where `/proc` hides other users'
-//!   processes (`hidepid`), their live locks look dead. Use leases there.
+//! * Liveness trusts the kernel: a process hidden from this user (`hidepid`)
+//!   still answers `kill(pid, 0)` with `EPERM`, so its live lock looks alive
+//!   (its start stamp cannot be read, so a reused PID looks alive too, until
+//!   it exits: use leases where that matters).
+//! * The earlier-boot rule assumes machine ids are unique per machine (as
+//!   systemd requires); it applies only on a file system that only this
+//!   machine writes to.
 //!
 //! [`Liveness::Dead`]: crate::Liveness::Dead
 //! [`Liveness::Unknown`]: crate::Liveness::Unknown
+//! [`LockFile::spawn`]: crate::LockFile::spawn
 //! [`LockFile::ensure_held`]: crate::LockFile::ensure_held
 //! [`LockFile::break_lock`]: crate::LockFile::break_lock
 //! [`LockFile::force_break`]: crate::LockFile::force_break
 //! [`Error::LockLost`]: crate::Error::LockLost
+//! [`Error::StrategyMismatch`]: crate::Error::StrategyMismatch
 
 use std::time::{Duration, Instant};
 
