@@ -11,6 +11,7 @@
 use std::io;
 
 /// Every named step, for tests that must cover them all.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 pub const STEPS: &[&str] = &[
     // Os: the lock held, the record not yet written; the record blanked,
     // the lock not yet unlocked.

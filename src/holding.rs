@@ -47,9 +47,12 @@ pub(crate) struct Holding {
     /// The record as last written, and the longest length written so far.
     record: Mutex<(OwnerRecord, usize)>,
     /// The lease, if the lock keeps one that contenders may break, and
-    /// when a refresh last succeeded (the acquisition itself first).
+    /// when a refresh last succeeded (the acquisition itself first), on a
+    /// clock that runs on through a suspend (`sys::since_boot`): after a
+    /// laptop's lid was closed for longer than the lease, the lock counts
+    /// as lost, as its contenders may have seen it.
     lease: Option<Duration>,
-    refreshed: Mutex<Instant>,
+    refreshed: Mutex<Duration>,
     lost: AtomicBool,
     on_lost: Option<OnLost>,
 }
@@ -92,7 +95,7 @@ impl Holding {
             held: Mutex::new(Some(held)),
             record: Mutex::new((record, len)),
             lease: lease.filter(|_| breakable),
-            refreshed: Mutex::new(Instant::now()),
+            refreshed: Mutex::new(crate::sys::since_boot()),
             lost: AtomicBool::new(false),
             on_lost,
         });
@@ -155,8 +158,9 @@ impl Holding {
     /// Whether the lease ran out without a successful refresh: contenders
     /// may have broken the lock. Known without touching the file system.
     fn lease_ran_out(&self) -> bool {
-        self.lease
-            .is_some_and(|lease| lock(&self.refreshed).elapsed() >= lease)
+        self.lease.is_some_and(|lease| {
+            crate::sys::since_boot().saturating_sub(*lock(&self.refreshed)) >= lease
+        })
     }
 
     /// Whether the lock is still this acquisition's; marks it lost if not.
@@ -230,7 +234,7 @@ impl Holding {
         }
         // Stamped before the write: contenders count the lease from when
         // they last saw the record change, which is no earlier.
-        let attempted = Instant::now();
+        let attempted = crate::sys::since_boot();
         let write = |held: &Held| {
             let written = {
                 let mut record = lock(&self.record);

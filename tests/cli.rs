@@ -597,3 +597,78 @@ fn ctrl_c_at_a_terminal_reaches_the_command_once(#[values("os", "mkdir", "link")
     assert_eq!(terminal.expect("COUNT"), "1", "SIGINTs the command got");
     assert!(terminal.wait().success());
 }
+
+/// The children of process `pid`, from `/proc`.
+#[cfg(all(feature = "failpoints", target_os = "linux"))]
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .to_owned();
+                    rest.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// A SIGINT that reaches the command while it waits at its gate (forked,
+/// not yet started: portalock is naming it in the lock's record) ends it
+/// there, as it would end the command: the signal handlers portalock set
+/// up for itself are not the waiting child's. The command never runs.
+#[cfg(all(feature = "failpoints", target_os = "linux"))]
+#[test]
+fn a_sigint_at_the_gate_ends_the_command_before_it_runs() {
+    let (dir, root) = scratch();
+    let lock = root.join("job.lock");
+    let fifo = dir.path().join("resume");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let line = child_command_line();
+    let mut cmd = Command::new(TOOL);
+    cmd.args(run_args(&["--strategy", "mkdir"], lock.as_str(), &line))
+        .env("PORTALOCK_PAUSE_AT", "spawn.gate")
+        .env("PORTALOCK_RESUME_FIFO", &fifo);
+    let mut running = spawn_command(cmd, "wait", &[]);
+    assert_eq!(running.expect("AT"), "spawn.gate");
+    let gated = children_of(running.pid());
+    assert_eq!(gated.len(), 1, "one child at the gate: {gated:?}");
+    let status = Command::new("kill")
+        .args(["-s", "INT", &gated[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // It is gone before the gate opens (a zombie until portalock reaps it).
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while runs(gated[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "the child at the gate survived SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&fifo, "go\n").expect("resume");
+    let status = running.wait_open();
+    assert_eq!(status.code(), Some(130), "killed by SIGINT: {status:?}");
+    assert!(
+        running.poll_event(Duration::ZERO).is_none(),
+        "the command ran"
+    );
+    let (code, _) = status_json("mkdir", &lock);
+    assert_eq!(code, 0, "released");
+}

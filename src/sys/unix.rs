@@ -253,6 +253,12 @@ pub(crate) fn spawn_gated(
         for &raw in &keep {
             rustix::io::fcntl_setfd(fd(raw), rustix::io::FdFlags::empty())?;
         }
+        // Handlers of the parent's (`portalock run`'s signal forwarding, a
+        // library user's) would run on this forked copy while it waits, and
+        // swallow a Ctrl-C meant to end it. An exec resets handled signals
+        // to their defaults anyway: do it now. Ignored ones stay ignored,
+        // as across an exec.
+        default_handled_signals();
         // SAFETY: as above; the parent's end of the gate must be closed in
         // the child, or the child would never see it close if the parent
         // died.
@@ -314,6 +320,30 @@ pub(crate) fn spawn_gated(
     armed.store(false, Ordering::SeqCst);
     drop(go_read);
     spawned
+}
+
+/// Sets every signal that has a handler back to its default action, as an
+/// exec would; async-signal-safe (for a child between fork and exec).
+#[allow(unsafe_code)]
+fn default_handled_signals() {
+    for signal in 1..32 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `sigaction` is async-signal-safe; the structures live on
+        // this stack frame, zeroed (a valid empty mask, no flags).
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+    }
 }
 
 /// `op`, again while the call is interrupted by a signal.
