@@ -38,6 +38,9 @@ pub const STEPS: &[&str] = &[
     "link.remove.check",
     "link.remove.unlink",
     "link.remove.taken",
+    // Link: putting the taken name back as the claim after a removal that
+    // failed half way.
+    "link.remove.restore",
     // Link: recovery of an orphan through its dead remover's taken name,
     // and a forced break's new claim for an orphan without one.
     "link.recover.take_over",

@@ -54,6 +54,10 @@ pub(crate) struct Holding {
     lease: Option<Duration>,
     refreshed: Mutex<Duration>,
     lost: AtomicBool,
+    /// Counts the times the proof of holding was taken out for a release:
+    /// a look made meanwhile from a copy proves nothing (the release itself
+    /// may have removed, or moved, what it looked at).
+    releases: std::sync::atomic::AtomicU64,
     on_lost: Option<OnLost>,
 }
 
@@ -97,6 +101,7 @@ impl Holding {
             lease: lease.filter(|_| breakable),
             refreshed: Mutex::new(crate::sys::since_boot()),
             lost: AtomicBool::new(false),
+            releases: std::sync::atomic::AtomicU64::new(0),
             on_lost,
         });
         if let Some(lease) = lease {
@@ -124,7 +129,9 @@ impl Holding {
     /// Takes the proof of holding out, for release; `None` the second time.
     /// The heartbeat skips the acquisition meanwhile.
     pub(crate) fn take(&self) -> Option<Held> {
-        lock(&self.held).take()
+        let mut held = lock(&self.held);
+        self.releases.fetch_add(1, Ordering::AcqRel);
+        held.take()
     }
 
     /// Puts the proof of holding back after a release that failed without
@@ -172,6 +179,7 @@ impl Holding {
             self.mark_lost();
             return Ok(false);
         }
+        let releases = self.releases.load(Ordering::Acquire);
         let ok = match self.held_for_io() {
             Some(Ok(held)) => held.check(&self.path)?,
             Some(Err(guard)) => match guard.as_ref() {
@@ -181,16 +189,19 @@ impl Holding {
             None => return Ok(false),
         };
         if !ok {
-            self.mark_lost_if_held();
+            self.mark_lost_unless_released(releases);
         }
         Ok(ok)
     }
 
-    /// Marks the acquisition lost, unless it was released meanwhile (a
-    /// look made from a copy of the proof of holding can find the lock
-    /// gone because its own release removed it).
-    fn mark_lost_if_held(&self) {
-        if lock(&self.held).is_some() {
+    /// Marks the acquisition lost, unless a release began since `releases`
+    /// was read, or none is held now (a look made from a copy of the proof
+    /// of holding can find the lock gone, or its claim moved, because its
+    /// own release did it).
+    fn mark_lost_unless_released(&self, releases: u64) {
+        let held = lock(&self.held);
+        if held.is_some() && self.releases.load(Ordering::Acquire) == releases {
+            drop(held);
             self.mark_lost();
         }
     }
@@ -232,6 +243,14 @@ impl Holding {
         if self.is_lost() {
             return None;
         }
+        let releases = self.releases.load(Ordering::Acquire);
+        // Late past the lease (this process was stopped, or the machine
+        // suspended): contenders may be breaking the lock right now. A
+        // refresh would tell this holder it still holds it; it has lost it.
+        if self.lease_ran_out() {
+            self.mark_lost_unless_released(releases);
+            return None;
+        }
         // Stamped before the write: contenders count the lease from when
         // they last saw the record change, which is no earlier.
         let attempted = crate::sys::since_boot();
@@ -263,14 +282,14 @@ impl Holding {
                 Some(every)
             }
             Ok(false) => {
-                self.mark_lost_if_held();
+                self.mark_lost_unless_released(releases);
                 None
             }
             // A failed refresh proves nothing yet: try again soon, until
             // the lease has run out since the last one that succeeded.
             Err(_) if !self.lease_ran_out() => Some(every / 4),
             Err(_) => {
-                self.mark_lost_if_held();
+                self.mark_lost_unless_released(releases);
                 None
             }
         }
@@ -366,14 +385,16 @@ impl Heartbeat {
                 continue;
             }
             drop(entries);
+            // Matched by a `Weak` kept meanwhile: it keeps the allocation,
+            // so no new holding can have taken its address.
             let next: Vec<_> = due
                 .into_iter()
-                .map(|(h, every)| (Arc::as_ptr(&h), h.refresh(every)))
+                .map(|(h, every)| (Arc::downgrade(&h), h.refresh(every)))
                 .collect();
             entries = lock(&self.entries);
             let now = Instant::now();
             entries.retain_mut(
-                |e| match next.iter().find(|(p, _)| *p == e.holding.as_ptr()) {
+                |e| match next.iter().find(|(w, _)| Weak::ptr_eq(w, &e.holding)) {
                     Some((_, None)) => false,
                     Some((_, Some(after))) => {
                         e.due = now + *after;
@@ -391,18 +412,30 @@ impl Heartbeat {
 /// lock is found no longer its own. Waits between tries grow from 10 ms to
 /// 5 s.
 pub(crate) fn release_later(path: &Utf8Path, held: Held) {
-    static LATER: OnceLock<Mutex<Vec<(Utf8PathBuf, Held)>>> = OnceLock::new();
+    /// The pending releases and the process whose thread serves them (a
+    /// child of `fork()` inherits the list, not the thread: it starts its
+    /// own, and the parent's releases are the parent's).
+    struct Later {
+        pid: u32,
+        pending: Vec<(Utf8PathBuf, Held)>,
+    }
+    static LATER: Mutex<Later> = Mutex::new(Later {
+        pid: 0,
+        pending: Vec::new(),
+    });
     static WAKE: Condvar = Condvar::new();
-    let queue = LATER.get_or_init(|| {
+    let pid = std::process::id();
+    let mut later = lock(&LATER);
+    if later.pid != pid {
+        later.pid = pid;
+        later.pending.clear();
         let spawned = std::thread::Builder::new()
             .name("portalock-release".to_owned())
             .spawn(|| {
                 let mut pause = Duration::from_millis(10);
-                // Set once this initializer returns.
-                let queue = LATER.wait();
-                let mut pending = lock(queue);
+                let mut pending = lock(&LATER);
                 loop {
-                    while pending.is_empty() {
+                    while pending.pending.is_empty() {
                         pause = Duration::from_millis(10);
                         pending = WAKE.wait(pending).unwrap_or_else(PoisonError::into_inner);
                     }
@@ -410,7 +443,7 @@ pub(crate) fn release_later(path: &Utf8Path, held: Held) {
                         .wait_timeout(pending, pause)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
-                    let batch = std::mem::take(&mut *pending);
+                    let batch = std::mem::take(&mut pending.pending);
                     drop(pending);
                     let mut again = Vec::new();
                     for (path, held) in batch {
@@ -422,16 +455,16 @@ pub(crate) fn release_later(path: &Utf8Path, held: Held) {
                             }
                         }
                     }
-                    pending = lock(queue);
-                    pending.extend(again);
+                    pending = lock(&LATER);
+                    pending.pending.extend(again);
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
             });
         if let Err(e) = spawned {
             eprintln!("portalock: cannot start the background release thread: {e}");
         }
-        Mutex::new(Vec::new())
-    });
-    lock(queue).push((path.to_owned(), held));
+    }
+    later.pending.push((path.to_owned(), held));
+    drop(later);
     WAKE.notify_all();
 }

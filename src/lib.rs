@@ -104,7 +104,9 @@
 //! A [`LockFile`] is `Send` and `Sync`: share it with `Arc` and release it
 //! from any thread. After `fork()`, a handle the child inherited holds
 //! nothing there: dropping or releasing it never releases the parent's
-//! lock, and the child takes locks afresh through its handles.
+//! lock, and the child takes locks afresh through its handles (as for any
+//! fork of a program with threads, no other thread may be inside
+//! portalock at the moment of the fork).
 //!
 //! # Feature flags
 //!

@@ -25,6 +25,12 @@ use crate::watch::DirWatch;
 /// unless [`LockOptions::poll_interval`] says otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Why a `Link` lock whose claim a remover of another machine took is not
+/// broken.
+const UNJUDGED: &str = "its claim was taken by a remover of another machine (or PID \
+     namespace), which may still be removing it; once it is known to have stopped, \
+     remove its file `.<name>.<token>.owner.taken.*` beside the lock and break again";
+
 /// The shortest lease: three refreshes of at least 1 ms each.
 const MIN_LEASE: Duration = Duration::from_millis(3);
 /// The longest lease; longer ones are clamped (no `Instant` overflow, and
@@ -851,7 +857,10 @@ impl LockFile {
     ///   so an `Os` lock lasts only as long as this process; `Mkdir` and
     ///   `Link` records name the command just after it has started.
     ///
-    /// Spawn each `Command` once: on Unix it keeps the gate.
+    /// The record names one command: a second `spawn` names the newer one
+    /// in place of the first. On Unix the `Command` keeps the gate, disarmed:
+    /// a later `spawn` or `status` of that same `Command` is a plain one,
+    /// not under the lock.
     ///
     /// # Errors
     ///
@@ -1051,6 +1060,13 @@ impl LockFile {
             match strategy::break_claim(self.strategy, &self.path, &seen, false, self.is_local())? {
                 Broken::Removed => return Ok(record),
                 Broken::Raced => std::thread::yield_now(),
+                Broken::Unjudged => {
+                    return Err(Error::NotStale {
+                        path: self.path.clone(),
+                        why: UNJUDGED,
+                        holder: Some(Box::new(record)),
+                    })
+                }
                 Broken::Orphan => {
                     return Err(Error::NotStale {
                         path: self.path.clone(),
@@ -1331,7 +1347,7 @@ impl LockFile {
         // `force_break` recovers it (concurrent recoverers could collide).
         match strategy::break_claim(self.strategy, &self.path, &seen, false, self.is_local()) {
             Ok(Broken::Removed | Broken::Raced) => Ok(true),
-            Ok(Broken::Orphan) => Ok(false),
+            Ok(Broken::Orphan | Broken::Unjudged) => Ok(false),
             // Something in the way for a moment (on Windows, a name another
             // process has open): look again at the next poll.
             Err(e) if e.io_error().is_some_and(fs::is_transient) => Ok(false),
@@ -1417,6 +1433,7 @@ impl LockFile {
                         "its claim file is missing; only force_break recovers it",
                     ))
                 }
+                Broken::Unjudged => return Err(not_stale(UNJUDGED)),
             }
         }
     }

@@ -372,7 +372,19 @@ fn run_command(
     // Caught from before the command starts: a signal that comes in
     // between is passed on once it runs, and never ends portalock while
     // it holds the lock.
-    let caught = signals::catch();
+    let mut caught = signals::catch();
+    // Asked to stop before the command started (a Ctrl-C while the lock was
+    // being taken, say): it does not start.
+    if let Some(signal) = signals::arrived(&mut caught) {
+        signals::stop(caught, None);
+        return Err(Failure::new(
+            format!(
+                "stopped by signal {signal} before `{}` started",
+                program.to_string_lossy()
+            ),
+            u8::try_from(128 + signal).unwrap_or(255),
+        ));
+    }
     let mut child = match spawn(Command::new(program).args(rest)) {
         Ok(child) => child,
         Err(e) => {
@@ -473,6 +485,16 @@ mod signals {
         }
     }
 
+    /// A signal caught so far (taken out), if any.
+    pub(crate) fn arrived(caught: &mut Option<Caught>) -> Option<i32> {
+        let Caught(signals) = caught.as_mut()?;
+        let first = signals.pending().next();
+        #[cfg(target_os = "linux")]
+        return first.map(|origin| origin.signal);
+        #[cfg(not(target_os = "linux"))]
+        return first;
+    }
+
     /// Passes what was caught, and what comes, on to `pid` (by the rule in
     /// the module docs), until [`stop`].
     pub(crate) fn forward(caught: Option<Caught>, pid: u32) -> Option<Forwarding> {
@@ -561,6 +583,10 @@ mod signals {
     /// On Windows, Ctrl-C reaches every process of the console, the
     /// command included: nothing to pass on.
     pub(crate) fn catch() -> Option<()> {
+        None
+    }
+
+    pub(crate) fn arrived(_caught: &mut Option<()>) -> Option<i32> {
         None
     }
 

@@ -378,8 +378,14 @@ impl RedisLock {
                 holding.lost.store(true, Ordering::Release);
                 Err(self.lost())
             }
-            // Not reachable now; within the lease, the lock is ours.
-            Err(_) => Ok(()),
+            // Not reachable (asking may take a command timeout or two):
+            // within the lease, as the clock says after asking, the lock is
+            // still ours; past it, it may be someone else's.
+            Err(_) if !holding.lease_ran_out() => Ok(()),
+            Err(_) => {
+                holding.lost.store(true, Ordering::Release);
+                Err(self.lost_without_asking())
+            }
         }
     }
 

@@ -50,7 +50,11 @@
 //! grace periods are measured on each contender's monotonic clock. So a
 //! step of the wall clock (NTP, `date -s`, a VM resynchronised), either way
 //! and of any size, never makes a live owner dead and never expires a
-//! lease early. It changes only what a record's `acquired_at` says.
+//! lease early. On Linux it changes only what a record's `acquired_at`
+//! says. On macOS, the BSDs and Windows the boot is told by the boot time,
+//! which moves with a step: records written before a step of more than two
+//! seconds then read as another boot's, whose owners are unknown (never
+//! dead) until they release. A step can never make two holders.
 //!
 //! # How a lock is broken
 //!
@@ -114,10 +118,15 @@
 //!    machine, boot and PID namespace, with its PID absent or reused (the
 //!    name carries its start stamp), or of an earlier boot of this machine
 //!    on a file system it alone writes to. A remover that may still run is
-//!    left to finish; one that cannot be judged (another machine) leaves an
-//!    orphan that only a forced break recovers. Two recoverers race for the
-//!    taken name by the same exclusive rename as in point 1.
-//!    (tests: `an_orphan_whose_taker_died_is_recovered`,
+//!    left to finish; one that cannot be judged (another machine) is left
+//!    too, even by a forced break: a forced break makes a new claim only
+//!    where no taken name exists, so there is never a second remover of
+//!    one path. Two recoverers race for a taken name by the same exclusive
+//!    rename as in point 1. A remover that could neither finish nor put
+//!    the claim back keeps its taken name, and its release is retried from
+//!    it. (tests: `an_orphan_whose_taker_died_is_recovered`,
+//!    `a_forced_break_never_competes_with_a_remover_it_cannot_judge`,
+//!    the fault matrix's `stranded-release` row,
 //!    `an_orphan_whose_taker_runs_is_left_to_it`,
 //!    `an_orphan_whose_taker_ran_in_an_earlier_boot_is_recovered_on_a_local_disk`,
 //!    the fault matrix's `link.recover.take_over` row)
@@ -143,11 +152,14 @@
 //!
 //! # What remains, documented rather than hidden
 //!
-//! * An orphan without a taken name (a cleaner removed the hidden files)
-//!   or whose remover is on another machine is never broken
-//!   automatically; [`LockFile::break_lock`] reports it as not stale and
-//!   [`LockFile::force_break`] recovers it by making a new claim with
-//!   `link()` (run one forced break at a time).
+//! * An orphan without a taken name (a cleaner removed the hidden files) is
+//!   never broken automatically; [`LockFile::break_lock`] reports it as not
+//!   stale and [`LockFile::force_break`] recovers it by making a new claim
+//!   with `link()` (run one forced break at a time). An orphan whose
+//!   remover is of another machine may still be being removed by it:
+//!   nothing removes it, not even a forced break (two removers of one path
+//!   could unlink a new holder's lock), until an operator who knows that
+//!   remover stopped deletes its taken name.
 //! * Processes killed while waiting can leave `Link` claims that were never
 //!   linked, and removers killed after removing the lock path their taken
 //!   names. Tokens begin with their maker's machine tag and PID, so a

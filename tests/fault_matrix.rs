@@ -130,10 +130,10 @@ fn main() {
             parts.next().unwrap_or_default().to_owned(),
             parts.next().unwrap_or_default(),
         );
-        let outcome = if outcome == "resume" {
-            "resume"
-        } else {
-            "kill"
+        let outcome = match outcome {
+            "resume" => "resume",
+            "fail" => "fail",
+            _ => "kill",
         };
         table
             .entry((step, role, strategy))
@@ -1004,8 +1004,10 @@ fn actor(args: &[String]) -> i32 {
                 "ok".to_owned()
             }
             "fail" => {
-                // The step fails once, with EIO.
-                fail::cfg(arg, "1*return(5)").expect("configure the fault point");
+                // The step fails once (or the given number of times) with
+                // EIO.
+                let (step, times) = arg.split_once(' ').unwrap_or((arg, "1"));
+                fail::cfg(step, &format!("{times}*return(5)")).expect("configure the fault point");
                 "ok".to_owned()
             }
             other => format!("unknown command {other}"),
@@ -1313,7 +1315,51 @@ fn lease_scenarios() -> Vec<(String, Result<String, String>)> {
             "mkdir.refresh.write other-file-system mkdir resume".to_owned(),
             a_stalled_file_system_stalls_no_other(),
         ),
+        (
+            "link.remove.restore stranded-release link fail".to_owned(),
+            a_release_failing_half_way_is_finished_later(),
+        ),
     ]
+}
+
+/// A `Link` release that fails after taking its claim (the lock path
+/// cannot be removed) and cannot put the claim back either: the handle
+/// keeps the lock through its taken name (which nobody else may take: it
+/// names this live process), and a second release finishes the removal.
+fn a_release_failing_half_way_is_finished_later() -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let path = dir.path().join("m.lock");
+    let mut world = World::new(LockStrategy::Link, &path);
+    let result = (|| {
+        let a = world.spawn("A", 0)?;
+        world.take(a)?;
+        world.call(a, "fail link.remove.unlink")?;
+        world.call(a, "fail link.remove.restore 4")?;
+        let first = world.call(a, "release")?;
+        check(first.starts_with("err"), || {
+            format!("the release did not fail: {first}")
+        })?;
+        let checked = world.call(a, "check")?;
+        check(checked == "ok", || {
+            format!("the handle gave up a lock it could not release: {checked}")
+        })?;
+        let b = world.spawn("B", 0)?;
+        let tried = world.call(b, "acquire")?;
+        check(tried == "busy", || {
+            format!("B took a lock A still holds: {tried}")
+        })?;
+        let second = world.call(a, "release")?;
+        check(second == "ok", || format!("the second release: {second}"))?;
+        let got = world.call(b, "acquire")?;
+        check(got == "ok", || format!("B after A's release: {got}"))?;
+        let released = world.call(b, "release")?;
+        check(released == "ok", || format!("B's release: {released}"))?;
+        let left = leftovers(&path);
+        check(left.is_empty(), || format!("left behind: {left:?}"))?;
+        Ok("kept, released later".to_owned())
+    })();
+    world.end();
+    result
 }
 
 /// A release that fails before it changes anything gives the lock back to
@@ -1325,15 +1371,20 @@ fn failed_release_keeps_its_lease() -> Result<String, String> {
     let path = dir.path().join("m.lock");
     let mut world = World::new(LockStrategy::Link, &path);
     let result = (|| {
-        let a = world.spawn("A", SHORT_LEASE_MS)?;
+        const LEASE_MS: u64 = 900;
+        let a = world.spawn("A", LEASE_MS)?;
         world.take(a)?;
+        // Just refreshed: the release starts with most of the lease ahead.
+        wait_for_beat(LockStrategy::Link, &path, 1)?;
         world.call(a, "pause link.remove.take")?;
         world.call(a, "fail link.remove.check")?;
         world.actors[a].send("release")?;
         world.actors[a].expect_at("link.remove.take")?;
-        // More than a refresh period passes while the release is under
-        // way (the heartbeat finds nothing to refresh meanwhile).
-        std::thread::sleep(Duration::from_millis(SHORT_LEASE_MS / 3 * 2));
+        // More than a refresh period (a third of the lease) passes while
+        // the release is under way, and the heartbeat finds nothing to
+        // refresh; less than the lease since the last refresh (a release
+        // that takes longer than that may find the lock broken, rightly).
+        std::thread::sleep(Duration::from_millis(LEASE_MS / 2));
         world.actors[a].send("go")?;
         let released = world.actors[a].reply()?;
         check(released.starts_with("err"), || {
@@ -1341,7 +1392,7 @@ fn failed_release_keeps_its_lease() -> Result<String, String> {
         })?;
         let before = beat_of(LockStrategy::Link, &path)?;
         let b = world.spawn("B", 0)?;
-        let waited = world.call(b, &format!("wait {}", 4 * SHORT_LEASE_MS))?;
+        let waited = world.call(b, &format!("wait {}", 4 * LEASE_MS))?;
         check(waited == "busy", || {
             format!("the lease of a lock kept after a failed release ran out: B {waited}")
         })?;

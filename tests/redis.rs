@@ -563,3 +563,37 @@ fn a_holder_keeps_its_lock_when_the_server_closes_idle_connections() {
     holder.ensure_held().expect("still held");
     holder.release().expect("release");
 }
+
+/// `ensure_held` asked near the end of the lease, behind a silent
+/// partition: its question to Redis takes a command timeout or two, and
+/// by the time it answers the lease has run out. It must not answer `Ok`
+/// then: another client may hold the lock.
+#[test]
+fn ensure_held_never_answers_ok_after_the_lease_ran_out() {
+    const LEASE: Duration = Duration::from_millis(900);
+    let server = Server::start();
+    let proxy = BlackHole::in_front_of(&server);
+    let holder = RedisLock::options()
+        .lease(LEASE)
+        .command_timeout(LEASE / 3)
+        .open(&proxy.url(), "late-check")
+        .expect("open");
+    let before = Instant::now();
+    holder.acquire().expect("acquire");
+    proxy.partition();
+    // 150 ms before the lease runs out (a bound of the contract, not a
+    // synchronisation): the question cannot be answered before it does.
+    let ask_at = before + LEASE - Duration::from_millis(150);
+    std::thread::sleep(ask_at.saturating_duration_since(Instant::now()));
+    let result = holder.ensure_held();
+    let answered = Instant::now();
+    assert!(
+        answered >= before + LEASE,
+        "answered {:?} before the lease's end: the question was not asked",
+        (before + LEASE).saturating_duration_since(answered)
+    );
+    assert!(
+        matches!(result, Err(Error::LockLost { .. })),
+        "after the lease ran out ensure_held said {result:?}"
+    );
+}

@@ -31,8 +31,8 @@
 //! the taken name over the same way. See the `stale` module for the whole
 //! argument.
 
-use std::fs::File;
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -47,6 +47,10 @@ pub(crate) struct Held {
     pub(crate) token: String,
     claim: Utf8PathBuf,
     sync: bool,
+    /// A taken name of this acquisition that a failed release could not put
+    /// back as the claim. Shared with the copies a release keeps: a retry
+    /// goes on from it (nobody else may: it names this live process).
+    stranded: Arc<Mutex<Option<Utf8PathBuf>>>,
 }
 
 /// The longest lock name used whole in private names; longer ones are
@@ -118,12 +122,17 @@ pub(crate) fn try_acquire(
         let _ = fs::remove_file(&claim);
         return Err(Error::io(path, "write a private record file beside", e));
     }
+    // Closed before the link: an NFS client writes back on close, so that
+    // another client that finds the lock file finds the whole record in it
+    // (never an empty file, which would read as another strategy's).
+    drop(file);
     let held = Held {
         token: record.token.clone(),
         claim: claim.clone(),
         sync,
+        stranded: Arc::default(),
     };
-    let linked = link(path, &claim, &file, &record.token).and_then(|ours| {
+    let linked = link(path, &claim, &record.token).and_then(|ours| {
         if ours && sync {
             if let Err(e) = fs::sync_parent(path) {
                 // Ours, but not durably: given back the way every lock is
@@ -136,7 +145,7 @@ pub(crate) fn try_acquire(
         Ok(ours)
     });
     match linked {
-        // The claim is closed now: see `Held::rewrite_record`.
+        // The claim is closed: see `Held::rewrite_record`.
         Ok(true) => Ok(Some(held)),
         Ok(false) => {
             let _ = fs::remove_file(&claim);
@@ -157,8 +166,7 @@ pub(crate) fn try_acquire(
     }
 }
 
-/// Links `claim` (open as `file`) to the lock path: whether the lock is
-/// now ours.
+/// Links `claim` to the lock path: whether the lock is now ours.
 ///
 /// A successful `link()` is the answer. Any error may hide a success: on
 /// NFS, a reply lost and the request retransmitted makes the server answer
@@ -168,7 +176,7 @@ pub(crate) fn try_acquire(
 /// may cure (`ESTALE`, `EINTR`, `ETIMEDOUT`, `EIO`, ...) are retried a few
 /// times. A lock path that holds another strategy's lock file is refused
 /// with [`Error::StrategyMismatch`].
-fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, token: &str) -> Result<bool> {
+fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
@@ -176,7 +184,7 @@ fn link(path: &Utf8Path, claim: &Utf8Path, file: &File, token: &str) -> Result<b
             Ok(()) => return Ok(true),
             Err(e) => e,
         };
-        let count = file.metadata().ok().and_then(|m| link_count(&m));
+        let count = fs::lstat(claim).ok().and_then(|m| link_count(&m));
         if count == Some(2) || names(path, token).unwrap_or(false) {
             return Ok(true);
         }
@@ -289,26 +297,56 @@ impl Held {
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
     match fs::lstat(&held.claim) {
         Ok(_) => names(path, &held.token),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match held.stranded_name() {
+            // Mid-release (a release that failed half way): still ours.
+            Some(_) => names(path, &held.token),
+            None => Ok(false),
+        },
         Err(e) => Err(e),
     }
 }
 
+impl Held {
+    /// The taken name a failed release left, if it is still there.
+    fn stranded_name(&self) -> Option<Utf8PathBuf> {
+        let stranded = self.stranded.lock().unwrap_or_else(PoisonError::into_inner);
+        stranded
+            .clone()
+            .filter(|name| fs::lkind(name).ok().flatten().is_some())
+    }
+}
+
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    let Held { token, claim, sync } = held;
-    let taken = match take_claim(&claim) {
-        Ok(taken) => taken,
-        // A breaker took the claim: the lock is no longer ours.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
-        Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
+    let stranded = held.stranded_name();
+    let Held {
+        token, claim, sync, ..
+    } = &held;
+    let taken = match stranded {
+        // A release that failed half way: go on from its taken name.
+        Some(taken) => taken,
+        None => match take_claim(claim) {
+            Ok(taken) => taken,
+            // A breaker took the claim: the lock is no longer ours.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
+            Err(e) => return Err(Error::io(claim, "remove the claim of", e)),
+        },
     };
     // The claim was ours, so nobody else may remove the lock path now; it
     // is still ours unless something outside portalock removed it.
-    let removed = remove_lock_path(path, &token, &claim, &taken)?;
+    let removed = match remove_lock_path(path, token, claim, &taken) {
+        Ok(removed) => removed,
+        Err(e) => {
+            // Not put back as the claim: remembered, for a retry.
+            if fs::lkind(&taken).ok().flatten().is_some() {
+                *held.stranded.lock().unwrap_or_else(PoisonError::into_inner) = Some(taken);
+            }
+            return Err(e);
+        }
+    };
     if !removed {
         return Ok(Released::Lost(None));
     }
-    if sync {
+    if *sync {
         fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
     }
     Ok(Released::Done)
@@ -319,8 +357,8 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
 /// taken name. Whether the lock path was this lock's and is removed.
 ///
 /// On an error the taken name is put back as the claim (or, failing that,
-/// kept), so the lock keeps a claim or a taken name: never an orphan that
-/// only a forced break recovers.
+/// kept, and a releaser remembers it), so the lock keeps a claim or a
+/// taken name: never an orphan that only a forced break recovers.
 fn remove_lock_path(
     path: &Utf8Path,
     token: &str,
@@ -348,7 +386,9 @@ fn remove_lock_path(
             // live process, and nobody could recover the lock until it
             // exits.
             for attempt in 0..4u32 {
-                match fs::stale_retry(|| std::fs::rename(taken, claim)) {
+                match fault::step("link.remove.restore", || {
+                    fs::stale_retry(|| std::fs::rename(taken, claim))
+                }) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(1 << attempt)),
@@ -426,8 +466,9 @@ fn taker_runs(suffix: &str, local: bool) -> Option<bool> {
 /// recoverer wins) and removes the lock path if it still holds that token.
 ///
 /// A taker that may still run is finishing its removal (`Raced`: look
-/// again); no taken name, or one whose taker cannot be judged, leaves an
-/// orphan that only [`force_break`](crate::LockFile::force_break) recovers.
+/// again); one that cannot be judged may be (`Unjudged`: nobody else may
+/// remove the lock); no taken name at all leaves an orphan that only
+/// [`force_break`](crate::LockFile::force_break) recovers.
 fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
     let claim = claim_path(path, token)?;
     let (Some(dir), Some(claim_name)) = (claim.parent(), claim.file_name()) else {
@@ -443,7 +484,9 @@ fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
         };
         let taken = dir.join(name.to_str().unwrap_or_default());
         match taker_runs(suffix, local) {
-            None => return Ok(Broken::Orphan),
+            // Perhaps still removing the lock: nobody else may, not even a
+            // forced break (that would make two removers of one path).
+            None => return Ok(Broken::Unjudged),
             Some(true) => return Ok(Broken::Raced),
             Some(false) => {}
         }
@@ -452,6 +495,11 @@ fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
             fs::stale_retry(|| std::fs::rename(&taken, &ours))
         }) {
             Ok(()) => {}
+            // On NFS a rename whose reply was lost is answered `ENOENT` when
+            // sent again: our own new name tells whether it happened.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && fs::lkind(&ours).ok().flatten().is_some() => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
             Err(e) => return Err(Error::io(&taken, "take over", e)),
         }
@@ -671,6 +719,7 @@ fn finish_break(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn claim_for(dir: &Utf8Path, path: &Utf8Path) -> (OwnerRecord, Utf8PathBuf, File, u64) {
         let record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
@@ -694,9 +743,9 @@ mod tests {
         // first transmission), and the retransmission answers EEXIST.
         let (_dir, root) = scratch();
         let path = root.join("x.lock");
-        let (record, claim, file, _ino) = claim_for(&root, &path);
+        let (record, claim, _file, _ino) = claim_for(&root, &path);
         std::fs::hard_link(&claim, &path).expect("the first transmission");
-        assert!(link(&path, &claim, &file, &record.token).expect("link"));
+        assert!(link(&path, &claim, &record.token).expect("link"));
     }
 
     #[test]
@@ -705,9 +754,9 @@ mod tests {
         let path = root.join("x.lock");
         let (other, other_claim, _f, _i) = claim_for(&root, &path);
         std::fs::hard_link(&other_claim, &path).expect("other holder");
-        let (record, claim, file, _ino) = claim_for(&root, &path);
+        let (record, claim, _file, _ino) = claim_for(&root, &path);
         assert_ne!(other.token, record.token);
-        assert!(!link(&path, &claim, &file, &record.token).expect("link"));
+        assert!(!link(&path, &claim, &record.token).expect("link"));
     }
 
     #[test]
@@ -895,7 +944,9 @@ mod tests {
                 assert_eq!(broken, Broken::Removed);
                 assert!(!path.exists() && !earlier.exists());
             } else {
-                assert_eq!(broken, Broken::Orphan);
+                // Its remover cannot be judged there (a clone of this
+                // machine could be removing it): nobody else may remove it.
+                assert_eq!(broken, Broken::Unjudged);
                 assert!(path.exists() && earlier.exists());
             }
         }

@@ -365,10 +365,14 @@ pub(crate) enum Broken {
     /// The artifact changed or someone else is removing it: look again.
     Raced,
     /// The artifact lacks the claim that would let it be removed safely
-    /// (a `Link` lock whose private name and taken name both vanished, or
-    /// whose remover is on another machine); only a forced break recovers
-    /// it.
+    /// (a `Link` lock whose private name and taken name both vanished);
+    /// only a forced break recovers it.
     Orphan,
+    /// A `Link` lock whose claim a remover took that cannot be judged (of
+    /// another machine or PID namespace): it may still be removing the
+    /// lock, so nothing else may. An operator who knows it stopped removes
+    /// its taken name, after which a forced break recovers the lock.
+    Unjudged,
 }
 
 /// One attempt at taking the lock; `Ok(None)` when someone else holds it.

@@ -74,7 +74,7 @@ fn spawn_then_name(
 }
 
 /// Time on the monotonic clock since this process first asked.
-#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+#[cfg_attr(unix, allow(dead_code))]
 fn monotonic_since_start() -> std::time::Duration {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START.get_or_init(std::time::Instant::now).elapsed()

@@ -147,23 +147,21 @@ pub(crate) fn name_max(dir: &std::path::Path) -> Option<usize> {
 }
 
 /// A clock that counts on while the machine is suspended (a laptop's lid
-/// closed, a VM paused): time since boot, on Linux `CLOCK_BOOTTIME`. A
-/// lease must be measured on it: `Instant` stops during a suspend, and a
-/// holder would believe a lease still runs that its server saw expire.
-/// Elsewhere the monotonic clock (documented where it matters).
+/// closed, a VM paused): on Linux `CLOCK_BOOTTIME`, on macOS
+/// `CLOCK_MONOTONIC` (which counts sleep there). A lease must be measured
+/// on it: `Instant` stops during a suspend, and a holder would believe a
+/// lease still runs that its server saw expire. On the BSDs
+/// `CLOCK_MONOTONIC` may stop while the machine sleeps.
 pub(crate) fn since_boot() -> std::time::Duration {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-        std::time::Duration::new(
-            now.tv_sec.max(0) as u64,
-            now.tv_nsec.clamp(0, 999_999_999) as u32,
-        )
-    }
+    let clock = rustix::time::ClockId::Boottime;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        super::monotonic_since_start()
-    }
+    let clock = rustix::time::ClockId::Monotonic;
+    let now = rustix::time::clock_gettime(clock);
+    std::time::Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The PID namespace of this process (Linux: `pid:[<inode>]`).
@@ -230,7 +228,21 @@ pub(crate) fn spawn_gated(
         .unwrap_or_else(PoisonError::into_inner);
     let (pid_read, pid_write) = cloexec_pipe()?;
     let (go_read, go_write) = cloexec_pipe()?;
-    let keep: Vec<i32> = keep.iter().map(|f| f.as_raw_fd()).collect();
+    // A file on descriptor 0, 1 or 2 (this process runs with its standard
+    // I/O closed) would be overwritten by the child's standard I/O set-up
+    // before the gate runs: such a file is passed through a duplicate above
+    // them (the same open file, so the same lock).
+    let lifted: Vec<rustix::fd::OwnedFd> = keep
+        .iter()
+        .filter(|f| f.as_raw_fd() <= 2)
+        .map(|f| rustix::io::fcntl_dupfd_cloexec(f, 3))
+        .collect::<rustix::io::Result<_>>()?;
+    let keep: Vec<i32> = keep
+        .iter()
+        .map(|f| f.as_raw_fd())
+        .filter(|&fd| fd > 2)
+        .chain(lifted.iter().map(|f| f.as_raw_fd()))
+        .collect();
     let (tell, wait, parent_end) = (
         pid_write.as_raw_fd(),
         go_read.as_raw_fd(),
@@ -311,14 +323,22 @@ pub(crate) fn spawn_gated(
         let spawned = command.spawn();
         // The helper sees the end of the pipe if no child wrote to it.
         drop(pid_write);
-        let named = helper.join().ok().flatten();
-        match (spawned, named) {
-            (Err(_), Some(Err(why))) => Err(why),
+        match (spawned, helper.join()) {
+            (Err(_), Ok(Some(Err(why)))) => Err(why),
+            // Naming panicked: the child saw its gate close and left
+            // without running the command (a spawn that seemed to work).
+            (Ok(mut child), Err(_)) => {
+                let _ = child.wait();
+                Err(io::Error::other(
+                    "naming the command in the lock's record failed",
+                ))
+            }
             (spawned, _) => spawned,
         }
     });
     armed.store(false, Ordering::SeqCst);
     drop(go_read);
+    drop(lifted);
     spawned
 }
 

@@ -32,7 +32,8 @@ pub(crate) fn name_max(_dir: &std::path::Path) -> Option<usize> {
     Some(255)
 }
 
-/// The monotonic clock (see `unix::since_boot`).
+/// The monotonic clock (see `unix::since_boot`); whether it counts the
+/// time the machine sleeps is Windows' own matter.
 pub(crate) fn since_boot() -> std::time::Duration {
     super::monotonic_since_start()
 }

@@ -250,6 +250,8 @@ pub fn child_entry() {
         "fork-drop" => fork_drop(&args),
         #[cfg(unix)]
         "fork-after-release" => fork_after_release(&args),
+        #[cfg(target_os = "linux")]
+        "spawn-on-fd0" => spawn_on_fd0(&args),
         #[cfg(all(unix, feature = "cli"))]
         "sigint-count" => sigint_count(),
         #[cfg(unix)]
@@ -662,6 +664,34 @@ fn fork_after_release(args: &[&str]) -> i32 {
         .expect("waitpid")
         .expect("a status");
     say(&format!("CHILD {}", status.1.exit_status().unwrap_or(-1)));
+    0
+}
+
+/// `spawn-on-fd0 PATH`: with its standard input closed, takes an `Os` lock
+/// (whose file then gets descriptor 0), hands it to a command started with
+/// its input from /dev/null, and says `INHERITED yes` if the command has
+/// the lock file open, else `INHERITED no`.
+#[cfg(target_os = "linux")]
+fn spawn_on_fd0(args: &[&str]) -> i32 {
+    // SAFETY: this child process uses nothing that reads its standard
+    // input; closing descriptor 0 makes the next open file take it.
+    unsafe { libc::close(0) };
+    let lock = open("os", args[0]);
+    lock.acquire().expect("acquire");
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("30").stdin(Stdio::null());
+    let mut child = lock.spawn(&mut cmd).expect("spawn");
+    let path = std::path::Path::new(args[0]);
+    let inherited = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .expect("the command's descriptors")
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path));
+    let _ = child.kill();
+    let _ = child.wait();
+    say(&format!(
+        "INHERITED {}",
+        if inherited { "yes" } else { "no" }
+    ));
     0
 }
 

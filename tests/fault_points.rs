@@ -1,0 +1,129 @@
+//! Protocol steps stopped inside one test process, and situations the
+//! fault-point matrix cannot stage with its actors (feature `failpoints`;
+//! each test holds `fail::FailScenario`, which runs them one at a time).
+#![cfg(all(feature = "failpoints", target_os = "linux"))]
+
+mod common;
+
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use portalock::{Error, LockFile, LockOptions, LockStrategy};
+
+use common::{spawn, EVENT_TIMEOUT};
+
+#[test]
+fn child() {
+    common::child_entry();
+}
+
+fn scratch() -> (tempfile::TempDir, Utf8PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = Utf8PathBuf::from_path_buf(dir.path().join("x.lock")).expect("utf-8");
+    (dir, path)
+}
+
+fn link(path: &Utf8Path) -> LockFile {
+    LockOptions::new()
+        .strategy(LockStrategy::Link)
+        .poll_interval(Duration::from_millis(5))
+        .open(path)
+        .expect("open")
+}
+
+/// A `Link` lock whose claim was taken by a remover of another machine,
+/// which may still be removing it (its lock path unlinked a moment later,
+/// and a new holder's lock made): a forced break must not become a second
+/// remover of the same path, which could unlink the new holder's lock. It
+/// refuses, and says why.
+#[test]
+fn a_forced_break_never_competes_with_a_remover_it_cannot_judge() {
+    let scenario = fail::FailScenario::setup();
+    let (_dir, path) = scratch();
+    let x = link(&path);
+    x.acquire().expect("acquire");
+    let token = x.owner().expect("owner").expect("record").token;
+    x.detach().expect("detach");
+    // A remover on machine B takes the claim (its taken name carries B's
+    // machine tag) and has not yet removed the lock path.
+    let claim = path.with_file_name(format!(".x.lock.{token}.owner"));
+    let remote = path.with_file_name(format!(
+        ".x.lock.{token}.owner.taken.0123456789abcdef.h{}.4242.77.{}",
+        "0".repeat(16),
+        "ab".repeat(16)
+    ));
+    std::fs::rename(&claim, &remote).expect("B takes the claim");
+    let forced = link(&path).force_break();
+    assert!(
+        matches!(forced, Err(Error::NotStale { .. })),
+        "a forced break went on beside a remover it cannot judge: {forced:?}"
+    );
+    assert!(!claim.exists(), "a second claim was made");
+    assert_eq!(
+        link(&path).owner().expect("owner").map(|r| r.token),
+        Some(token),
+        "the lock file was removed"
+    );
+    // B finishes; the lock is free.
+    std::fs::remove_file(&path).expect("B removes the lock path");
+    std::fs::remove_file(&remote).expect("B removes its taken name");
+    link(&path).try_acquire().expect("free once B is done");
+    scenario.teardown();
+}
+
+/// A holder stopped (`SIGSTOP`, a suspended machine) for longer than its
+/// lease, while a breaker judged its lease expired and is about to break
+/// it: once it runs again, it is told it lost the lock, never that it holds
+/// it (its late heartbeat must not revive the lease).
+#[test]
+fn a_holder_stopped_past_its_lease_is_told_it_lost_the_lock() {
+    let scenario = fail::FailScenario::setup();
+    let (_dir, path) = scratch();
+    let mut holder = spawn("hold", &["link", path.as_str(), "300"]);
+    holder.expect("ACQUIRED");
+    let (judged_tx, judged_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (judged_tx, go_rx) = (Mutex::new(judged_tx), Mutex::new(go_rx));
+    fail::cfg_callback("break.judged", move || {
+        let _ = judged_tx.lock().map(|tx| tx.send(()));
+        let _ = go_rx.lock().map(|rx| rx.recv());
+    })
+    .expect("configure the fault point");
+    holder.signal("STOP");
+    let p = path.clone();
+    let breaker = std::thread::spawn(move || link(&p).break_lock());
+    judged_rx
+        .recv_timeout(EVENT_TIMEOUT)
+        .expect("the breaker judged the lease expired");
+    holder.signal("CONT");
+    // Its overdue heartbeat gets a chance to run first (not needed for the
+    // answer, but what made the wrong one possible).
+    std::thread::sleep(Duration::from_millis(100));
+    holder.send("check");
+    let told = loop {
+        let (event, data) = holder.next_event();
+        if event == "CHECKED" {
+            break data;
+        }
+    };
+    go_tx.send(()).expect("resume the breaker");
+    let broken = breaker.join().expect("breaker");
+    scenario.teardown();
+    assert_eq!(
+        told, "LockLost",
+        "stopped past its lease, the holder was told it holds the lock"
+    );
+    assert!(broken.is_ok(), "{broken:?}");
+}
+
+/// An `Os` lock whose file is on descriptor 0 (a process started with its
+/// standard input closed) is handed to the command all the same: the
+/// command's own standard I/O set-up must not take the lock file's place.
+#[test]
+fn an_os_lock_on_a_low_descriptor_is_handed_to_the_command() {
+    let (_dir, path) = scratch();
+    let mut proc = spawn("spawn-on-fd0", &[path.as_str()]);
+    assert_eq!(proc.expect("INHERITED"), "yes");
+    assert!(proc.wait().success());
+}
