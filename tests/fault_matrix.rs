@@ -84,34 +84,17 @@ fn main() {
     scenarios.retain(|s| s.name().contains(&only));
     let results = run_all(&scenarios);
     let mut run_results = run_wrapper_matrix(&only);
-    run_results.extend(lease_scenarios());
+    run_results.extend(targeted_scenarios());
     run_results.retain(|(name, _)| name.contains(&only));
+    // Every result by its name, `<step> <role> <strategy> <outcome>`.
+    let mut named: Vec<(String, Result<String, String>)> =
+        scenarios.iter().map(Scenario::name).zip(results).collect();
+    named.extend(run_results);
     let mut failed = 0;
     let mut passed = 0;
     let mut table: BTreeMap<(String, String, String), BTreeMap<&'static str, String>> =
         BTreeMap::new();
-    for (scenario, result) in scenarios.iter().zip(&results) {
-        let cell = match result {
-            Ok(summary) => {
-                passed += 1;
-                summary.clone()
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("faults: FAILED {}: {e}", scenario.name());
-                "FAILED".to_owned()
-            }
-        };
-        table
-            .entry((
-                scenario.step.to_owned(),
-                scenario.role.name().to_owned(),
-                scenario.strategy.to_string(),
-            ))
-            .or_default()
-            .insert(scenario.outcome.name(), cell);
-    }
-    for (name, result) in &run_results {
+    for (name, result) in &named {
         let cell = match result {
             Ok(summary) => {
                 passed += 1;
@@ -124,13 +107,9 @@ fn main() {
             }
         };
         let mut parts = name.splitn(4, ' ');
-        let (step, role, strategy, outcome) = (
-            parts.next().unwrap_or_default().to_owned(),
-            parts.next().unwrap_or_default().to_owned(),
-            parts.next().unwrap_or_default().to_owned(),
-            parts.next().unwrap_or_default(),
-        );
-        let outcome = match outcome {
+        let mut part = || parts.next().unwrap_or_default().to_owned();
+        let (step, role, strategy, outcome) = (part(), part(), part(), part());
+        let outcome = match outcome.as_str() {
             "resume" => "resume",
             "fail" => "fail",
             _ => "kill",
@@ -1299,13 +1278,14 @@ fn wait_for_beat(strategy: LockStrategy, path: &Path, beat: u64) -> Result<(), S
 }
 
 // ---------------------------------------------------------------------------
-// Leases: a failed release, a stalled file system
+// Targeted scenarios: a failed release, a stalled file system, a release
+// that fails half way
 // ---------------------------------------------------------------------------
 
 /// The lease of the lease scenarios: refreshed every 100 ms.
 const SHORT_LEASE_MS: u64 = 300;
 
-fn lease_scenarios() -> Vec<(String, Result<String, String>)> {
+fn targeted_scenarios() -> Vec<(String, Result<String, String>)> {
     vec![
         (
             "link.remove.check failed-release link fail".to_owned(),
