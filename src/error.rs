@@ -216,7 +216,7 @@ pub enum Error {
     },
     /// The lock's file name is longer than the file system allows for the
     /// names the strategy makes (a `Link` lock makes private names up to
-    /// 188 bytes beside its lock file). Refused when the handle is opened,
+    /// 214 bytes beside its lock file). Refused when the handle is opened,
     /// so that no lock is ever taken that could not be released.
     #[error("the name of lock `{path}` is {len} bytes long; at most {max} bytes can be used here")]
     NameTooLong {

@@ -361,8 +361,7 @@ impl LockOptions {
 
 /// Refuses a lock name that the file system of its directory cannot take,
 /// or that `strategy` could take but not release: a `Link` lock makes
-/// private names beside its lock file of up to
-/// 188 bytes, whatever the
+/// private names beside its lock file of up to 214 bytes, whatever the
 /// lock's name (a long name is shortened in them). Where the limit cannot
 /// be asked (the directory does not exist yet), 255 bytes, the limit of
 /// every common file system, is assumed.
@@ -879,7 +878,7 @@ impl LockFile {
     /// let dir = tempfile::tempdir()?;
     /// let lock = LockFile::with_strategy(dir.path().join("job.lock"), LockStrategy::Mkdir)?;
     /// lock.acquire()?;
-    /// let mut child = lock.spawn(Command::new("true").arg("--"))?;
+    /// let mut child = lock.spawn(&mut Command::new("true"))?;
     /// let owner = lock.owner()?.expect("a record");
     /// assert_eq!(owner.command.map(|c| c.pid), Some(child.id()));
     /// assert!(child.wait()?.success());

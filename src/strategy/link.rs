@@ -64,6 +64,8 @@ const STEM_CUT: usize = 40;
 /// (32).
 pub(crate) const LONGEST_NAME: usize =
     1 + STEM_MAX + 1 + 32 + 6 + 7 + 16 + 1 + 21 + 1 + 10 + 1 + 20 + 1 + 32;
+// The docs of `Error::NameTooLong` and of the name check at open say so.
+const _: () = assert!(LONGEST_NAME == 214);
 
 /// The part of a lock's name that its private names carry: the name
 /// itself when it is short, else its first bytes (at a character
@@ -562,22 +564,13 @@ pub(crate) fn sweep(path: &Utf8Path, local: bool) {
         // Looked at only now, after its maker was found dead (a dead
         // process links nothing more): a name that is also the lock file (a
         // second link) or carries the lock's current token stays, and so
-        // does everything if the lock file cannot be read now.
+        // does everything if the lock file cannot be read now (only a
+        // definite "not this token" lets a name go).
         let loose =
             fs::lstat(&target).is_ok_and(|m| m.is_file() && link_count(&m).unwrap_or(1) == 1);
-        if loose && lock_is_not(path, token) {
+        if loose && matches!(names(path, token), Ok(false)) {
             let _ = fs::remove_file(&target);
         }
-    }
-}
-
-/// Whether the lock at `path` is, for certain, not the acquisition of
-/// `token`: absent, or a regular file whose record (read whole) has
-/// another token. A read that fails proves nothing.
-fn lock_is_not(path: &Utf8Path, token: &str) -> bool {
-    match fs::open_read(path).and_then(read_capped) {
-        Ok(bytes) => !record_has_token(&bytes, token),
-        Err(e) => fs::is_absent(path, &e),
     }
 }
 
