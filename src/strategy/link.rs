@@ -927,7 +927,9 @@ mod tests {
         for local in [false, true] {
             let (_dir, root) = scratch();
             let path = root.join("x.lock");
-            let (token, taken) = orphan(&root, &path, dead_pid());
+            // Its PID is alive in this boot (numbers are reused after a
+            // reboot): the boot, not the PID, proves it gone.
+            let (token, taken) = orphan(&root, &path, std::process::id());
             // The same remover, as an earlier boot named it.
             let name = taken.file_name().expect("name").to_owned();
             let earlier = root.join(name.replace(&boot, &format!("h{}", "0".repeat(16))));
