@@ -188,8 +188,16 @@ fn a_full_file_system_is_a_typed_error_and_leaves_no_lock(
         assert_eq!(std::fs::read(&path).expect("lock file").len(), 0);
     }
     assert_eq!(names(&mount.path), expected);
-    // With room again, the lock works.
-    std::fs::remove_file(&filler).expect("free space");
+    // With room again, the lock works. Truncated, not just unlinked: a
+    // child another test forked while the filler was open may hold its
+    // descriptor until it execs, and an unlinked file keeps its blocks
+    // while anyone has it open.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .and_then(|f| f.set_len(0))
+        .expect("free space");
+    std::fs::remove_file(&filler).expect("remove the filler");
     lock.acquire().expect("acquire");
     lock.release().expect("release");
 }
