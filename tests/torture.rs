@@ -313,6 +313,10 @@ impl std::fmt::Display for Chaos {
     }
 }
 
+/// A kill of the chaos run: the length of the log of critical sections
+/// when it was decided, and the victim's PID.
+type Kill = (u64, u32);
+
 struct Worker {
     child: Child,
     phase: Phase,
@@ -361,6 +365,8 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
         took: Duration::ZERO,
     };
     let mut rng = fastrand::Rng::with_seed(0x5eed ^ strategy.as_str().len() as u64);
+    // Each kill: the length of the log when it was decided, and the victim.
+    let mut kills: Vec<Kill> = Vec::new();
     // Progress before the first kill.
     await_acquisition(&rx, &mut workers, &mut figures, None)?;
     for _ in 0..rounds {
@@ -380,7 +386,17 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
         let mut worker = workers
             .remove(&victim)
             .ok_or_else(|| "victim vanished".to_owned())?;
-        append(&log, &format!("KILLING {}\n", worker.child.id()))?;
+        // Where the kill falls in the log of critical sections: its length
+        // now. The harness does not append to the log itself: under Wine
+        // an append is a look at the end and a write there, and a line of
+        // the harness could overwrite the victim's `ENTER` written at the
+        // same moment (only holders, one at a time, write to the log).
+        let at = match std::fs::metadata(&log) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(format!("log: {e}")),
+        };
+        kills.push((at, worker.child.id()));
         let killed_at = Instant::now();
         worker.child.kill().map_err(|e| format!("kill: {e}"))?;
         worker.child.wait().map_err(|e| format!("wait: {e}"))?;
@@ -431,7 +447,7 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != "log" && !(strategy == LockStrategy::Os && n == "x.lock"))
         .collect();
-    figures.held_twice = check_log(&log, true)?;
+    figures.held_twice = check_log(&log, &kills, true)?;
     figures.took = started.elapsed();
     if figures.held_twice != 0 {
         return Err(format!("held twice: {figures}"));
@@ -514,10 +530,13 @@ fn append(log: &Path, line: &str) -> Result<(), String> {
 
 /// Replays the log of critical sections: returns how many times a process
 /// entered while another held the lock. A holder that was being killed
-/// (`KILLING`) may be followed by another holder once it is dead; if it
-/// ever writes again after that, it was not dead, and that counts too.
-fn check_log(log: &Path, report: bool) -> Result<u64, String> {
-    let text = std::fs::read_to_string(log).map_err(|e| format!("log: {e}"))?;
+/// (`KILLING`, a line of the log or one of `kills`: the log's length when
+/// the kill was decided, and the victim) may be followed by another holder
+/// once it is dead; if it ever writes again after that, it was not dead,
+/// and that counts too.
+fn check_log(log: &Path, kills: &[Kill], report: bool) -> Result<u64, String> {
+    let written = std::fs::read_to_string(log).map_err(|e| format!("log: {e}"))?;
+    let text = with_kills(&written, kills);
     let mut holder: Option<u32> = None;
     let mut doomed = HashSet::new();
     let mut must_be_dead = HashSet::new();
@@ -566,6 +585,25 @@ fn check_log(log: &Path, report: bool) -> Result<u64, String> {
     Ok(violations)
 }
 
+/// The log with a `KILLING` line for each kill, before the first line that
+/// starts at or after the log's length when the kill was decided.
+fn with_kills(written: &str, kills: &[Kill]) -> String {
+    let mut kills = kills.iter().peekable();
+    let mut text = String::with_capacity(written.len() + 16 * kills.len());
+    let mut offset = 0u64;
+    for line in written.split_inclusive('\n') {
+        while let Some((_, pid)) = kills.next_if(|(at, _)| *at <= offset) {
+            text.push_str(&format!("KILLING {pid}\n"));
+        }
+        text.push_str(line);
+        offset += line.len() as u64;
+    }
+    for (_, pid) in kills {
+        text.push_str(&format!("KILLING {pid}\n"));
+    }
+    text
+}
+
 /// The log check must be able to fail: known logs and their verdicts.
 fn check_log_self_test() -> Result<(), String> {
     let cases = [
@@ -581,9 +619,26 @@ fn check_log_self_test() -> Result<(), String> {
     for (text, expected) in cases {
         let log = dir.path().join("log");
         std::fs::write(&log, text).map_err(|e| e.to_string())?;
-        let got = check_log(&log, false)?;
+        let got = check_log(&log, &[], false)?;
         if (got == 0) != (expected == 0) {
             return Err(format!("{text:?}: {got} violations, expected {expected}"));
+        }
+    }
+    // Kills kept beside the log land where they were decided.
+    let cases: [(&str, &[Kill], u64); 4] = [
+        ("ENTER 1\nENTER 2\nEXIT 2\n", &[(8, 1)], 0),
+        ("ENTER 1\nENTER 2\nEXIT 2\n", &[(0, 1)], 0),
+        ("ENTER 1\nENTER 2\nEXIT 2\n", &[(16, 1)], 1),
+        ("ENTER 1\nENTER 2\nEXIT 1\nEXIT 2\n", &[(8, 1)], 1),
+    ];
+    for (text, kills, expected) in cases {
+        let log = dir.path().join("log");
+        std::fs::write(&log, text).map_err(|e| e.to_string())?;
+        let got = check_log(&log, kills, false)?;
+        if (got == 0) != (expected == 0) {
+            return Err(format!(
+                "{text:?} with kills {kills:?}: {got} violations, expected {expected}"
+            ));
         }
     }
     Ok(())
