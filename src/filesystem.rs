@@ -45,6 +45,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
+use crate::fs::Look;
 use crate::strategy::LockStrategy;
 
 /// Where a file system keeps its data, as far as locking is concerned.
@@ -81,6 +82,8 @@ pub struct FileSystem {
     locality: Locality,
     os_locks_shared: bool,
     auto: LockStrategy,
+    /// How a holder tells that its lock's name still names what it made.
+    look: Look,
 }
 
 impl FileSystem {
@@ -129,6 +132,20 @@ impl FileSystem {
         self.os_locks_shared
     }
 
+    /// Whether this is an SMB share, whose servers keep a file removed
+    /// while another client has it open as "delete pending": its name
+    /// still exists for `link` and `mkdir` but cannot be opened, until the
+    /// other client closes it (Linux clients defer closes by a second).
+    /// `Link` locks are refused there.
+    pub(crate) fn is_smb(&self) -> bool {
+        matches!(self.name.as_str(), "cifs" | "smb3" | "smbfs" | "smb")
+    }
+
+    /// How a holder looks at its lock's name here (see [`Look`]).
+    pub(crate) fn look(&self) -> Look {
+        self.look
+    }
+
     /// The strategy [`LockStrategy::Auto`] resolves to here: `Os` on a
     /// local file system, `Link` on network file systems known to make hard
     /// links (NFS, ...), `Mkdir` on the others and on FUSE.
@@ -142,6 +159,7 @@ impl FileSystem {
             locality: Locality::Local,
             os_locks_shared: true,
             auto: LockStrategy::Os,
+            look: Look::Stat,
         }
     }
 
@@ -156,7 +174,17 @@ impl FileSystem {
             locality,
             os_locks_shared,
             auto,
+            look: Look::Open,
         }
+    }
+
+    #[cfg_attr(
+        not(any(target_os = "linux", target_os = "android")),
+        allow(dead_code, reason = "SMB mounts are told apart on Linux")
+    )]
+    fn looked_at(mut self, look: Look) -> FileSystem {
+        self.look = look;
+        self
     }
 }
 
@@ -191,6 +219,7 @@ mod linux {
     use std::path::Path;
 
     use super::{has_option, FileSystem, Locality};
+    use crate::fs::Look;
     use crate::strategy::LockStrategy;
 
     const NFS: u64 = 0x6969;
@@ -263,7 +292,15 @@ mod linux {
                 } else {
                     &m.fstype
                 };
+                // The server's inode numbers (`serverino`, the default) are
+                // what a listing shows and `fstat` says alike.
+                let look = if has_option(&m.options, "noserverino") {
+                    Look::Open
+                } else {
+                    Look::List
+                };
                 FileSystem::remote(name, Network, !has_option(&m.options, "nobrl"), Mkdir)
+                    .looked_at(look)
             }
             FUSE => match mount() {
                 Some(m) if m.fstype == "fuseblk" => FileSystem::local("fuseblk"),

@@ -80,8 +80,30 @@ pub fn lock(file: &File, flags: LockFlags) -> io::Result<()> {
     match tried {
         Ok(()) => Ok(()),
         Err(TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(TryLockError::Error(e)) if contended(&e, file) => Err(io::ErrorKind::WouldBlock.into()),
         Err(TryLockError::Error(e)) => Err(e),
     }
+}
+
+/// Whether a failed non-blocking lock attempt on `file` means that
+/// someone else holds a conflicting lock: `WouldBlock`, and `EACCES` on a
+/// Linux SMB mount, whose client answers that for a lock another client
+/// holds. Elsewhere `EACCES` is a refusal (a security module denying the
+/// lock), not a conflict.
+pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        return true;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if e.raw_os_error() == Some(rustix::io::Errno::ACCESS.raw_os_error()) {
+        const CIFS: u64 = 0xff53_4d42;
+        const SMB2: u64 = 0xfe53_4d42;
+        return rustix::fs::fstatfs(file)
+            // `f_type` is 32 bits wide on some targets: compared as such.
+            .is_ok_and(|fs| matches!(fs.f_type as u64 & 0xffff_ffff, CIFS | SMB2));
+    }
+    let _ = file;
+    false
 }
 
 /// Releases the lock that the open `file` holds (nothing happens if it

@@ -307,17 +307,28 @@ pub(crate) fn sync_dir(dir: &Utf8Path) -> io::Result<()> {
 
 /// Whether `e` is an error that trying again may cure: a stale NFS file
 /// handle, an interrupted or timed-out call, an I/O error of a network
-/// file system.
+/// file system, a server out of reach for a while (an SMB client
+/// reconnecting to a restarted server answers "connection aborted" and
+/// "host is down").
 pub(crate) fn is_transient(e: &io::Error) -> bool {
     use io::ErrorKind as K;
     if matches!(
         e.kind(),
-        K::StaleNetworkFileHandle | K::Interrupted | K::TimedOut | K::WouldBlock
+        K::StaleNetworkFileHandle
+            | K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ConnectionAborted
+            | K::ConnectionReset
+            | K::NotConnected
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
     ) {
         return true;
     }
     #[cfg(unix)]
-    if e.raw_os_error() == Some(libc::EIO) {
+    if matches!(e.raw_os_error(), Some(libc::EIO | libc::EHOSTDOWN)) {
         return true;
     }
     // Windows: ERROR_SHARING_VIOLATION and ERROR_LOCK_VIOLATION, while
@@ -393,6 +404,24 @@ pub(crate) fn hard_link(
     stale_retry(|| std::fs::hard_link(from.as_ref(), to.as_ref()))
 }
 
+/// Runs `op`, an I/O on the file whose OS lock this process holds, again
+/// (a few times, over about 100 ms) while it fails with `EACCES`: an SMB
+/// server checks reads and writes against byte-range locks, and the Linux
+/// client, while a lease on the file is being broken, can have a holder's
+/// own I/O refused for a moment.
+pub(crate) fn conflict_retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut attempt = 0;
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && attempt < 10 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `symlink_metadata` (`lstat`), retried on `ESTALE`.
 pub(crate) fn lstat(path: impl AsRef<std::path::Path>) -> io::Result<Metadata> {
     stale_retry(|| std::fs::symlink_metadata(path.as_ref()))
@@ -432,6 +461,128 @@ pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
     {
         file.metadata().map(|_| (0, 0))
     }
+}
+
+/// How a holder looks at the name of what it holds, to tell whether it
+/// still names what it made: a question a network client may answer from
+/// a cache, and a wrong "yes" makes two holders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    not(any(target_os = "linux", target_os = "android")),
+    allow(dead_code, reason = "SMB mounts are told apart on Linux")
+)]
+pub(crate) enum Look {
+    /// `lstat`: a local file system, which has no cache to be stale.
+    #[default]
+    Stat,
+    /// Open the name and `fstat` the open file. An open goes to the server
+    /// (NFS's close-to-open rule), where `lstat` may be answered from the
+    /// client's cache of attributes for seconds, and so keep a file whose
+    /// directory was removed or replaced on the server.
+    Open,
+    /// List the directory and find the name in it, with its inode number
+    /// (the server's, on SMB mounts with `serverino`, the default). SMB
+    /// clients answer an open from a handle they still have open for that
+    /// name, or keep open for a second after a close (Linux's deferred
+    /// close), without asking the server: an open can find a file that is
+    /// no longer there. A directory listing is asked of the server.
+    List,
+}
+
+/// The identity of the file at `path`, and whether it is a regular file,
+/// as `look` finds it (never following a final symbolic link); `None` if
+/// nothing is there (nor the directory it would be in).
+pub(crate) fn look_id(path: &Utf8Path, look: Look) -> io::Result<Option<(FileId, bool)>> {
+    match look {
+        #[cfg(unix)]
+        Look::Stat => match lstat(path) {
+            Ok(meta) => {
+                use std::os::unix::fs::MetadataExt;
+                Ok(Some(((meta.dev(), meta.ino()), meta.is_file())))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+        // Elsewhere a file's identity is known only from an open file.
+        #[cfg(not(unix))]
+        Look::Stat => look_id(path, Look::Open),
+        Look::Open => match open_read(path) {
+            Ok(file) => Ok(Some((file_id(&file)?, file.metadata()?.is_file()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+        Look::List => listed_id(path),
+    }
+}
+
+/// [`Look::List`]: the name's entry in its directory's listing.
+#[cfg(unix)]
+fn listed_id(path: &Utf8Path) -> io::Result<Option<(FileId, bool)>> {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return look_id(path, Look::Open);
+    };
+    let dir = if dir.as_str().is_empty() {
+        Utf8Path::new(".")
+    } else {
+        dir
+    };
+    let gone = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+        )
+    };
+    // The device number only: the same for every file of the mount.
+    let dev = match stale_retry(|| std::fs::metadata(dir)) {
+        Ok(meta) => meta.dev(),
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let entries = match stale_retry(|| std::fs::read_dir(dir)) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return Ok(None),
+        // A directory this process may search but not list: opened.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return look_id(path, Look::Open),
+        Err(e) => return Err(e),
+    };
+    // SMB shares usually ignore case: a name that differs from ours only
+    // in case is the same file, if no entry has our name exactly.
+    let folded = name.to_lowercase();
+    let mut like = None;
+    for entry in entries {
+        let entry = entry?;
+        let listed = entry.file_name();
+        if listed == name {
+            let file = entry.file_type()?.is_file();
+            return Ok(Some(((dev, entry.ino()), file)));
+        }
+        if like.is_none() && listed.to_str().is_some_and(|l| l.to_lowercase() == folded) {
+            like = Some(((dev, entry.ino()), entry.file_type()?.is_file()));
+        }
+    }
+    Ok(like)
+}
+
+/// Whether `listed`, an identity from a directory listing ([`Look::List`]),
+/// is that of the open file whose identity is `mine`. A 32-bit Linux SMB
+/// client lists an inode number folded to 32 bits (the two halves of the
+/// server's 64-bit number, exclusive-or'ed), where `fstat` gives it whole.
+pub(crate) fn same_listed(listed: FileId, mine: FileId) -> bool {
+    if listed == mine {
+        return true;
+    }
+    #[cfg(target_pointer_width = "32")]
+    if listed.0 == mine.0 && mine.1 > u64::from(u32::MAX) {
+        let folded = (mine.1 as u32) ^ ((mine.1 >> 32) as u32);
+        return listed.1 == u64::from(folded);
+    }
+    false
+}
+
+#[cfg(not(unix))]
+fn listed_id(path: &Utf8Path) -> io::Result<Option<(FileId, bool)>> {
+    look_id(path, Look::Open)
 }
 
 /// The identity of the file at `path` (not following a final symbolic

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::fault;
 use crate::filesystem::FileSystem;
 use crate::fs;
+use crate::fs::Look;
 use crate::holding::{self, Holding, OnLost};
 use crate::locked_file::LockedFile;
 use crate::owner::{OwnerRecord, RecordedProcess};
@@ -30,6 +31,11 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const UNJUDGED: &str = "its claim was taken by a remover of another machine (or PID \
      namespace), which may still be removing it; once it is known to have stopped, \
      remove its file `.<name>.<token>.owner.taken.*` beside the lock and break again";
+
+/// How long a wait goes on through errors of a network server out of
+/// reach (see [`LockFile::acquire`]): longer than a server restart with
+/// its grace period.
+const SERVER_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The shortest lease: three refreshes of at least 1 ms each.
 const MIN_LEASE: Duration = Duration::from_millis(3);
@@ -298,18 +304,21 @@ impl LockOptions {
     /// The path is made absolute against the current directory now, so a
     /// later `set_current_dir` does not change which lock the handle names.
     /// Nothing is created until the lock is taken. For
-    /// [`LockStrategy::Auto`] and [`LockStrategy::Os`], the file system
-    /// that holds the lock's directory is inspected now (if the directory
-    /// does not exist yet, its nearest existing ancestor's), and `Auto` is
-    /// resolved: [`LockFile::strategy`] says to what.
+    /// [`LockStrategy::Auto`], [`LockStrategy::Os`] and
+    /// [`LockStrategy::Link`], the file system that holds the lock's
+    /// directory is inspected now (if the directory does not exist yet, its
+    /// nearest existing ancestor's), and `Auto` is resolved:
+    /// [`LockFile::strategy`] says to what.
     ///
     /// # Errors
     ///
     /// [`Error::NonUtf8Path`] if `path` (or the current directory, for a
     /// relative path) is not UTF-8; [`Error::OsLocksNotShared`] for an
     /// explicit `Os` lock on a file system where it would exclude nobody;
-    /// [`Error::Io`] if the path has no file name, the current directory
-    /// cannot be read, or the file system cannot be inspected.
+    /// [`Error::Unsupported`] for an explicit `Link` lock on an SMB share
+    /// (see the README's table of file systems); [`Error::Io`] if the path
+    /// has no file name, the current directory cannot be read, or the file
+    /// system cannot be inspected.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile> {
         let path = absolute(path.as_ref())?;
         if self.strategy == LockStrategy::Redis {
@@ -320,7 +329,7 @@ impl LockOptions {
             });
         }
         let (strategy, file_system) = match Concrete::explicit(self.strategy) {
-            Some(explicit @ (Concrete::Mkdir | Concrete::Link)) => (explicit, None),
+            Some(Concrete::Mkdir) => (Concrete::Mkdir, None),
             _ => {
                 let fs = detect(&path)?;
                 let strategy = Concrete::resolve(self.strategy, &fs);
@@ -328,6 +337,18 @@ impl LockOptions {
                     return Err(Error::OsLocksNotShared {
                         path,
                         file_system: fs.to_string(),
+                    });
+                }
+                if strategy == Concrete::Link && fs.is_smb() {
+                    return Err(Error::Unsupported {
+                        path,
+                        strategy: LockStrategy::Link,
+                        reason: format!(
+                            "on {fs}, a file removed while another client has it open stays \
+                             \"delete pending\" (its name still taken, but it cannot be opened) \
+                             until that client closes it, which a released link lock cannot \
+                             wait for; use the mkdir strategy (what auto picks there)"
+                        ),
                     });
                 }
                 (strategy, Some(fs))
@@ -338,9 +359,9 @@ impl LockOptions {
         Ok(LockFile {
             path,
             strategy,
-            local: file_system
+            look: file_system
                 .as_ref()
-                .map(|fs| std::sync::OnceLock::from(fs.is_local()))
+                .map(|fs| std::sync::OnceLock::from(fs.look()))
                 .unwrap_or_default(),
             file_system,
             sync: self.sync,
@@ -482,9 +503,10 @@ pub struct LockFile {
     strategy: Concrete,
     /// Inspected at open for `Auto` and `Os`.
     file_system: Option<FileSystem>,
-    /// Whether the lock's file system is one only this machine writes to
-    /// (from `file_system`, or looked up the first time it matters).
-    local: std::sync::OnceLock<bool>,
+    /// How a holder looks at the lock's name on its file system: `lstat`
+    /// only where that file system is local (from `file_system`, or looked
+    /// up the first time it matters).
+    look: std::sync::OnceLock<Look>,
     sync: bool,
     owner_pid: Option<u32>,
     remove_on_release: bool,
@@ -594,6 +616,13 @@ impl LockFile {
     /// stayed held, with the holder's record when readable; the typed path
     /// errors ([`Error::MissingParent`], [`Error::Symlink`],
     /// [`Error::WrongFileType`], [`Error::Foreign`]) and [`Error::Io`].
+    ///
+    /// Errors that may pass (a stale NFS file handle, `EIO`, a server out
+    /// of reach: `EHOSTDOWN`, `ECONNABORTED`, `ENETDOWN`, ...) are tried
+    /// again a few times even by a try-once acquire. On a network file
+    /// system a wait goes on through them until its deadline, for two
+    /// minutes at most, so that a server restarting under a waiter does
+    /// not end its wait; then the last such error is returned.
     pub fn acquire(&self) -> Result<()> {
         self.acquire_within(self.timeout)
     }
@@ -1175,10 +1204,17 @@ impl LockFile {
 
     /// Whether the lock's file system is one only this machine writes to;
     /// `false` (the careful answer) if that cannot be told.
+    /// Whether the lock's file system is one only this machine writes to.
     fn is_local(&self) -> bool {
+        self.look() == Look::Stat
+    }
+
+    /// How a holder looks at the lock's name (an unknown file system is
+    /// taken for a network one).
+    fn look(&self) -> Look {
         *self
-            .local
-            .get_or_init(|| detect(&self.path).is_ok_and(|fs| fs.is_local()))
+            .look
+            .get_or_init(|| detect(&self.path).map_or(Look::Open, |fs| fs.look()))
     }
 
     fn not_locked(&self) -> Error {
@@ -1258,6 +1294,8 @@ impl LockFile {
         // Errors that may pass (a stale NFS handle, a timeout) are retried
         // after a poll, a few times in a row at most.
         let mut transient = 0;
+        // Since when they have lasted, past those few retries.
+        let mut failing: Option<Instant> = None;
         let mut watching = false;
         let mut dir_watch: Option<DirWatch> = None;
         // Taken out for the whole attempt (the registry lets one thread of
@@ -1269,6 +1307,7 @@ impl LockFile {
         let how = strategy::os::How {
             sync: self.sync,
             remove: self.remove_on_release,
+            look: self.look(),
         };
         let mut first = true;
         loop {
@@ -1287,12 +1326,31 @@ impl LockFile {
                 &mut cached.file,
             ) {
                 Ok(Some(held)) => return Ok((held, record)),
-                Ok(None) => transient = 0,
-                // Tried again after a short pause even by a try-once
-                // acquire: such an error says nothing about the lock.
-                Err(e) if transient < 3 && e.io_error().is_some_and(fs::is_transient) => {
-                    transient += 1;
-                    std::thread::sleep(Duration::from_millis(1 << transient));
+                Ok(None) => {
+                    transient = 0;
+                    failing = None;
+                }
+                Err(e) if e.io_error().is_some_and(fs::is_transient) => {
+                    // Tried again after a short pause even by a try-once
+                    // acquire: such an error says nothing about the lock.
+                    if transient < 3 {
+                        transient += 1;
+                        std::thread::sleep(Duration::from_millis(1 << transient));
+                        continue;
+                    }
+                    // Still failing, on a network file system: a server
+                    // restarting or out of reach. A wait goes on through
+                    // it, polling, until its deadline or for
+                    // `SERVER_PATIENCE` at most, and then says why it could
+                    // not look. (On a local disk such an error stays.)
+                    let since = *failing.get_or_insert_with(Instant::now);
+                    if self.is_local() || since.elapsed() >= SERVER_PATIENCE {
+                        return Err(e);
+                    }
+                    let Some(nap) = backoff.next(deadline) else {
+                        return Err(e);
+                    };
+                    std::thread::sleep(nap);
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -528,13 +528,51 @@ mod signals {
     /// process sent must be passed on to `child`.
     #[cfg(target_os = "linux")]
     fn forward_from_kernel(signal: i32, from_kernel: bool, child: rustix::process::Pid) -> bool {
-        let ours = rustix::process::getpgrp();
-        let same_group = rustix::process::getpgid(Some(child)).is_ok_and(|g| g == ours);
+        // `/proc` speaks of the PID namespace that mounted it: one that
+        // does not know this process by its own PID (a PID namespace made
+        // without a `/proc` of its own) cannot say; then the signal is
+        // passed on (the command may get a terminal's signal twice).
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let own_proc = std::fs::read_to_string("/proc/self/stat").is_ok_and(|stat| {
+            stat.split_ascii_whitespace().next() == Some(me.to_string().as_str())
+        });
+        if !own_proc {
+            return true;
+        }
+        let ours = group_and_session("self");
+        let theirs = group_and_session(&child.as_raw_nonzero().to_string());
+        let same_group = matches!((ours, theirs), (Some((a, _)), Some((b, _))) if a == b);
         // A hang-up reaches the session leader alone: if portalock leads
         // its session, the command did not get it.
-        let leads_session =
-            rustix::process::getsid(None).is_ok_and(|sid| sid == rustix::process::getpid());
+        let leads_session = ours.is_some_and(|(_, sid)| sid == i64::from(me));
         should_forward(signal, from_kernel, same_group, leads_session)
+    }
+
+    /// The process group and session (fields 5 and 6 of
+    /// `/proc/<pid>/stat`, counted after the command name's last `)`).
+    ///
+    /// Read from `/proc` rather than asked with `getpgid`/`getsid`: in a
+    /// PID namespace whose group or session leader lives outside (a
+    /// container started from a shell, `unshare --pid`), the kernel answers
+    /// 0, which rustix's `Pid` cannot hold. Here 0 is a value: a command
+    /// that stayed in portalock's group shows the same 0, and a command
+    /// that made its own group shows its own PID.
+    #[cfg(target_os = "linux")]
+    fn group_and_session(pid: &str) -> Option<(i64, i64)> {
+        let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+        parse_group_and_session(&stat)
+    }
+
+    /// The parsing half of [`group_and_session`].
+    #[cfg(target_os = "linux")]
+    pub(crate) fn parse_group_and_session(stat: &[u8]) -> Option<(i64, i64)> {
+        let after = stat.iter().rposition(|&b| b == b')')? + 1;
+        let text = std::str::from_utf8(stat.get(after..)?).ok()?;
+        // State, parent, group, session.
+        let mut fields = text.split_ascii_whitespace().skip(2);
+        let group = fields.next()?.parse().ok()?;
+        let session = fields.next()?.parse().ok()?;
+        Some((group, session))
     }
 
     /// The rule, for the unit test.
@@ -560,6 +598,18 @@ mod signals {
     #[cfg(all(test, target_os = "linux"))]
     mod tests {
         use super::*;
+
+        #[test]
+        fn group_and_session_are_read_after_the_command_name() {
+            let stat = b"42 (a) b (c)) S 1 0 0 0 -1 4194560";
+            assert_eq!(parse_group_and_session(stat), Some((0, 0)));
+            let stat = b"42 (sh) S 1 42 7 34816 42 4194560";
+            assert_eq!(parse_group_and_session(stat), Some((42, 7)));
+            assert_eq!(parse_group_and_session(b"42 (sh"), None);
+            assert_eq!(parse_group_and_session(b"42 (sh) S 1"), None);
+            // This process: a group and a session, whatever their numbers.
+            assert!(group_and_session("self").is_some());
+        }
 
         #[test]
         fn a_terminals_signals_are_not_passed_on_to_a_command_that_got_them() {

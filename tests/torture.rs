@@ -13,7 +13,9 @@
 //!   never show two holders at once.
 //!
 //! `PORTALOCK_TORTURE_SCALE` (a factor, default 1) scales the work; under
-//! Windows (Wine in CI) the default is a tenth.
+//! Windows (Wine in CI) the default is a tenth. `PORTALOCK_TORTURE_DIR`
+//! puts the locks in that directory (CI: on each network file system)
+//! instead of a temporary one.
 //!
 //! Every wait of the harness is bounded; a failure exits non-zero with the
 //! reason.
@@ -109,8 +111,16 @@ fn scaled(n: usize, scale: f64) -> usize {
     ((n as f64 * scale).round() as usize).max(1)
 }
 
+/// A fresh directory for one run: under `PORTALOCK_TORTURE_DIR` where it
+/// is set (CI points it at a network file system), else a temporary one.
 fn scratch() -> Result<tempfile::TempDir, String> {
-    tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))
+    match std::env::var_os("PORTALOCK_TORTURE_DIR") {
+        Some(dir) => tempfile::Builder::new()
+            .prefix("torture-")
+            .tempdir_in(&dir)
+            .map_err(|e| format!("a directory in {}: {e}", Path::new(&dir).display())),
+        None => tempfile::tempdir().map_err(|e| format!("temp dir: {e}")),
+    }
 }
 
 fn spawn(role: &str, args: &[String]) -> Result<Child, String> {
@@ -432,6 +442,7 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
     // afterwards leaves nothing of the killed processes behind.
     let last = LockOptions::new()
         .strategy(strategy)
+        .trust_os_locks(true)
         .poll_interval(Duration::from_millis(5))
         .grace(Duration::from_millis(200))
         .open(&lock)
@@ -665,8 +676,12 @@ fn child(role: &str, args: &[String]) -> i32 {
 fn options(strategy: &str) -> Result<LockOptions, String> {
     let strategy: LockStrategy = strategy.parse().map_err(|e| format!("{e}"))?;
     let mut options = LockOptions::new();
+    // Every process of the suite runs on this machine: an Os lock on a
+    // network file system whose OS locks stay on each client excludes
+    // them all the same.
     options
         .strategy(strategy)
+        .trust_os_locks(true)
         .poll_interval(Duration::from_millis(5))
         .grace(Duration::from_millis(200));
     Ok(options)

@@ -47,6 +47,7 @@ pub(crate) struct Held {
     pub(crate) token: String,
     claim: Utf8PathBuf,
     sync: bool,
+    look: fs::Look,
     /// A taken name of this acquisition that a failed release could not put
     /// back as the claim. Shared with the copies a release keeps: a retry
     /// goes on from it (nobody else may: it names this live process).
@@ -109,6 +110,7 @@ pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     sync: bool,
+    look: fs::Look,
 ) -> Result<Option<Held>> {
     let claim = claim_path(path, &record.token)?;
     let mut file = fault::step("link.acquire.claim", || fs::create_new(&claim))
@@ -132,6 +134,7 @@ pub(crate) fn try_acquire(
         token: record.token.clone(),
         claim: claim.clone(),
         sync,
+        look,
         stranded: Arc::default(),
     };
     let linked = link(path, &claim, &record.token).and_then(|ours| {
@@ -297,9 +300,10 @@ impl Held {
 }
 
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    match fs::lstat(&held.claim) {
-        Ok(_) => names(path, &held.token),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match held.stranded_name() {
+    // Not `lstat`ed on a network file system: see `fs::Look`.
+    match fs::look_id(&held.claim, held.look) {
+        Ok(Some(_)) => names(path, &held.token),
+        Ok(None) => match held.stranded_name() {
             // Mid-release (a release that failed half way): still ours.
             Some(_) => names(path, &held.token),
             None => Ok(false),

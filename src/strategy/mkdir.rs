@@ -30,7 +30,12 @@ use crate::strategy::{Broken, Claim, LockStrategy, Opaque, Probe, Released, Seen
 pub(crate) struct Held {
     pub(crate) token: String,
     sync: bool,
+    look: fs::Look,
 }
+
+/// How long a lock path of the wrong kind on a network file system is
+/// looked at again before it is an error (see `try_acquire`).
+const WRONG_KIND_PATIENCE: Duration = Duration::from_millis(2500);
 
 pub(crate) fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
     path.join(format!("{token}.json"))
@@ -40,11 +45,27 @@ pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     sync: bool,
+    look: fs::Look,
 ) -> Result<Option<Held>> {
     match fault::step("mkdir.acquire.mkdir", || fs::create_dir(path)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return fs::busy(path, LockStrategy::Mkdir, FileKind::Directory).map(|()| None);
+            let busy = || fs::busy(path, LockStrategy::Mkdir, FileKind::Directory);
+            let mut found = busy();
+            // An SMB client may take a directory that another client made
+            // for a file it had cached under the same (reused) inode
+            // number, until it looks again: only a kind that stays wrong
+            // for longer than its attribute cache (a second) is an error.
+            let mut waited = Duration::ZERO;
+            while look != fs::Look::Stat
+                && matches!(found, Err(Error::WrongFileType { .. }))
+                && waited < WRONG_KIND_PATIENCE
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                waited += Duration::from_millis(100);
+                found = busy();
+            }
+            return found.map(|()| None);
         }
         Err(e) => return Err(fs::io_error(path, "create lock directory", e)),
     }
@@ -52,6 +73,7 @@ pub(crate) fn try_acquire(
         Ok(true) => Ok(Some(Held {
             token: record.token.clone(),
             sync,
+            look,
         })),
         Ok(false) => Ok(None),
         Err(e) => Err(e),
@@ -98,16 +120,27 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             return Err(Error::io(path, "open lock directory", e));
         }
     };
-    let written = fault::step("mkdir.acquire.record", || {
+    let open = |flags: OFlags| {
         fs::stale_retry(|| {
             rustix::fs::openat(
                 &dir,
                 name.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                flags | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(fs::FILE_MODE as _),
             )
             .map_err(io::Error::from)
         })
+    };
+    let written = fault::step("mkdir.acquire.record", || {
+        match open(OFlags::CREATE | OFlags::EXCL) {
+            // The name is this acquisition's alone (a fresh token): if it
+            // exists, this process made it, and the client lost the
+            // answer (an SMB client replaying its create, or taking the
+            // new file for one it had cached under the same reused inode
+            // number). Opened as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(OFlags::TRUNC),
+            other => other,
+        }
     })
     .and_then(|fd| {
         let mut file = std::fs::File::from(fd);
@@ -259,15 +292,12 @@ fn dir_ino(path: &Utf8Path) -> Option<u64> {
 }
 
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    match fs::lstat(record_path(path, &held.token)) {
-        Ok(meta) => Ok(meta.is_file()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    // Not `lstat`ed on a network file system: see `fs::Look`.
+    Ok(fs::look_id(&record_path(path, &held.token), held.look)?.is_some_and(|(_, file)| file))
 }
 
 pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    let Held { token, sync } = held;
+    let Held { token, sync, .. } = held;
     Ok(match break_record(path, &token)? {
         Broken::Removed => {
             if sync {
@@ -333,8 +363,14 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     };
     let target = record_path(path, token);
     // Released since the listing (on sshfs, `fstat` and `read` of an open
-    // file can find it gone too): an empty stamp marks the change.
-    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    // file can find it gone too; an SMB server answers "delete pending",
+    // which newer Linux clients report as EBUSY, and Linux 6.1's as EINVAL
+    // when its directory went too): an empty stamp marks the change.
+    let gone = |e: &io::Error| {
+        e.kind() == io::ErrorKind::NotFound
+            || e.kind() == io::ErrorKind::ResourceBusy
+            || e.kind() == io::ErrorKind::InvalidInput
+    };
     let mut opaque = None;
     let bytes = match fs::open_read(&target) {
         Ok(file) => match file.metadata() {
@@ -388,10 +424,18 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&target, "remove owner record", e)),
     }
-    // A process on this client that still has the record open (a prober,
-    // for a moment) turns its unlink into a hidden rename on FUSE and NFS
-    // clients (`.fuse_hidden*`, `.nfs*`), which goes away when it closes
-    // the file. Wait for that, briefly; nothing else may be in the way.
+    remove_dir_after(path, token)
+}
+
+/// Removes the lock directory `path` once the record of `token` was
+/// unlinked from it.
+///
+/// A process on this client that still has the record open (a prober,
+/// for a moment) turns its unlink into a hidden rename on FUSE and NFS
+/// clients (`.fuse_hidden*`, `.nfs*`), which goes away when it closes the
+/// file; on SMB the record stays listed, "delete pending", until then.
+/// Wait for that, briefly; nothing else may be in the way.
+fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
     let mut wait = Duration::from_millis(1);
     let mut waited = Duration::ZERO;
     let rmdir = || fault::step("mkdir.remove.dir", || fs::remove_dir(path));

@@ -253,11 +253,20 @@ impl Held {
 
     /// Whether the lock at `path` is still this acquisition's: its artifact
     /// was neither broken nor replaced.
+    ///
+    /// A stale file handle that outlasts the retries (`fs::stale_retry`)
+    /// means the server no longer has what this acquisition made (its lock
+    /// file or directory, or the directory around them, was removed or
+    /// replaced there): not ours any more.
     pub(crate) fn check(&self, path: &Utf8Path) -> io::Result<bool> {
-        match self {
+        let checked = match self {
             Held::Os(h) => os::check(path, h),
             Held::Mkdir(h) => mkdir::check(path, h),
             Held::Link(h) => link::check(path, h),
+        };
+        match checked {
+            Err(e) if e.kind() == io::ErrorKind::StaleNetworkFileHandle => Ok(false),
+            other => other,
         }
     }
 }
@@ -393,8 +402,8 @@ pub(crate) fn try_acquire(
     let sync = how.sync;
     Ok(match strategy {
         Concrete::Os => os::try_acquire(path, record, block, how, cached)?.map(Held::Os),
-        Concrete::Mkdir => mkdir::try_acquire(path, record, sync)?.map(Held::Mkdir),
-        Concrete::Link => link::try_acquire(path, record, sync)?.map(Held::Link),
+        Concrete::Mkdir => mkdir::try_acquire(path, record, sync, how.look)?.map(Held::Mkdir),
+        Concrete::Link => link::try_acquire(path, record, sync, how.look)?.map(Held::Link),
     })
 }
 

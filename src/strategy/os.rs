@@ -61,6 +61,8 @@ pub(crate) struct How {
     pub(crate) sync: bool,
     /// Remove the lock file on release (a temporary lock file).
     pub(crate) remove: bool,
+    /// How the lock file's path is looked at (see `fs::Look`).
+    pub(crate) look: fs::Look,
 }
 
 pub(crate) fn try_acquire(
@@ -77,6 +79,7 @@ pub(crate) fn try_acquire(
     // after many, the lock is plainly busy.
     for _ in 0..64 {
         let pid = std::process::id();
+        let reused = cached.as_ref().is_some_and(|open| open.pid == pid);
         let Open { file, id, .. } = match cached.take().filter(|open| open.pid == pid) {
             Some(open) => open,
             None => {
@@ -96,9 +99,19 @@ pub(crate) fn try_acquire(
         let file = lock.into_inner();
         match taken {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if crate::flock::contended(&e, &file) => {
                 *cached = Some(Open { file, id, pid });
                 return Ok(None);
+            }
+            // A file kept open since an earlier try, whose handle the
+            // server no longer knows (an SMB client after the server
+            // restarted answers "bad file descriptor"; NFS, a stale
+            // handle): dropped, and the file opened again.
+            Err(e)
+                if reused
+                    && (e.kind() == io::ErrorKind::StaleNetworkFileHandle || is_bad_handle(&e)) =>
+            {
+                continue
             }
             Err(e) => return Err(Error::io(path, "lock", e)),
         }
@@ -107,7 +120,7 @@ pub(crate) fn try_acquire(
             unlock(&file);
             return Err(Error::io(path, "lock", e));
         }
-        let len = match fs::path_state(path) {
+        let len = match path_state(path, &file, how.look) {
             Ok(Some((now, len))) if now == id => len,
             Ok(_) => {
                 // Deleted or replaced since it was opened: lock what the
@@ -153,7 +166,7 @@ pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) ->
         id,
         how,
     } = held;
-    let result = release_locked(path, &file, &token, id).and_then(|released| {
+    let result = release_locked(path, &file, &token, id, how.look).and_then(|released| {
         if !matches!(released, Released::Done) {
             return Ok(released);
         }
@@ -188,17 +201,35 @@ pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) ->
     result
 }
 
-fn release_locked(path: &Utf8Path, file: &File, token: &str, id: fs::FileId) -> Result<Released> {
-    let len = match fs::path_state(path).map_err(|e| Error::io(path, "inspect lock file", e))? {
-        Some((now, len)) if now == id => len,
-        // Deleted or replaced: others lock another inode now.
-        _ => return Ok(Released::Lost(None)),
+fn release_locked(
+    path: &Utf8Path,
+    file: &File,
+    token: &str,
+    id: fs::FileId,
+    look: fs::Look,
+) -> Result<Released> {
+    let len = match path_state(path, file, look) {
+        Ok(Some((now, len))) if now == id => len,
+        // Deleted or replaced: others lock another inode now. A stale
+        // file handle that outlasted its retries says the same of the
+        // directory around it (see `Held::check`).
+        Ok(_) => return Ok(Released::Lost(None)),
+        Err(e) if e.kind() == io::ErrorKind::StaleNetworkFileHandle => {
+            return Ok(Released::Lost(None))
+        }
+        Err(e) => return Err(Error::io(path, "inspect lock file", e)),
     };
     // Read back: a record that is not ours (written by something that
     // ignores the lock, or through a network client whose OS locks do not
     // reach ours) is left alone and the lock reported lost.
-    let bytes =
-        read_from_start(file, len).map_err(|e| Error::io(path, "read the owner record of", e))?;
+    let bytes = match fs::conflict_retry(|| read_from_start(file, len)) {
+        Ok(bytes) => bytes,
+        // Another client's lock covers the file (see `check`).
+        Err(e) if look != fs::Look::Stat && e.kind() == io::ErrorKind::PermissionDenied => {
+            return Ok(Released::Lost(None))
+        }
+        Err(e) => return Err(Error::io(path, "read the owner record of", e)),
+    };
     if !record_has_token(&bytes, token) {
         return Ok(Released::Lost(Some(OwnerRecord::parse(&bytes))));
     }
@@ -214,8 +245,60 @@ fn release_locked(path: &Utf8Path, file: &File, token: &str, id: fs::FileId) -> 
 /// The lock is ours while the path still names the inode we locked: the
 /// kernel lock cannot be taken away, but the file can be deleted or
 /// replaced, after which other processes lock another inode.
+///
+/// On a network file system the server can lose the lock (an SMB server
+/// restarted: Linux clients do not take their byte-range locks again), and
+/// another client then takes it and writes its record: the record, read
+/// through the locked file, must still be ours. An SMB server refuses
+/// that read (`EACCES`) while another client's lock covers the file, but
+/// also, for a while, while a lease on it is being broken: an error, not
+/// an answer.
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    check_id(path, held.id)
+    if held.how.look == fs::Look::Stat {
+        return check_id(path, held.id);
+    }
+    if path_state(path, &held.file, held.how.look)?.map(|(id, _)| id) != Some(held.id) {
+        return Ok(false);
+    }
+    let bytes = fs::conflict_retry(|| read_from_start(&held.file, MAX_RECORD_LEN as u64))?;
+    Ok(record_has_token(&bytes, &held.token))
+}
+
+/// `EBADF`.
+fn is_bad_handle(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(libc::EBADF)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// The identity of the file at `path`, as `look` finds it, and the length
+/// of `file`, the locked file it should be.
+fn path_state(
+    path: &Utf8Path,
+    file: &File,
+    look: fs::Look,
+) -> io::Result<Option<(fs::FileId, u64)>> {
+    if look == fs::Look::Stat {
+        return fs::path_state(path);
+    }
+    match fs::look_id(path, look)? {
+        Some((listed, _)) => {
+            let mine = fs::file_id(file)?;
+            let id = if fs::same_listed(listed, mine) {
+                mine
+            } else {
+                listed
+            };
+            Ok(Some((id, file.metadata()?.len())))
+        }
+        None => Ok(None),
+    }
 }
 
 fn check_id(path: &Utf8Path, id: fs::FileId) -> io::Result<bool> {
@@ -230,15 +313,13 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     };
     check_regular(path, &file)?;
     let lock = fd_lock::RwLock::new(file);
-    match lock.try_read() {
-        Ok(guard) => {
-            drop(guard);
-            return Ok(Probe::Free);
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+    let tried = lock.try_read().map(drop);
+    let file = lock.into_inner();
+    match tried {
+        Ok(()) => return Ok(Probe::Free),
+        Err(e) if crate::flock::contended(&e, &file) => {}
         Err(e) => return Err(Error::io(path, "probe", e)),
     }
-    let file = lock.into_inner();
     // The holder may be between locking and writing its record: try a few
     // times before calling the owner unknown.
     let mut record = None;
@@ -333,12 +414,12 @@ fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) ->
     let old = if len == 0 {
         Vec::new()
     } else {
-        read_from_start(file, len).map_err(|e| Error::io(path, "read", e))?
+        fs::conflict_retry(|| read_from_start(file, len)).map_err(|e| Error::io(path, "read", e))?
     };
     check_overwritable(path, &old)?;
     let mut bytes = record.to_json().into_bytes();
     bytes.push(b'\n');
-    fs::rewrite(file, &bytes, old.len())
+    fs::conflict_retry(|| fs::rewrite(file, &bytes, old.len()))
         .map_err(|e| Error::io(path, "write the owner record to", e))
 }
 

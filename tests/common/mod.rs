@@ -27,6 +27,17 @@ const SEP: char = '\u{1f}';
 /// How long the parent waits for any one event from a child.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`Proc`] waits for one event from its child: [`EVENT_TIMEOUT`],
+/// or `PORTALOCK_TEST_EVENT_TIMEOUT` seconds where the environment says
+/// (the SMB lanes: a client there can wait half a minute for the other
+/// client to give up its lease on a file).
+fn child_timeout() -> Duration {
+    std::env::var("PORTALOCK_TEST_EVENT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(EVENT_TIMEOUT, Duration::from_secs)
+}
+
 /// A child test process.
 pub struct Proc {
     child: Child,
@@ -118,17 +129,15 @@ impl Proc {
     /// Waits for the event `name` and returns its data; fails the test if
     /// the child says something else, exits, or stays silent too long.
     pub fn expect(&mut self, name: &str) -> String {
-        match self.lines.recv_timeout(EVENT_TIMEOUT) {
+        let timeout = child_timeout();
+        match self.lines.recv_timeout(timeout) {
             Ok(line) => {
                 let (event, data) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 assert_eq!(event, name, "child {} said {line:?}", self.role);
                 data.to_owned()
             }
             Err(RecvTimeoutError::Timeout) => {
-                panic!(
-                    "child {} did not say {name} within {EVENT_TIMEOUT:?}",
-                    self.role
-                )
+                panic!("child {} did not say {name} within {timeout:?}", self.role)
             }
             Err(RecvTimeoutError::Disconnected) => {
                 let status = self.child.wait().ok();
@@ -143,7 +152,7 @@ impl Proc {
     /// Waits for the next event, whatever it is, and returns its name and
     /// data; fails the test if the child exits or stays silent too long.
     pub fn next_event(&mut self) -> (String, String) {
-        match self.lines.recv_timeout(EVENT_TIMEOUT) {
+        match self.lines.recv_timeout(child_timeout()) {
             Ok(line) => {
                 let (event, data) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 (event.to_owned(), data.to_owned())
@@ -231,6 +240,8 @@ pub fn child_entry() {
     let code = match role.as_str() {
         "hold" => hold(&args),
         "count" => count(&args),
+        "count-loose" => count_loose(&args),
+        "run-count" => run_count(&args),
         "race" => race(&args),
         "waiter" => waiter(&args),
         "bump" => bump(&args),
@@ -275,13 +286,31 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-fn open(strategy: &str, path: &str) -> LockFile {
-    let strategy: LockStrategy = strategy.parse().expect("strategy");
-    LockOptions::new()
+/// The options a child's `STRATEGY` argument names: a strategy, then
+/// optional `+` flags: `trust` (`trust_os_locks(true)`), `sync`
+/// (`sync(true)`), `temp` (`remove_on_release(true)`). `temp-os` is
+/// `os+temp`.
+pub fn options_for(spec: &str) -> LockOptions {
+    let spec = if spec == "temp-os" { "os+temp" } else { spec };
+    let mut parts = spec.split('+');
+    let strategy: LockStrategy = parts.next().unwrap_or_default().parse().expect("strategy");
+    let mut options = LockOptions::new();
+    options
         .strategy(strategy)
-        .poll_interval(Duration::from_millis(5))
-        .open(path)
-        .expect("open lock")
+        .poll_interval(Duration::from_millis(5));
+    for flag in parts {
+        match flag {
+            "trust" => options.trust_os_locks(true),
+            "sync" => options.sync(true),
+            "temp" => options.remove_on_release(true),
+            other => panic!("unknown strategy flag {other:?} in {spec:?}"),
+        };
+    }
+    options
+}
+
+fn open(strategy: &str, path: &str) -> LockFile {
+    options_for(strategy).open(path).expect("open lock")
 }
 
 /// `hold STRATEGY PATH [LEASE_MS]`: takes the lock (with a lease if given;
@@ -289,12 +318,8 @@ fn open(strategy: &str, path: &str) -> LockFile {
 /// serves commands until end of input: `check` says `CHECKED <result of
 /// ensure_held>`, `release` says `RELEASED <result>`.
 fn hold(args: &[&str]) -> i32 {
-    let strategy: LockStrategy = args[0].parse().expect("strategy");
-    let mut options = LockOptions::new();
-    options
-        .strategy(strategy)
-        .poll_interval(Duration::from_millis(5))
-        .on_lost(|_| say("ONLOST"));
+    let mut options = options_for(args[0]);
+    options.on_lost(|_| say("ONLOST"));
     if let Some(ms) = args.get(2) {
         let ms: u64 = ms.parse().expect("lease in ms");
         options.lease(Some(Duration::from_millis(ms)));
@@ -309,11 +334,22 @@ fn hold(args: &[&str]) -> i32 {
     0
 }
 
-/// Answers `check`, `try`, `release` and `wait MS` (`acquire_timeout`,
-/// saying `WAITED <result>`) on `lock` until end of input.
+/// Answers `check`, `try`, `release`, `wait MS` (`acquire_timeout`,
+/// saying `WAITED <result>`) and `owner` (`OWNER <pid> <liveness>` of the
+/// holder as this process judges it, or `OWNER none`) on `lock` until end
+/// of input.
 fn serve(lock: &LockFile) {
     for line in std::io::stdin().lock().lines() {
         match line.as_deref() {
+            Ok("owner") => match lock.owner() {
+                Ok(Some(owner)) => say(&format!(
+                    "OWNER {} {:?}",
+                    owner.pid,
+                    lock.owner_liveness(&owner)
+                )),
+                Ok(None) => say("OWNER none"),
+                Err(e) => say(&format!("OWNER error {e}")),
+            },
             Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
             Ok("try") => say(&format!("TRIED {}", outcome(lock.try_acquire()))),
             Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
@@ -330,11 +366,8 @@ fn serve(lock: &LockFile) {
 
 /// `waiter STRATEGY PATH GRACE_MS`: as `race`, with that grace period.
 fn waiter(args: &[&str]) -> i32 {
-    let strategy: LockStrategy = args[0].parse().expect("strategy");
     let grace: u64 = args[2].parse().expect("grace in ms");
-    let lock = LockOptions::new()
-        .strategy(strategy)
-        .poll_interval(Duration::from_millis(5))
+    let lock = options_for(args[0])
         .grace(Duration::from_millis(grace))
         .open(args[1])
         .expect("open lock");
@@ -375,16 +408,7 @@ fn race(args: &[&str]) -> i32 {
 /// times under the lock: marks the critical section occupied (failing if it
 /// already is), reads the counter, yields, writes it plus one. Says `DONE`.
 fn count(args: &[&str]) -> i32 {
-    // `STRATEGY` may be `temp-os`: an Os lock file removed on release.
-    let lock = match args[0] {
-        "temp-os" => LockOptions::new()
-            .strategy(LockStrategy::Os)
-            .remove_on_release(true)
-            .poll_interval(Duration::from_millis(5))
-            .open(args[1])
-            .expect("open lock"),
-        strategy => open(strategy, args[1]),
-    };
+    let lock = open(args[0], args[1]);
     let n: u32 = args[3].parse().expect("iterations");
     count_under(
         n,
@@ -392,6 +416,98 @@ fn count(args: &[&str]) -> i32 {
         || lock.lock(),
         |guard| guard.release(),
     )
+}
+
+/// `count-loose STRATEGY LOCK COUNTER N`: as `count`, but an overlap does
+/// not stop it: it counts them and increments anyway, as a program would
+/// that trusts its lock. Says `OVERLAPS <n>` (the times it found another
+/// process inside, or was told at release that another took the lock
+/// meanwhile), then `DONE`. For negative controls: a lock that does not
+/// exclude must show here.
+fn count_loose(args: &[&str]) -> i32 {
+    let lock = open(args[0], args[1]);
+    let counter = Path::new(args[2]);
+    let n: u32 = args[3].parse().expect("iterations");
+    say("READY");
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+        return 2;
+    }
+    let occupied = counter.with_extension("occupied");
+    let mut overlaps = 0u32;
+    for _ in 0..n {
+        let guard = match lock.lock() {
+            Ok(guard) => guard,
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        };
+        let mine = std::fs::File::create_new(&occupied).is_ok();
+        if !mine {
+            overlaps += 1;
+        }
+        // Another writer may be half way through: what cannot be read
+        // counts as nothing (an update lost, as it would be).
+        let value: u64 = std::fs::read_to_string(counter)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        std::thread::yield_now();
+        write_counter(counter, value + 1);
+        if mine {
+            let _ = std::fs::remove_file(&occupied);
+        }
+        match guard.release() {
+            Ok(()) => {}
+            Err(Error::LockLost { .. }) => overlaps += 1,
+            Err(e) => {
+                eprintln!("count-loose {}: release: {e}", std::process::id());
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        }
+    }
+    say(&format!("OVERLAPS {overlaps}"));
+    say("DONE");
+    0
+}
+
+/// `run-count TOOL STRATEGY LOCK COUNTER N`: says `READY`, waits for
+/// `go`, then N times runs `TOOL run --strategy STRATEGY LOCK -- <this
+/// test executable as a bump child>`, failing if one does not exit 0.
+/// Says `DONE`. The CLI's counter, from wherever this child runs.
+fn run_count(args: &[&str]) -> i32 {
+    let [tool, strategy, lock, counter, n] = args else {
+        eprintln!("run-count: bad arguments {args:?}");
+        return 2;
+    };
+    let n: u32 = n.parse().expect("iterations");
+    say("READY");
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+        return 2;
+    }
+    let command = child_command_line();
+    for _ in 0..n {
+        let status = Command::new(tool)
+            .args(["run", "--strategy", strategy, lock, "--"])
+            .args(&command)
+            .env(ROLE_ENV, "bump")
+            .env(ARGS_ENV, counter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => {}
+            other => {
+                say(&format!("ERROR portalock run: {other:?}"));
+                return 1;
+            }
+        }
+    }
+    say("DONE");
+    0
 }
 
 /// Drives `count` children: waits until all are ready, starts them
@@ -478,9 +594,25 @@ fn increment(counter: &Path) -> bool {
         .parse()
         .expect("counter holds a number");
     std::thread::yield_now();
-    std::fs::write(counter, format!("{}\n", value + 1)).expect("write counter");
+    write_counter(counter, value + 1);
     std::fs::remove_file(&occupied).expect("clear occupancy marker");
     true
+}
+
+/// Writes `value` to the counter file: in place, or, where
+/// `PORTALOCK_TEST_COUNTER_BY_RENAME` is set, as a new file renamed over
+/// it (what the README asks of data kept under a lock on NFSv3, whose
+/// clients tell a changed file by a time stamp as coarse as the server's
+/// clock tick).
+pub fn write_counter(counter: &Path, value: u64) {
+    let text = format!("{value}\n");
+    if std::env::var_os("PORTALOCK_TEST_COUNTER_BY_RENAME").is_some() {
+        let new = counter.with_extension(format!("new.{}", std::process::id()));
+        std::fs::write(&new, text).expect("write the new counter");
+        std::fs::rename(&new, counter).expect("rename the new counter over the old");
+    } else {
+        std::fs::write(counter, text).expect("write counter");
+    }
 }
 
 /// `flock PATH`: locks the open file PATH exclusively with
