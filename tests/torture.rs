@@ -15,7 +15,8 @@
 //! `PORTALOCK_TORTURE_SCALE` (a factor, default 1) scales the work; under
 //! Windows (Wine in CI) the default is a tenth. `PORTALOCK_TORTURE_DIR`
 //! puts the locks in that directory (CI: on each network file system)
-//! instead of a temporary one.
+//! instead of a temporary one. `PORTALOCK_TORTURE_CHAOS_SKIP` (a comma
+//! list of strategies) leaves their chaos rounds out, saying so.
 //!
 //! Every wait of the harness is bounded; a failure exits non-zero with the
 //! reason.
@@ -71,7 +72,14 @@ fn main() {
             Err(e) => failures.push(format!("mutual exclusion, {strategy}: {e}")),
         }
     }
+    // Strategies whose chaos rounds a lane leaves out, each for a reason
+    // the README gives (CI: the Os lock on NFSv3, an open problem there).
+    let skip = std::env::var("PORTALOCK_TORTURE_CHAOS_SKIP").unwrap_or_default();
     for strategy in LockStrategy::ALL {
+        if skip.split(',').any(|s| s.trim() == strategy.as_str()) {
+            println!("torture: chaos {strategy} left out (PORTALOCK_TORTURE_CHAOS_SKIP)");
+            continue;
+        }
         match chaos(strategy, scale) {
             Ok(figures) => {
                 totals.acquisitions += figures.acquisitions;
