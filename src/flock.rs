@@ -96,11 +96,7 @@ pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if e.raw_os_error() == Some(rustix::io::Errno::ACCESS.raw_os_error()) {
-        const CIFS: u64 = 0xff53_4d42;
-        const SMB2: u64 = 0xfe53_4d42;
-        return rustix::fs::fstatfs(file)
-            // `f_type` is 32 bits wide on some targets: compared as such.
-            .is_ok_and(|fs| matches!(fs.f_type as u64 & 0xffff_ffff, CIFS | SMB2));
+        return crate::filesystem::file_is_smb(file);
     }
     let _ = file;
     false
