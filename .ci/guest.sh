@@ -37,6 +37,11 @@
 #                   900; installing packages is not counted); exit 124 when hit
 #   GUEST_MEM       guest memory in MiB (default 1024)
 #   GUEST_VERBOSE=1 the guest's own messages (boot, halt) on stderr too
+#   GUEST_UML       the UML kernel to boot (default linux.uml, Debian's) and
+#   GUEST_UML_MODULES  its modules (default /usr/lib/uml/modules): to try
+#                   another kernel, e.g. a newer Debian's user-mode-linux
+#                   unpacked with `dpkg-deb -x` (a wrapper script that runs it
+#                   through that release's ld.so if it needs a newer libc)
 #
 # Requirements: x86_64 Debian 12, root, apt reaching Debian's archive. The
 # first run installs $PKGS (below) with apt; later runs need no network.
@@ -100,7 +105,7 @@ cmd_run() {
     # UML's modules are in /usr/lib/uml/modules, not in the host's
     # /lib/modules, and `modprobe -d DIR` looks in DIR/lib/modules/$(uname -r).
     mkdir -p "$run/uml/lib" "$run/bin"
-    ln -s /usr/lib/uml/modules "$run/uml/lib/modules"
+    ln -s "${GUEST_UML_MODULES:-/usr/lib/uml/modules}" "$run/uml/lib/modules"
     printf '#!/bin/sh\nexec /usr/sbin/modprobe -d %s "$@"\n' "$run/uml" >"$run/bin/modprobe"
     chmod +x "$run/bin/modprobe"
 
@@ -121,13 +126,14 @@ cmd_run() {
     # UML backs the guest's memory with a file in $TMPDIR: /dev/shm (tmpfs)
     # is fastest when it has room.
     [ -d "$memdir" ] && (($(df -Pm "$memdir" | awk 'NR==2{print $4}') > mem + 256)) || memdir=/tmp
-    log "starting UML ($(linux.uml --version 2>/dev/null | head -n 1), ${mem}M, timeout ${tmo}s)"
+    local uml=${GUEST_UML:-linux.uml}
+    log "starting UML ($("$uml" --version 2>/dev/null | head -n 1), ${mem}M, timeout ${tmo}s)"
     # con0 (the guest's console) -> console.log; con1/con2 (the guest's
     # tty1/tty2) -> our stdout/stderr; no other consoles or serial lines.
     # `timeout` leads its own process group; linux.uml, its child, makes
     # another one for itself and the host processes that carry the guest's.
     # (exec: so that $! is timeout's PID, not that of a subshell around it)
-    (TMPDIR=$memdir exec timeout -k 5 "$tmo" linux.uml mem="${mem}M" \
+    (TMPDIR=$memdir exec timeout -k 5 "$tmo" "$uml" mem="${mem}M" \
         root=/dev/root rootfstype=hostfs rootflags=/ rw init="$run/init" quiet \
         con=null ssl=null con0=null,fd:5 con1=null,fd:3 con2=null,fd:4 \
         5>"$run/console.log" </dev/null >"$run/uml.log" 2>&1) &

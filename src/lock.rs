@@ -1226,20 +1226,38 @@ impl LockFile {
     /// Waits for the lock without blocking an async runtime: tries once,
     /// then sleeps with `tokio::time::sleep` between tries (backoff with
     /// jitter, at most the poll interval), until `timeout`. Dropping the
-    /// future between two tries leaves nothing held.
+    /// future between two tries leaves nothing held. As the blocking wait
+    /// does, it goes on through errors that may pass on a network file
+    /// system (for `SERVER_PATIENCE` at most), and says the last of them if
+    /// it ends while they last.
     #[cfg(feature = "tokio")]
     async fn guard_within_async(&self, timeout: Option<Duration>) -> Result<LockGuard<'_>> {
         let deadline = Deadline::after(timeout);
         let mut backoff = Backoff::new(self.poll_interval);
+        let mut failing: Option<(Instant, Error)> = None;
         loop {
             match self.acquire_token(Some(Duration::ZERO)) {
                 Ok(token) => return Ok(LockGuard { lock: self, token }),
-                Err(e) if e.is_contended() => {}
+                Err(e) if e.is_contended() => failing = None,
+                Err(e) if !self.is_local() && e.io_error().is_some_and(fs::is_transient) => {
+                    let since = failing
+                        .as_ref()
+                        .map_or_else(Instant::now, |(since, _)| *since);
+                    if since.elapsed() >= SERVER_PATIENCE {
+                        return Err(e);
+                    }
+                    failing = Some((since, e));
+                }
                 Err(e) => return Err(e),
             }
             match backoff.next(&deadline) {
                 Some(nap) => tokio::time::sleep(nap).await,
-                None => return Err(self.contended(timeout)),
+                None => {
+                    return Err(match failing {
+                        Some((_, e)) => e,
+                        None => self.contended(timeout),
+                    })
+                }
             }
         }
     }

@@ -723,6 +723,56 @@ fn a_lock_directory_replaced_on_the_server_under_its_holder(
     );
 }
 
+/// A wait in an async runtime goes on through errors that may pass on a
+/// network file system (a server restarting or out of reach: here, `EIO`
+/// from the step that makes the lock, more times in a row than the quick
+/// retries cover), as a blocking wait does, and takes the lock once the
+/// server answers again; it does not fail at the first such error.
+#[cfg(all(feature = "tokio", feature = "failpoints"))]
+#[rstest]
+#[case::mkdir(LockStrategy::Mkdir, "mkdir.acquire.mkdir")]
+#[case::link(LockStrategy::Link, "link.acquire.claim")]
+#[ignore = "needs two mounts of one export (see the module docs); .ci/run runs it"]
+fn an_async_wait_goes_on_through_errors_that_may_pass(
+    #[case] strategy: LockStrategy,
+    #[case] step: &str,
+) {
+    let lane = lane();
+    if lane.refusal(strategy).is_some() {
+        return; // refused when opened: see the test above
+    }
+    let dir = lane.shared();
+    let lock = LockOptions::new()
+        .strategy(strategy)
+        .poll_interval(Duration::from_millis(20))
+        .open(dir.a.join("async.lock"))
+        .expect("open");
+    let scenario = fail::FailScenario::setup();
+    // Four tries per look (one and three quick retries), so 12 failures
+    // outlast three looks.
+    fail::cfg(step, "12*return(5)").expect("configure the fault point");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let taken = runtime.block_on(lock.lock_timeout_async(BOUND));
+    scenario.teardown();
+    let guard = match taken {
+        Ok(guard) => guard,
+        Err(e) => panic!(
+            "{} {}: the async wait failed: {e}",
+            lane.name,
+            spec(strategy)
+        ),
+    };
+    guard.release().expect("release");
+    println!(
+        "netfs: {} {:<5}: an async wait went on through 12 I/O errors and took the lock",
+        lane.name,
+        spec(strategy)
+    );
+}
+
 fn variant(result: &Result<(), Error>) -> String {
     match result {
         Ok(()) => "Ok".to_owned(),
