@@ -87,7 +87,9 @@
 #   NETFS_SMB_EXTRA  more cifs mount options for both SMB clients (for
 #                    experiments: closetimeo=0, nolease, noserverino, ...)
 #   NETFS_SMB_SHARE_EXTRA  more lines for the SMB share's section of
-#                    smb.conf (e.g. "oplocks = no")
+#                    smb.conf
+#   NETFS_SMB_LEASES=1  Samba's default oplocks and leases on the share (the
+#                    lanes turn them off: "oplocks = no"; see smb_start)
 #
 # Requirements: those of .ci/guest.sh. The first run installs $PKGS (below)
 # with apt, without letting the packages start any daemon on the host (the
@@ -390,6 +392,12 @@ EOF
 # with a password (guest access fails with EOPNOTSUPP).
 smb_start() {
     mkdir -p /run/samba
+    # No oplocks or leases: with them (Samba's default), a Linux 6.1 client's
+    # open or listing of a file the other client had open waited on a lease
+    # break for a minute and more at times (README, "NFS and SMB").
+    # NETFS_SMB_LEASES=1 keeps Samba's default, to measure that.
+    local oplocks='  oplocks = no'
+    [ "${NETFS_SMB_LEASES:-0}" = 1 ] && oplocks=''
     cat >"$N/smb.conf" <<EOF
 [global]
   netbios name = NETFS-SERVER
@@ -414,6 +422,7 @@ smb_start() {
 [share]
   path = $SRV
   read only = no
+$oplocks
 ${NETFS_SMB_SHARE_EXTRA:-}
 EOF
     printf 'username=root\npassword=netfs\n' >"$N/smb.cred"
