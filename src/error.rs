@@ -7,36 +7,10 @@ use std::time::Duration;
 use camino::Utf8PathBuf;
 
 use crate::owner::OwnerRecord;
-use crate::strategy::LockStrategy;
+use crate::vocab::{FileKind, LockStrategy};
 
 /// A `Result` whose error is portalock's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What kind of file system object was found where a lock artifact was
-/// expected; carried by [`Error::WrongFileType`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FileKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Directory,
-    /// A symbolic link.
-    Symlink,
-    /// Anything else: a socket, a FIFO, a device.
-    Other,
-}
-
-impl std::fmt::Display for FileKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FileKind::File => "a regular file",
-            FileKind::Directory => "a directory",
-            FileKind::Symlink => "a symbolic link",
-            FileKind::Other => "a special file",
-        })
-    }
-}
 
 /// Everything that can go wrong when taking, releasing or inspecting a lock.
 ///

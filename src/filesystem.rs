@@ -46,7 +46,7 @@ use std::io;
 use std::path::Path;
 
 use crate::fs::Look;
-use crate::strategy::LockStrategy;
+use crate::vocab::LockStrategy;
 
 /// Where a file system keeps its data, as far as locking is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +84,19 @@ pub struct FileSystem {
     auto: LockStrategy,
     /// How a holder tells that its lock's name still names what it made.
     look: Look,
+}
+
+// `LockStrategy` lives in the vocabulary module, which depends on nothing;
+// resolving `Auto` needs the file system, so it is here.
+impl LockStrategy {
+    /// This strategy, with [`Auto`](LockStrategy::Auto) resolved for a lock
+    /// whose directory is on `fs`.
+    pub fn resolve(self, fs: &FileSystem) -> LockStrategy {
+        match self {
+            LockStrategy::Auto => fs.auto_strategy(),
+            other => other,
+        }
+    }
 }
 
 impl FileSystem {
@@ -230,7 +243,7 @@ mod linux {
 
     use super::{has_option, FileSystem, Locality};
     use crate::fs::Look;
-    use crate::strategy::LockStrategy;
+    use crate::vocab::LockStrategy;
 
     const NFS: u64 = 0x6969;
     const SMB: u64 = 0x517b;

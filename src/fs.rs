@@ -9,8 +9,9 @@ use camino::Utf8Path;
 #[cfg(test)]
 use camino::Utf8PathBuf;
 
-use crate::error::{Error, FileKind, Result};
-use crate::strategy::LockStrategy;
+use crate::error::{Error, Result};
+use crate::vocab::FileKind;
+use crate::vocab::LockStrategy;
 
 /// Mode of every lock file portalock creates (before the umask).
 #[cfg(unix)]
@@ -666,6 +667,41 @@ pub(crate) fn id_of(meta: &Metadata, file: &File) -> io::Result<FileId> {
     {
         let _ = meta;
         file_id(file)
+    }
+}
+
+/// `path` as every handle names its lock: UTF-8, absolute (against the
+/// current directory now), one spelling (no trailing separator, no `.`),
+/// and ending in a file name; an error says which of these it is not.
+pub(crate) fn absolute(path: &std::path::Path) -> Result<camino::Utf8PathBuf> {
+    let non_utf8 = |p: &std::path::Path| Error::NonUtf8Path { path: p.to_owned() };
+    let utf8 = Utf8Path::from_path(path).ok_or_else(|| non_utf8(path))?;
+    let invalid = |why: &str| {
+        Error::io(
+            utf8,
+            "use as a lock path",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned()),
+        )
+    };
+    if utf8.as_str().is_empty() {
+        return Err(invalid("the path is empty"));
+    }
+    // Judged before `absolute`, which on Windows resolves `..` lexically.
+    if !matches!(
+        utf8.components().next_back(),
+        Some(camino::Utf8Component::Normal(_))
+    ) {
+        return Err(invalid("the path has no file name"));
+    }
+    let abs =
+        std::path::absolute(utf8).map_err(|e| Error::io(utf8, "make an absolute path of", e))?;
+    let abs = camino::Utf8PathBuf::from_path_buf(abs).map_err(|p| non_utf8(&p))?;
+    // One spelling per path (no trailing separator): the process's table
+    // of held locks compares paths as text.
+    let abs: camino::Utf8PathBuf = abs.components().collect();
+    match abs.file_name() {
+        Some(name) if name != ".." => Ok(abs),
+        _ => Err(invalid("the path has no file name")),
     }
 }
 

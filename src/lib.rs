@@ -144,11 +144,12 @@ mod semaphore;
 pub mod stale;
 mod strategy;
 mod sys;
+mod vocab;
 mod wait;
 mod watch;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
-pub use error::{Error, FileKind, Result};
+pub use error::{Error, Result};
 pub use filesystem::{FileSystem, Locality};
 pub use lock::{
     lock_file, LockFile, LockGuard, LockOptions, LockStatus, SharedGuard, DEFAULT_POLL_INTERVAL,
@@ -161,7 +162,7 @@ pub use redis_lock::{RedisGuard, RedisLock, RedisLockOptions};
 pub use reentrant::ReentrantLockFile;
 pub use semaphore::{BoundedSemaphore, SemaphoreGuard};
 pub use stale::DEFAULT_GRACE;
-pub use strategy::{LockStrategy, ParseStrategyError};
+pub use vocab::{FileKind, LockStrategy, ParseStrategyError};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

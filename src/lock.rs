@@ -18,7 +18,8 @@ use crate::locked_file::LockedFile;
 use crate::owner::{OwnerRecord, RecordedProcess};
 use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
-use crate::strategy::{self, Broken, Claim, Concrete, Held, LockStrategy, Probe, Released};
+use crate::strategy::{self, Broken, Claim, Held, Probe, Released};
+use crate::vocab::{Concrete, LockStrategy};
 use crate::wait::{Backoff, Deadline};
 use crate::watch::DirWatch;
 
@@ -320,7 +321,7 @@ impl LockOptions {
     /// has no file name, the current directory cannot be read, or the file
     /// system cannot be inspected.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile> {
-        let path = absolute(path.as_ref())?;
+        let path = fs::absolute(path.as_ref())?;
         if self.strategy == LockStrategy::Redis {
             return Err(Error::Unsupported {
                 path,
@@ -418,38 +419,6 @@ fn check_name(path: &Utf8Path, strategy: Concrete) -> Result<()> {
 fn detect(path: &Utf8Path) -> Result<FileSystem> {
     let dir = path.parent().unwrap_or(path);
     FileSystem::detect(dir).map_err(|e| Error::io(path, "detect the file system of", e))
-}
-
-pub(crate) fn absolute(path: &Path) -> Result<Utf8PathBuf> {
-    let non_utf8 = |p: &Path| Error::NonUtf8Path { path: p.to_owned() };
-    let utf8 = Utf8Path::from_path(path).ok_or_else(|| non_utf8(path))?;
-    let invalid = |why: &str| {
-        Error::io(
-            utf8,
-            "use as a lock path",
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned()),
-        )
-    };
-    if utf8.as_str().is_empty() {
-        return Err(invalid("the path is empty"));
-    }
-    // Judged before `absolute`, which on Windows resolves `..` lexically.
-    if !matches!(
-        utf8.components().next_back(),
-        Some(camino::Utf8Component::Normal(_))
-    ) {
-        return Err(invalid("the path has no file name"));
-    }
-    let abs =
-        std::path::absolute(utf8).map_err(|e| Error::io(utf8, "make an absolute path of", e))?;
-    let abs = Utf8PathBuf::from_path_buf(abs).map_err(|p| non_utf8(&p))?;
-    // One spelling per path (no trailing separator): the process's table
-    // of held locks compares paths as text.
-    let abs: Utf8PathBuf = abs.components().collect();
-    match abs.file_name() {
-        Some(name) if name != ".." => Ok(abs),
-        _ => Err(invalid("the path has no file name")),
-    }
 }
 
 /// What [`LockFile::status`] found.

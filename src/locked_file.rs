@@ -19,7 +19,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::error::{Error, Result};
 use crate::flock::{self, LockFlags};
 use crate::fs;
-use crate::strategy::LockStrategy;
+use crate::vocab::LockStrategy;
 use crate::wait::{Backoff, Deadline};
 
 /// How [`LockedFile`] opens its file (portalocker's mode strings).
@@ -145,7 +145,7 @@ impl LockedFileOptions {
     /// directory or special file at `path`), [`Error::Io`] (a missing file
     /// in the `Read` and `ReadWrite` modes, permissions, ...).
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockedFile> {
-        let path = crate::lock::absolute(path.as_ref())?;
+        let path = crate::fs::absolute(path.as_ref())?;
         let deadline = Deadline::after(self.timeout);
         let mut backoff = Backoff::new(self.check_interval);
         let kind = if self.shared {

@@ -64,8 +64,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::strategy::LockStrategy;
 use crate::sys::{self, ProcessState};
+use crate::vocab::LockStrategy;
 
 /// The largest owner record portalock reads, in bytes. Readers never read
 /// more than this (plus one byte to notice the excess).

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::flock::{self, LockFlags};
 use crate::fs;
 use crate::locked_file::{LockedFile, Mode};
-use crate::strategy::LockStrategy;
+use crate::vocab::LockStrategy;
 
 /// A PID file held with an OS lock: it holds the holder's PID (one line,
 /// `4242\n`, as daemons and init scripts expect) while the lock is held,
@@ -113,7 +113,7 @@ impl PidFileLock {
     /// [`Error::Io`] if the file cannot be read; [`Error::Symlink`] and
     /// [`Error::WrongFileType`] for what is not a regular file.
     pub fn read(path: impl AsRef<Path>) -> Result<Option<u32>> {
-        let path = crate::lock::absolute(path.as_ref())?;
+        let path = crate::fs::absolute(path.as_ref())?;
         match open(&path)? {
             Some(file) => read_pid(&path, file),
             None => Ok(None),
@@ -129,7 +129,7 @@ impl PidFileLock {
     ///
     /// As [`read`](PidFileLock::read).
     pub fn holder(path: impl AsRef<Path>) -> Result<Option<u32>> {
-        let path = crate::lock::absolute(path.as_ref())?;
+        let path = crate::fs::absolute(path.as_ref())?;
         let Some(file) = open(&path)? else {
             return Ok(None);
         };
@@ -157,7 +157,7 @@ fn read_pid(path: &Utf8Path, file: std::fs::File) -> Result<Option<u32>> {
     fs::expect_kind(
         path,
         LockStrategy::Os,
-        crate::FileKind::File,
+        crate::vocab::FileKind::File,
         fs::kind(&meta),
     )?;
     let mut text = String::new();

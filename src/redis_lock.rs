@@ -73,8 +73,8 @@ use redis::{Client, Connection, Script};
 use crate::error::{Error, Result};
 use crate::holding::lock;
 use crate::owner::OwnerRecord;
-use crate::strategy::LockStrategy;
 use crate::sys;
+use crate::vocab::LockStrategy;
 use crate::wait::Deadline;
 
 const ACQUIRE: &str = r"

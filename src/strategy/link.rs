@@ -36,11 +36,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, FileKind, Result};
+use crate::error::{Error, Result};
 use crate::fault;
 use crate::fs;
 use crate::owner::{is_token, read_capped, record_has_token, OwnerRecord};
-use crate::strategy::{Broken, Claim, LockStrategy, Opaque, Probe, Released, Seen};
+use crate::strategy::{Broken, Claim, Opaque, Probe, Released, Seen};
+use crate::vocab::FileKind;
+use crate::vocab::LockStrategy;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Held {

@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, FileKind, Result};
+use crate::error::{Error, Result};
 use crate::fault;
 use crate::fs;
 use crate::owner::{is_token, read_capped, OwnerRecord};
-use crate::strategy::{Broken, Claim, LockStrategy, Opaque, Probe, Released, Seen};
+use crate::strategy::{Broken, Claim, Opaque, Probe, Released, Seen};
+use crate::vocab::FileKind;
+use crate::vocab::LockStrategy;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Held {

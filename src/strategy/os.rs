@@ -29,11 +29,13 @@ use std::sync::Arc;
 
 use camino::Utf8Path;
 
-use crate::error::{Error, FileKind, Result};
+use crate::error::{Error, Result};
 use crate::fault;
 use crate::fs;
 use crate::owner::{record_has_token, OwnerRecord, MAX_RECORD_LEN};
-use crate::strategy::{Claim, LockStrategy, Probe, Released, Seen};
+use crate::strategy::{Claim, Probe, Released, Seen};
+use crate::vocab::FileKind;
+use crate::vocab::LockStrategy;
 
 #[derive(Debug)]
 pub(crate) struct Held {

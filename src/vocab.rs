@@ -1,0 +1,180 @@
+//! The crate's shared vocabulary: the lock strategies and the kinds of file
+//! system object. It depends on nothing else in the crate, so that every
+//! other module can use it (and be read after it).
+//!
+//! The rules that pick and resolve a strategy live with the file systems
+//! ([`FileSystem`](crate::FileSystem)); the protocols live in `strategy`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How a [`LockFile`](crate::LockFile) takes its lock.
+///
+/// | strategy | atomic primitive | released by a crash? | safe on |
+/// | --- | --- | --- | --- |
+/// | [`Os`](LockStrategy::Os) | advisory lock on an open file (`flock`, `LockFileEx`) | yes, by the kernel | local file systems |
+/// | [`Mkdir`](LockStrategy::Mkdir) | `mkdir` of a directory that must not exist | no | everywhere, network file systems included |
+/// | [`Link`](LockStrategy::Link) | `link()` of a fully written private file onto the lock path | no | Unix and NTFS, network file systems included |
+/// | [`Auto`](LockStrategy::Auto) (default) | one of the above, chosen from the file system | | everywhere |
+///
+/// The default is [`Auto`](LockStrategy::Auto): `Os` on a local file
+/// system, `Link` or `Mkdir` on a network or FUSE one (see
+/// [`FileSystem`](crate::FileSystem) for the rules).
+///
+/// # Examples
+///
+/// ```
+/// use portalock::LockStrategy;
+///
+/// let s: LockStrategy = "mkdir".parse()?;
+/// assert_eq!(s, LockStrategy::Mkdir);
+/// assert_eq!(s.to_string(), "mkdir");
+/// # Ok::<(), portalock::ParseStrategyError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LockStrategy {
+    /// An advisory lock on an open file, through `fd-lock` (`flock` on Unix,
+    /// `LockFileEx` on Windows). The kernel releases it when the holder
+    /// dies. The lock file stays in place after release and holds the owner
+    /// record while the lock is held.
+    ///
+    /// On file systems where such locks do not reach other clients (sshfs
+    /// and other FUSE mounts, NFS mounted `nolock`, ...) opening a handle
+    /// with this strategy fails with
+    /// [`Error::OsLocksNotShared`](crate::Error::OsLocksNotShared) unless
+    /// [`LockOptions::trust_os_locks`](crate::LockOptions::trust_os_locks)
+    /// is set.
+    Os,
+    /// An atomic `mkdir` of the lock path. Works on every file system,
+    /// network ones included. The owner record is a file inside the
+    /// directory named after the record's token (`<token>.json`); release
+    /// removes both.
+    Mkdir,
+    /// An atomic `link()` of a fully written private file onto the lock
+    /// path. Works on Unix file systems with hard links, network ones
+    /// included. The lock file is the owner record; the private file stays
+    /// beside it (`.<name>.<token>.owner`) while the lock is held, as the
+    /// claim that release and break remove first. Release removes both.
+    Link,
+    /// Chosen per lock when its handle is opened, from the file system
+    /// that holds the lock's directory ([`FileSystem::auto_strategy`]):
+    /// `Os` on a local file system, `Link` on network file systems that
+    /// make hard links (NFS, ...), `Mkdir` on the others (SMB shares,
+    /// FUSE mounts such as sshfs). [`LockFile::strategy`] reports the choice;
+    /// owner records name it, never `auto`.
+    ///
+    /// Every process that takes one lock must end up with the same
+    /// strategy. Processes on an NFS server that lock its exported
+    /// directory directly see a local file system and would pick `Os`
+    /// where its clients pick `Link`: name the strategy explicitly there.
+    ///
+    /// [`FileSystem::auto_strategy`]: crate::FileSystem::auto_strategy
+    /// [`LockFile::strategy`]: crate::LockFile::strategy
+    #[default]
+    Auto,
+    /// Not a file strategy: what the owner records of a
+    /// [`RedisLock`](crate::RedisLock) (feature `redis`) name. A
+    /// [`LockFile`](crate::LockFile) refuses it ([`Error::Unsupported`]).
+    Redis,
+}
+
+impl LockStrategy {
+    /// Every strategy that takes a lock itself ([`Auto`](LockStrategy::Auto)
+    /// resolves to one of these), in declaration order.
+    pub const ALL: [LockStrategy; 3] = [LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link];
+
+    /// The lower-case name used in owner records and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockStrategy::Os => "os",
+            LockStrategy::Mkdir => "mkdir",
+            LockStrategy::Link => "link",
+            LockStrategy::Auto => "auto",
+            LockStrategy::Redis => "redis",
+        }
+    }
+}
+
+impl fmt::Display for LockStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`LockStrategy`] from a string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown lock strategy `{0}` (expected auto, os, mkdir, link or redis)")]
+pub struct ParseStrategyError(String);
+
+impl FromStr for LockStrategy {
+    type Err = ParseStrategyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LockStrategy::ALL
+            .into_iter()
+            .chain([LockStrategy::Auto, LockStrategy::Redis])
+            .find(|strategy| strategy.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ParseStrategyError(s.to_owned()))
+    }
+}
+
+/// A strategy that takes a lock itself: a [`LockStrategy`] with `Auto`
+/// resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Concrete {
+    Os,
+    Mkdir,
+    Link,
+}
+
+impl Concrete {
+    /// A strategy that needs no file system to resolve.
+    pub(crate) fn explicit(strategy: LockStrategy) -> Option<Concrete> {
+        match strategy {
+            LockStrategy::Os => Some(Concrete::Os),
+            LockStrategy::Mkdir => Some(Concrete::Mkdir),
+            LockStrategy::Link => Some(Concrete::Link),
+            LockStrategy::Auto | LockStrategy::Redis => None,
+        }
+    }
+}
+
+impl From<Concrete> for LockStrategy {
+    fn from(c: Concrete) -> LockStrategy {
+        match c {
+            Concrete::Os => LockStrategy::Os,
+            Concrete::Mkdir => LockStrategy::Mkdir,
+            Concrete::Link => LockStrategy::Link,
+        }
+    }
+}
+
+/// What kind of file system object was found where a lock artifact was
+/// expected; carried by [`Error::WrongFileType`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else: a socket, a FIFO, a device.
+    Other,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::File => "a regular file",
+            FileKind::Directory => "a directory",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::Other => "a special file",
+        })
+    }
+}
