@@ -283,6 +283,24 @@ impl Error {
         matches!(self, Error::WouldBlock { .. } | Error::Timeout { .. })
     }
 
+    /// The error of a wait that ended with the lock still held: `Timeout`
+    /// after a wait of `timeout` (not zero), else `WouldBlock` (a try-once,
+    /// or a zero timeout).
+    pub(crate) fn contended(
+        path: Utf8PathBuf,
+        timeout: Option<Duration>,
+        holder: Option<Box<OwnerRecord>>,
+    ) -> Error {
+        match timeout {
+            Some(timeout) if !timeout.is_zero() => Error::Timeout {
+                path,
+                timeout,
+                holder,
+            },
+            _ => Error::WouldBlock { path, holder },
+        }
+    }
+
     pub(crate) fn io(path: &camino::Utf8Path, op: &'static str, cause: io::Error) -> Self {
         Error::Io {
             path: path.to_owned(),

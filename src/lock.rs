@@ -793,15 +793,11 @@ impl LockFile {
             .open(&self.path);
         match opened {
             Ok(file) => Ok(SharedGuard { file }),
-            Err(Error::WouldBlock { path, .. }) => Err(Error::WouldBlock {
-                path,
-                holder: self.owner().ok().flatten().map(Box::new),
-            }),
-            Err(Error::Timeout { path, timeout, .. }) => Err(Error::Timeout {
-                path,
+            Err(e) if e.is_contended() => Err(Error::contended(
+                self.path.clone(),
                 timeout,
-                holder: self.owner().ok().flatten().map(Box::new),
-            }),
+                self.owner().ok().flatten().map(Box::new),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -1488,15 +1484,7 @@ impl LockFile {
             .ok()
             .and_then(Probe::into_record)
             .map(Box::new);
-        let path = self.path.clone();
-        match timeout {
-            Some(t) if !t.is_zero() => Error::Timeout {
-                path,
-                timeout: t,
-                holder,
-            },
-            _ => Error::WouldBlock { path, holder },
-        }
+        Error::contended(self.path.clone(), timeout, holder)
     }
 
     /// The `LockLost` error, naming whoever holds the lock now.

@@ -173,14 +173,8 @@ impl LockedFileOptions {
             let give_up = (first && self.fail_when_locked) || !backoff.sleep(&deadline);
             first = false;
             if give_up {
-                return Err(match self.timeout {
-                    Some(t) if !t.is_zero() && !self.fail_when_locked => Error::Timeout {
-                        path,
-                        timeout: t,
-                        holder: None,
-                    },
-                    _ => Error::WouldBlock { path, holder: None },
-                });
+                let waited = self.timeout.filter(|_| !self.fail_when_locked);
+                return Err(Error::contended(path, waited, None));
             }
         }
     }

@@ -621,18 +621,7 @@ impl RedisLock {
     }
 
     fn busy(&self, timeout: Option<Duration>, holder: Option<OwnerRecord>) -> Error {
-        let holder = holder.map(Box::new);
-        match timeout {
-            Some(t) if !t.is_zero() => Error::Timeout {
-                path: self.path(),
-                timeout: t,
-                holder,
-            },
-            _ => Error::WouldBlock {
-                path: self.path(),
-                holder,
-            },
-        }
+        Error::contended(self.path(), timeout, holder.map(Box::new))
     }
 }
 

@@ -195,15 +195,7 @@ impl ReentrantLockFile {
     }
 
     fn busy(&self, timeout: Option<Duration>) -> Error {
-        let path = self.lock.path().to_owned();
         let holder = self.lock.owner().ok().flatten().map(Box::new);
-        match timeout {
-            Some(t) if !t.is_zero() => Error::Timeout {
-                path,
-                timeout: t,
-                holder,
-            },
-            _ => Error::WouldBlock { path, holder },
-        }
+        Error::contended(self.lock.path().to_owned(), timeout, holder)
     }
 }

@@ -144,15 +144,7 @@ impl BoundedSemaphore {
                 }
             }
             if !backoff.sleep(&deadline) {
-                let path = self.prefix.clone();
-                return Err(match timeout {
-                    Some(t) if !t.is_zero() => Error::Timeout {
-                        path,
-                        timeout: t,
-                        holder: None,
-                    },
-                    _ => Error::WouldBlock { path, holder: None },
-                });
+                return Err(Error::contended(self.prefix.clone(), timeout, None));
             }
         }
     }
