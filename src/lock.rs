@@ -19,7 +19,7 @@ use crate::owner::{OwnerRecord, RecordedProcess};
 use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
 use crate::strategy::{self, Broken, Claim, Held, Probe, Released};
-use crate::vocab::{Concrete, LockStrategy};
+use crate::vocab::{Breaking, Concrete, LockStrategy, Writers};
 use crate::wait::{Backoff, Deadline};
 use crate::watch::DirWatch;
 
@@ -964,7 +964,7 @@ impl LockFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn break_lock(&self) -> Result<Option<OwnerRecord>> {
-        self.break_with(false)
+        self.break_with(Breaking::IfStale)
     }
 
     /// Breaks the lock whatever its owner's state, and returns the owner
@@ -981,7 +981,7 @@ impl LockFile {
     /// kernel releases it); [`Error::Foreign`] for an artifact portalock
     /// cannot identify as its own; the typed path errors and [`Error::Io`].
     pub fn force_break(&self) -> Result<Option<OwnerRecord>> {
-        self.break_with(true)
+        self.break_with(Breaking::Forced)
     }
 
     /// Lets go of the lock this handle holds without releasing it: the lock
@@ -1050,7 +1050,13 @@ impl LockFile {
                     })
                 }
             };
-            match strategy::break_claim(self.strategy, &self.path, &seen, false, self.is_local())? {
+            match strategy::break_claim(
+                self.strategy,
+                &self.path,
+                &seen,
+                Breaking::IfStale,
+                self.writers(),
+            )? {
                 Broken::Removed => return Ok(record),
                 Broken::Raced => std::thread::yield_now(),
                 Broken::Unjudged => {
@@ -1149,7 +1155,7 @@ impl LockFile {
     /// [`Liveness::Dead`]: crate::Liveness::Dead
     /// [`Liveness::Unknown`]: crate::Liveness::Unknown
     pub fn owner_liveness(&self, owner: &OwnerRecord) -> crate::Liveness {
-        owner.liveness_here(self.is_local())
+        owner.liveness_here(self.writers())
     }
 
     fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
@@ -1167,11 +1173,13 @@ impl LockFile {
         state
     }
 
-    /// Whether the lock's file system is one only this machine writes to;
-    /// `false` (the careful answer) if that cannot be told.
-    /// Whether the lock's file system is one only this machine writes to.
-    fn is_local(&self) -> bool {
-        self.look() == Look::Stat
+    /// Which machines write to the lock's directory: `AnyMachine` (the
+    /// careful answer) unless the file system is known to be local.
+    fn writers(&self) -> Writers {
+        match self.look() {
+            Look::Stat => Writers::ThisMachine,
+            Look::Open | Look::List => Writers::AnyMachine,
+        }
     }
 
     /// How a holder looks at the lock's name (an unknown file system is
@@ -1204,7 +1212,10 @@ impl LockFile {
             match self.acquire_token(Some(Duration::ZERO)) {
                 Ok(token) => return Ok(LockGuard { lock: self, token }),
                 Err(e) if e.is_contended() => failing = None,
-                Err(e) if !self.is_local() && e.io_error().is_some_and(fs::is_transient) => {
+                Err(e)
+                    if (self.writers() == Writers::AnyMachine)
+                        && e.io_error().is_some_and(fs::is_transient) =>
+                {
                     let since = failing
                         .as_ref()
                         .map_or_else(Instant::now, |(since, _)| *since);
@@ -1327,7 +1338,8 @@ impl LockFile {
                     // `SERVER_PATIENCE` at most, and then says why it could
                     // not look. (On a local disk such an error stays.)
                     let since = *failing.get_or_insert_with(Instant::now);
-                    if self.is_local() || since.elapsed() >= SERVER_PATIENCE {
+                    if self.writers() == Writers::ThisMachine || since.elapsed() >= SERVER_PATIENCE
+                    {
                         return Err(e);
                     }
                     let Some(nap) = backoff.next(deadline) else {
@@ -1376,7 +1388,7 @@ impl LockFile {
             Err(e) => return Err(e),
         };
         let unchanged = watch.observe(&seen);
-        if !judge(&seen, unchanged, self.grace, self.is_local()).is_stale() {
+        if !judge(&seen, unchanged, self.grace, self.writers()).is_stale() {
             return Ok(false);
         }
         if let Err(e) = fault::point("break.judged") {
@@ -1385,7 +1397,13 @@ impl LockFile {
         // An orphan (a Link lock whose claim is gone) is recovered only
         // through the taken name of its dead remover; without one, only
         // `force_break` recovers it (concurrent recoverers could collide).
-        match strategy::break_claim(self.strategy, &self.path, &seen, false, self.is_local()) {
+        match strategy::break_claim(
+            self.strategy,
+            &self.path,
+            &seen,
+            Breaking::IfStale,
+            self.writers(),
+        ) {
             Ok(Broken::Removed | Broken::Raced) => Ok(true),
             Ok(Broken::Orphan | Broken::Unjudged) => Ok(false),
             // Something in the way for a moment (on Windows, a name another
@@ -1395,7 +1413,7 @@ impl LockFile {
         }
     }
 
-    fn break_with(&self, force: bool) -> Result<Option<OwnerRecord>> {
+    fn break_with(&self, breaking: Breaking) -> Result<Option<OwnerRecord>> {
         // Each race lost means the lock changed under us; after this many
         // the lock is plainly busy, and taken afresh each time.
         const MAX_RACES: u32 = 64;
@@ -1409,7 +1427,7 @@ impl LockFile {
         loop {
             let seen = match strategy::probe(self.strategy, &self.path)? {
                 Probe::Free => {
-                    strategy::sweep(self.strategy, &self.path, self.is_local());
+                    strategy::sweep(self.strategy, &self.path, self.writers());
                     return Ok(None);
                 }
                 Probe::Held(seen) => *seen,
@@ -1419,7 +1437,7 @@ impl LockFile {
                 why,
                 holder: seen.record.clone().map(Box::new),
             };
-            if force {
+            if breaking == Breaking::Forced {
                 match &judged {
                     None => judged = Some(seen.claim.clone()),
                     Some(first) if *first != seen.claim => {
@@ -1437,10 +1455,10 @@ impl LockFile {
                 // lock showed life while we watched it.
                 return Err(not_stale("it changed while it was watched"));
             }
-            let verdict = if force {
+            let verdict = if breaking == Breaking::Forced {
                 Verdict::Dead
             } else {
-                judge(&seen, unchanged, self.grace, self.is_local())
+                judge(&seen, unchanged, self.grace, self.writers())
             };
             match verdict {
                 Verdict::Live(why) => return Err(not_stale(why)),
@@ -1451,13 +1469,14 @@ impl LockFile {
                 }
                 _ => {}
             }
-            let step = if force {
+            let step = if breaking == Breaking::Forced {
                 "force.judged"
             } else {
                 "break.judged"
             };
             fault::point(step).map_err(|e| Error::io(&self.path, "break", e))?;
-            match strategy::break_claim(self.strategy, &self.path, &seen, force, self.is_local())? {
+            match strategy::break_claim(self.strategy, &self.path, &seen, breaking, self.writers())?
+            {
                 Broken::Removed => return Ok(seen.record),
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;

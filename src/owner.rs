@@ -65,7 +65,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{self, ProcessState};
-use crate::vocab::LockStrategy;
+use crate::vocab::{LockStrategy, Writers};
 
 /// The largest owner record portalock reads, in bytes. Readers never read
 /// more than this (plus one byte to notice the excess).
@@ -292,17 +292,21 @@ impl OwnerRecord {
         }
     }
 
-    /// The liveness of the owner of a lock whose file system only this
-    /// machine writes to (`local`: a disk, tmpfs; not a network file
-    /// system): as [`liveness`](OwnerRecord::liveness), and an owner from an
-    /// earlier boot of this very machine is dead. On such a file system a
+    /// The liveness of the owner of a lock whose directory `writers` write
+    /// to: as [`liveness`](OwnerRecord::liveness), and an owner from an
+    /// earlier boot of this very machine is dead where only this machine
+    /// writes (a disk, tmpfs; not a network file system). There a
     /// record with this machine's host name and machine id and another
     /// (Linux) boot id was written before this boot: every process of that
     /// boot has ended. On a network file system the same record may be a
     /// clone's (same host name and machine id), alive: `Unknown` there.
-    pub(crate) fn liveness_here(&self, local: bool) -> Liveness {
+    pub(crate) fn liveness_here(&self, writers: Writers) -> Liveness {
         match self.liveness() {
-            Liveness::Unknown if local && self.is_from_an_earlier_boot() => Liveness::Dead,
+            Liveness::Unknown
+                if writers == Writers::ThisMachine && self.is_from_an_earlier_boot() =>
+            {
+                Liveness::Dead
+            }
             liveness => liveness,
         }
     }
@@ -691,9 +695,9 @@ pub(crate) fn process_tags() -> String {
 /// Whether the process named by `tags` (from [`process_tags`]) may still
 /// run: judged by its PID and start when it is of this machine, boot and
 /// PID namespace; `Some(false)` when it is of an earlier boot of this
-/// machine and `local` (the name lives on a file system only this machine
-/// writes to); `None` when it cannot be judged.
-pub(crate) fn tagged_process_runs(tags: &str, local: bool) -> Option<bool> {
+/// machine and only this machine writes where the name lives (`writers`);
+/// `None` when it cannot be judged.
+pub(crate) fn tagged_process_runs(tags: &str, writers: Writers) -> Option<bool> {
     let me = Identity::get();
     let mut parts = tags.split('.');
     let (machine, boot) = (parts.next()?, parts.next()?);
@@ -715,7 +719,7 @@ pub(crate) fn tagged_process_runs(tags: &str, local: bool) -> Option<bool> {
         }
         // Another boot of this machine (the machine tag covers the host
         // name and the machine id), on a file system it alone writes to.
-        (false, true) if local && me.machine.is_some() => Some(false),
+        (false, true) if writers == Writers::ThisMachine && me.machine.is_some() => Some(false),
         (false, _) => None,
     }
 }

@@ -192,6 +192,7 @@ use std::time::{Duration, Instant};
 
 use crate::owner::Liveness;
 use crate::strategy::{Claim, Seen};
+use crate::vocab::Writers;
 
 /// The grace period for lock artifacts without a readable record, unless
 /// [`LockOptions::grace`](crate::LockOptions::grace) says otherwise.
@@ -227,8 +228,13 @@ impl Verdict {
 }
 
 /// Judges `seen`, unchanged since `unchanged_for` on this process's clock.
-/// `local`: the lock lives on a file system only this machine writes to.
-pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration, local: bool) -> Verdict {
+/// `writers`: which machines write to the lock's directory.
+pub(crate) fn judge(
+    seen: &Seen,
+    unchanged_for: Duration,
+    grace: Duration,
+    writers: Writers,
+) -> Verdict {
     if seen.claim == Claim::Os {
         return Verdict::Live("an OS lock is released by the kernel when its holder exits");
     }
@@ -252,7 +258,7 @@ pub(crate) fn judge(seen: &Seen, unchanged_for: Duration, grace: Duration, local
         }
         return expiring(unchanged_for, grace, Verdict::NoRecord);
     };
-    match record.liveness_here(local) {
+    match record.liveness_here(writers) {
         Liveness::Dead => Verdict::Dead,
         liveness => match record.lease() {
             Some(lease) => expiring(unchanged_for, lease, Verdict::LeaseExpired),

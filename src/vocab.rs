@@ -78,7 +78,8 @@ pub enum LockStrategy {
     Auto,
     /// Not a file strategy: what the owner records of a
     /// [`RedisLock`](crate::RedisLock) (feature `redis`) name. A
-    /// [`LockFile`](crate::LockFile) refuses it ([`Error::Unsupported`]).
+    /// [`LockFile`](crate::LockFile) refuses it
+    /// ([`Error::Unsupported`](crate::Error::Unsupported)).
     Redis,
 }
 
@@ -154,7 +155,8 @@ impl From<Concrete> for LockStrategy {
 }
 
 /// What kind of file system object was found where a lock artifact was
-/// expected; carried by [`Error::WrongFileType`].
+/// expected; carried by
+/// [`Error::WrongFileType`](crate::Error::WrongFileType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FileKind {
@@ -177,4 +179,26 @@ impl std::fmt::Display for FileKind {
             FileKind::Other => "a special file",
         })
     }
+}
+
+/// Which machines write to a lock's directory. Where only this one does
+/// (a disk, tmpfs), a record of an earlier boot of this machine names a
+/// process that has ended; on a network file system the same record may be
+/// a clone's (same host name and machine id), alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writers {
+    /// A local file system: only this machine writes to it.
+    ThisMachine,
+    /// A network or FUSE file system (or one not known to be local).
+    AnyMachine,
+}
+
+/// How far a break may go with a lock it looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Breaking {
+    /// Only a lock judged stale (waiters, `break_lock`).
+    IfStale,
+    /// Any lock (`force_break`): a `Link` lock whose claim is missing and
+    /// cannot be recovered through a dead remover gets a new claim.
+    Forced,
 }

@@ -42,7 +42,7 @@ use crate::fs;
 use crate::owner::{is_token, read_capped, record_has_token, OwnerRecord};
 use crate::strategy::{Broken, Claim, Opaque, Probe, Released, Seen};
 use crate::vocab::FileKind;
-use crate::vocab::LockStrategy;
+use crate::vocab::{Breaking, LockStrategy, Writers};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
@@ -459,12 +459,12 @@ fn taken_name(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
 
 /// The taker named by a taken name's suffix (after `.taken.`): whether it
 /// may still run. `None` if it cannot be told (another machine or PID
-/// namespace, or a name of an older format). `local`: the lock lives on a
-/// file system only this machine writes to (see `tagged_process_runs`).
-fn taker_runs(suffix: &str, local: bool) -> Option<bool> {
+/// namespace, or a name of an older format). `writers`: which machines
+/// write to the lock's directory (see `tagged_process_runs`).
+fn taker_runs(suffix: &str, writers: Writers) -> Option<bool> {
     // `<machine>.<boot>.<pid>.<start>.<nonce>`
     let (tags, _nonce) = suffix.rsplit_once('.')?;
-    crate::owner::tagged_process_runs(tags, local)
+    crate::owner::tagged_process_runs(tags, writers)
 }
 
 /// Recovers a lock file of `token` whose claim is missing and whose owner
@@ -477,7 +477,7 @@ fn taker_runs(suffix: &str, local: bool) -> Option<bool> {
 /// again); one that cannot be judged may be (`Unjudged`: nobody else may
 /// remove the lock); no taken name at all leaves an orphan that only
 /// [`force_break`](crate::LockFile::force_break) recovers.
-fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
+fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> Result<Broken> {
     let claim = claim_path(path, token)?;
     let (Some(dir), Some(claim_name)) = (claim.parent(), claim.file_name()) else {
         return Ok(Broken::Orphan);
@@ -491,7 +491,7 @@ fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
             continue;
         };
         let taken = dir.join(name.to_str().unwrap_or_default());
-        match taker_runs(suffix, local) {
+        match taker_runs(suffix, writers) {
             // Perhaps still removing the lock: nobody else may, not even a
             // forced break (that would make two removers of one path).
             None => return Ok(Broken::Unjudged),
@@ -511,7 +511,7 @@ fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
             Err(e) => return Err(Error::io(&taken, "take over", e)),
         }
-        return finish_break(path, token, &claim, &ours, local);
+        return finish_break(path, token, &claim, &ours, writers);
     }
     // No taken name: an orphan, unless the lock changed meanwhile (removed
     // by someone else, or taken afresh).
@@ -529,7 +529,7 @@ fn recover_orphan(path: &Utf8Path, token: &str, local: bool) -> Result<Broken> {
 /// proved gone and that are not the lock's (killed between removing the
 /// lock path and its taken name). Anything else, other machines' files
 /// included, is left alone. Best effort.
-pub(crate) fn sweep(path: &Utf8Path, local: bool) {
+pub(crate) fn sweep(path: &Utf8Path, writers: Writers) {
     let (Some(dir), Some(prefix)) = (path.parent(), private_prefix(path)) else {
         return;
     };
@@ -556,12 +556,12 @@ pub(crate) fn sweep(path: &Utf8Path, local: bool) {
             match crate::owner::token_maker(token) {
                 Some(pid) => !crate::owner::pid_runs(pid),
                 None => record_at(&target).is_some_and(|r| {
-                    r.token == token && r.liveness_here(local) == crate::Liveness::Dead
+                    r.token == token && r.liveness_here(writers) == crate::Liveness::Dead
                 }),
             }
         } else {
             kind.strip_prefix(".taken.")
-                .and_then(|suffix| taker_runs(suffix, local))
+                .and_then(|suffix| taker_runs(suffix, writers))
                 .is_some_and(|runs| !runs)
         };
         if !dead {
@@ -655,17 +655,22 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 ///
 /// A lock whose claim is missing is recovered through the taken name of its
 /// remover if that process is proved gone (`recover_orphan`); a remover
-/// that may still run is left to finish (`Raced`). With `force`, a lock
+/// that may still run is left to finish (`Raced`). When forced, a lock
 /// without any taken name (a cleaner removed the hidden files) gets a new
 /// claim, a hard link of the lock path made with `link()`, which fails if
 /// another recoverer made it first; run one forced break at a time.
-pub(crate) fn break_link(path: &Utf8Path, token: &str, force: bool, local: bool) -> Result<Broken> {
+pub(crate) fn break_link(
+    path: &Utf8Path,
+    token: &str,
+    breaking: Breaking,
+    writers: Writers,
+) -> Result<Broken> {
     let claim = claim_path(path, token)?;
     match names(&claim, token) {
         Ok(true) => {}
         Ok(false) if fs::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
-        Ok(false) => match recover_orphan(path, token, local)? {
-            Broken::Orphan if force => {
+        Ok(false) => match recover_orphan(path, token, writers)? {
+            Broken::Orphan if breaking == Breaking::Forced => {
                 match fault::step("link.force.relink", || fs::hard_link(path, &claim)) {
                     Ok(()) => {}
                     Err(e)
@@ -695,7 +700,7 @@ pub(crate) fn break_link(path: &Utf8Path, token: &str, force: bool, local: bool)
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
     };
-    finish_break(path, token, &claim, &taken, local)
+    finish_break(path, token, &claim, &taken, writers)
 }
 
 /// The end of a break, its claim taken (as `taken`): the lock path removed
@@ -705,10 +710,10 @@ fn finish_break(
     token: &str,
     claim: &Utf8Path,
     taken: &Utf8Path,
-    local: bool,
+    writers: Writers,
 ) -> Result<Broken> {
     Ok(if remove_lock_path(path, token, claim, taken)? {
-        sweep(path, local);
+        sweep(path, writers);
         Broken::Removed
     } else {
         Broken::Raced
@@ -814,7 +819,7 @@ mod tests {
         let path = root.join("x.lock");
         let (token, taken) = orphan(&root, &path, dead_pid());
         assert_eq!(
-            break_link(&path, &token, false, false).expect("break"),
+            break_link(&path, &token, Breaking::IfStale, Writers::AnyMachine).expect("break"),
             Broken::Removed
         );
         assert!(!path.exists());
@@ -830,7 +835,7 @@ mod tests {
         let path = root.join("x.lock");
         let (token, taken) = orphan(&root, &path, std::process::id());
         assert_eq!(
-            break_link(&path, &token, false, false).expect("break"),
+            break_link(&path, &token, Breaking::IfStale, Writers::AnyMachine).expect("break"),
             Broken::Raced
         );
         assert!(path.exists() && taken.exists());
@@ -844,12 +849,12 @@ mod tests {
         let (token, taken) = orphan(&root, &path, dead_pid());
         std::fs::remove_file(&taken).expect("remove taken");
         assert_eq!(
-            break_link(&path, &token, false, false).expect("break"),
+            break_link(&path, &token, Breaking::IfStale, Writers::AnyMachine).expect("break"),
             Broken::Orphan
         );
         assert!(path.exists());
         assert_eq!(
-            break_link(&path, &token, true, false).expect("force"),
+            break_link(&path, &token, Breaking::Forced, Writers::AnyMachine).expect("force"),
             Broken::Removed
         );
         assert!(!path.exists());
@@ -897,7 +902,7 @@ mod tests {
         ));
         let unrelated = root.join("notes.txt");
         std::fs::write(&unrelated, "keep").expect("unrelated");
-        sweep(&path, false);
+        sweep(&path, Writers::AnyMachine);
         assert!(!dead_claim.exists(), "a dead process's claim stays");
         assert!(!empty_claim.exists(), "a dead process's empty claim stays");
         assert!(!dead_taken.exists(), "a dead taker's name stays");
@@ -930,7 +935,7 @@ mod tests {
             eprintln!("no machine id or boot id here: nothing to test");
             return;
         }
-        for local in [false, true] {
+        for writers in [Writers::AnyMachine, Writers::ThisMachine] {
             let (_dir, root) = scratch();
             let path = root.join("x.lock");
             // Its PID is alive in this boot (numbers are reused after a
@@ -940,8 +945,8 @@ mod tests {
             let name = taken.file_name().expect("name").to_owned();
             let earlier = root.join(name.replace(&boot, &format!("h{}", "0".repeat(16))));
             std::fs::rename(&taken, &earlier).expect("rename");
-            let broken = break_link(&path, &token, false, local).expect("break");
-            if local {
+            let broken = break_link(&path, &token, Breaking::IfStale, writers).expect("break");
+            if writers == Writers::ThisMachine {
                 assert_eq!(broken, Broken::Removed);
                 assert!(!path.exists() && !earlier.exists());
             } else {
@@ -980,7 +985,7 @@ mod tests {
         let path = root.join("x.lock");
         let (token, taken) = orphan(&root, &path, std::process::id());
         assert_eq!(
-            break_link(&path, &token, true, false).expect("force"),
+            break_link(&path, &token, Breaking::Forced, Writers::AnyMachine).expect("force"),
             Broken::Raced
         );
         assert!(path.exists() && taken.exists());
@@ -1010,7 +1015,8 @@ mod tests {
         std::fs::hard_link(&new_claim, &path).expect("the new lock");
         assert_eq!(fs::ino(&fs::lstat(&path).expect("lstat")), ino);
 
-        let broken = break_link(&path, &old.token, true, false).expect("break");
+        let broken =
+            break_link(&path, &old.token, Breaking::Forced, Writers::AnyMachine).expect("break");
         assert_ne!(broken, Broken::Removed);
         assert_eq!(record_at(&path).map(|r| r.token), Some(new.token.clone()));
         assert!(new_claim.exists(), "the new holder's claim was taken");
@@ -1026,7 +1032,7 @@ mod tests {
         std::fs::remove_file(&taken).expect("remove taken");
         std::fs::remove_file(&path).expect("someone removed the lock");
         assert_eq!(
-            break_link(&path, &token, false, false).expect("break"),
+            break_link(&path, &token, Breaking::IfStale, Writers::AnyMachine).expect("break"),
             Broken::Raced
         );
     }

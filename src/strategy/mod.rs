@@ -12,7 +12,7 @@ use camino::Utf8Path;
 use crate::error::{Error, Result};
 use crate::filesystem::FileSystem;
 use crate::owner::OwnerRecord;
-use crate::vocab::{Concrete, LockStrategy};
+use crate::vocab::{Breaking, Concrete, LockStrategy, Writers};
 
 mod link;
 mod mkdir;
@@ -291,21 +291,22 @@ pub(crate) fn probe(strategy: Concrete, path: &Utf8Path) -> Result<Probe> {
     }
 }
 
-/// Removes the artifact that `claim` names, and no other. With `force`, a
-/// `Link` lock whose claim is missing and cannot be recovered through a
-/// dead remover gets a new claim (see `link::break_link`). `local`: the
-/// lock lives on a file system only this machine writes to.
+/// Removes the artifact that `claim` names, and no other. When
+/// `Breaking::Forced`, a `Link` lock whose claim is missing and cannot be
+/// recovered through a dead remover gets a new claim (see
+/// `link::break_link`). `writers`: which machines write to the lock's
+/// directory.
 pub(crate) fn break_claim(
     strategy: Concrete,
     path: &Utf8Path,
     seen: &Seen,
-    force: bool,
-    local: bool,
+    breaking: Breaking,
+    writers: Writers,
 ) -> Result<Broken> {
     match &seen.claim {
         Claim::Mkdir { token } => mkdir::break_record(path, token),
         Claim::MkdirEmpty => mkdir::break_empty(path),
-        Claim::Link { token } => link::break_link(path, token, force, local),
+        Claim::Link { token } => link::break_link(path, token, breaking, writers),
         Claim::Os => Err(Error::Unsupported {
             path: path.to_owned(),
             strategy: LockStrategy::Os,
@@ -333,9 +334,9 @@ pub(crate) fn break_claim(
 /// Removes what killed processes of this machine left beside the lock
 /// (`Link`'s claims and taken names); nothing for the other strategies,
 /// whose leftovers are inside the lock artifact itself.
-pub(crate) fn sweep(strategy: Concrete, path: &Utf8Path, local: bool) {
+pub(crate) fn sweep(strategy: Concrete, path: &Utf8Path, writers: Writers) {
     if strategy == Concrete::Link {
-        link::sweep(path, local);
+        link::sweep(path, writers);
     }
 }
 
