@@ -176,6 +176,7 @@ impl FileSystem {
         }
     }
 
+    #[cfg_attr(not(any(unix, windows)), allow(dead_code))]
     fn remote(
         name: impl Into<String>,
         locality: Locality,

@@ -244,28 +244,7 @@ pub(crate) fn rewrite(file: &File, bytes: &[u8], old_len: usize) -> io::Result<(
     if padded.len() < old_len {
         padded.resize(old_len, b' ');
     }
-    write_all_at(file, &padded)
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(bytes, 0)
-}
-
-#[cfg(windows)]
-fn write_all_at(file: &File, mut bytes: &[u8]) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    let mut offset = 0;
-    while !bytes.is_empty() {
-        let n = file.seek_write(bytes, offset)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-        offset += n as u64;
-    }
-    Ok(())
+    crate::sys::write_all_at(file, &padded)
 }
 
 #[cfg(unix)]

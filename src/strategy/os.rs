@@ -1,4 +1,4 @@
-//! `Os`: an advisory lock on an open file, through `fd-lock`.
+//! `Os`: an advisory lock on an open file (`flock`, `LockFileEx`).
 //!
 //! The lock file is created if needed (never truncated before the lock is
 //! held: truncating a live holder's file would destroy its record), locked
@@ -11,11 +11,15 @@
 //! each lock that the path still names that file (the file may have been
 //! removed or replaced meanwhile; then it locks what the path names now).
 //!
-//! `fd-lock`'s write guard borrows its `RwLock`, so a handle cannot keep it
-//! between `acquire` and `release` without a self-referential struct. The
-//! guard is instead forgotten once the lock is taken: the lock belongs to
-//! the open file description, which the handle keeps, and release unlocks
-//! that file explicitly and closes it (closing alone would also unlock).
+//! Two APIs take these locks, each where its shape fits. The lock a handle
+//! holds from `acquire` to `release` is the standard library's
+//! (`File::lock`, through [`crate::flock`]): it belongs to the open file
+//! description, which the handle keeps, and release unlocks that file
+//! explicitly and closes it (closing alone would also unlock). `fd-lock`'s
+//! guards borrow their `RwLock` and unlock when dropped, so they serve a
+//! lock that lives for one scope: `probe`'s shared look at whether the
+//! lock is held (`sys::try_shared_for_a_moment`). Both are `flock` on Unix
+//! and `LockFileEx` on Windows, so they exclude each other.
 //!
 //! The record is written with one write at offset 0, padded with spaces to
 //! the length of what it replaces; the file is never cut. JSON allows
@@ -31,6 +35,7 @@ use camino::Utf8Path;
 
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::flock::LockFlags;
 use crate::fs;
 use crate::owner::{record_has_token, OwnerRecord, MAX_RECORD_LEN};
 use crate::strategy::{Claim, Probe, Released, Seen};
@@ -92,13 +97,14 @@ pub(crate) fn try_acquire(
                 Open { file, id, pid }
             }
         };
-        let mut lock = fd_lock::RwLock::new(file);
-        let taken = if block {
-            lock.write().map(std::mem::forget)
+        // Held from here until `release` unlocks it (or the process ends):
+        // the standard library's lock, which no guard ties to a scope.
+        let flags = if block {
+            LockFlags::EXCLUSIVE
         } else {
-            lock.try_write().map(std::mem::forget)
+            LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING
         };
-        let file = lock.into_inner();
+        let taken = crate::flock::lock(&file, flags);
         match taken {
             Ok(()) => {}
             Err(e) if crate::flock::contended(&e, &file) => {
@@ -314,9 +320,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) => return Err(open_error(path, e)),
     };
     check_regular(path, &file)?;
-    let lock = fd_lock::RwLock::new(file);
-    let tried = lock.try_read().map(drop);
-    let file = lock.into_inner();
+    let (file, tried) = crate::sys::try_shared_for_a_moment(file);
     match tried {
         Ok(()) => return Ok(Probe::Free),
         Err(e) if crate::flock::contended(&e, &file) => {}

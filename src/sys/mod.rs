@@ -8,6 +8,11 @@
 //! [`ProcessState::Exited`] only on proof (the kernel says no such process,
 //! or shows it a zombie), never because a look failed.
 
+#[cfg(any(unix, windows))]
+use std::fs::File;
+#[cfg(any(unix, windows))]
+use std::io;
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -23,15 +28,31 @@ mod unsupported;
 #[cfg(not(any(unix, windows)))]
 use unsupported as imp;
 
+#[cfg(not(any(unix, windows)))]
+pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
     boot_id, machine_id, name_max, pid_namespace, process_state, since_boot, spawn_gated,
+    write_all_at,
 };
+
+/// Tries a shared OS advisory lock on `file` and lets it go at once: a
+/// look at whether another handle holds the exclusive lock. The lock
+/// lives exactly as long as fd-lock's guard, which is what that guard is
+/// for; a lock held from `acquire` to `release` uses the standard
+/// library's `File::lock` instead (see `strategy::os`).
+#[cfg(any(unix, windows))]
+pub(crate) fn try_shared_for_a_moment(file: File) -> (File, io::Result<()>) {
+    let lock = fd_lock::RwLock::new(file);
+    let tried = lock.try_read().map(drop);
+    (lock.into_inner(), tried)
+}
 
 /// What a look at a process of this machine found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProcessState {
     /// It runs; its start stamp (see [`crate::owner`]), when it could be
     /// read.
+    #[cfg_attr(not(any(unix, windows)), allow(dead_code))]
     Running { start: Option<String> },
     /// It has exited: the kernel knows no process with that PID, or only a
     /// zombie.
@@ -45,7 +66,7 @@ pub(crate) enum ProcessState {
 /// What sysinfo knows of process `pid`: `None` if it lists no such
 /// process, else whether it is a zombie and its start time in seconds
 /// (when known). Refreshes only that one process.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
+#[cfg_attr(any(target_os = "linux", not(any(unix, windows))), allow(dead_code))]
 fn sysinfo_process(pid: u32) -> Option<(bool, Option<u64>)> {
     use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
     let mut sys = System::new();

@@ -6,6 +6,25 @@ use std::process::{Child, Command};
 
 use super::ProcessState;
 
+/// Writes all of `bytes` at offset 0 of `file`, through its cursor (no
+/// positioned write here).
+pub(crate) fn write_all_at(mut file: &File, bytes: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(bytes)
+}
+
+/// No OS advisory locks here: a look says so.
+pub(crate) fn try_shared_for_a_moment(file: File) -> (File, io::Result<()>) {
+    (
+        file,
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "OS advisory locks are not supported on this platform",
+        )),
+    )
+}
+
 pub(crate) fn process_state(_pid: u32) -> ProcessState {
     ProcessState::Unknown
 }
