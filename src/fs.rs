@@ -13,13 +13,8 @@ use crate::error::{Error, Result};
 use crate::vocab::FileKind;
 use crate::vocab::LockStrategy;
 
-/// Mode of every lock file portalock creates (before the umask).
-#[cfg(unix)]
-pub(crate) const FILE_MODE: u32 = 0o644;
-
-/// Mode of every lock directory portalock creates (before the umask).
-#[cfg(unix)]
-pub(crate) const DIR_MODE: u32 = 0o755;
+use crate::sys;
+pub(crate) use crate::sys::FileId;
 
 /// The kind of object `meta` describes (from `symlink_metadata`).
 pub(crate) fn kind(meta: &Metadata) -> FileKind {
@@ -100,7 +95,7 @@ pub(crate) fn io_error(path: &Utf8Path, op: &'static str, err: io::Error) -> Err
             path: path.to_owned(),
         };
     }
-    if is_symlink_refusal(&err) && matches!(lkind(path), Ok(Some(FileKind::Symlink))) {
+    if sys::is_symlink_refusal(&err) && matches!(lkind(path), Ok(Some(FileKind::Symlink))) {
         return Error::Symlink {
             path: path.to_owned(),
         };
@@ -121,12 +116,7 @@ fn parent_missing(path: &Utf8Path) -> bool {
 pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true);
-    no_follow(&mut opts);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
-    }
+    sys::no_follow_no_block(&mut opts);
     stale_retry(|| opts.open(path))
 }
 
@@ -135,13 +125,8 @@ pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
 /// blocking on a FIFO; anything but a regular file is refused afterwards
 /// with `InvalidInput`.
 pub(crate) fn open_with(path: &Utf8Path, opts: &mut OpenOptions) -> io::Result<File> {
-    no_follow(opts);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
-        opts.mode(FILE_MODE);
-    }
+    sys::no_follow_no_block(opts);
+    sys::file_mode(opts);
     let file = stale_retry(|| opts.open(path))?;
     if file.metadata()?.is_file() {
         Ok(file)
@@ -158,12 +143,7 @@ pub(crate) fn open_with(path: &Utf8Path, opts: &mut OpenOptions) -> io::Result<F
 pub(crate) fn open_write(path: &Utf8Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.write(true);
-    no_follow(&mut opts);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
-    }
+    sys::no_follow_no_block(&mut opts);
     let file = stale_retry(|| opts.open(path))?;
     if file.metadata()?.is_file() {
         Ok(file)
@@ -181,12 +161,8 @@ pub(crate) fn open_write(path: &Utf8Path) -> io::Result<File> {
 pub(crate) fn open_create(path: &Utf8Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
-    no_follow(&mut opts);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(FILE_MODE);
-    }
+    sys::no_follow(&mut opts);
+    sys::file_mode(&mut opts);
     opts.open(path)
 }
 
@@ -195,12 +171,8 @@ pub(crate) fn open_create(path: &Utf8Path) -> io::Result<File> {
 pub(crate) fn create_new(path: &Utf8Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create_new(true);
-    no_follow(&mut opts);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(FILE_MODE);
-    }
+    sys::no_follow(&mut opts);
+    sys::file_mode(&mut opts);
     stale_retry(|| opts.open(path))
 }
 
@@ -212,16 +184,7 @@ pub(crate) fn is_absent(path: &Utf8Path, err: &io::Error) -> bool {
 
 /// The inode number in `meta` (0 where the platform has none to offer).
 pub(crate) fn ino(meta: &Metadata) -> u64 {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        meta.ino()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        0
-    }
+    sys::ino(meta)
 }
 
 /// A change stamp of `meta`: inode, size and modification time, for
@@ -244,26 +207,7 @@ pub(crate) fn rewrite(file: &File, bytes: &[u8], old_len: usize) -> io::Result<(
     if padded.len() < old_len {
         padded.resize(old_len, b' ');
     }
-    crate::sys::write_all_at(file, &padded)
-}
-
-#[cfg(unix)]
-fn no_follow(opts: &mut OpenOptions) {
-    use std::os::unix::fs::OpenOptionsExt;
-    opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-}
-
-#[cfg(not(unix))]
-fn no_follow(_opts: &mut OpenOptions) {}
-
-#[cfg(unix)]
-fn is_symlink_refusal(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(libc::ELOOP)
-}
-
-#[cfg(not(unix))]
-fn is_symlink_refusal(_err: &io::Error) -> bool {
-    false
+    sys::write_all_at(file, &padded)
 }
 
 /// Flushes the directory that holds `path` (the entry for `path`) to
@@ -278,7 +222,7 @@ pub(crate) fn sync_parent(path: &Utf8Path) -> io::Result<()> {
 
 /// Flushes the directory `dir` to stable storage (see [`sync_parent`]).
 pub(crate) fn sync_dir(dir: &Utf8Path) -> io::Result<()> {
-    if cfg!(unix) {
+    if sys::SYNCS_DIRECTORIES {
         File::open(dir)?.sync_all()
     } else {
         Ok(())
@@ -307,21 +251,9 @@ pub(crate) fn is_transient(e: &io::Error) -> bool {
     ) {
         return true;
     }
-    #[cfg(unix)]
-    if matches!(e.raw_os_error(), Some(libc::EIO | libc::EHOSTDOWN)) {
-        return true;
-    }
-    // Windows: ERROR_SHARING_VIOLATION and ERROR_LOCK_VIOLATION, while
-    // another process has the file or directory open for a moment;
-    // ERROR_ACCESS_DENIED, also what creating a name answers while a file
-    // or directory of that name is being deleted but still open elsewhere
-    // ("delete pending"); ERROR_INVALID_NAME, what Wine answers when
-    // listing a directory that is being removed.
-    #[cfg(windows)]
-    if matches!(e.raw_os_error(), Some(5 | 32 | 33 | 123)) {
-        return true;
-    }
-    false
+    // The platform's own codes (Unix: EIO, EHOSTDOWN; Windows: sharing
+    // and lock violations, "delete pending").
+    sys::is_transient_os(e)
 }
 
 /// Whether `name` is a client's hidden rename of a file that was unlinked
@@ -357,17 +289,10 @@ pub(crate) fn remove_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
     stale_retry(|| std::fs::remove_dir(path.as_ref()))
 }
 
-/// Creates the directory `path` (mode [`DIR_MODE`] less the umask on Unix),
+/// Creates the directory `path` (mode `0o755` less the umask on Unix),
 /// retried on `ESTALE`.
 pub(crate) fn create_dir(path: impl AsRef<std::path::Path>) -> io::Result<()> {
-    #[cfg(unix)]
-    let builder = {
-        let mut builder = std::fs::DirBuilder::new();
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
-        builder
-    };
-    #[cfg(not(unix))]
-    let builder = std::fs::DirBuilder::new();
+    let builder = sys::dir_builder();
     stale_retry(|| builder.create(path.as_ref()))
 }
 
@@ -420,27 +345,9 @@ pub(crate) fn open_file_error(path: &Utf8Path, strategy: LockStrategy, err: io::
     }
 }
 
-/// The identity of a file: device and inode on Unix, volume serial number
-/// and file index on Windows. Two names with one identity are one file.
-pub(crate) type FileId = (u64, u64);
-
 /// The identity of the open file `file`.
 pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata()?;
-        Ok((meta.dev(), meta.ino()))
-    }
-    #[cfg(windows)]
-    {
-        let info = winapi_util::file::information(file)?;
-        Ok((info.volume_serial_number(), info.file_index()))
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        file.metadata().map(|_| (0, 0))
-    }
+    sys::file_id(file)
 }
 
 /// How a holder looks at the name of what it holds, to tell whether it
@@ -474,18 +381,17 @@ pub(crate) enum Look {
 /// nothing is there (nor the directory it would be in).
 pub(crate) fn look_id(path: &Utf8Path, look: Look) -> io::Result<Option<(FileId, bool)>> {
     match look {
-        #[cfg(unix)]
+        // Where metadata carry no identity, it is known only from an open
+        // file.
+        Look::Stat if !sys::ID_FROM_METADATA => look_id(path, Look::Open),
         Look::Stat => match lstat(path) {
-            Ok(meta) => {
-                use std::os::unix::fs::MetadataExt;
-                Ok(Some(((meta.dev(), meta.ino()), meta.is_file())))
-            }
+            Ok(meta) => match sys::meta_id(&meta) {
+                Some(id) => Ok(Some((id, meta.is_file()))),
+                None => look_id(path, Look::Open),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         },
-        // Elsewhere a file's identity is known only from an open file.
-        #[cfg(not(unix))]
-        Look::Stat => look_id(path, Look::Open),
         Look::Open => match open_read(path) {
             Ok(file) => Ok(Some((file_id(&file)?, file.metadata()?.is_file()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -495,10 +401,9 @@ pub(crate) fn look_id(path: &Utf8Path, look: Look) -> io::Result<Option<(FileId,
     }
 }
 
-/// [`Look::List`]: the name's entry in its directory's listing.
-#[cfg(unix)]
+/// [`Look::List`]: the name's entry in its directory's listing (opened
+/// instead where listings carry no inode numbers).
 fn listed_id(path: &Utf8Path) -> io::Result<Option<(FileId, bool)>> {
-    use std::os::unix::fs::{DirEntryExt, MetadataExt};
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return look_id(path, Look::Open);
     };
@@ -515,7 +420,10 @@ fn listed_id(path: &Utf8Path) -> io::Result<Option<(FileId, bool)>> {
     };
     // The device number only: the same for every file of the mount.
     let dev = match stale_retry(|| std::fs::metadata(dir)) {
-        Ok(meta) => meta.dev(),
+        Ok(meta) => match sys::dev(&meta) {
+            Some(dev) => dev,
+            None => return look_id(path, Look::Open),
+        },
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -533,12 +441,15 @@ fn listed_id(path: &Utf8Path) -> io::Result<Option<(FileId, bool)>> {
     for entry in entries {
         let entry = entry?;
         let listed = entry.file_name();
+        let Some(ino) = sys::entry_ino(&entry) else {
+            return look_id(path, Look::Open);
+        };
         if listed == name {
             let file = entry.file_type()?.is_file();
-            return Ok(Some(((dev, entry.ino()), file)));
+            return Ok(Some(((dev, ino), file)));
         }
         if like.is_none() && listed.to_str().is_some_and(|l| l.to_lowercase() == folded) {
-            like = Some(((dev, entry.ino()), entry.file_type()?.is_file()));
+            like = Some(((dev, ino), entry.file_type()?.is_file()));
         }
     }
     Ok(like)
@@ -560,11 +471,6 @@ pub(crate) fn same_listed(listed: FileId, mine: FileId) -> bool {
     false
 }
 
-#[cfg(not(unix))]
-fn listed_id(path: &Utf8Path) -> io::Result<Option<(FileId, bool)>> {
-    look_id(path, Look::Open)
-}
-
 /// The identity of the file at `path` (not following a final symbolic
 /// link on Unix); `None` if nothing is there.
 pub(crate) fn path_id(path: &Utf8Path) -> io::Result<Option<FileId>> {
@@ -574,21 +480,15 @@ pub(crate) fn path_id(path: &Utf8Path) -> io::Result<Option<FileId>> {
 /// The identity and length of the file at `path` (not following a final
 /// symbolic link on Unix: one `lstat`); `None` if nothing is there.
 pub(crate) fn path_state(path: &Utf8Path) -> io::Result<Option<(FileId, u64)>> {
-    #[cfg(unix)]
-    let state = lstat(path).map(|meta| {
-        use std::os::unix::fs::MetadataExt;
-        ((meta.dev(), meta.ino()), meta.len())
-    });
-    #[cfg(windows)]
-    let state = open_read(path).and_then(|file| {
-        let info = winapi_util::file::information(&file)?;
-        Ok((
-            (info.volume_serial_number(), info.file_index()),
-            info.file_size(),
-        ))
-    });
-    #[cfg(not(any(unix, windows)))]
-    let state = open_read(path).and_then(|file| Ok((file_id(&file)?, file.metadata()?.len())));
+    let from_metadata = |meta: Metadata| match sys::meta_id(&meta) {
+        Some(id) => Ok((id, meta.len())),
+        None => open_read(path).and_then(|file| sys::file_state(&file)),
+    };
+    let state = if sys::ID_FROM_METADATA {
+        lstat(path).and_then(from_metadata)
+    } else {
+        open_read(path).and_then(|file| sys::file_state(&file))
+    };
     match state {
         Ok(state) => Ok(Some(state)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -600,52 +500,20 @@ pub(crate) fn path_state(path: &Utf8Path) -> io::Result<Option<(FileId, u64)>> {
 /// has no such number to offer).
 pub(crate) fn device(path: &Utf8Path) -> io::Result<u64> {
     let meta = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Ok(meta.dev())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        Ok(0)
-    }
+    Ok(sys::dev(&meta).unwrap_or(0))
 }
 
 /// Reads from `offset` without moving the file position (`pread`).
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_at(buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::FileExt;
-        file.seek_read(buf, offset)
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = file;
-        f.seek(SeekFrom::Start(offset))?;
-        f.read(buf)
-    }
+    sys::read_at(file, buf, offset)
 }
 
 /// The identity of the open `file` whose metadata `meta` was just read
 /// (no second `fstat` on Unix).
 pub(crate) fn id_of(meta: &Metadata, file: &File) -> io::Result<FileId> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let _ = file;
-        Ok((meta.dev(), meta.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        file_id(file)
+    match sys::meta_id(meta) {
+        Some(id) => Ok(id),
+        None => sys::file_id(file),
     }
 }
 

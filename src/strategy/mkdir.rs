@@ -25,6 +25,7 @@ use crate::fault;
 use crate::fs;
 use crate::owner::{is_token, read_capped, OwnerRecord};
 use crate::strategy::{Broken, Claim, Opaque, Probe, Released, Seen};
+use crate::sys::{self, Create};
 use crate::vocab::FileKind;
 use crate::vocab::LockStrategy;
 
@@ -92,28 +93,21 @@ pub(crate) fn try_acquire(
 /// is ours alone) and count the lock as busy. If both writers withdraw,
 /// the empty directory is broken after the grace period.
 ///
-/// On Unix the directory is opened once, the record created in it and the
-/// same open directory listed: a directory with our record in it cannot be
-/// removed, so the listing speaks of the lock. Elsewhere the path is used
-/// each time, and a directory that changed identity meanwhile counts as
-/// lost too.
-#[cfg(unix)]
+/// The directory is opened once (`sys::DirHandle`), the record created in
+/// it and the same directory listed: on Unix through one open directory
+/// (a directory with our record in it cannot be removed, so the listing
+/// speaks of the lock); elsewhere by its path, and a directory that
+/// changed identity meanwhile counts as lost too.
 fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
-    use rustix::fs::{Mode, OFlags};
     let name = format!("{}.json", record.token);
-    let dir = match fs::stale_retry(|| {
-        rustix::fs::open(
-            path.as_std_path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)
-    }) {
+    let dir = match fs::stale_retry(|| sys::DirHandle::open(path.as_std_path())) {
         Ok(dir) => dir,
         // Removed already, or replaced by something else: not ours.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e)
-            if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) =>
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) || sys::is_symlink_refusal(&e) =>
         {
             return Ok(false)
         }
@@ -122,36 +116,27 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             return Err(Error::io(path, "open lock directory", e));
         }
     };
-    let open = |flags: OFlags| {
-        fs::stale_retry(|| {
-            rustix::fs::openat(
-                &dir,
-                name.as_str(),
-                flags | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(fs::FILE_MODE as _),
-            )
-            .map_err(io::Error::from)
-        })
-    };
     let written = fault::step("mkdir.acquire.record", || {
-        match open(OFlags::CREATE | OFlags::EXCL) {
+        match fs::stale_retry(|| dir.create(&name, Create::New)) {
             // The name is this acquisition's alone (a fresh token): if it
             // exists, this process made it, and the client lost the
             // answer (an SMB client replaying its create, or taking the
             // new file for one it had cached under the same reused inode
             // number). Opened as it is.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(OFlags::TRUNC),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::stale_retry(|| dir.create(&name, Create::Truncate))
+            }
             other => other,
         }
     })
-    .and_then(|fd| {
-        let mut file = std::fs::File::from(fd);
+    .and_then(|mut file| {
         file.write_all(record.to_json().as_bytes())?;
         if sync {
             file.sync_all()?;
-            rustix::fs::fsync(&dir)?;
+            dir.sync()?;
             fs::sync_parent(path)?;
         }
+        // Closed now: see `Held::rewrite_record`.
         Ok(())
     });
     match written {
@@ -162,7 +147,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
         Err(e) => {
             // The directory is ours: a failure to write the record must not
             // leave a lock behind that nobody will release.
-            let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
+            let _ = dir.remove(&name);
             let _ = fs::remove_dir(path);
             return Err(Error::io(
                 &record_path(path, &record.token),
@@ -171,28 +156,14 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             ));
         }
     }
-    if fault::point("mkdir.acquire.alone").is_ok() && alone_in(dir, &name) {
+    if fault::point("mkdir.acquire.alone").is_ok()
+        && dir.still_at(path.as_std_path())
+        && retry_listing(|| alone_in(&dir, &name))
+    {
         return Ok(true);
     }
     let _ = fs::remove_file(record_path(path, &record.token));
     Ok(false)
-}
-
-/// Whether `name` is the only entry of the open directory `dir` (beside
-/// hidden renames of unlinked files, which are going away). An error
-/// counts as no: the caller withdraws, which is always safe.
-#[cfg(unix)]
-fn alone_in(dir: rustix::fd::OwnedFd, name: &str) -> bool {
-    let Ok(mut entries) = rustix::fs::Dir::new(dir) else {
-        return false;
-    };
-    let mut first = true;
-    retry_listing(|| {
-        if !std::mem::take(&mut first) {
-            entries.rewind();
-        }
-        listed_alone_in(&mut entries, name)
-    })
 }
 
 /// The answer of `list`, a listing of the lock directory; an error counts
@@ -213,84 +184,18 @@ fn retry_listing(mut list: impl FnMut() -> io::Result<bool>) -> bool {
     false
 }
 
-#[cfg(unix)]
-fn listed_alone_in(entries: &mut rustix::fs::Dir, name: &str) -> io::Result<bool> {
+/// Whether `name` is the only entry of the lock directory `dir` (beside
+/// hidden renames of unlinked files, which are going away).
+fn alone_in(dir: &sys::DirHandle, name: &str) -> io::Result<bool> {
     let mut count = 0;
-    for entry in entries.by_ref() {
-        let entry = entry?;
-        match entry.file_name().to_str() {
-            Ok("." | "..") => {}
-            Ok(n) if n == name => count += 1,
-            Ok(n) if fs::is_silly_renamed(n) => {}
-            _ => return Ok(false),
-        }
-    }
-    Ok(count == 1)
-}
-
-#[cfg(not(unix))]
-fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
-    let made = dir_ino(path);
-    let target = record_path(path, &record.token);
-    let written =
-        fault::step("mkdir.acquire.record", || fs::create_new(&target)).and_then(|mut file| {
-            file.write_all(record.to_json().as_bytes())?;
-            if sync {
-                file.sync_all()?;
-                fs::sync_dir(path)?;
-                fs::sync_parent(path)?;
-            }
-            Ok(file)
-        });
-    let file = match written {
-        Ok(file) => file,
-        // A breaker removed the directory while it was still empty (this
-        // process paused past the grace period): not ours, try again.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => {
-            let _ = fs::remove_file(&target);
-            let _ = fs::remove_dir(path);
-            return Err(Error::io(&target, "write owner record", e));
-        }
-    };
-    // Closed now: see `Held::rewrite_record`.
-    drop(file);
-    let alone = fault::point("mkdir.acquire.alone").is_ok() && alone(path, &record.token);
-    if (made.is_some() && dir_ino(path) != made) || !alone {
-        // Inode numbers are reused at once on some file systems, so the
-        // listing is what decides.
-        let _ = fs::remove_file(&target);
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// Whether our record is the only entry of the lock directory (an error
-/// counts as no: the caller withdraws, which is always safe).
-#[cfg(not(unix))]
-fn alone(path: &Utf8Path, token: &str) -> bool {
-    let ours = format!("{token}.json");
-    retry_listing(|| listed_alone(path, &ours))
-}
-
-#[cfg(not(unix))]
-fn listed_alone(path: &Utf8Path, ours: &str) -> io::Result<bool> {
-    let mut count = 0;
-    for entry in fs::read_dir(path)? {
-        let name = entry?.file_name();
-        match name.to_str() {
-            Some(n) if n == ours => count += 1,
+    for listed in dir.names()? {
+        match listed.to_str() {
+            Some(n) if n == name => count += 1,
             Some(n) if fs::is_silly_renamed(n) => {}
             _ => return Ok(false),
         }
     }
     Ok(count == 1)
-}
-
-#[cfg(not(unix))]
-fn dir_ino(path: &Utf8Path) -> Option<u64> {
-    let meta = fs::lstat(path).ok()?;
-    Some(fs::ino(&meta)).filter(|&ino| ino != 0)
 }
 
 pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {

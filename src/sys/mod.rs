@@ -31,9 +31,31 @@ use unsupported as imp;
 #[cfg(not(any(unix, windows)))]
 pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
-    boot_id, machine_id, name_max, pid_namespace, process_state, since_boot, spawn_gated,
-    write_all_at,
+    boot_id, dev, dir_builder, entry_ino, file_id, file_mode, file_state, ino, is_symlink_refusal,
+    is_transient_os, machine_id, meta_id, name_max, no_follow, no_follow_no_block, pid_namespace,
+    process_state, read_at, since_boot, spawn_gated, write_all_at, ID_FROM_METADATA,
+    SYNCS_DIRECTORIES,
 };
+
+#[cfg(not(unix))]
+mod path_dir;
+#[cfg(not(unix))]
+pub(crate) use path_dir::DirHandle;
+#[cfg(unix)]
+pub(crate) use unix::DirHandle;
+
+/// How [`DirHandle::create`] makes a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    /// A new file: fails with `AlreadyExists` if the name is taken.
+    New,
+    /// An existing file, emptied.
+    Truncate,
+}
+
+/// The identity of a file: device and inode on Unix, volume serial number
+/// and file index on Windows. Two names with one identity are one file.
+pub(crate) type FileId = (u64, u64);
 
 /// Tries a shared OS advisory lock on `file` and lets it go at once: a
 /// look at whether another handle holds the exclusive lock. The lock

@@ -12,21 +12,8 @@ use std::process::{Child, Command};
 
 use super::ProcessState;
 
-/// Writes all of `bytes` at offset 0 of `file` (Windows moves the cursor
-/// of a positioned write; no reader of a lock file uses it).
-pub(crate) fn write_all_at(file: &File, mut bytes: &[u8]) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    let mut offset = 0;
-    while !bytes.is_empty() {
-        let n = file.seek_write(bytes, offset)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
+mod file;
+pub(crate) use file::*;
 
 /// The state of process `pid`: sysinfo lists every process of the
 /// machine, whoever owns it, so a PID that is not listed has exited.

@@ -6,13 +6,8 @@ use std::process::{Child, Command};
 
 use super::ProcessState;
 
-/// Writes all of `bytes` at offset 0 of `file`, through its cursor (no
-/// positioned write here).
-pub(crate) fn write_all_at(mut file: &File, bytes: &[u8]) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(bytes)
-}
+mod file;
+pub(crate) use file::*;
 
 /// No OS advisory locks here: a look says so.
 pub(crate) fn try_shared_for_a_moment(file: File) -> (File, io::Result<()>) {

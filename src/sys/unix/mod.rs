@@ -22,11 +22,10 @@ use std::process::{Child, Command};
 
 use super::ProcessState;
 
-/// Writes all of `bytes` at offset 0 of `file`, moving no cursor.
-pub(crate) fn write_all_at(file: &File, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(bytes, 0)
-}
+mod dir;
+mod file;
+pub(crate) use dir::DirHandle;
+pub(crate) use file::*;
 
 /// Whether the kernel knows a process `pid` (a zombie included): `Some`
 /// on an answer, `None` if the question failed in a way that tells

@@ -1,0 +1,95 @@
+//! Files on Unix: open flags and modes, identities, positioned I/O.
+
+use std::fs::{DirBuilder, DirEntry, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, FileExt, MetadataExt, OpenOptionsExt};
+
+use super::super::FileId;
+
+/// Mode of every lock file portalock creates (before the umask).
+pub(crate) const FILE_MODE: u32 = 0o644;
+
+/// Mode of every lock directory portalock creates (before the umask).
+const DIR_MODE: u32 = 0o755;
+
+/// Whether [`meta_id`] gives a file's identity from its metadata (`lstat`),
+/// so that no open is needed.
+pub(crate) const ID_FROM_METADATA: bool = true;
+
+/// Whether a directory can be opened and flushed (`fsync`).
+pub(crate) const SYNCS_DIRECTORIES: bool = true;
+
+/// Opens without following a final symbolic link, and closes on `exec`.
+pub(crate) fn no_follow(opts: &mut OpenOptions) {
+    opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+}
+
+/// As [`no_follow`], and without blocking on a FIFO planted at the path.
+pub(crate) fn no_follow_no_block(opts: &mut OpenOptions) {
+    opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+}
+
+/// Creates files with [`FILE_MODE`] (less the umask).
+pub(crate) fn file_mode(opts: &mut OpenOptions) {
+    opts.mode(FILE_MODE);
+}
+
+/// A builder of lock directories, mode `0o755` less the umask.
+pub(crate) fn dir_builder() -> DirBuilder {
+    let mut builder = DirBuilder::new();
+    builder.mode(DIR_MODE);
+    builder
+}
+
+/// Whether `err` is an open's refusal of a final symbolic link (`ELOOP`).
+pub(crate) fn is_symlink_refusal(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// OS errors that trying again may cure, beyond the portable kinds: an
+/// I/O error of a network file system, a server that is down for a while.
+pub(crate) fn is_transient_os(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EIO | libc::EHOSTDOWN))
+}
+
+/// The inode number in `meta`.
+pub(crate) fn ino(meta: &Metadata) -> u64 {
+    meta.ino()
+}
+
+/// The device number in `meta`.
+pub(crate) fn dev(meta: &Metadata) -> Option<u64> {
+    Some(meta.dev())
+}
+
+/// The identity (device, inode) that `meta` carries.
+pub(crate) fn meta_id(meta: &Metadata) -> Option<FileId> {
+    Some((meta.dev(), meta.ino()))
+}
+
+/// The inode number of a directory entry, from the listing itself.
+pub(crate) fn entry_ino(entry: &DirEntry) -> Option<u64> {
+    Some(entry.ino())
+}
+
+/// The identity of the open `file`.
+pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// The identity and length of the open `file`.
+pub(crate) fn file_state(file: &File) -> io::Result<(FileId, u64)> {
+    let meta = file.metadata()?;
+    Ok(((meta.dev(), meta.ino()), meta.len()))
+}
+
+/// Reads from `offset` without moving the file position (`pread`).
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    file.read_at(buf, offset)
+}
+
+/// Writes all of `bytes` at offset 0 of `file`, moving no cursor.
+pub(crate) fn write_all_at(file: &File, bytes: &[u8]) -> io::Result<()> {
+    file.write_all_at(bytes, 0)
+}
