@@ -40,6 +40,8 @@ pub(crate) use imp::{
 #[cfg(not(unix))]
 mod path_dir;
 #[cfg(not(unix))]
+mod portable;
+#[cfg(not(unix))]
 pub(crate) use path_dir::DirHandle;
 #[cfg(unix)]
 pub(crate) use unix::DirHandle;

@@ -1,39 +1,16 @@
 //! Files on Windows: identities from the file index, positioned I/O, and
 //! the error codes of files that are briefly in use.
 
-use std::fs::{DirBuilder, DirEntry, File, Metadata, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::windows::fs::FileExt;
 
+pub(crate) use super::super::portable::*;
 use super::super::FileId;
-
-/// Whether `meta_id` gives a file's identity from its metadata: not here
-/// (the file index is read from an open file).
-pub(crate) const ID_FROM_METADATA: bool = false;
 
 /// Whether a directory can be opened and flushed: not here (NTFS journals
 /// its metadata).
 pub(crate) const SYNCS_DIRECTORIES: bool = false;
-
-/// Nothing to add: opening a symbolic link's target is refused later, by
-/// the kind check of what was opened.
-pub(crate) fn no_follow(_opts: &mut OpenOptions) {}
-
-/// As [`no_follow`] (there are no FIFOs in the file system here).
-pub(crate) fn no_follow_no_block(_opts: &mut OpenOptions) {}
-
-/// Nothing to add: files get the directory's permissions.
-pub(crate) fn file_mode(_opts: &mut OpenOptions) {}
-
-/// A builder of lock directories.
-pub(crate) fn dir_builder() -> DirBuilder {
-    DirBuilder::new()
-}
-
-/// Opens never refuse a symbolic link here.
-pub(crate) fn is_symlink_refusal(_err: &io::Error) -> bool {
-    false
-}
 
 /// ERROR_SHARING_VIOLATION and ERROR_LOCK_VIOLATION, while another process
 /// has the file or directory open for a moment; ERROR_ACCESS_DENIED, also
@@ -43,26 +20,6 @@ pub(crate) fn is_symlink_refusal(_err: &io::Error) -> bool {
 /// being removed.
 pub(crate) fn is_transient_os(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(5 | 32 | 33 | 123))
-}
-
-/// No inode numbers in metadata here.
-pub(crate) fn ino(_meta: &Metadata) -> u64 {
-    0
-}
-
-/// No device numbers in metadata here.
-pub(crate) fn dev(_meta: &Metadata) -> Option<u64> {
-    None
-}
-
-/// No identity in metadata here.
-pub(crate) fn meta_id(_meta: &Metadata) -> Option<FileId> {
-    None
-}
-
-/// No file index in a listing here.
-pub(crate) fn entry_ino(_entry: &DirEntry) -> Option<u64> {
-    None
 }
 
 /// The identity (volume serial number, file index) of the open `file`.
