@@ -227,16 +227,6 @@ fn detect_at(dir: &Path) -> io::Result<FileSystem> {
     Ok(linux::classify(magic, || linux::mount_of(dir)))
 }
 
-/// Whether the open `file` is on a Linux SMB (cifs) mount.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) fn file_is_smb(file: &std::fs::File) -> bool {
-    rustix::fs::fstatfs(file).is_ok_and(|stat| {
-        #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
-        let magic = stat.f_type as u64 & 0xffff_ffff;
-        matches!(magic, linux::CIFS | linux::SMB2)
-    })
-}
-
 #[cfg(any(target_os = "linux", target_os = "android", test))]
 mod linux {
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -248,8 +238,8 @@ mod linux {
 
     const NFS: u64 = 0x6969;
     const SMB: u64 = 0x517b;
-    pub(super) const CIFS: u64 = 0xff53_4d42;
-    pub(super) const SMB2: u64 = 0xfe53_4d42;
+    const CIFS: u64 = crate::sys::SMB_MAGICS[0];
+    const SMB2: u64 = crate::sys::SMB_MAGICS[1];
     const FUSE: u64 = 0x6573_5546;
     const V9FS: u64 = 0x0102_1997;
     const CEPH: u64 = 0x00c3_6400;

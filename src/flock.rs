@@ -94,11 +94,9 @@ pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
     if e.kind() == io::ErrorKind::WouldBlock {
         return true;
     }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if e.raw_os_error() == Some(rustix::io::Errno::ACCESS.raw_os_error()) {
-        return crate::filesystem::file_is_smb(file);
+    if crate::sys::may_be_smb_conflict(e) {
+        return crate::sys::file_is_smb(file);
     }
-    let _ = file;
     false
 }
 
@@ -110,12 +108,8 @@ pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
 /// The operating system's error.
 pub fn unlock(file: &File) -> io::Result<()> {
     match file.unlock() {
-        // Windows: the standard library unlocks twice (a file may hold a
-        // shared and an exclusive lock at once); for a range no longer
-        // locked, Windows answers ERROR_NOT_LOCKED and Wine
-        // ERROR_LOCK_VIOLATION. Either way nothing is locked any more.
-        #[cfg(windows)]
-        Err(e) if matches!(e.raw_os_error(), Some(33 | 158)) => Ok(()),
+        // Nothing was locked (Windows: see `sys::is_not_locked`).
+        Err(e) if crate::sys::is_not_locked(&e) => Ok(()),
         other => other,
     }
 }

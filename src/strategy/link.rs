@@ -191,19 +191,20 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
             Ok(()) => return Ok(true),
             Err(e) => e,
         };
-        let count = fs::lstat(claim).ok().and_then(|m| link_count(&m));
+        let count = fs::lstat(claim)
+            .ok()
+            .and_then(|m| crate::sys::link_count(&m));
         if count == Some(2) || names(path, token).unwrap_or(false) {
             return Ok(true);
         }
         if err.kind() == io::ErrorKind::AlreadyExists {
             return busy(path).map(|()| false);
         }
-        if err.raw_os_error() == Some(EPERM) && fs::lkind(path).ok().flatten().is_some() {
+        if crate::sys::is_eperm(&err) && fs::lkind(path).ok().flatten().is_some() {
             // sshfs answers EPERM for a link onto an existing name.
             return busy(path).map(|()| false);
         }
-        let unsupported =
-            err.kind() == io::ErrorKind::Unsupported || err.raw_os_error() == Some(EPERM);
+        let unsupported = err.kind() == io::ErrorKind::Unsupported || crate::sys::is_eperm(&err);
         if unsupported && attempt >= ATTEMPTS {
             return Err(Error::Unsupported {
                 path: path.to_owned(),
@@ -252,24 +253,6 @@ fn busy(path: &Utf8Path) -> Result<()> {
         }),
         _ => Ok(()),
     }
-}
-
-/// `EPERM`: what `link()` returns on file systems without hard links.
-#[cfg(unix)]
-const EPERM: i32 = libc::EPERM;
-#[cfg(not(unix))]
-const EPERM: i32 = i32::MIN;
-
-/// The link count of a file, where the platform reports one.
-#[cfg(unix)]
-fn link_count(meta: &std::fs::Metadata) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Some(meta.nlink())
-}
-
-#[cfg(not(unix))]
-fn link_count(_meta: &std::fs::Metadata) -> Option<u64> {
-    None
 }
 
 /// Whether `path` is the lock file of the acquisition with `token`: a
@@ -572,8 +555,8 @@ pub(crate) fn sweep(path: &Utf8Path, writers: Writers) {
         // second link) or carries the lock's current token stays, and so
         // does everything if the lock file cannot be read now (only a
         // definite "not this token" lets a name go).
-        let loose =
-            fs::lstat(&target).is_ok_and(|m| m.is_file() && link_count(&m).unwrap_or(1) == 1);
+        let loose = fs::lstat(&target)
+            .is_ok_and(|m| m.is_file() && crate::sys::link_count(&m).unwrap_or(1) == 1);
         if loose && matches!(names(path, token), Ok(false)) {
             let _ = fs::remove_file(&target);
         }

@@ -117,7 +117,8 @@ pub(crate) fn try_acquire(
             // handle): dropped, and the file opened again.
             Err(e)
                 if reused
-                    && (e.kind() == io::ErrorKind::StaleNetworkFileHandle || is_bad_handle(&e)) =>
+                    && (e.kind() == io::ErrorKind::StaleNetworkFileHandle
+                        || crate::sys::is_bad_handle(&e)) =>
             {
                 continue
             }
@@ -192,10 +193,9 @@ pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) ->
         Ok(released)
     });
     unlock(&file);
-    // Kept open on Unix only: on Windows the lock (fd-lock's one-byte
-    // range) is released when the handle closes, as `unlock` (the whole
-    // file's range) does not match it.
-    if cfg!(unix) && matches!(result, Ok(Released::Done)) && !how.remove {
+    // Kept open where an unlocked descriptor is as good as new (Unix;
+    // see `sys::KEEPS_RELEASED_FILES`).
+    if crate::sys::KEEPS_RELEASED_FILES && matches!(result, Ok(Released::Done)) && !how.remove {
         // A lease's heartbeat may hold the file a moment longer: then it
         // is simply closed, and the next acquisition opens it again.
         if let Ok(file) = Arc::try_unwrap(file) {
@@ -270,19 +270,6 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
     }
     let bytes = fs::conflict_retry(|| read_from_start(&held.file, MAX_RECORD_LEN as u64))?;
     Ok(record_has_token(&bytes, &held.token))
-}
-
-/// `EBADF`.
-fn is_bad_handle(e: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        e.raw_os_error() == Some(libc::EBADF)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = e;
-        false
-    }
 }
 
 /// The identity of the file at `path`, as `look` finds it, and the length

@@ -31,10 +31,11 @@ use unsupported as imp;
 #[cfg(not(any(unix, windows)))]
 pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
-    boot_id, dev, dir_builder, entry_ino, file_id, file_mode, file_state, ino, is_symlink_refusal,
-    is_transient_os, machine_id, meta_id, name_max, no_follow, no_follow_no_block, pid_namespace,
-    process_state, read_at, since_boot, spawn_gated, write_all_at, ID_FROM_METADATA,
-    SYNCS_DIRECTORIES,
+    boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, ino,
+    is_bad_handle, is_eperm, is_not_locked, is_symlink_refusal, is_transient_os, link_count,
+    machine_id, may_be_smb_conflict, meta_id, name_max, no_follow, no_follow_no_block,
+    pid_namespace, process_state, read_at, since_boot, spawn_gated, write_all_at, ID_FROM_METADATA,
+    KEEPS_RELEASED_FILES, SYNCS_DIRECTORIES,
 };
 
 #[cfg(not(unix))]
@@ -45,6 +46,18 @@ mod portable;
 pub(crate) use path_dir::DirHandle;
 #[cfg(unix)]
 pub(crate) use unix::DirHandle;
+
+/// The `statfs` magic numbers of Linux's SMB clients (`cifs`, `smb3`):
+/// data, the same on every platform (the file-system tables classify by
+/// them in their tests everywhere).
+#[cfg_attr(
+    not(any(target_os = "linux", target_os = "android", test)),
+    allow(
+        dead_code,
+        reason = "used where SMB mounts are told apart: Linux, and the tests"
+    )
+)]
+pub(crate) const SMB_MAGICS: [u64; 2] = [0xff53_4d42, 0xfe53_4d42];
 
 /// How [`DirHandle::create`] makes a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,36 @@ pub(crate) fn is_symlink_refusal(_err: &io::Error) -> bool {
     false
 }
 
+/// No `EPERM` here.
+pub(crate) fn is_eperm(_err: &io::Error) -> bool {
+    false
+}
+
+/// No `EBADF` here.
+pub(crate) fn is_bad_handle(_err: &io::Error) -> bool {
+    false
+}
+
+/// `EACCES` is never a lock conflict here.
+pub(crate) fn may_be_smb_conflict(_err: &io::Error) -> bool {
+    false
+}
+
+/// Whether a lock file stays open after release: not here. The handle is
+/// closed, which releases any lock it holds whatever its range; the next
+/// acquisition opens the file again.
+pub(crate) const KEEPS_RELEASED_FILES: bool = false;
+
+/// Whether the open file is on a Linux SMB mount: not here.
+pub(crate) fn file_is_smb(_file: &std::fs::File) -> bool {
+    false
+}
+
+/// No link counts in metadata here.
+pub(crate) fn link_count(_meta: &Metadata) -> Option<u64> {
+    None
+}
+
 /// No inode numbers in metadata here.
 pub(crate) fn ino(_meta: &Metadata) -> u64 {
     0

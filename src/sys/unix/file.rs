@@ -52,6 +52,55 @@ pub(crate) fn is_transient_os(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EIO | libc::EHOSTDOWN))
 }
 
+/// Whether `err` is `EPERM`: what `link()` answers on file systems without
+/// hard links (and sshfs, for a link onto an existing name).
+pub(crate) fn is_eperm(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether `err` says a file handle is no longer valid (`EBADF`).
+pub(crate) fn is_bad_handle(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EBADF)
+}
+
+/// Whether `err` may be a lock conflict in disguise: `EACCES`, which a
+/// Linux SMB client answers for a lock another client holds.
+pub(crate) fn may_be_smb_conflict(err: &io::Error) -> bool {
+    cfg!(any(target_os = "linux", target_os = "android"))
+        && err.raw_os_error() == Some(libc::EACCES)
+}
+
+/// Whether the open `file` is on a Linux SMB mount (`fstatfs`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn file_is_smb(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|stat| {
+        #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+        let magic = stat.f_type as u64 & 0xffff_ffff;
+        super::super::SMB_MAGICS.contains(&magic)
+    })
+}
+
+/// Whether the open `file` is on a Linux SMB mount: not on this Unix.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn file_is_smb(_file: &File) -> bool {
+    false
+}
+
+/// Whether `err`, from unlocking, says nothing was locked: not an error
+/// here (`flock(LOCK_UN)` succeeds on an unlocked file).
+pub(crate) fn is_not_locked(_err: &io::Error) -> bool {
+    false
+}
+
+/// Whether a lock file stays open after release, to be locked again
+/// without a new open: yes, an unlocked descriptor is as good as new.
+pub(crate) const KEEPS_RELEASED_FILES: bool = true;
+
+/// The link count in `meta`.
+pub(crate) fn link_count(meta: &Metadata) -> Option<u64> {
+    Some(meta.nlink())
+}
+
 /// The inode number in `meta`.
 pub(crate) fn ino(meta: &Metadata) -> u64 {
     meta.ino()

@@ -22,6 +22,14 @@ pub(crate) fn is_transient_os(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(5 | 32 | 33 | 123))
 }
 
+/// Whether `err`, from unlocking, says nothing was locked: the standard
+/// library unlocks twice (a file may hold a shared and an exclusive lock at
+/// once); for a range no longer locked, Windows answers ERROR_NOT_LOCKED
+/// and Wine ERROR_LOCK_VIOLATION.
+pub(crate) fn is_not_locked(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(33 | 158))
+}
+
 /// The identity (volume serial number, file index) of the open `file`.
 pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
     let info = winapi_util::file::information(file)?;
