@@ -46,6 +46,7 @@ use std::io;
 use std::path::Path;
 
 use crate::fs::Look;
+use crate::sys::FsFacts;
 use crate::vocab::LockStrategy;
 
 /// Where a file system keeps its data, as far as locking is concerned.
@@ -176,7 +177,6 @@ impl FileSystem {
         }
     }
 
-    #[cfg_attr(not(any(unix, windows)), allow(dead_code))]
     fn remote(
         name: impl Into<String>,
         locality: Locality,
@@ -192,10 +192,6 @@ impl FileSystem {
         }
     }
 
-    #[cfg_attr(
-        not(any(target_os = "linux", target_os = "android")),
-        allow(dead_code, reason = "SMB mounts are told apart on Linux")
-    )]
     fn looked_at(mut self, look: Look) -> FileSystem {
         self.look = look;
         self
@@ -214,22 +210,28 @@ impl fmt::Display for FileSystem {
 }
 
 /// Whether a comma-separated option list contains `opt` exactly.
-#[cfg(any(target_os = "linux", target_os = "android", test))]
 fn has_option(options: &str, opt: &str) -> bool {
     options.split(',').any(|o| o == opt)
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+/// The file system that holds the existing directory `dir`, classified
+/// from what the platform tells of it (`sys::fs_facts`).
 fn detect_at(dir: &Path) -> io::Result<FileSystem> {
-    let stat = rustix::fs::statfs(dir).map_err(io::Error::from)?;
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
-    let magic = stat.f_type as u64 & 0xffff_ffff;
-    Ok(linux::classify(magic, || linux::mount_of(dir)))
+    Ok(match crate::sys::fs_facts(dir)? {
+        FsFacts::Linux { magic } => linux::classify(magic, || linux::mount_of(dir)),
+        FsFacts::Bsd { name, local } => bsd_classify(name, local),
+        FsFacts::Windows { remote: true } => {
+            FileSystem::remote("smb", Locality::Network, true, LockStrategy::Mkdir)
+        }
+        FsFacts::Windows { remote: false } => FileSystem::local("local"),
+        // No way to tell here: trust the local answer.
+        FsFacts::Unknown => FileSystem::local("unknown"),
+    })
 }
 
-#[cfg(any(target_os = "linux", target_os = "android", test))]
+/// Linux's file systems, by `statfs` magic number and mount entry (data
+/// and parsing only: compiled and tested on every platform).
 mod linux {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     use std::path::Path;
 
     use super::{has_option, FileSystem, Locality};
@@ -346,7 +348,6 @@ mod linux {
 
     /// The mount that holds `dir`: the last mountinfo entry whose mount
     /// point is the longest prefix of `dir`'s canonical path.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) fn mount_of(dir: &Path) -> Option<Mount> {
         let dir = std::fs::canonicalize(dir).ok()?;
         let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -411,35 +412,7 @@ mod linux {
     }
 }
 
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly"
-))]
-fn detect_at(dir: &Path) -> io::Result<FileSystem> {
-    let stat = rustix::fs::statfs(dir).map_err(io::Error::from)?;
-    let name: Vec<u8> = stat
-        .f_fstypename
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    let name = String::from_utf8_lossy(&name).into_owned();
-    #[allow(clippy::unnecessary_cast)] // f_flags' width differs by target
-    let local = stat.f_flags as u64 & libc::MNT_LOCAL as u64 != 0;
-    Ok(bsd_classify(name, local))
-}
-
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    test
-))]
+/// The BSDs' and macOS's file systems, by `f_fstypename` and `MNT_LOCAL`.
 fn bsd_classify(name: String, local: bool) -> FileSystem {
     use LockStrategy::{Link, Mkdir};
     let fuse = name.starts_with("fuse")
@@ -457,62 +430,6 @@ fn bsd_classify(name: String, local: bool) -> FileSystem {
         "smbfs" | "afpfs" | "cifs" => FileSystem::remote(name, Locality::Network, true, Mkdir),
         _ => FileSystem::remote(name, Locality::Network, false, Mkdir),
     }
-}
-
-#[cfg(windows)]
-fn detect_at(dir: &Path) -> io::Result<FileSystem> {
-    use std::path::{Component, Prefix};
-
-    // Fails with NotFound for a missing directory, like statfs.
-    std::fs::metadata(dir)?;
-    let abs = std::path::absolute(dir)?;
-    let remote = match abs.components().next() {
-        Some(Component::Prefix(p)) => match p.kind() {
-            Prefix::UNC(..) | Prefix::VerbatimUNC(..) => true,
-            Prefix::Disk(letter) | Prefix::VerbatimDisk(letter) => windows::is_remote_drive(letter),
-            _ => false,
-        },
-        _ => false,
-    };
-    Ok(if remote {
-        FileSystem::remote("smb", Locality::Network, true, LockStrategy::Mkdir)
-    } else {
-        FileSystem::local("local")
-    })
-}
-
-#[cfg(windows)]
-#[allow(unsafe_code)]
-mod windows {
-    use windows_sys::Win32::Storage::FileSystem::GetDriveTypeW;
-
-    /// `DRIVE_REMOTE` from `GetDriveTypeW`.
-    const DRIVE_REMOTE: u32 = 4;
-
-    /// Whether the drive with this letter is a network drive.
-    pub(super) fn is_remote_drive(letter: u8) -> bool {
-        let root: [u16; 4] = [u16::from(letter), u16::from(b':'), u16::from(b'\\'), 0];
-        // SAFETY: `root` is a NUL-terminated UTF-16 string that lives
-        // across the call; GetDriveTypeW only reads it.
-        let kind = unsafe { GetDriveTypeW(root.as_ptr()) };
-        kind == DRIVE_REMOTE
-    }
-}
-
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    windows
-)))]
-fn detect_at(dir: &Path) -> io::Result<FileSystem> {
-    // No way to tell here: trust the local answer.
-    std::fs::metadata(dir)?;
-    Ok(FileSystem::local("unknown"))
 }
 
 #[cfg(test)]

@@ -354,10 +354,6 @@ pub(crate) fn file_id(file: &File) -> io::Result<FileId> {
 /// still names what it made: a question a network client may answer from
 /// a cache, and a wrong "yes" makes two holders.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(
-    not(any(target_os = "linux", target_os = "android")),
-    allow(dead_code, reason = "SMB mounts are told apart on Linux")
-)]
 pub(crate) enum Look {
     /// `lstat`: a local file system, which has no cache to be stale.
     #[default]

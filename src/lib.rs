@@ -117,7 +117,8 @@
 //!   protocols, for the project's own tests. Off by default; never enable
 //!   it in a build that ships.
 #![deny(missing_docs, missing_debug_implementations, nonstandard_style)]
-// The one exception, `GetDriveTypeW` on Windows, is allowed where it is.
+// The one exception, `GetDriveTypeW` on Windows, is allowed where it is
+// (`sys/windows/file.rs`).
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -146,7 +147,6 @@ mod strategy;
 mod sys;
 mod vocab;
 mod wait;
-mod watch;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, Result};

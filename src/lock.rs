@@ -19,9 +19,9 @@ use crate::owner::{OwnerRecord, RecordedProcess};
 use crate::registry::registry;
 use crate::stale::{judge, Verdict, Watch, DEFAULT_GRACE};
 use crate::strategy::{self, Broken, Claim, Held, Probe, Released};
+use crate::sys::DirWatch;
 use crate::vocab::{Breaking, Concrete, LockStrategy, Writers};
 use crate::wait::{Backoff, Deadline};
-use crate::watch::DirWatch;
 
 /// The longest pause between two attempts on a lock held by another process,
 /// unless [`LockOptions::poll_interval`] says otherwise.

@@ -31,12 +31,21 @@ use unsupported as imp;
 #[cfg(not(any(unix, windows)))]
 pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
-    boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, ino,
-    is_bad_handle, is_eperm, is_not_locked, is_symlink_refusal, is_transient_os, link_count,
+    boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, fs_facts,
+    ino, is_bad_handle, is_eperm, is_not_locked, is_symlink_refusal, is_transient_os, link_count,
     machine_id, may_be_smb_conflict, meta_id, name_max, no_follow, no_follow_no_block,
     pid_namespace, process_state, read_at, since_boot, spawn_gated, write_all_at, ID_FROM_METADATA,
     KEEPS_RELEASED_FILES, SYNCS_DIRECTORIES,
 };
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod inotify;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use inotify::DirWatch;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod no_watch;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) use no_watch::DirWatch;
 
 #[cfg(not(unix))]
 mod path_dir;
@@ -58,6 +67,22 @@ pub(crate) use unix::DirHandle;
     )
 )]
 pub(crate) const SMB_MAGICS: [u64; 2] = [0xff53_4d42, 0xfe53_4d42];
+
+/// What the platform tells of the file system that holds a directory; the
+/// `filesystem` module classifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code, reason = "each platform makes one of these")]
+pub(crate) enum FsFacts {
+    /// Linux: the `statfs` magic number (the mount's entry in
+    /// `/proc/self/mountinfo` is read when the classification needs it).
+    Linux { magic: u64 },
+    /// macOS and the BSDs: `f_fstypename`, and whether `MNT_LOCAL` is set.
+    Bsd { name: String, local: bool },
+    /// Windows: whether the path is a UNC path or on a network drive.
+    Windows { remote: bool },
+    /// A platform with no way to tell.
+    Unknown,
+}
 
 /// How [`DirHandle::create`] makes a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -142,3 +142,51 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<us
 pub(crate) fn write_all_at(file: &File, bytes: &[u8]) -> io::Result<()> {
     file.write_all_at(bytes, 0)
 }
+
+/// What `statfs` tells of the file system that holds `dir`: Linux's magic
+/// number.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn fs_facts(dir: &std::path::Path) -> io::Result<super::super::FsFacts> {
+    let stat = rustix::fs::statfs(dir)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    let magic = stat.f_type as u64 & 0xffff_ffff;
+    Ok(super::super::FsFacts::Linux { magic })
+}
+
+/// What `statfs` tells of the file system that holds `dir`: its type name
+/// and whether it is local (`MNT_LOCAL`).
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+pub(crate) fn fs_facts(dir: &std::path::Path) -> io::Result<super::super::FsFacts> {
+    let stat = rustix::fs::statfs(dir)?;
+    let name: Vec<u8> = stat
+        .f_fstypename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let name = String::from_utf8_lossy(&name).into_owned();
+    #[allow(clippy::unnecessary_cast)] // f_flags' width differs by target
+    let local = stat.f_flags as u64 & libc::MNT_LOCAL as u64 != 0;
+    Ok(super::super::FsFacts::Bsd { name, local })
+}
+
+/// Nothing to tell on the other Unixes (the directory must exist).
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)))]
+pub(crate) fn fs_facts(dir: &std::path::Path) -> io::Result<super::super::FsFacts> {
+    std::fs::metadata(dir)?;
+    Ok(super::super::FsFacts::Unknown)
+}

@@ -65,3 +65,39 @@ pub(crate) fn write_all_at(file: &File, mut bytes: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Whether `dir` is on another machine: a UNC path, or a drive that
+/// `GetDriveTypeW` calls remote. Fails with `NotFound` for a missing
+/// directory, as `statfs` does.
+pub(crate) fn fs_facts(dir: &std::path::Path) -> io::Result<super::super::FsFacts> {
+    use std::path::{Component, Prefix};
+
+    std::fs::metadata(dir)?;
+    let abs = std::path::absolute(dir)?;
+    let remote = match abs.components().next() {
+        Some(Component::Prefix(p)) => match p.kind() {
+            Prefix::UNC(..) | Prefix::VerbatimUNC(..) => true,
+            Prefix::Disk(letter) | Prefix::VerbatimDisk(letter) => drive::is_remote(letter),
+            _ => false,
+        },
+        _ => false,
+    };
+    Ok(super::super::FsFacts::Windows { remote })
+}
+
+#[allow(unsafe_code)]
+mod drive {
+    use windows_sys::Win32::Storage::FileSystem::GetDriveTypeW;
+
+    /// `DRIVE_REMOTE` from `GetDriveTypeW`.
+    const DRIVE_REMOTE: u32 = 4;
+
+    /// Whether the drive with this letter is a network drive.
+    pub(super) fn is_remote(letter: u8) -> bool {
+        let root: [u16; 4] = [u16::from(letter), u16::from(b':'), u16::from(b'\\'), 0];
+        // SAFETY: `root` is a NUL-terminated UTF-16 string that lives
+        // across the call; GetDriveTypeW only reads it.
+        let kind = unsafe { GetDriveTypeW(root.as_ptr()) };
+        kind == DRIVE_REMOTE
+    }
+}

@@ -1,10 +1,10 @@
-//! Fast hand-off for waiters in other processes: on Linux, a waiter for a
+//! Fast hand-off for waiters in other processes, on Linux: a waiter for a
 //! `Mkdir` or `Link` lock sleeps on an inotify watch of the lock's
 //! directory and wakes as soon as something is removed from it (the lock,
-//! released), instead of after a poll interval. Elsewhere, and where
-//! inotify is not available (or on network file systems, where other
-//! clients' changes raise no event), the waiter falls back to polling with
-//! backoff: the watch only ever shortens a sleep.
+//! released), instead of after a poll interval. Where inotify is not
+//! available (or on network file systems, where other clients' changes
+//! raise no event), the waiter falls back to polling with backoff: the
+//! watch only ever shortens a sleep. Other platforms: `no_watch`.
 
 use std::time::Duration;
 
@@ -13,14 +13,11 @@ use camino::Utf8Path;
 /// A watch on a lock's directory, or nothing where there is none.
 #[derive(Debug)]
 pub(crate) struct DirWatch {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     fd: Option<std::os::fd::OwnedFd>,
     /// The watch on the directory, in `fd`.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     wd: i32,
     /// The lock's file name: only its removal wakes the waiter (its own
     /// attempts create and remove other names in the directory).
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     name: String,
 }
 
@@ -32,16 +29,13 @@ pub(crate) struct DirWatch {
 /// wait: their watch is removed (which the kernel finishes in the
 /// background) and the instance goes back here. A few are kept; more are
 /// only made when more threads of the process wait at once.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 static IDLE: std::sync::Mutex<Vec<std::os::fd::OwnedFd>> = std::sync::Mutex::new(Vec::new());
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
 const MAX_IDLE: usize = 8;
 
 impl DirWatch {
     /// Watches the directory of `path` for removals and renames away.
     /// `None` where that is not possible; the caller then polls.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) fn new(path: &Utf8Path) -> Option<DirWatch> {
         use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
         let dir = path.parent()?;
@@ -74,14 +68,8 @@ impl DirWatch {
         })
     }
 
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub(crate) fn new(_path: &Utf8Path) -> Option<DirWatch> {
-        None
-    }
-
     /// Sleeps until the lock's name is removed from the directory or
     /// `timeout` passes.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) fn wait(&self, timeout: Duration) {
         use rustix::event::{poll, PollFd, PollFlags};
         use rustix::fs::inotify::Reader;
@@ -117,14 +105,8 @@ impl DirWatch {
             }
         }
     }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub(crate) fn wait(&self, timeout: Duration) {
-        std::thread::sleep(timeout);
-    }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
 impl Drop for DirWatch {
     fn drop(&mut self) {
         if let Some(fd) = self.fd.take() {
@@ -137,7 +119,6 @@ impl Drop for DirWatch {
 }
 
 /// Reads and drops every queued event of `fd` (non-blocking).
-#[cfg(any(target_os = "linux", target_os = "android"))]
 fn drain(fd: &std::os::fd::OwnedFd) {
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
     let mut reader = rustix::fs::inotify::Reader::new(fd, &mut buf);
@@ -146,7 +127,6 @@ fn drain(fd: &std::os::fd::OwnedFd) {
 
 /// Keeps an instance without a watch for the next waiter (or closes it if
 /// enough are kept).
-#[cfg(any(target_os = "linux", target_os = "android"))]
 fn give_back(fd: std::os::fd::OwnedFd) {
     let mut idle = IDLE
         .lock()
@@ -156,7 +136,7 @@ fn give_back(fd: std::os::fd::OwnedFd) {
     }
 }
 
-#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
