@@ -225,7 +225,14 @@ fn detect_at(dir: &Path) -> io::Result<FileSystem> {
         }
         FsFacts::Windows { remote: false } => FileSystem::local("local"),
         // No way to tell here: trust the local answer.
-        FsFacts::Unknown => FileSystem::local("unknown"),
+        FsFacts::Unknown if crate::sys::HAS_OS_LOCKS => FileSystem::local("unknown"),
+        // A platform without OS locks: `Auto` makes directories, and an
+        // explicit `Os` lock is refused (`OsLocksNotShared`).
+        FsFacts::Unknown => FileSystem {
+            os_locks_shared: false,
+            auto: LockStrategy::Mkdir,
+            ..FileSystem::local("unknown")
+        },
     })
 }
 

@@ -9,9 +9,11 @@
 //! that open file closes, and does not exclude other clients of a network
 //! file system (see [`FileSystem`](crate::FileSystem)).
 
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::io;
 use std::ops::BitOr;
+
+use crate::sys::{self, LockKind, Wait};
 
 /// How [`lock`] locks: exclusive or shared, blocking or not. Combine with
 /// `|`, as in portalocker: `LockFlags::SHARED | LockFlags::NON_BLOCKING`.
@@ -71,17 +73,19 @@ pub fn lock(file: &File, flags: LockFlags) -> io::Result<()> {
             "lock flags need exactly one of EXCLUSIVE and SHARED",
         ));
     }
-    let tried = match (exclusive, flags.contains(LockFlags::NON_BLOCKING)) {
-        (true, false) => return file.lock(),
-        (false, false) => return file.lock_shared(),
-        (true, true) => file.try_lock(),
-        (false, true) => file.try_lock_shared(),
+    let kind = if exclusive {
+        LockKind::Exclusive
+    } else {
+        LockKind::Shared
     };
-    match tried {
-        Ok(()) => Ok(()),
-        Err(TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
-        Err(TryLockError::Error(e)) if contended(&e, file) => Err(io::ErrorKind::WouldBlock.into()),
-        Err(TryLockError::Error(e)) => Err(e),
+    let wait = if flags.contains(LockFlags::NON_BLOCKING) {
+        Wait::Try
+    } else {
+        Wait::Block
+    };
+    match sys::lock_file(file, kind, wait) {
+        Err(e) if wait == Wait::Try && contended(&e, file) => Err(io::ErrorKind::WouldBlock.into()),
+        other => other,
     }
 }
 
@@ -94,8 +98,8 @@ pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
     if e.kind() == io::ErrorKind::WouldBlock {
         return true;
     }
-    if crate::sys::may_be_smb_conflict(e) {
-        return crate::sys::file_is_smb(file);
+    if sys::may_be_smb_conflict(e) {
+        return sys::file_is_smb(file);
     }
     false
 }
@@ -107,11 +111,7 @@ pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
 ///
 /// The operating system's error.
 pub fn unlock(file: &File) -> io::Result<()> {
-    match file.unlock() {
-        // Nothing was locked (Windows: see `sys::is_not_locked`).
-        Err(e) if crate::sys::is_not_locked(&e) => Ok(()),
-        other => other,
-    }
+    sys::unlock_file(file)
 }
 
 #[cfg(test)]

@@ -96,8 +96,9 @@ pub(crate) fn try_acquire(
 /// The directory is opened once (`sys::DirHandle`), the record created in
 /// it and the same directory listed: on Unix through one open directory
 /// (a directory with our record in it cannot be removed, so the listing
-/// speaks of the lock); elsewhere by its path, and a directory that
-/// changed identity meanwhile counts as lost too.
+/// speaks of the lock); elsewhere by its path, where the listing decides
+/// (and a directory that changed identity meanwhile counts as lost, where
+/// the platform tells a directory's identity from its metadata).
 fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
     let name = format!("{}.json", record.token);
     let dir = match fs::stale_retry(|| sys::DirHandle::open(path.as_std_path())) {

@@ -126,7 +126,7 @@ pub(crate) fn try_acquire(
         }
         // The lock is ours from here; any error below must unlock it.
         if let Err(e) = fault::point("os.acquire.locked") {
-            unlock(&file);
+            let _ = unlock(&file);
             return Err(Error::io(path, "lock", e));
         }
         let len = match path_state(path, &file, how.look) {
@@ -134,11 +134,11 @@ pub(crate) fn try_acquire(
             Ok(_) => {
                 // Deleted or replaced since it was opened: lock what the
                 // path names now.
-                unlock(&file);
+                let _ = unlock(&file);
                 continue;
             }
             Err(e) => {
-                unlock(&file);
+                let _ = unlock(&file);
                 return Err(Error::io(path, "inspect lock file", e));
             }
         };
@@ -158,7 +158,7 @@ pub(crate) fn try_acquire(
                 how,
             })),
             Err(e) => {
-                unlock(&file);
+                let _ = unlock(&file);
                 Err(e)
             }
         };
@@ -192,10 +192,15 @@ pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) ->
         }
         Ok(released)
     });
-    unlock(&file);
+    let unlocked = unlock(&file);
     // Kept open where an unlocked descriptor is as good as new (Unix;
-    // see `sys::KEEPS_RELEASED_FILES`).
-    if crate::sys::KEEPS_RELEASED_FILES && matches!(result, Ok(Released::Done)) && !how.remove {
+    // see `sys::KEEPS_RELEASED_FILES`), and only once it is unlocked: a
+    // file whose unlock failed is closed, which releases its lock.
+    if crate::sys::KEEPS_RELEASED_FILES
+        && unlocked
+        && matches!(result, Ok(Released::Done))
+        && !how.remove
+    {
         // A lease's heartbeat may hold the file a moment longer: then it
         // is simply closed, and the next acquisition opens it again.
         if let Ok(file) = Arc::try_unwrap(file) {
@@ -416,10 +421,10 @@ fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) ->
         .map_err(|e| Error::io(path, "write the owner record to", e))
 }
 
-fn unlock(file: &File) {
-    // Closing the file releases the lock too, once the last handle on it
-    // is gone (a lease's heartbeat may still hold one for a moment);
-    // unlocking first makes the release immediate (`flock(LOCK_UN)`; on
-    // Windows only the close releases it, see `release`).
-    let _ = file.unlock();
+/// Unlocks `file`; whether that worked. Closing the file releases the
+/// lock too, once the last handle on it is gone (a lease's heartbeat may
+/// still hold one for a moment); unlocking first makes the release
+/// immediate (`flock(LOCK_UN)`, `UnlockFileEx`).
+fn unlock(file: &File) -> bool {
+    crate::flock::unlock(file).is_ok()
 }

@@ -32,10 +32,10 @@ use unsupported as imp;
 pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
     boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, fs_facts,
-    ino, is_bad_handle, is_eperm, is_not_locked, is_symlink_refusal, is_transient_os, link_count,
+    ino, is_bad_handle, is_eperm, is_symlink_refusal, is_transient_os, link_count, lock_file,
     machine_id, may_be_smb_conflict, meta_id, name_max, no_follow, no_follow_no_block,
-    pid_namespace, process_state, read_at, since_boot, spawn_gated, write_all_at, ID_FROM_METADATA,
-    KEEPS_RELEASED_FILES, SYNCS_DIRECTORIES,
+    pid_namespace, process_state, read_at, since_boot, spawn_gated, unlock_file, write_all_at,
+    HAS_OS_LOCKS, ID_FROM_METADATA, KEEPS_RELEASED_FILES, SYNCS_DIRECTORIES,
 };
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -82,6 +82,24 @@ pub(crate) enum FsFacts {
     Windows { remote: bool },
     /// A platform with no way to tell.
     Unknown,
+}
+
+/// Which OS advisory lock [`lock_file`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockKind {
+    /// Many holders at once.
+    Shared,
+    /// One holder.
+    Exclusive,
+}
+
+/// Whether [`lock_file`] waits for a conflicting lock to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Until the lock is free.
+    Block,
+    /// Not at all: `WouldBlock` if it is held.
+    Try,
 }
 
 /// How [`DirHandle::create`] makes a file.

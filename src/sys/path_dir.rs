@@ -1,7 +1,8 @@
 //! A lock directory worked in by its path, where directories cannot be
 //! opened as handles to work through (Windows, and the platforms of
-//! `unsupported`). It remembers the directory's inode number, where the
-//! platform has one, to tell when the path comes to name another.
+//! `unsupported`). It would remember the directory's inode number to tell
+//! when the path comes to name another, but neither platform gives one in
+//! metadata (`portable::ino` is 0): there the listing alone decides.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};

@@ -4,7 +4,7 @@ use std::fs::{DirBuilder, DirEntry, File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, DirEntryExt, FileExt, MetadataExt, OpenOptionsExt};
 
-use super::super::FileId;
+use super::super::{FileId, LockKind, Wait};
 
 /// Mode of every lock file portalock creates (before the umask).
 pub(crate) const FILE_MODE: u32 = 0o644;
@@ -86,15 +86,32 @@ pub(crate) fn file_is_smb(_file: &File) -> bool {
     false
 }
 
-/// Whether `err`, from unlocking, says nothing was locked: not an error
-/// here (`flock(LOCK_UN)` succeeds on an unlocked file).
-pub(crate) fn is_not_locked(_err: &io::Error) -> bool {
-    false
-}
-
 /// Whether a lock file stays open after release, to be locked again
 /// without a new open: yes, an unlocked descriptor is as good as new.
 pub(crate) const KEEPS_RELEASED_FILES: bool = true;
+
+/// OS advisory locks exist here: `flock`.
+pub(crate) const HAS_OS_LOCKS: bool = true;
+
+/// Takes an OS advisory lock on the open `file` with `flock`, on every
+/// Unix (the standard library's `File::lock` is missing on some, Android
+/// among them). The lock belongs to the open file description.
+pub(crate) fn lock_file(file: &File, kind: LockKind, wait: Wait) -> io::Result<()> {
+    use rustix::fs::FlockOperation as Op;
+    let op = match (kind, wait) {
+        (LockKind::Exclusive, Wait::Block) => Op::LockExclusive,
+        (LockKind::Exclusive, Wait::Try) => Op::NonBlockingLockExclusive,
+        (LockKind::Shared, Wait::Block) => Op::LockShared,
+        (LockKind::Shared, Wait::Try) => Op::NonBlockingLockShared,
+    };
+    Ok(rustix::fs::flock(file, op)?)
+}
+
+/// Releases the OS advisory lock of the open `file` (`flock(LOCK_UN)`;
+/// nothing happens if it holds none).
+pub(crate) fn unlock_file(file: &File) -> io::Result<()> {
+    Ok(rustix::fs::flock(file, rustix::fs::FlockOperation::Unlock)?)
+}
 
 /// The link count in `meta`.
 pub(crate) fn link_count(meta: &Metadata) -> Option<u64> {

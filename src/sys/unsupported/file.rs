@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 pub(crate) use super::super::portable::*;
-use super::super::FileId;
+use super::super::{FileId, LockKind, Wait};
 
 /// Directories are not flushed here.
 pub(crate) const SYNCS_DIRECTORIES: bool = false;
@@ -14,9 +14,20 @@ pub(crate) fn is_transient_os(_err: &io::Error) -> bool {
     false
 }
 
-/// No lock to find unlocked here.
-pub(crate) fn is_not_locked(_err: &io::Error) -> bool {
-    false
+/// No OS advisory locks here.
+pub(crate) const HAS_OS_LOCKS: bool = false;
+
+/// No OS advisory locks here: `Unsupported`.
+pub(crate) fn lock_file(_file: &File, _kind: LockKind, _wait: Wait) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "OS advisory locks are not supported on this platform",
+    ))
+}
+
+/// No OS advisory locks here: nothing to release.
+pub(crate) fn unlock_file(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 /// No identity here: every open file looks the same (`(0, 0)`).

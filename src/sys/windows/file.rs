@@ -6,7 +6,7 @@ use std::io;
 use std::os::windows::fs::FileExt;
 
 pub(crate) use super::super::portable::*;
-use super::super::FileId;
+use super::super::{FileId, LockKind, Wait};
 
 /// Whether a directory can be opened and flushed: not here (NTFS journals
 /// its metadata).
@@ -22,12 +22,35 @@ pub(crate) fn is_transient_os(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(5 | 32 | 33 | 123))
 }
 
-/// Whether `err`, from unlocking, says nothing was locked: the standard
-/// library unlocks twice (a file may hold a shared and an exclusive lock at
-/// once); for a range no longer locked, Windows answers ERROR_NOT_LOCKED
-/// and Wine ERROR_LOCK_VIOLATION.
-pub(crate) fn is_not_locked(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(33 | 158))
+/// OS advisory locks exist here: `LockFileEx`.
+pub(crate) const HAS_OS_LOCKS: bool = true;
+
+/// Takes an OS advisory lock on the open `file`: the standard library's
+/// `LockFileEx` over the whole file. The lock belongs to the handle.
+pub(crate) fn lock_file(file: &File, kind: LockKind, wait: Wait) -> io::Result<()> {
+    use std::fs::TryLockError;
+    let tried = match (kind, wait) {
+        (LockKind::Exclusive, Wait::Block) => return file.lock(),
+        (LockKind::Shared, Wait::Block) => return file.lock_shared(),
+        (LockKind::Exclusive, Wait::Try) => file.try_lock(),
+        (LockKind::Shared, Wait::Try) => file.try_lock_shared(),
+    };
+    match tried {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Releases the OS advisory lock of the open `file`: the standard library
+/// unlocks twice (a file may hold a shared and an exclusive lock at once),
+/// and for a range no longer locked Windows answers ERROR_NOT_LOCKED and
+/// Wine ERROR_LOCK_VIOLATION, which mean that nothing is locked any more.
+pub(crate) fn unlock_file(file: &File) -> io::Result<()> {
+    match file.unlock() {
+        Err(e) if matches!(e.raw_os_error(), Some(33 | 158)) => Ok(()),
+        other => other,
+    }
 }
 
 /// The identity (volume serial number, file index) of the open `file`.
