@@ -493,9 +493,10 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
         figures.recoveries += 1;
         figures.slowest = figures.slowest.max(recovered);
     }
-    workers.clear(); // killed and reaped (`Worker`'s drop)
-                     // Recovered at the end too: a fresh handle gets the lock, and breaking
-                     // afterwards leaves nothing of the killed processes behind.
+    // Killed and reaped (`Worker`'s drop).
+    workers.clear();
+    // Recovered at the end too: a fresh handle gets the lock, and breaking
+    // afterwards leaves nothing of the killed processes behind.
     let last = LockOptions::new()
         .strategy(strategy)
         .trust_os_locks(true)
@@ -508,12 +509,25 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
         .release()
         .map_err(|e| format!("release: {e}"))?;
     last.break_lock().map_err(|e| format!("break: {e}"))?;
-    let left: Vec<String> = std::fs::read_dir(dir.path())
-        .map_err(|e| e.to_string())?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "log" && !(strategy == LockStrategy::Os && n == "x.lock"))
-        .collect();
+    // What is left: nothing but the log (and an `Os` lock file), once the
+    // hidden renames of files unlinked while open (`.nfs*`, `.fuse_hidden*`),
+    // which the client removes on its own after the last close, are gone;
+    // looked at again for 5 s at most while only those remain.
+    let list = || -> Result<Vec<String>, String> {
+        Ok(std::fs::read_dir(dir.path())
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "log" && !(strategy == LockStrategy::Os && n == "x.lock"))
+            .collect())
+    };
+    let hidden = |n: &String| n.starts_with(".nfs") || n.starts_with(".fuse_hidden");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = list()?;
+    while !left.is_empty() && left.iter().all(hidden) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = list()?;
+    }
     figures.held_twice = check_log(&log, &kills, true)?;
     figures.took = started.elapsed();
     if figures.held_twice != 0 {
