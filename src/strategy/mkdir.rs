@@ -37,7 +37,8 @@ pub(crate) struct Held {
 }
 
 /// How long a lock path of the wrong kind on a network file system is
-/// looked at again before it is an error (see `try_acquire`).
+/// looked at again before it is an error (see `try_acquire`, and
+/// `remove_dir_after` for `ENOTDIR` from removing our own directory).
 const WRONG_KIND_PATIENCE: Duration = Duration::from_millis(2500);
 
 pub(crate) fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
@@ -364,10 +365,16 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
                 }
                 Contents::Pending => {}
             }
+        } else if err.kind() == io::ErrorKind::NotADirectory && waited < WRONG_KIND_PATIENCE {
+            // An SMB client can answer `ENOTDIR` for our own directory from
+            // what it cached under the same reused inode number (a regular
+            // file another client removed): asked again once its cache
+            // expires (see `WRONG_KIND_PATIENCE`). Only an empty directory
+            // is ever removed, so asking again is safe.
         } else if !fs::is_transient(&err) {
             return Err(Error::io(path, "remove lock directory", err));
         }
-        if waited > 10 * SILLY_RENAME_WAIT {
+        if waited > (10 * SILLY_RENAME_WAIT).max(WRONG_KIND_PATIENCE) {
             return Err(Error::io(path, "remove lock directory", err));
         }
         if waited >= SILLY_RENAME_WAIT {
