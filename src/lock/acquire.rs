@@ -1,0 +1,169 @@
+//! Taking a [`LockFile`]: the public acquire calls, blocking and async.
+//! The wait itself is in [`super::waiter`].
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::strategy::{self, Probe};
+
+use super::guard::LockGuard;
+use super::LockFile;
+
+impl LockFile {
+    /// Takes the lock, waiting as long as the handle's timeout allows.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] (timeout zero) or [`Error::Timeout`] if the lock
+    /// stayed held, with the holder's record when readable; the typed path
+    /// errors ([`Error::MissingParent`], [`Error::Symlink`],
+    /// [`Error::WrongFileType`], [`Error::Foreign`]) and [`Error::Io`].
+    ///
+    /// Errors that may pass (a stale NFS file handle, `EIO`, a server out
+    /// of reach: `EHOSTDOWN`, `ECONNABORTED`, `ENETDOWN`, ...) are tried
+    /// again a few times even by a try-once acquire. On a network file
+    /// system a wait goes on through them until its deadline, for two
+    /// minutes at most, so that a server restarting under a waiter does
+    /// not end its wait; then the last such error is returned.
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_within(self.timeout)
+    }
+
+    /// Tries once to take the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] if it is held (by anyone, this handle
+    /// included); otherwise as [`acquire`](LockFile::acquire).
+    pub fn try_acquire(&self) -> Result<()> {
+        self.acquire_within(Some(Duration::ZERO))
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the lock stayed held for the whole wait
+    /// ([`Error::WouldBlock`] for a zero timeout); otherwise as
+    /// [`acquire`](LockFile::acquire).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
+        self.acquire_within(Some(timeout))
+    }
+
+    /// Takes the lock as [`acquire`](LockFile::acquire) does and returns a
+    /// guard that releases it when dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockFile::acquire).
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        self.guard_within(self.timeout)
+    }
+
+    /// Tries once to take the lock, as [`try_acquire`](LockFile::try_acquire),
+    /// and returns a guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](LockFile::try_acquire).
+    pub fn try_lock(&self) -> Result<LockGuard<'_>> {
+        self.guard_within(Some(Duration::ZERO))
+    }
+
+    /// Takes the lock, waiting at most `timeout`, and returns a guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_timeout`](LockFile::acquire_timeout).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+        self.guard_within(Some(timeout))
+    }
+
+    /// Takes the lock from async code, waiting as long as the handle's
+    /// timeout says without blocking the runtime's threads (feature
+    /// `tokio`). The future is cancel-safe: dropping it before it completes
+    /// leaves the lock not held by this handle.
+    ///
+    /// Waiting polls: an unbounded wait on an `Os` lock does not sleep in
+    /// the kernel here, and a release in this process is noticed at the
+    /// next try rather than at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockFile::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::new(dir.path().join("async.lock"))?;
+    /// let guard = lock.lock_async().await?;
+    /// // ... the critical section, free to .await ...
+    /// guard.release()?;
+    ///
+    /// // Cancelled waits leave nothing held.
+    /// let holder = LockFile::new(lock.path())?;
+    /// holder.acquire()?;
+    /// let waited = tokio::time::timeout(Duration::from_millis(20), lock.lock_async()).await;
+    /// assert!(waited.is_err());
+    /// assert!(!lock.is_held());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn lock_async(&self) -> Result<LockGuard<'_>> {
+        self.guard_within_async(self.timeout).await
+    }
+
+    /// Takes the lock from async code, waiting at most `timeout`; see
+    /// [`lock_async`](LockFile::lock_async).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_timeout`](LockFile::acquire_timeout).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn lock_timeout_async(&self, timeout: Duration) -> Result<LockGuard<'_>> {
+        self.guard_within_async(Some(timeout)).await
+    }
+
+    /// The state-machine form of [`lock_async`](LockFile::lock_async):
+    /// takes the lock for this handle until [`release`](LockFile::release).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockFile::acquire).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn acquire_async(&self) -> Result<()> {
+        let mut guard = self.guard_within_async(self.timeout).await?;
+        // An empty token matches no acquisition: the guard's drop then
+        // leaves the lock to the handle.
+        guard.token.clear();
+        Ok(())
+    }
+
+    fn guard_within(&self, timeout: Option<Duration>) -> Result<LockGuard<'_>> {
+        let token = self.acquire_token(timeout)?;
+        Ok(LockGuard { lock: self, token })
+    }
+
+    fn acquire_within(&self, timeout: Option<Duration>) -> Result<()> {
+        self.acquire_token(timeout).map(drop)
+    }
+
+    /// The error for a wait that ended with the lock still held.
+    pub(super) fn contended(&self, timeout: Option<Duration>) -> Error {
+        let holder = strategy::probe(self.strategy, &self.path)
+            .ok()
+            .and_then(Probe::into_record)
+            .map(Box::new);
+        Error::contended(self.path.clone(), timeout, holder)
+    }
+}

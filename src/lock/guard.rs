@@ -1,0 +1,79 @@
+//! [`LockGuard`], the proof of holding a [`LockFile`], and
+//! [`lock_file`], the one-call shortcut.
+
+use std::path::Path;
+
+use crate::error::Result;
+
+use super::release::Keep;
+use super::LockFile;
+
+/// Proof that a [`LockFile`] holds its lock; dropping it releases the lock.
+///
+/// The guard releases only the acquisition that created it: if the lock was
+/// released through the handle meanwhile and taken again, dropping the old
+/// guard leaves the new acquisition alone.
+#[derive(Debug)]
+#[must_use = "if unused the lock is released at once"]
+pub struct LockGuard<'a> {
+    pub(super) lock: &'a LockFile,
+    pub(super) token: String,
+}
+
+impl LockGuard<'_> {
+    /// The handle this guard locks.
+    pub fn lock_file(&self) -> &LockFile {
+        self.lock
+    }
+
+    /// The token of this acquisition's owner record.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Releases the lock now and returns what [`LockFile::release`] returns,
+    /// which dropping the guard would discard.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockFile::release`].
+    pub fn release(mut self) -> Result<()> {
+        // Leaves an empty token behind, which matches no acquisition, so the
+        // guard's `Drop` then does nothing.
+        let token = std::mem::take(&mut self.token);
+        self.lock.release_token(&token, Keep::Handle)
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        // Nobody sees an error here, and no guard is left to retry with: a
+        // release that fails for a moment is finished in the background.
+        let _ = self.lock.release_token(&self.token, Keep::Background);
+    }
+}
+
+/// Opens the lock at `path` with the default options and takes it, waiting
+/// as long as it takes: the shortcut of Python's `locket.lock_file`.
+///
+/// The returned handle holds the lock; dropping it (or calling
+/// [`LockFile::release`]) releases it.
+///
+/// # Errors
+///
+/// As [`LockOptions::open`] and [`LockFile::acquire`].
+///
+/// # Examples
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let lock = portalock::lock_file(dir.path().join("cron.lock"))?;
+/// assert!(lock.is_held());
+/// lock.release()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn lock_file(path: impl AsRef<Path>) -> Result<LockFile> {
+    let lock = LockFile::new(path)?;
+    lock.acquire()?;
+    Ok(lock)
+}

@@ -1,0 +1,416 @@
+//! [`LockFile`], the handle on a lock identified by its path.
+//!
+//! Read bottom-up: [`options`] opens a handle; [`acquire`] takes the lock
+//! (the wait and its breaking of stale locks, [`breaking`]); [`release`]
+//! gives it back; [`guard`] holds it for a scope; [`shared`] takes it as a
+//! reader. This file holds the handle itself and its questions (who holds
+//! it, is it still ours).
+
+mod acquire;
+mod breaking;
+mod guard;
+mod options;
+mod release;
+mod shared;
+mod waiter;
+
+pub use guard::{lock_file, LockGuard};
+pub use options::LockOptions;
+pub use shared::SharedGuard;
+
+use options::detect;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::filesystem::FileSystem;
+use crate::fs::Look;
+use crate::holding::{self, Holding, OnLost};
+use crate::owner::{OwnerRecord, RecordedProcess};
+use crate::registry::registry;
+use crate::strategy::{self, Probe};
+use crate::vocab::{Concrete, LockStrategy, Writers};
+
+/// The longest pause between two attempts on a lock held by another process,
+/// unless [`LockOptions::poll_interval`] says otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What [`LockFile::status`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+// A value returned once per look: its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum LockStatus {
+    /// Nobody holds the lock.
+    Free,
+    /// Somebody holds the lock; their owner record, when it could be read.
+    Held(Option<OwnerRecord>),
+}
+
+/// A cross-process lock identified by its path.
+///
+/// Two handles on one path exclude each other whether they live in one
+/// process or in two. A handle is either unlocked or locked; locking is not
+/// reentrant: acquiring again through a handle that holds the lock waits
+/// (and so times out, or, without a timeout, waits forever), like
+/// `std::sync::Mutex` or Python's `threading.Lock`.
+///
+/// Any thread may release a lock taken by another thread of the same
+/// process. Dropping a handle that holds its lock releases it.
+///
+/// After `fork()`, the child's copy of a handle is in an undefined state:
+/// do not use it.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{LockFile, LockStrategy};
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = LockFile::with_strategy(dir.path().join("build.lock"), LockStrategy::Mkdir)?;
+/// {
+///     let _guard = lock.lock()?;
+///     assert!(lock.is_held());
+///     // ... the critical section ...
+/// }
+/// assert!(!lock.is_held());
+///
+/// // The state-machine style, as in Python's `locket`:
+/// lock.acquire()?;
+/// lock.release()?;
+/// assert!(matches!(lock.release(), Err(portalock::Error::NotLocked { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LockFile {
+    path: Utf8PathBuf,
+    strategy: Concrete,
+    /// Inspected at open for `Auto` and `Os`.
+    file_system: Option<FileSystem>,
+    /// How a holder looks at the lock's name on its file system: `lstat`
+    /// only where that file system is local (from `file_system`, or looked
+    /// up the first time it matters).
+    look: std::sync::OnceLock<Look>,
+    sync: bool,
+    owner_pid: Option<u32>,
+    remove_on_release: bool,
+    timeout: Option<Duration>,
+    poll_interval: Duration,
+    break_stale: bool,
+    grace: Duration,
+    lease: Option<Duration>,
+    on_lost: Option<OnLost>,
+    /// Unique in this process; the registry's claim on the path.
+    id: u64,
+    held: Mutex<Option<Arc<Holding>>>,
+    /// The `Os` lock file, kept open between acquisitions.
+    os_file: Mutex<Option<strategy::os::Open>>,
+}
+
+impl fmt::Debug for LockFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockFile")
+            .field("path", &self.path)
+            .field("strategy", &self.strategy)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .field("held", &self.is_held())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockFile {
+    /// A handle on the lock at `path` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockOptions::open`].
+    pub fn new(path: impl AsRef<Path>) -> Result<LockFile> {
+        LockOptions::new().open(path)
+    }
+
+    /// A handle on the lock at `path` taken with `strategy`.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockOptions::open`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::with_strategy(dir.path().join("x.lock"), LockStrategy::Link)?;
+    /// assert_eq!(lock.strategy(), LockStrategy::Link);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_strategy(path: impl AsRef<Path>, strategy: LockStrategy) -> Result<LockFile> {
+        LockOptions::new().strategy(strategy).open(path)
+    }
+
+    /// A builder for handles with other options.
+    pub fn options() -> LockOptions {
+        LockOptions::new()
+    }
+
+    /// The absolute lock path.
+    pub fn path(&self) -> &Utf8Path {
+        &self.path
+    }
+
+    /// The strategy this handle locks with; never
+    /// [`Auto`](LockStrategy::Auto), which is resolved when the handle is
+    /// opened.
+    pub fn strategy(&self) -> LockStrategy {
+        self.strategy.into()
+    }
+
+    /// The file system that holds the lock's directory (inspected when the
+    /// handle was opened, for [`Auto`](LockStrategy::Auto) and
+    /// [`Os`](LockStrategy::Os) handles; now, for the others).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file system cannot be inspected.
+    pub fn file_system(&self) -> Result<FileSystem> {
+        match &self.file_system {
+            Some(fs) => Ok(fs.clone()),
+            None => detect(&self.path),
+        }
+    }
+
+    /// The longest pause between two looks at a lock held by another
+    /// process.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// The timeout [`acquire`](LockFile::acquire) and
+    /// [`lock`](LockFile::lock) use (`None`: wait forever).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Starts `command` under the lock this handle holds, so that the lock
+    /// lasts as long as the command runs, even if this process dies first
+    /// (the OOM killer, `kill -9`, `timeout -s KILL`): what `portalock run`
+    /// does. Wait for the returned child, then release the lock.
+    ///
+    /// Before the command starts, the owner record names it
+    /// ([`OwnerRecord::command`]), and the lock counts as alive while this
+    /// process or the command runs:
+    ///
+    /// - [`Os`](LockStrategy::Os) (Unix): the command also inherits the
+    ///   open file that holds the lock, as with util-linux `flock(1)`, so
+    ///   the kernel keeps the lock while either process has it open (and
+    ///   any process the command starts that keeps the descriptor).
+    /// - [`Mkdir`](LockStrategy::Mkdir), [`Link`](LockStrategy::Link): the
+    ///   lock stays until released or broken, and it is not stale while
+    ///   the command runs. On Unix the command waits, between its fork and
+    ///   its exec, until its record names it (an exec keeps the PID and the
+    ///   start time): there is no moment at which it runs under a record
+    ///   that does not name it, and if this process dies before that, the
+    ///   command never runs.
+    /// - With a [lease](LockOptions::lease), the lease governs: if nobody
+    ///   refreshes it (this process died), the lock expires after one
+    ///   lease, even though the command still runs.
+    /// - Windows: an inherited handle does not carry a `LockFileEx` lock,
+    ///   so an `Os` lock lasts only as long as this process; `Mkdir` and
+    ///   `Link` records name the command just after it has started.
+    ///
+    /// The record names one command: a second `spawn` names the newer one
+    /// in place of the first. On Unix the `Command` keeps the gate, disarmed:
+    /// a later `spawn` or `status` of that same `Command` is a plain one,
+    /// not under the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if this handle holds nothing; [`Error::Io`] if
+    /// the command cannot be started (its kind tells why: `NotFound` for a
+    /// program that does not exist) or the record cannot name it (then the
+    /// command does not run).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(unix)] {
+    /// use std::process::Command;
+    /// use portalock::{LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::with_strategy(dir.path().join("job.lock"), LockStrategy::Mkdir)?;
+    /// lock.acquire()?;
+    /// let mut child = lock.spawn(&mut Command::new("true"))?;
+    /// let owner = lock.owner()?.expect("a record");
+    /// assert_eq!(owner.command.map(|c| c.pid), Some(child.id()));
+    /// assert!(child.wait()?.success());
+    /// lock.release()?;
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn(&self, command: &mut std::process::Command) -> Result<std::process::Child> {
+        let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
+        let os_file = holding.os_file();
+        let keep: Vec<&std::fs::File> = os_file.iter().map(|f| &**f).collect();
+        let mut name_it = |pid: u32| {
+            fault::point("spawn.gate")?;
+            let start = crate::owner::start_of(pid);
+            holding.rewrite(|record| record.command = Some(RecordedProcess { pid, start }))?;
+            fault::point("spawn.named")
+        };
+        crate::sys::spawn_gated(command, &keep, &mut name_it).map_err(|e| {
+            // Named, perhaps, but not started: the record names nobody.
+            let _ = holding.rewrite(|record| record.command = None);
+            Error::io(&self.path, "start a command under", e)
+        })
+    }
+
+    /// Checks that the lock this handle holds is still its own: not broken
+    /// (a lease that went unrefreshed, a forced break) and not replaced.
+    ///
+    /// Call it before acting on what the lock protects, when a stall could
+    /// have outlasted a lease. The check costs a `stat` or two.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLocked`] if this handle does not hold the lock;
+    /// [`Error::LockLost`] if it was lost (the handle still counts as
+    /// holding it until [`release`](LockFile::release), which then returns
+    /// `LockLost` too); [`Error::Io`] if the check itself failed.
+    pub fn ensure_held(&self) -> Result<()> {
+        let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
+        match holding.check() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.lost()),
+            Err(e) => Err(Error::io(&self.path, "check the lock at", e)),
+        }
+    }
+
+    /// Whether this handle holds the lock.
+    pub fn is_held(&self) -> bool {
+        self.state().is_some()
+    }
+
+    /// Whether anyone (this handle, another handle or another process) holds
+    /// the lock now.
+    ///
+    /// For `Os` locks held elsewhere this takes and drops a shared lock on
+    /// the lock file, which can make another process's try-once acquire at
+    /// that very instant report [`Error::WouldBlock`].
+    ///
+    /// # Errors
+    ///
+    /// The typed path errors and [`Error::Io`].
+    pub fn is_locked(&self) -> Result<bool> {
+        if registry().contains(&self.path) {
+            return Ok(true);
+        }
+        Ok(self.status()? != LockStatus::Free)
+    }
+
+    /// Looks at the lock without taking it: free, or held and by whom.
+    ///
+    /// # Errors
+    ///
+    /// The typed path errors and [`Error::Io`].
+    pub fn status(&self) -> Result<LockStatus> {
+        Ok(match strategy::probe(self.strategy, &self.path)? {
+            Probe::Free => LockStatus::Free,
+            Probe::Held(seen) => LockStatus::Held(seen.record),
+        })
+    }
+
+    /// The owner record of whoever holds the lock; `None` if it is free or
+    /// its record cannot be read.
+    ///
+    /// # Errors
+    ///
+    /// As [`status`](LockFile::status).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::new(dir.path().join("x.lock"))?;
+    /// assert!(lock.owner()?.is_none());
+    /// let _guard = lock.lock()?;
+    /// assert_eq!(lock.owner()?.map(|o| o.pid), Some(std::process::id()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn owner(&self) -> Result<Option<OwnerRecord>> {
+        Ok(match self.status()? {
+            LockStatus::Held(rec) => rec,
+            LockStatus::Free => None,
+        })
+    }
+
+    /// Whether the owner named by `owner` (read from this lock) still runs,
+    /// as this lock's waiters judge it: [`OwnerRecord::liveness`], and, on
+    /// a file system only this machine writes to (a local disk), an owner
+    /// from an earlier boot of this machine is [`Liveness::Dead`]: its
+    /// lock is stale. (On a network file system such a record may be a
+    /// cloned machine's: it stays [`Liveness::Unknown`].)
+    ///
+    /// [`Liveness::Dead`]: crate::Liveness::Dead
+    /// [`Liveness::Unknown`]: crate::Liveness::Unknown
+    pub fn owner_liveness(&self, owner: &OwnerRecord) -> crate::Liveness {
+        owner.liveness_here(self.writers())
+    }
+
+    fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
+        let mut state = holding::lock(&self.held);
+        if state.as_ref().is_some_and(|h| h.is_inherited()) {
+            // A child of `fork()`: the lock is its parent's. Forgotten
+            // without touching the file system (dropping the proof closes
+            // only this process's copy of an `Os` lock file; the parent's
+            // copy keeps the lock).
+            if let Some(inherited) = state.take() {
+                drop(inherited.take());
+            }
+            registry().leave(&self.path, self.id);
+        }
+        state
+    }
+
+    /// Which machines write to the lock's directory: `AnyMachine` (the
+    /// careful answer) unless the file system is known to be local.
+    fn writers(&self) -> Writers {
+        match self.look() {
+            Look::Stat => Writers::ThisMachine,
+            Look::Open | Look::List => Writers::AnyMachine,
+        }
+    }
+
+    /// How a holder looks at the lock's name (an unknown file system is
+    /// taken for a network one).
+    fn look(&self) -> Look {
+        *self
+            .look
+            .get_or_init(|| detect(&self.path).map_or(Look::Open, |fs| fs.look()))
+    }
+
+    fn not_locked(&self) -> Error {
+        Error::NotLocked {
+            path: self.path.clone(),
+        }
+    }
+
+    /// The `LockLost` error, naming whoever holds the lock now.
+    fn lost(&self) -> Error {
+        Error::LockLost {
+            path: self.path.clone(),
+            holder: strategy::probe(self.strategy, &self.path)
+                .ok()
+                .and_then(Probe::into_record)
+                .map(Box::new),
+        }
+    }
+}

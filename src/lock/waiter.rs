@@ -1,0 +1,288 @@
+//! The wait for a lock: try, and while another process holds it, judge
+//! the holder, break the lock if it is stale, and sleep until the next try
+//! or until a watch on the lock's directory sees a change; go on through
+//! errors that may pass on a network file system.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::fs;
+use crate::holding::{self, Holding};
+use crate::owner::OwnerRecord;
+use crate::registry::registry;
+use crate::stale::Watch;
+use crate::strategy::{self, Held};
+use crate::sys::DirWatch;
+use crate::vocab::{Concrete, Writers};
+use crate::wait::{Backoff, Deadline};
+
+#[cfg(feature = "tokio")]
+use super::guard::LockGuard;
+use super::LockFile;
+
+/// How long a wait goes on through errors of a network server out of
+/// reach (see [`LockFile::acquire`]): longer than a server restart with
+/// its grace period.
+const SERVER_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Breaks in a row, without a sleep between them, after which a wait
+/// sleeps anyway: a lock that keeps looking breakable without giving way
+/// (a claim that is not the lock's own, say) must not make it spin.
+const QUICK_BREAKS: u32 = 3;
+
+/// Errors that may pass, retried in a row after a short pause (2, 4 and
+/// 8 ms), even by a try-once acquire: such an error says nothing about
+/// the lock.
+const QUICK_RETRIES: u32 = 3;
+
+impl LockFile {
+    /// Takes the lock and returns the token of its owner record.
+    pub(super) fn acquire_token(&self, timeout: Option<Duration>) -> Result<String> {
+        let deadline = Deadline::after(timeout);
+        if !registry().enter(&self.path, self.id, &deadline) {
+            return Err(self.contended(timeout));
+        }
+        match self.acquire_in_fs(timeout, &deadline) {
+            Ok((held, record)) => {
+                let breakable = self.strategy != Concrete::Os;
+                let holding =
+                    Holding::start(&self.path, held, record, self.on_lost.clone(), breakable);
+                let token = holding.token().to_owned();
+                *self.state() = Some(holding);
+                Ok(token)
+            }
+            Err(e) => {
+                registry().leave(&self.path, self.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The wait proper: tries, and between tries judges the holder,
+    /// breaks a stale lock and sleeps, as its [`Waiter`] says.
+    fn acquire_in_fs(
+        &self,
+        timeout: Option<Duration>,
+        deadline: &Deadline,
+    ) -> Result<(Held, OwnerRecord)> {
+        let mut record = OwnerRecord::for_process(self.strategy.into(), self.owner_pid)
+            .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
+        record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
+        let block = deadline.is_unbounded() && strategy::can_block(self.strategy);
+        // Taken out for the whole attempt (the registry lets one thread of
+        // this process at a time take the lock) and put back on every exit.
+        let mut cached = CachedFile {
+            slot: &self.os_file,
+            file: holding::lock(&self.os_file).take(),
+        };
+        let how = strategy::os::How {
+            sync: self.sync,
+            remove: self.remove_on_release,
+            look: self.look(),
+        };
+        let mut waiter = Waiter::new(self, timeout, deadline);
+        loop {
+            match strategy::try_acquire(
+                self.strategy,
+                &self.path,
+                &record,
+                block,
+                how,
+                &mut cached.file,
+            ) {
+                Ok(Some(held)) => return Ok((held, record)),
+                Ok(None) => {
+                    if waiter.busy()? == Then::Slept {
+                        record.touch();
+                    }
+                }
+                Err(e) => waiter.failed(e)?,
+            }
+            record
+                .renew()
+                .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
+        }
+    }
+
+    /// Waits for the lock without blocking an async runtime: tries once,
+    /// then sleeps with `tokio::time::sleep` between tries (backoff with
+    /// jitter, at most the poll interval), until `timeout`. Dropping the
+    /// future between two tries leaves nothing held. As the blocking wait
+    /// does, it goes on through errors that may pass on a network file
+    /// system (for `SERVER_PATIENCE` at most), and says the last of them if
+    /// it ends while they last.
+    #[cfg(feature = "tokio")]
+    pub(super) async fn guard_within_async(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<LockGuard<'_>> {
+        let deadline = Deadline::after(timeout);
+        let mut backoff = Backoff::new(self.poll_interval);
+        let mut failing: Option<(Instant, Error)> = None;
+        loop {
+            match self.acquire_token(Some(Duration::ZERO)) {
+                Ok(token) => return Ok(LockGuard { lock: self, token }),
+                Err(e) if e.is_contended() => failing = None,
+                Err(e)
+                    if (self.writers() == Writers::AnyMachine)
+                        && e.io_error().is_some_and(fs::is_transient) =>
+                {
+                    let since = failing
+                        .as_ref()
+                        .map_or_else(Instant::now, |(since, _)| *since);
+                    if since.elapsed() >= SERVER_PATIENCE {
+                        return Err(e);
+                    }
+                    failing = Some((since, e));
+                }
+                Err(e) => return Err(e),
+            }
+            match backoff.next(&deadline) {
+                Some(nap) => tokio::time::sleep(nap).await,
+                None => {
+                    return Err(match failing {
+                        Some((_, e)) => e,
+                        None => self.contended(timeout),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// What one wait remembers between two tries.
+struct Waiter<'a> {
+    lock: &'a LockFile,
+    timeout: Option<Duration>,
+    deadline: &'a Deadline,
+    /// Whether a held lock is judged, and broken if stale (not for `Os`,
+    /// which the kernel releases).
+    may_break: bool,
+    backoff: Backoff,
+    /// What the stale judge has seen of the holder, and since when.
+    seen: Watch,
+    /// Breaks in a row without a sleep (see [`QUICK_BREAKS`]).
+    quick_breaks: u32,
+    /// Errors that may pass, in a row (see [`QUICK_RETRIES`]).
+    retries: u32,
+    /// Since when such errors have lasted past those retries.
+    failing_since: Option<Instant>,
+    wake: Wake,
+}
+
+/// How a waiter sleeps until the next try.
+enum Wake {
+    /// Not set up yet: the first sleep sets up a watch if it can.
+    Unset,
+    /// Until the lock's directory changes (a release), or the next poll.
+    Watch(DirWatch),
+    /// Until the next poll (an `Os` lock, or no watch to be had).
+    Poll,
+}
+
+/// What a waiter did before the next try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Nothing: try again at once (after a break, or a watch just set up).
+    TryNow,
+    /// Slept until the next poll or a wake-up.
+    Slept,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(lock: &'a LockFile, timeout: Option<Duration>, deadline: &'a Deadline) -> Self {
+        Waiter {
+            lock,
+            timeout,
+            deadline,
+            may_break: lock.break_stale && !strategy::can_block(lock.strategy),
+            backoff: Backoff::new(lock.poll_interval),
+            seen: Watch::default(),
+            quick_breaks: 0,
+            retries: 0,
+            failing_since: None,
+            wake: Wake::Unset,
+        }
+    }
+
+    /// After a try found the lock held: breaks it if stale, or sleeps.
+    /// Fails with `WouldBlock` or `Timeout` once the deadline has passed.
+    fn busy(&mut self) -> Result<Then> {
+        self.retries = 0;
+        self.failing_since = None;
+        if self.may_break
+            && self.quick_breaks < QUICK_BREAKS
+            && self.lock.break_if_stale(&mut self.seen)?
+        {
+            self.quick_breaks += 1;
+            return Ok(Then::TryNow);
+        }
+        let Some(nap) = self.backoff.next(self.deadline) else {
+            return Err(self.lock.contended(self.timeout));
+        };
+        if let Wake::Unset = self.wake {
+            // Wake on the release rather than at the next poll: watch the
+            // lock's directory, then look once more, in case the release
+            // came before the watch.
+            let watch = match self.lock.strategy {
+                Concrete::Os => None,
+                Concrete::Mkdir | Concrete::Link => DirWatch::new(&self.lock.path),
+            };
+            match watch {
+                Some(watch) => {
+                    self.wake = Wake::Watch(watch);
+                    return Ok(Then::TryNow);
+                }
+                None => self.wake = Wake::Poll,
+            }
+        }
+        match &self.wake {
+            Wake::Watch(watch) => watch.wait(nap),
+            Wake::Unset | Wake::Poll => std::thread::sleep(nap),
+        }
+        self.quick_breaks = 0;
+        Ok(Then::Slept)
+    }
+
+    /// After a try failed with `e`: pauses and returns `Ok` to try again if
+    /// the error may pass, or returns it.
+    fn failed(&mut self, e: Error) -> Result<()> {
+        if !e.io_error().is_some_and(fs::is_transient) {
+            return Err(e);
+        }
+        if self.retries < QUICK_RETRIES {
+            self.retries += 1;
+            std::thread::sleep(Duration::from_millis(1 << self.retries));
+            return Ok(());
+        }
+        // Still failing, on a network file system: a server restarting or
+        // out of reach. A wait goes on through it, polling, until its
+        // deadline or for `SERVER_PATIENCE` at most, and then says why it
+        // could not look. (On a local disk such an error stays.)
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if self.lock.writers() == Writers::ThisMachine || since.elapsed() >= SERVER_PATIENCE {
+            return Err(e);
+        }
+        let Some(nap) = self.backoff.next(self.deadline) else {
+            return Err(e);
+        };
+        std::thread::sleep(nap);
+        Ok(())
+    }
+}
+
+/// A handle's open `Os` lock file while an acquisition uses it; returned to
+/// the handle when dropped.
+struct CachedFile<'a> {
+    slot: &'a Mutex<Option<strategy::os::Open>>,
+    file: Option<strategy::os::Open>,
+}
+
+impl Drop for CachedFile<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            *holding::lock(self.slot) = Some(file);
+        }
+    }
+}
