@@ -202,6 +202,45 @@ fn the_cap_is_exactly_max_record_len() {
     assert_eq!(OwnerRecord::parse(&past_cap), None);
 }
 
+/// `LockStrategy::found_at` names the strategy that took a lock, and
+/// nothing where what is there tells nothing (a released `Os` lock's blank
+/// file, nothing at all).
+#[rstest]
+fn found_at_names_the_strategy_that_took_the_lock(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, path) = scratch();
+    assert_eq!(LockStrategy::found_at(&path).expect("found_at"), None);
+    let lock = LockFile::with_strategy(&path, strategy).expect("open");
+    lock.acquire().expect("acquire");
+    assert_eq!(
+        LockStrategy::found_at(&path).expect("found_at"),
+        Some(strategy)
+    );
+    lock.release().expect("release");
+    assert_eq!(LockStrategy::found_at(&path).expect("found_at"), None);
+}
+
+/// A symbolic link to a held lock, and a FIFO at the lock path, tell
+/// nothing, and looking does not block on the FIFO.
+#[cfg(unix)]
+#[test]
+fn found_at_follows_no_link_and_waits_on_no_fifo() {
+    let (dir, path) = scratch();
+    let held = dir.path().join("held.lock");
+    let lock = LockFile::with_strategy(&held, LockStrategy::Mkdir).expect("open");
+    lock.acquire().expect("acquire");
+    std::os::unix::fs::symlink(&held, &path).expect("symlink");
+    assert_eq!(LockStrategy::found_at(&path).expect("found_at"), None);
+    let fifo = dir.path().join("fifo.lock");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    assert_eq!(LockStrategy::found_at(&fifo).expect("found_at"), None);
+}
+
 // ---------------------------------------------------------------------------
 // Link: the lock file is the record
 // ---------------------------------------------------------------------------
@@ -210,6 +249,7 @@ fn the_cap_is_exactly_max_record_len() {
 /// and that nothing looking at it or trying to take it changed the file.
 fn assert_unknown_link_owner(path: &Utf8Path) {
     let before = std::fs::read(path).expect("the hostile file");
+    assert_eq!(LockStrategy::found_at(path).expect("found_at"), None);
     let lock = LockFile::with_strategy(path, LockStrategy::Link).expect("open");
     let status = lock.status().expect("status");
     assert!(matches!(status, LockStatus::Held(None)), "{status:?}");

@@ -91,7 +91,7 @@ impl LockFile {
     /// Lets go of the lock this handle holds without releasing it: the lock
     /// stays held after the handle (and the process) is gone, until it is
     /// released with [`release_for`](LockFile::release_for) or broken as
-    /// stale once its owner ([`LockOptions::on_behalf_of`]) has exited.
+    /// stale once its owner ([`LockOptions::on_behalf_of`](super::LockOptions::on_behalf_of)) has exited.
     /// Returns the lock's owner record. A lease is no longer refreshed.
     ///
     /// # Errors
@@ -122,7 +122,7 @@ impl LockFile {
     }
 
     /// Releases a lock held on behalf of the process `pid` of this machine
-    /// (see [`LockOptions::on_behalf_of`] and [`detach`](LockFile::detach)),
+    /// (see [`LockOptions::on_behalf_of`](super::LockOptions::on_behalf_of) and [`detach`](LockFile::detach)),
     /// whichever process took it. Returns the removed owner record.
     ///
     /// Removes exactly the lock it looked at, and only if its record names

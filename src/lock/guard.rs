@@ -61,7 +61,7 @@ impl Drop for LockGuard<'_> {
 ///
 /// # Errors
 ///
-/// As [`LockOptions::open`] and [`LockFile::acquire`].
+/// As [`LockOptions::open`](super::LockOptions::open) and [`LockFile::acquire`].
 ///
 /// # Examples
 ///

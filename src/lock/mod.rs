@@ -3,11 +3,12 @@
 //! Read bottom-up: [`options`] opens a handle; [`acquire`] takes the lock
 //! (the wait and its breaking of stale locks, [`breaking`]); [`release`]
 //! gives it back; [`guard`] holds it for a scope; [`shared`] takes it as a
-//! reader. This file holds the handle itself and its questions (who holds
+//! reader; [`found`] tells which strategy took a lock found at a path. This file holds the handle itself and its questions (who holds
 //! it, is it still ours).
 
 mod acquire;
 mod breaking;
+mod found;
 mod guard;
 mod options;
 mod release;

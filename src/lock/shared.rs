@@ -14,7 +14,7 @@ impl LockFile {
     /// timeout says: any number of shared holders at once, in any
     /// processes, but none while an exclusive holder ([`acquire`],
     /// [`lock`]) holds it, and no exclusive holder while any shared one
-    /// does. Only the [`Os`](LockStrategy::Os) strategy has shared locks;
+    /// does. Only the [`Os`](crate::LockStrategy::Os) strategy has shared locks;
     /// shared holders write no owner record (the record names the
     /// exclusive holder).
     ///

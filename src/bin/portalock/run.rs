@@ -1,0 +1,194 @@
+//! `portalock run`: take the lock, run the command under it, pass
+//! signals on, release, and exit with the command's status.
+
+use std::ffi::OsString;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use portalock::{Error, LockFile, LockOptions};
+
+use crate::waiting::{describe_holder, secs, wait_visibly, waiting_line};
+use crate::{acquire_within, faults, lock_error, options, signals, Failure, Outcome, RunArgs};
+use crate::{EXIT_CANNOT_RUN, EXIT_LOCK_ERROR, EXIT_NOT_FOUND};
+
+pub(crate) fn run(args: RunArgs) -> Outcome {
+    #[cfg(feature = "redis")]
+    if let Some(url) = &args.redis {
+        return run_redis(&args, url);
+    }
+    let mut options = options(args.strategy, &args.wait);
+    options.lease(args.lease);
+    if args.slots > 1 {
+        return run_in_slot(&args, &options);
+    }
+    let lock = options.open(&args.lock).map_err(lock_error)?;
+    let taken = wait_visibly(
+        &args.wait,
+        |waited| waiting_line(&lock, waited),
+        || acquire_within(&lock, args.wait.timeout),
+    );
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let status = run_under(&lock, &args);
+    faults::step("run.exited");
+    finish_run_with(status, lock.release())
+}
+
+/// Runs the command of `args` under `lock`, which this process holds:
+/// handed to the command unless `--close`.
+pub(crate) fn run_under(lock: &LockFile, args: &RunArgs) -> Outcome {
+    faults::step("run.locked");
+    if args.close {
+        run_command(&args.command, |command| command.spawn())
+    } else {
+        run_command(&args.command, |command| {
+            lock.spawn(command).map_err(std::io::Error::from)
+        })
+    }
+}
+
+/// `run --redis URL NAME`: the lock lives in Redis.
+#[cfg(feature = "redis")]
+pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
+    let name = args.lock.to_string_lossy();
+    let mut options = portalock::RedisLock::options();
+    if let Some(lease) = args.lease {
+        options.lease(lease);
+    }
+    let lock = options.open(url, &name).map_err(lock_error)?;
+    let line = |waited: Duration| {
+        let holder = describe_holder(lock.owner());
+        format!(
+            "portalock: waiting {} for Redis lock {}, held by {holder}",
+            secs(waited),
+            lock.name()
+        )
+    };
+    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout {
+        None => lock.acquire(),
+        Some(t) if t.is_zero() => lock.try_acquire(),
+        Some(t) => lock.acquire_timeout(t),
+    });
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    // The lease governs a Redis lock: nothing to hand to the command.
+    let status = run_command(&args.command, |command| command.spawn());
+    finish_run_with(status, lock.release())
+}
+
+/// `run --slots N`: takes one of N slots, runs the command, frees it.
+pub(crate) fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
+    let slots = usize::try_from(args.slots).unwrap_or(usize::MAX);
+    let semaphore =
+        portalock::BoundedSemaphore::new(&args.lock, slots, options).map_err(lock_error)?;
+    let line = |waited: Duration| {
+        format!(
+            "portalock: waiting {} for one of the {} slots of {}",
+            secs(waited),
+            semaphore.slots(),
+            semaphore.prefix()
+        )
+    };
+    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout {
+        None => semaphore.acquire(),
+        Some(t) if t.is_zero() => semaphore.try_acquire(),
+        Some(t) => semaphore.acquire_timeout(t),
+    });
+    let slot = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let status = run_under(slot.lock_file(), args);
+    faults::step("run.exited");
+    finish_run_with(status, slot.release())
+}
+
+/// The exit status of `run`: the command's `status`, unless the lock
+/// (`released`) was lost while it ran.
+pub(crate) fn finish_run_with(status: Outcome, released: portalock::Result<()>) -> Outcome {
+    let code = status?;
+    match released {
+        Ok(()) => Ok(code),
+        Err(e) => {
+            // The command ran, but the lock was lost (broken as stale, or
+            // removed) before it finished: say so, and fail if it did not.
+            eprintln!("portalock: {e}");
+            Ok(if code == 0 { EXIT_LOCK_ERROR } else { code })
+        }
+    }
+}
+
+/// Runs `command`, started by `spawn`, with signals passed on to it; its
+/// exit status.
+pub(crate) fn run_command(
+    command: &[OsString],
+    spawn: impl FnOnce(&mut Command) -> std::io::Result<std::process::Child>,
+) -> Outcome {
+    let (program, rest) = command
+        .split_first()
+        .ok_or_else(|| Failure::new("no command to run", 2))?;
+    // Caught from before the command starts: a signal that comes in
+    // between is passed on once it runs, and never ends portalock while
+    // it holds the lock.
+    let mut caught = signals::catch();
+    // Asked to stop before the command started (a Ctrl-C while the lock was
+    // being taken, say): it does not start.
+    if let Some(signal) = signals::arrived(&mut caught) {
+        signals::stop(caught, None);
+        return Err(Failure::new(
+            format!(
+                "stopped by signal {signal} before `{}` started",
+                program.to_string_lossy()
+            ),
+            u8::try_from(128 + signal).unwrap_or(255),
+        ));
+    }
+    let mut child = match spawn(Command::new(program).args(rest)) {
+        Ok(child) => child,
+        Err(e) => {
+            signals::stop(caught, None);
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_RUN
+            };
+            return Err(Failure::new(
+                format!("cannot run `{}`: {}", program.to_string_lossy(), cause(&e)),
+                code,
+            ));
+        }
+    };
+    let forwarding = signals::forward(caught, child.id());
+    let status = child.wait();
+    signals::stop(None, forwarding);
+    match status {
+        Ok(status) => Ok(exit_code(status)),
+        Err(e) => Err(Failure::new(
+            format!("cannot wait for `{}`: {e}", program.to_string_lossy()),
+            EXIT_LOCK_ERROR,
+        )),
+    }
+}
+
+/// The innermost cause of a spawn error, for one line: "No such file or
+/// directory (os error 2)" rather than the lock's wording around it.
+pub(crate) fn cause(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(err) => err
+            .io_error()
+            .map_or_else(|| err.to_string(), ToString::to_string),
+        None => e.to_string(),
+    }
+}
+
+/// The shell's exit status for a child's `status`: its code, or 128 + the
+/// signal that killed it.
+pub(crate) fn exit_code(status: ExitStatus) -> u8 {
+    if let Some(code) = status.code() {
+        // Windows codes can exceed a byte; keep "failed" failed.
+        return u8::try_from(code).unwrap_or(1);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return u8::try_from(128 + signal).unwrap_or(255);
+        }
+    }
+    1
+}

@@ -1,0 +1,59 @@
+//! Which strategy took the lock found at a path, for tools that look at
+//! a lock they did not take.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::fs;
+use crate::owner::{read_capped, OwnerRecord};
+use crate::vocab::{FileKind, LockStrategy};
+
+impl LockStrategy {
+    /// The strategy of the lock at `path`, as far as what is there tells:
+    /// a directory is a [`Mkdir`](LockStrategy::Mkdir) lock, and a regular
+    /// file whose owner record can be read is a lock of the strategy its
+    /// record names. `None` when nothing is there, or when what is there
+    /// tells nothing: a file without a readable record (a released `Os`
+    /// lock's, or another program's), a symbolic link, a FIFO.
+    ///
+    /// A tool that looks at a lock it did not take (`portalock status`,
+    /// `portalock break`) opens its handle with this strategy, so that it
+    /// looks at the lock as its holder took it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonUtf8Path`] if `path` (or the current directory, for a
+    /// relative path) is not UTF-8; [`Error::Io`] if what is at `path`
+    /// cannot be looked at (a permission denied on its directory).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.lock");
+    /// assert_eq!(LockStrategy::found_at(&path)?, None);
+    ///
+    /// let lock = LockFile::with_strategy(&path, LockStrategy::Link)?;
+    /// lock.acquire()?;
+    /// assert_eq!(LockStrategy::found_at(&path)?, Some(LockStrategy::Link));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn found_at(path: impl AsRef<Path>) -> Result<Option<LockStrategy>> {
+        let path = fs::absolute(path.as_ref())?;
+        let kind = fs::lkind(&path).map_err(|e| Error::io(&path, "look at", e))?;
+        Ok(match kind {
+            Some(FileKind::Directory) => Some(LockStrategy::Mkdir),
+            // Opened without following a link and without waiting on a
+            // FIFO put there meanwhile; a record that cannot be read tells
+            // nothing.
+            Some(FileKind::File) => fs::open_read(&path)
+                .and_then(read_capped)
+                .ok()
+                .and_then(|bytes| OwnerRecord::parse(&bytes))
+                .map(|record| record.strategy),
+            Some(FileKind::Symlink | FileKind::Other) | None => None,
+        })
+    }
+}
