@@ -7,7 +7,7 @@ use std::time::Duration;
 use camino::Utf8PathBuf;
 
 use crate::owner::OwnerRecord;
-use crate::vocab::{FileKind, LockStrategy};
+use crate::vocab::{FileKind, LockStrategy, Mechanism};
 
 /// A `Result` whose error is portalock's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -183,8 +183,8 @@ pub enum Error {
         path: Utf8PathBuf,
         /// This handle's strategy.
         strategy: LockStrategy,
-        /// The strategy whose artifact is at the path.
-        found: LockStrategy,
+        /// What took the lock whose artifact is at the path.
+        found: Mechanism,
         /// The holder's owner record, when there is one.
         holder: Option<Box<OwnerRecord>>,
     },

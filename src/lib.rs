@@ -162,7 +162,7 @@ pub use redis_lock::{RedisGuard, RedisLock, RedisLockOptions};
 pub use reentrant::ReentrantLockFile;
 pub use semaphore::{BoundedSemaphore, SemaphoreGuard};
 pub use stale::DEFAULT_GRACE;
-pub use vocab::{FileKind, LockStrategy, ParseStrategyError};
+pub use vocab::{FileKind, LockStrategy, Mechanism, ParseStrategyError};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

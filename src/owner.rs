@@ -65,7 +65,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{self, ProcessState};
-use crate::vocab::{LockStrategy, Writers};
+use crate::vocab::{Mechanism, Writers};
 
 /// The largest owner record portalock reads, in bytes. Readers never read
 /// more than this (plus one byte to notice the excess).
@@ -107,7 +107,7 @@ pub struct OwnerRecord {
     /// When the lock was taken, RFC 3339 in UTC.
     pub acquired_at: String,
     /// The strategy that took the lock.
-    pub strategy: LockStrategy,
+    pub strategy: Mechanism,
     /// Lease length in milliseconds, when the holder keeps a lease.
     pub lease_ms: Option<u64>,
     /// How many times a holder with a lease has refreshed this record. A
@@ -223,8 +223,9 @@ impl OwnerRecord {
             return None;
         }
         let record: OwnerRecord = serde_json::from_slice(bytes).ok()?;
-        // A record names the strategy that took the lock, never `auto`.
-        (record.v == RECORD_VERSION && record.strategy != LockStrategy::Auto).then_some(record)
+        // A record names what took the lock, never `auto` (which is no
+        // `Mechanism`).
+        (record.v == RECORD_VERSION).then_some(record)
     }
 
     /// Serializes the record as one line of JSON (no trailing newline).
@@ -235,14 +236,14 @@ impl OwnerRecord {
 
     /// A fresh record for the calling process, with a new token.
     #[cfg(test)]
-    pub(crate) fn for_this_process(strategy: LockStrategy) -> io::Result<OwnerRecord> {
+    pub(crate) fn for_this_process(strategy: Mechanism) -> io::Result<OwnerRecord> {
         OwnerRecord::for_process(strategy, None)
     }
 
     /// A fresh record for the process `pid` of this machine (the calling
     /// process if `None`), with a new token. Fails with `NotFound`
     /// if `pid` does not run.
-    pub(crate) fn for_process(strategy: LockStrategy, pid: Option<u32>) -> io::Result<OwnerRecord> {
+    pub(crate) fn for_process(strategy: Mechanism, pid: Option<u32>) -> io::Result<OwnerRecord> {
         let me = Identity::get();
         let (pid, start) = match pid {
             None => (me.pid, me.start.clone()),
@@ -794,15 +795,17 @@ mod tests {
 
     #[test]
     fn a_record_never_names_auto() {
-        let mut record = OwnerRecord::for_this_process(LockStrategy::Mkdir).expect("record");
-        assert!(OwnerRecord::parse(record.to_json().as_bytes()).is_some());
-        record.strategy = LockStrategy::Auto;
-        assert_eq!(OwnerRecord::parse(record.to_json().as_bytes()), None);
+        let record = OwnerRecord::for_this_process(Mechanism::Mkdir).expect("record");
+        let json = record.to_json();
+        assert!(OwnerRecord::parse(json.as_bytes()).is_some());
+        let auto = json.replace(r#""strategy":"mkdir""#, r#""strategy":"auto""#);
+        assert_ne!(auto, json);
+        assert_eq!(OwnerRecord::parse(auto.as_bytes()), None);
     }
 
     #[test]
     fn round_trip() {
-        let rec = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+        let rec = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
         assert_eq!(rec.token.len(), 32);
         assert_eq!(rec.pid, std::process::id());
         assert!(rec.start.is_some(), "own start time is known");
@@ -812,14 +815,14 @@ mod tests {
 
     #[test]
     fn tokens_differ() {
-        let a = OwnerRecord::for_this_process(LockStrategy::Os).expect("record");
-        let b = OwnerRecord::for_this_process(LockStrategy::Os).expect("record");
+        let a = OwnerRecord::for_this_process(Mechanism::Os).expect("record");
+        let b = OwnerRecord::for_this_process(Mechanism::Os).expect("record");
         assert_ne!(a.token, b.token);
     }
 
     #[test]
     fn trailing_whitespace_is_accepted() {
-        let rec = OwnerRecord::for_this_process(LockStrategy::Os).expect("record");
+        let rec = OwnerRecord::for_this_process(Mechanism::Os).expect("record");
         let padded = format!("{}\n      ", rec.to_json());
         assert_eq!(OwnerRecord::parse(padded.as_bytes()), Some(rec));
     }

@@ -74,7 +74,7 @@ use crate::error::{Error, Result};
 use crate::holding::lock;
 use crate::owner::OwnerRecord;
 use crate::sys;
-use crate::vocab::LockStrategy;
+use crate::vocab::Mechanism;
 use crate::wait::Deadline;
 
 const ACQUIRE: &str = r"
@@ -462,7 +462,7 @@ impl RedisLock {
         }
         let deadline = Deadline::after(timeout);
         let mut record =
-            OwnerRecord::for_process(LockStrategy::Redis, None).map_err(|e| Error::Redis {
+            OwnerRecord::for_process(Mechanism::Redis, None).map_err(|e| Error::Redis {
                 name: self.name.clone(),
                 op: "make an owner record for",
                 message: e.to_string(),

@@ -76,11 +76,6 @@ pub enum LockStrategy {
     /// [`LockFile::strategy`]: crate::LockFile::strategy
     #[default]
     Auto,
-    /// Not a file strategy: what the owner records of a
-    /// [`RedisLock`](crate::RedisLock) (feature `redis`) name. A
-    /// [`LockFile`](crate::LockFile) refuses it
-    /// ([`Error::Unsupported`](crate::Error::Unsupported)).
-    Redis,
 }
 
 impl LockStrategy {
@@ -95,7 +90,6 @@ impl LockStrategy {
             LockStrategy::Mkdir => "mkdir",
             LockStrategy::Link => "link",
             LockStrategy::Auto => "auto",
-            LockStrategy::Redis => "redis",
         }
     }
 }
@@ -108,7 +102,7 @@ impl fmt::Display for LockStrategy {
 
 /// The error of parsing a [`LockStrategy`] from a string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown lock strategy `{0}` (expected auto, os, mkdir, link or redis)")]
+#[error("unknown lock strategy `{0}` (expected auto, os, mkdir or link)")]
 pub struct ParseStrategyError(String);
 
 impl FromStr for LockStrategy {
@@ -117,7 +111,7 @@ impl FromStr for LockStrategy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         LockStrategy::ALL
             .into_iter()
-            .chain([LockStrategy::Auto, LockStrategy::Redis])
+            .chain([LockStrategy::Auto])
             .find(|strategy| strategy.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| ParseStrategyError(s.to_owned()))
     }
@@ -139,7 +133,7 @@ impl Concrete {
             LockStrategy::Os => Some(Concrete::Os),
             LockStrategy::Mkdir => Some(Concrete::Mkdir),
             LockStrategy::Link => Some(Concrete::Link),
-            LockStrategy::Auto | LockStrategy::Redis => None,
+            LockStrategy::Auto => None,
         }
     }
 }
@@ -150,6 +144,93 @@ impl From<Concrete> for LockStrategy {
             Concrete::Os => LockStrategy::Os,
             Concrete::Mkdir => LockStrategy::Mkdir,
             Concrete::Link => LockStrategy::Link,
+        }
+    }
+}
+
+/// What took a lock, as its owner record names it: one of the strategies
+/// of a [`LockFile`](crate::LockFile), or a lock server. Written in
+/// records as its lower-case name (the record's `strategy` field).
+///
+/// It compares equal to the [`LockStrategy`] of the same name, so that a
+/// record can be checked against a handle's strategy.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{LockFile, LockStrategy, Mechanism};
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = LockFile::with_strategy(dir.path().join("x.lock"), LockStrategy::Link)?;
+/// let _guard = lock.lock()?;
+/// let owner = lock.owner()?.expect("a record");
+/// assert_eq!(owner.strategy, Mechanism::Link);
+/// assert_eq!(owner.strategy, LockStrategy::Link);
+/// assert_eq!(owner.strategy.file_strategy(), Some(LockStrategy::Link));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Mechanism {
+    /// [`LockStrategy::Os`].
+    Os,
+    /// [`LockStrategy::Mkdir`].
+    Mkdir,
+    /// [`LockStrategy::Link`].
+    Link,
+    /// A [`RedisLock`](crate::RedisLock) (feature `redis`): a key in a
+    /// Redis server, not a file.
+    Redis,
+}
+
+impl Mechanism {
+    /// The lower-case name used in owner records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Os => "os",
+            Mechanism::Mkdir => "mkdir",
+            Mechanism::Link => "link",
+            Mechanism::Redis => "redis",
+        }
+    }
+
+    /// The strategy of a [`LockFile`](crate::LockFile) that takes such a
+    /// lock; `None` for a lock server.
+    pub fn file_strategy(self) -> Option<LockStrategy> {
+        match self {
+            Mechanism::Os => Some(LockStrategy::Os),
+            Mechanism::Mkdir => Some(LockStrategy::Mkdir),
+            Mechanism::Link => Some(LockStrategy::Link),
+            Mechanism::Redis => None,
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<LockStrategy> for Mechanism {
+    fn eq(&self, other: &LockStrategy) -> bool {
+        self.file_strategy() == Some(*other)
+    }
+}
+
+impl PartialEq<Mechanism> for LockStrategy {
+    fn eq(&self, other: &Mechanism) -> bool {
+        other == self
+    }
+}
+
+impl From<Concrete> for Mechanism {
+    fn from(c: Concrete) -> Mechanism {
+        match c {
+            Concrete::Os => Mechanism::Os,
+            Concrete::Mkdir => Mechanism::Mkdir,
+            Concrete::Link => Mechanism::Link,
         }
     }
 }

@@ -309,7 +309,7 @@ fn a_blank_link_lock_file_is_an_os_lock_file(#[case] bytes: Vec<u8>) {
         matches!(
             result,
             Err(Error::StrategyMismatch {
-                found: LockStrategy::Os,
+                found: portalock::Mechanism::Os,
                 ..
             })
         )

@@ -122,7 +122,7 @@ fn the_contract_of_lockfile() {
             ..
         }) => {
             assert_eq!(owner.pid, std::process::id());
-            assert_eq!(owner.strategy, portalock::LockStrategy::Redis);
+            assert_eq!(owner.strategy, portalock::Mechanism::Redis);
             assert_eq!(owner.lease_ms, Some(2000));
         }
         other => panic!("expected WouldBlock, got {other:?}"),

@@ -52,7 +52,7 @@ impl LockStrategy {
                 .and_then(read_capped)
                 .ok()
                 .and_then(|bytes| OwnerRecord::parse(&bytes))
-                .map(|record| record.strategy),
+                .and_then(|record| record.strategy.file_strategy()),
             Some(FileKind::Symlink | FileKind::Other) | None => None,
         })
     }

@@ -304,13 +304,6 @@ impl LockOptions {
     /// system cannot be inspected.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile> {
         let path = fs::absolute(path.as_ref())?;
-        if self.strategy == LockStrategy::Redis {
-            return Err(Error::Unsupported {
-                path,
-                strategy: LockStrategy::Redis,
-                reason: "a lock file cannot be taken in Redis; use RedisLock".to_owned(),
-            });
-        }
         let (strategy, file_system) = match Concrete::explicit(self.strategy) {
             Some(Concrete::Mkdir) => (Concrete::Mkdir, None),
             _ => {

@@ -12,7 +12,7 @@ use camino::Utf8Path;
 use crate::error::{Error, Result};
 use crate::filesystem::FileSystem;
 use crate::owner::OwnerRecord;
-use crate::vocab::{Breaking, Concrete, LockStrategy, Writers};
+use crate::vocab::{Breaking, Concrete, LockStrategy, Mechanism, Writers};
 
 mod link;
 mod mkdir;
@@ -27,8 +27,7 @@ impl Concrete {
         match strategy.resolve(fs) {
             LockStrategy::Mkdir => Concrete::Mkdir,
             LockStrategy::Link => Concrete::Link,
-            // `open` refuses `Redis` before resolving.
-            LockStrategy::Os | LockStrategy::Auto | LockStrategy::Redis => Concrete::Os,
+            LockStrategy::Os | LockStrategy::Auto => Concrete::Os,
         }
     }
 }
@@ -188,7 +187,7 @@ pub(crate) enum Claim {
     Link { token: String },
     /// An artifact of another strategy than the looker's: never broken by
     /// this one.
-    Strategy(LockStrategy),
+    Strategy(Mechanism),
     /// An artifact that this process may not read.
     Unreadable,
     /// Something portalock cannot identify as its own.

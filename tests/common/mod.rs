@@ -584,9 +584,27 @@ fn bump(args: &[&str]) -> i32 {
 /// catches two callers inside at once (says `OVERLAP`, returns false).
 fn increment(counter: &Path) -> bool {
     let occupied = counter.with_extension("occupied");
-    if std::fs::File::create_new(&occupied).is_err() {
-        say("OVERLAP");
-        return false;
+    let mine = format!("{} {:?}", std::process::id(), std::time::SystemTime::now());
+    match std::fs::File::create_new(&occupied) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(mine.as_bytes())
+                .expect("write occupancy marker");
+        }
+        Err(e) => {
+            // Say what the marker holds, to tell two callers inside (the
+            // marker names the other one) from a client that answered
+            // from its cache.
+            let held = std::fs::read_to_string(&occupied);
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let later = std::fs::read_to_string(&occupied);
+            let again = std::fs::File::create_new(&occupied).map(|_| ());
+            say(&format!(
+                "OVERLAP create: {e} (kind {:?}); marker then: {held:?}; 1.5 s later: {later:?}; create again: {again:?}; me: {mine}",
+                e.kind()
+            ));
+            return false;
+        }
     }
     let value: u64 = std::fs::read_to_string(counter)
         .expect("read counter")

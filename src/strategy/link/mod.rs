@@ -46,7 +46,7 @@ use crate::fs;
 use crate::owner::{is_token, read_capped, record_has_token, OwnerRecord};
 use crate::strategy::{Claim, Opaque, Probe, Seen};
 use crate::vocab::FileKind;
-use crate::vocab::LockStrategy;
+use crate::vocab::{LockStrategy, Mechanism};
 
 mod recovery;
 mod removal;
@@ -260,7 +260,7 @@ fn busy(path: &Utf8Path) -> Result<()> {
         None if bytes.trim_ascii().is_empty() => Err(Error::StrategyMismatch {
             path: path.to_owned(),
             strategy: LockStrategy::Link,
-            found: LockStrategy::Os,
+            found: Mechanism::Os,
             holder: None,
         }),
         _ => Ok(()),
@@ -362,7 +362,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         ),
         // Blank: a released `Os` lock file.
         None if bytes.trim_ascii().is_empty() => {
-            Seen::new(None, Claim::Strategy(LockStrategy::Os), stamp)
+            Seen::new(None, Claim::Strategy(Mechanism::Os), stamp)
         }
         _ => Seen::new(record.clone(), Claim::Foreign, stamp),
     };

@@ -9,7 +9,7 @@ use crate::strategy::Broken;
 use crate::vocab::{Breaking, Writers};
 
 fn claim_for(dir: &Utf8Path, path: &Utf8Path) -> (OwnerRecord, Utf8PathBuf, File, u64) {
-    let record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+    let record = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
     let claim = claim_path(path, &record.token).expect("claim path");
     let mut file = fs::create_new(&claim).expect("claim");
     file.write_all(record.to_json().as_bytes()).expect("write");
@@ -84,7 +84,7 @@ fn tags_of(pid: u32) -> String {
 /// A lock of a dead owner whose remover took the claim (as `pid`) and
 /// died before removing the lock path.
 fn orphan(root: &Utf8Path, path: &Utf8Path, taker: u32) -> (String, Utf8PathBuf) {
-    let mut record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+    let mut record = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
     record.pid = dead_pid();
     let claim = claim_path(path, &record.token).expect("claim path");
     std::fs::write(&claim, record.to_json()).expect("claim");
@@ -155,7 +155,7 @@ fn sweep_removes_only_what_dead_processes_left() {
     // record, one killed before it wrote the record.
     let dead = dead_pid();
     let dead_token = |n: u64| format!("{}{dead:08x}{n:016x}", crate::owner::host_tag());
-    let mut record = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+    let mut record = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
     record.token = dead_token(1);
     record.pid = dead;
     let dead_claim = claim_path(&path, &record.token).expect("claim path");
@@ -288,7 +288,7 @@ fn a_forced_break_never_removes_a_newer_lock_in_a_reused_inode() {
     // Released (lock path, then claim), and the same inode becomes the
     // next holder's claim, record and lock file.
     std::fs::remove_file(&path).expect("release the lock path");
-    let new = OwnerRecord::for_this_process(LockStrategy::Link).expect("record");
+    let new = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
     let new_claim = claim_path(&path, &new.token).expect("claim path");
     std::fs::rename(&old_claim, &new_claim).expect("the inode, reused");
     std::fs::write(&new_claim, new.to_json()).expect("the new record");
