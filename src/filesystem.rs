@@ -45,7 +45,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use crate::fs::Look;
+use crate::files::Look;
 use crate::sys::FsFacts;
 use crate::vocab::LockStrategy;
 
@@ -242,7 +242,7 @@ mod linux {
     use std::path::Path;
 
     use super::{has_option, FileSystem, Locality};
-    use crate::fs::Look;
+    use crate::files::Look;
     use crate::vocab::LockStrategy;
 
     const NFS: u64 = 0x6969;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::owner::OwnerRecord;
-use crate::strategy::Held;
+use crate::strategy::Hold;
 
 /// A callback run when a lock is found lost.
 pub(crate) type OnLost = Arc<dyn Fn(&Utf8Path) + Send + Sync>;
@@ -43,7 +43,7 @@ pub(crate) struct Holding {
     token: String,
     /// The process that took the lock: a child of `fork()` holds nothing.
     pid: u32,
-    held: Mutex<Option<Held>>,
+    held: Mutex<Option<Hold>>,
     /// The record as last written, and the longest length written so far.
     record: Mutex<(OwnerRecord, usize)>,
     /// The lease, if the lock keeps one that contenders may break, and
@@ -85,7 +85,7 @@ impl Holding {
     /// only the kernel releases).
     pub(crate) fn start(
         path: &Utf8Path,
-        held: Held,
+        held: Hold,
         record: OwnerRecord,
         on_lost: Option<OnLost>,
         breakable: bool,
@@ -128,7 +128,7 @@ impl Holding {
 
     /// Takes the proof of holding out, for release; `None` the second time.
     /// The heartbeat skips the acquisition meanwhile.
-    pub(crate) fn take(&self) -> Option<Held> {
+    pub(crate) fn take(&self) -> Option<Hold> {
         let mut held = lock(&self.held);
         self.releases.fetch_add(1, Ordering::AcqRel);
         held.take()
@@ -136,13 +136,13 @@ impl Holding {
 
     /// Puts the proof of holding back after a release that failed without
     /// changing anything; the heartbeat goes on refreshing it.
-    pub(crate) fn restore(&self, held: Held) {
+    pub(crate) fn restore(&self, held: Hold) {
         *lock(&self.held) = Some(held);
     }
 
     /// The open lock file of an `Os` acquisition.
     pub(crate) fn os_file(&self) -> Option<Arc<std::fs::File>> {
-        lock(&self.held).as_ref().and_then(Held::os_file)
+        lock(&self.held).as_ref().and_then(Hold::os_file)
     }
 
     /// Whether this acquisition was found lost.
@@ -212,7 +212,7 @@ impl Holding {
     /// `ensure_held` or `release` behind a refresh); the locked guard, for
     /// `Os`, whose record is written through the lock file itself and must
     /// not be written after a release. `None` if nothing is held.
-    fn held_for_io(&self) -> Option<Result<Held, MutexGuard<'_, Option<Held>>>> {
+    fn held_for_io(&self) -> Option<Result<Hold, MutexGuard<'_, Option<Hold>>>> {
         let guard = lock(&self.held);
         match guard.as_ref()?.retry_copy() {
             Some(copy) => Some(Ok(copy)),
@@ -254,7 +254,7 @@ impl Holding {
         // Stamped before the write: contenders count the lease from when
         // they last saw the record change, which is no earlier.
         let attempted = crate::sys::since_boot();
-        let write = |held: &Held| {
+        let write = |held: &Hold| {
             let written = {
                 let mut record = lock(&self.record);
                 record.0.beat += 1;
@@ -317,7 +317,7 @@ fn heartbeat_of(path: &Utf8Path) -> Arc<Heartbeat> {
     static BEATS: OnceLock<Mutex<HashMap<u64, Arc<Heartbeat>>>> = OnceLock::new();
     let device = path
         .parent()
-        .and_then(|dir| crate::fs::device(dir).ok())
+        .and_then(|dir| crate::files::device(dir).ok())
         .unwrap_or(0);
     let pid = std::process::id();
     let mut beats = lock(BEATS.get_or_init(Default::default));
@@ -411,13 +411,13 @@ impl Heartbeat {
 /// thread per process, started on first use) until each succeeds or its
 /// lock is found no longer its own. Waits between tries grow from 10 ms to
 /// 5 s.
-pub(crate) fn release_later(path: &Utf8Path, held: Held) {
+pub(crate) fn release_later(path: &Utf8Path, held: Hold) {
     /// The pending releases and the process whose thread serves them (a
     /// child of `fork()` inherits the list, not the thread: it starts its
     /// own, and the parent's releases are the parent's).
     struct Later {
         pid: u32,
-        pending: Vec<(Utf8PathBuf, Held)>,
+        pending: Vec<(Utf8PathBuf, Hold)>,
     }
     static LATER: Mutex<Later> = Mutex::new(Later {
         pid: 0,

@@ -128,9 +128,9 @@ mod error;
 pub mod fault;
 #[cfg(not(feature = "failpoints"))]
 mod fault;
+mod files;
 pub mod filesystem;
 pub mod flock;
-mod fs;
 mod holding;
 mod lock;
 mod locked_file;

@@ -17,8 +17,8 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
+use crate::files;
 use crate::flock::{self, LockFlags};
-use crate::fs;
 use crate::vocab::LockStrategy;
 use crate::wait::{Backoff, Deadline};
 
@@ -61,7 +61,7 @@ pub struct LockedFileOptions {
     mode: Mode,
     shared: bool,
     timeout: Option<Duration>,
-    check_interval: Duration,
+    poll_interval: Duration,
     fail_when_locked: bool,
     sync_on_release: bool,
     remove_on_release: bool,
@@ -73,7 +73,7 @@ impl Default for LockedFileOptions {
             mode: Mode::Create,
             shared: false,
             timeout: None,
-            check_interval: Duration::from_millis(50),
+            poll_interval: Duration::from_millis(50),
             fail_when_locked: false,
             sync_on_release: false,
             remove_on_release: false,
@@ -104,8 +104,8 @@ impl LockedFileOptions {
 
     /// The longest pause between two tries while waiting (portalocker's
     /// `check_interval`). Default: 50 ms.
-    pub fn check_interval(&mut self, interval: Duration) -> &mut Self {
-        self.check_interval = interval;
+    pub fn poll_interval(&mut self, interval: Duration) -> &mut Self {
+        self.poll_interval = interval;
         self
     }
 
@@ -145,9 +145,9 @@ impl LockedFileOptions {
     /// directory or special file at `path`), [`Error::Io`] (a missing file
     /// in the `Read` and `ReadWrite` modes, permissions, ...).
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockedFile> {
-        let path = crate::fs::absolute(path.as_ref())?;
+        let path = crate::files::absolute(path.as_ref())?;
         let deadline = Deadline::after(self.timeout);
-        let mut backoff = Backoff::new(self.check_interval);
+        let mut backoff = Backoff::new(self.poll_interval);
         let kind = if self.shared {
             LockFlags::SHARED
         } else {
@@ -155,8 +155,8 @@ impl LockedFileOptions {
         };
         let mut first = true;
         loop {
-            let file = fs::open_with(&path, &mut self.mode.open_options())
-                .map_err(|e| fs::open_file_error(&path, LockStrategy::Os, e))?;
+            let file = files::open_with(&path, &mut self.mode.open_options())
+                .map_err(|e| files::open_file_error(&path, LockStrategy::Os, e))?;
             match flock::lock(&file, kind | LockFlags::NON_BLOCKING) {
                 Ok(()) => {
                     if let Some(locked) = self.locked(&path, file)? {
@@ -182,8 +182,8 @@ impl LockedFileOptions {
     /// Finishes taking the lock on `file`: `None` if `path` no longer
     /// names it.
     fn locked(&self, path: &Utf8Path, file: File) -> Result<Option<LockedFile>> {
-        let id = fs::file_id(&file).map_err(|e| Error::io(path, "inspect", e))?;
-        if fs::path_id(path).map_err(|e| Error::io(path, "inspect", e))? != Some(id) {
+        let id = files::file_id(&file).map_err(|e| Error::io(path, "inspect", e))?;
+        if files::path_id(path).map_err(|e| Error::io(path, "inspect", e))? != Some(id) {
             return Ok(None);
         }
         if self.mode == Mode::Truncate {
@@ -237,7 +237,7 @@ pub struct LockedFile {
     file: File,
     released: bool,
     path: Utf8PathBuf,
-    id: fs::FileId,
+    id: files::FileId,
     sync_on_release: bool,
     remove_on_release: bool,
 }
@@ -286,9 +286,9 @@ impl LockedFile {
         }
         if self.remove_on_release {
             // Remove while still locked, and only the file we locked.
-            let ours = fs::path_id(&self.path).is_ok_and(|id| id == Some(self.id));
+            let ours = files::path_id(&self.path).is_ok_and(|id| id == Some(self.id));
             if ours {
-                if let Err(e) = fs::remove_file(&self.path) {
+                if let Err(e) = files::remove_file(&self.path) {
                     result = result.and(Err(Error::io(&self.path, "remove locked file", e)));
                 }
             }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use camino::Utf8Path;
 
 use crate::error::{Error, Result};
+use crate::files;
 use crate::flock::{self, LockFlags};
-use crate::fs;
 use crate::locked_file::{LockedFile, Mode};
 use crate::vocab::LockStrategy;
 
@@ -113,7 +113,7 @@ impl PidFileLock {
     /// [`Error::Io`] if the file cannot be read; [`Error::Symlink`] and
     /// [`Error::WrongFileType`] for what is not a regular file.
     pub fn read(path: impl AsRef<Path>) -> Result<Option<u32>> {
-        let path = crate::fs::absolute(path.as_ref())?;
+        let path = crate::files::absolute(path.as_ref())?;
         match open(&path)? {
             Some(file) => read_pid(&path, file),
             None => Ok(None),
@@ -129,7 +129,7 @@ impl PidFileLock {
     ///
     /// As [`read`](PidFileLock::read).
     pub fn holder(path: impl AsRef<Path>) -> Result<Option<u32>> {
-        let path = crate::fs::absolute(path.as_ref())?;
+        let path = crate::files::absolute(path.as_ref())?;
         let Some(file) = open(&path)? else {
             return Ok(None);
         };
@@ -144,21 +144,21 @@ impl PidFileLock {
 
 /// The PID file at `path` opened for reading; `None` if there is none.
 fn open(path: &Utf8Path) -> Result<Option<std::fs::File>> {
-    match fs::open_read(path) {
+    match files::open_read(path) {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(fs::open_file_error(path, LockStrategy::Os, e)),
+        Err(e) => Err(files::open_file_error(path, LockStrategy::Os, e)),
     }
 }
 
 /// The PID in `file` (capped read; `None` if it holds none).
 fn read_pid(path: &Utf8Path, file: std::fs::File) -> Result<Option<u32>> {
     let meta = file.metadata().map_err(|e| Error::io(path, "inspect", e))?;
-    fs::expect_kind(
+    files::expect_kind(
         path,
         LockStrategy::Os,
         crate::vocab::FileKind::File,
-        fs::kind(&meta),
+        files::kind(&meta),
     )?;
     let mut text = String::new();
     // A PID is at most 10 digits; read a little more to see garbage.

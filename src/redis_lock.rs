@@ -119,7 +119,7 @@ return 0"
 pub struct RedisLockOptions {
     lease: Duration,
     timeout: Option<Duration>,
-    fallback_poll: Duration,
+    poll_interval: Duration,
     connect_timeout: Duration,
     command_timeout: Option<Duration>,
 }
@@ -129,7 +129,7 @@ impl Default for RedisLockOptions {
         RedisLockOptions {
             lease: Duration::from_secs(10),
             timeout: None,
-            fallback_poll: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(5),
             command_timeout: None,
         }
@@ -151,9 +151,10 @@ impl RedisLockOptions {
     }
 
     /// The longest a waiter sleeps without looking at the lock again, in
-    /// case a release notification was lost. Default 500 ms.
-    pub fn fallback_poll(&mut self, interval: Duration) -> &mut Self {
-        self.fallback_poll = interval.max(Duration::from_millis(1));
+    /// case a release notification was lost (a release wakes waiters at
+    /// once). Default 500 ms.
+    pub fn poll_interval(&mut self, interval: Duration) -> &mut Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -229,12 +230,12 @@ pub struct RedisLock {
     fence_key: String,
     channel: String,
     options: RedisLockOptions,
-    held: Mutex<Option<Arc<Holding>>>,
+    held: Mutex<Option<Arc<RedisHolding>>>,
 }
 
 /// One acquisition: its token, fence, and renewal thread.
 #[derive(Debug)]
-struct Holding {
+struct RedisHolding {
     token: String,
     fence: u64,
     lost: AtomicBool,
@@ -247,7 +248,7 @@ struct Holding {
     renewer: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Holding {
+impl RedisHolding {
     /// Whether the lock may have expired in Redis: the lease ran out since
     /// the last renewal that Redis confirmed.
     fn lease_ran_out(&self) -> bool {
@@ -417,7 +418,7 @@ impl RedisLock {
         self.finish_release(&holding)
     }
 
-    fn finish_release(&self, holding: &Holding) -> Result<()> {
+    fn finish_release(&self, holding: &RedisHolding) -> Result<()> {
         holding.stop_renewing();
         let ran_out = holding.lease_ran_out();
         // Compare-and-delete: removes the key only if it is still ours, so
@@ -512,7 +513,7 @@ impl RedisLock {
                 if ttl == -2 {
                     continue; // gone already
                 }
-                let mut nap = self.options.fallback_poll;
+                let mut nap = self.options.poll_interval;
                 if ttl >= 0 {
                     nap = nap.min(Duration::from_millis(ttl.unsigned_abs() + 1));
                 }
@@ -539,7 +540,7 @@ impl RedisLock {
     /// Records the acquisition, granted by a request sent at `sent`, and
     /// starts its renewal thread.
     fn start(&self, record: OwnerRecord, fence: u64, lease_ms: u64, sent: Duration) {
-        let holding = Arc::new(Holding {
+        let holding = Arc::new(RedisHolding {
             token: record.token.clone(),
             fence,
             lost: AtomicBool::new(false),
@@ -593,7 +594,7 @@ impl RedisLock {
         .map_err(|e| redis_error(&self.name, "connect to Redis for", &e))
     }
 
-    fn state(&self) -> MutexGuard<'_, Option<Arc<Holding>>> {
+    fn state(&self) -> MutexGuard<'_, Option<Arc<RedisHolding>>> {
         lock(&self.held)
     }
 
@@ -633,7 +634,7 @@ impl Drop for RedisLock {
     }
 }
 
-impl Holding {
+impl RedisHolding {
     fn stop_renewing(&self) {
         *lock(&self.stop) = true;
         self.wake.notify_all();
@@ -665,7 +666,7 @@ struct Renewer {
     lease_ms: u64,
     connect_timeout: Duration,
     io_timeout: Duration,
-    holding: Arc<Holding>,
+    holding: Arc<RedisHolding>,
     record: OwnerRecord,
 }
 

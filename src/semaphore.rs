@@ -53,7 +53,7 @@ impl BoundedSemaphore {
     /// [`Error::Io`] with `InvalidInput` if `n` is zero; the errors of
     /// [`LockOptions::open`].
     pub fn new(prefix: impl AsRef<Path>, n: usize, options: &LockOptions) -> Result<Self> {
-        let prefix = crate::fs::absolute(prefix.as_ref())?;
+        let prefix = crate::files::absolute(prefix.as_ref())?;
         if n == 0 {
             return Err(Error::io(
                 &prefix,

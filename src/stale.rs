@@ -276,14 +276,14 @@ fn expiring(unchanged_for: Duration, limit: Duration, stale: Verdict) -> Verdict
     }
 }
 
-/// A contender's memory of what it saw at the lock path, and since when
+/// A contender's memory of what it last saw at the lock path, and since when
 /// (its own monotonic clock).
 #[derive(Debug, Default)]
-pub(crate) struct Watch {
+pub(crate) struct LastSeen {
     last: Option<(Vec<u8>, Instant)>,
 }
 
-impl Watch {
+impl LastSeen {
     /// Records a look; returns how long the artifact has been seen
     /// unchanged (zero on the first look and after any change).
     pub(crate) fn observe(&mut self, seen: &Seen) -> Duration {

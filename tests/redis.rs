@@ -95,7 +95,7 @@ impl Drop for Server {
 fn lock(server: &Server, name: &str, lease_ms: u64) -> RedisLock {
     RedisLock::options()
         .lease(Duration::from_millis(lease_ms))
-        .fallback_poll(Duration::from_millis(50))
+        .poll_interval(Duration::from_millis(50))
         .open(&server.url(), name)
         .expect("open")
 }
@@ -150,12 +150,12 @@ fn the_contract_of_lockfile() {
 }
 
 #[test]
-fn a_waiter_is_woken_by_a_release_not_by_its_fallback_poll() {
+fn a_waiter_is_woken_by_a_release_not_by_its_poll() {
     let server = Server::start();
     let holder = lock(&server, "wake", 60_000);
     holder.acquire().expect("acquire");
     let waiter = RedisLock::options()
-        .fallback_poll(Duration::from_secs(30))
+        .poll_interval(Duration::from_secs(30))
         .open(&server.url(), "wake")
         .expect("open");
     let (tx, rx) = std::sync::mpsc::channel();

@@ -147,7 +147,7 @@ fn a_removed_locked_file_is_not_handed_to_a_waiter() {
         std::thread::spawn(move || {
             LockedFile::options()
                 .timeout(Some(Duration::from_secs(10)))
-                .check_interval(Duration::from_millis(2))
+                .poll_interval(Duration::from_millis(2))
                 .open(&path)
         })
     };

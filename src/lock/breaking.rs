@@ -6,10 +6,10 @@
 
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::fs;
+use crate::files;
 use crate::owner::OwnerRecord;
 use crate::registry::registry;
-use crate::stale::{judge, Verdict, Watch};
+use crate::stale::{judge, LastSeen, Verdict};
 use crate::strategy::{self, Broken, Claim, Probe, Seen};
 use crate::vocab::{Breaking, Concrete, LockStrategy};
 
@@ -185,16 +185,16 @@ impl LockFile {
 
     /// One look at a held lock while waiting: breaks it if it is stale.
     /// Returns whether to try again at once (broken, or free meanwhile).
-    pub(super) fn break_if_stale(&self, watch: &mut Watch) -> Result<bool> {
+    pub(super) fn break_if_stale(&self, last_seen: &mut LastSeen) -> Result<bool> {
         let seen = match strategy::probe(self.strategy, &self.path) {
             Ok(Probe::Held(seen)) => seen,
             Ok(Probe::Free) => return Ok(true),
             // The lock changed under the look (a stale NFS handle, say):
             // look again at the next poll.
-            Err(e) if e.io_error().is_some_and(fs::is_transient) => return Ok(false),
+            Err(e) if e.io_error().is_some_and(files::is_transient) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let unchanged = watch.observe(&seen);
+        let unchanged = last_seen.observe(&seen);
         if !judge(&seen, unchanged, self.grace, self.writers()).is_stale() {
             return Ok(false);
         }
@@ -209,7 +209,7 @@ impl LockFile {
             Ok(Broken::Orphan | Broken::Unjudged) => Ok(false),
             // Something in the way for a moment (on Windows, a name another
             // process has open): look again at the next poll.
-            Err(e) if e.io_error().is_some_and(fs::is_transient) => Ok(false),
+            Err(e) if e.io_error().is_some_and(files::is_transient) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -218,7 +218,7 @@ impl LockFile {
         // Each race lost means the lock changed under us; after this many
         // the lock is plainly busy, and taken afresh each time.
         const MAX_RACES: u32 = 64;
-        let mut watch = Watch::default();
+        let mut last_seen = LastSeen::default();
         let mut races = 0;
         let mut watching = false;
         // A forced break removes the acquisition it looked at first and no
@@ -250,7 +250,7 @@ impl LockFile {
                     Some(_) => {}
                 }
             }
-            let unchanged = watch.observe(&seen);
+            let unchanged = last_seen.observe(&seen);
             if watching && unchanged.is_zero() {
                 // A lease refreshed, a record written, or a new holder: the
                 // lock showed life while we watched it.
@@ -281,7 +281,7 @@ impl LockFile {
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
                     watching = false;
-                    watch = Watch::default();
+                    last_seen = LastSeen::default();
                     std::thread::yield_now();
                 }
                 Broken::Raced => {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fs;
+use crate::files;
 use crate::owner::{read_capped, OwnerRecord};
 use crate::vocab::{FileKind, LockStrategy};
 
@@ -41,14 +41,14 @@ impl LockStrategy {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn found_at(path: impl AsRef<Path>) -> Result<Option<LockStrategy>> {
-        let path = fs::absolute(path.as_ref())?;
-        let kind = fs::lkind(&path).map_err(|e| Error::io(&path, "look at", e))?;
+        let path = files::absolute(path.as_ref())?;
+        let kind = files::lkind(&path).map_err(|e| Error::io(&path, "look at", e))?;
         Ok(match kind {
             Some(FileKind::Directory) => Some(LockStrategy::Mkdir),
             // Opened without following a link and without waiting on a
             // FIFO put there meanwhile; a record that cannot be read tells
             // nothing.
-            Some(FileKind::File) => fs::open_read(&path)
+            Some(FileKind::File) => files::open_read(&path)
                 .and_then(read_capped)
                 .ok()
                 .and_then(|bytes| OwnerRecord::parse(&bytes))

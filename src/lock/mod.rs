@@ -30,8 +30,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::files::Look;
 use crate::filesystem::FileSystem;
-use crate::fs::Look;
 use crate::holding::{self, Holding, OnLost};
 use crate::owner::{OwnerRecord, RecordedProcess};
 use crate::registry::registry;

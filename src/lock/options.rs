@@ -10,8 +10,8 @@ use std::time::Duration;
 use camino::Utf8Path;
 
 use crate::error::{Error, Result};
+use crate::files;
 use crate::filesystem::FileSystem;
-use crate::fs;
 use crate::holding::OnLost;
 use crate::stale::DEFAULT_GRACE;
 use crate::strategy::{self};
@@ -303,7 +303,7 @@ impl LockOptions {
     /// has no file name, the current directory cannot be read, or the file
     /// system cannot be inspected.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile> {
-        let path = fs::absolute(path.as_ref())?;
+        let path = files::absolute(path.as_ref())?;
         let (strategy, file_system) = match Concrete::explicit(self.strategy) {
             Some(Concrete::Mkdir) => (Concrete::Mkdir, None),
             _ => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::holding::{self, Holding};
 use crate::registry::registry;
-use crate::strategy::{self, Held, Released};
+use crate::strategy::{self, Hold, Released};
 
 use super::LockFile;
 
@@ -44,12 +44,12 @@ impl LockFile {
     /// until it succeeds or the lock is found lost, and the handle is free.
     pub(super) fn finish_release(&self, holding: Arc<Holding>, keep: Keep) -> Result<()> {
         let held = holding.take();
-        let copy = held.as_ref().and_then(Held::retry_copy);
+        let copy = held.as_ref().and_then(Hold::retry_copy);
         let result = match held {
             Some(held) => strategy::release(&self.path, held, &mut holding::lock(&self.os_file)),
             None => Ok(Released::Lost(None)),
         };
-        let unchanged = |copy: &Held| {
+        let unchanged = |copy: &Hold| {
             matches!(&result, Err(e) if e.io_error().is_some())
                 && copy.check(&self.path).unwrap_or(false)
         };

@@ -83,7 +83,7 @@ impl LockFile {
         let opened = LockedFile::options()
             .shared(true)
             .timeout(timeout)
-            .check_interval(self.poll_interval)
+            .poll_interval(self.poll_interval)
             .open(&self.path);
         match opened {
             Ok(file) => Ok(SharedGuard { file }),

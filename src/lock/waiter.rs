@@ -7,12 +7,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::fs;
+use crate::files;
 use crate::holding::{self, Holding};
 use crate::owner::OwnerRecord;
 use crate::registry::registry;
-use crate::stale::Watch;
-use crate::strategy::{self, Held};
+use crate::stale::LastSeen;
+use crate::strategy::{self, Hold};
 use crate::sys::DirWatch;
 use crate::vocab::{Concrete, Writers};
 use crate::wait::{Backoff, Deadline};
@@ -65,7 +65,7 @@ impl LockFile {
         &self,
         timeout: Option<Duration>,
         deadline: &Deadline,
-    ) -> Result<(Held, OwnerRecord)> {
+    ) -> Result<(Hold, OwnerRecord)> {
         let mut record = OwnerRecord::for_process(self.strategy.into(), self.owner_pid)
             .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
         record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
@@ -126,7 +126,7 @@ impl LockFile {
                 Err(e) if e.is_contended() => failing = None,
                 Err(e)
                     if (self.writers() == Writers::AnyMachine)
-                        && e.io_error().is_some_and(fs::is_transient) =>
+                        && e.io_error().is_some_and(files::is_transient) =>
                 {
                     let since = failing
                         .as_ref()
@@ -161,7 +161,7 @@ struct Waiter<'a> {
     may_break: bool,
     backoff: Backoff,
     /// What the stale judge has seen of the holder, and since when.
-    seen: Watch,
+    seen: LastSeen,
     /// Breaks in a row without a sleep (see [`QUICK_BREAKS`]).
     quick_breaks: u32,
     /// Errors that may pass, in a row (see [`QUICK_RETRIES`]).
@@ -198,7 +198,7 @@ impl<'a> Waiter<'a> {
             deadline,
             may_break: lock.break_stale && !strategy::can_block(lock.strategy),
             backoff: Backoff::new(lock.poll_interval),
-            seen: Watch::default(),
+            seen: LastSeen::default(),
             quick_breaks: 0,
             retries: 0,
             failing_since: None,
@@ -248,7 +248,7 @@ impl<'a> Waiter<'a> {
     /// After a try failed with `e`: pauses and returns `Ok` to try again if
     /// the error may pass, or returns it.
     fn failed(&mut self, e: Error) -> Result<()> {
-        if !e.io_error().is_some_and(fs::is_transient) {
+        if !e.io_error().is_some_and(files::is_transient) {
             return Err(e);
         }
         if self.retries < QUICK_RETRIES {

@@ -22,7 +22,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::fs;
+use crate::files;
 use crate::owner::{is_token, read_capped, OwnerRecord};
 use crate::strategy::{Broken, Claim, Opaque, Probe, Released, Seen};
 use crate::sys::{self, Create};
@@ -30,10 +30,10 @@ use crate::vocab::FileKind;
 use crate::vocab::LockStrategy;
 
 #[derive(Debug, Clone)]
-pub(crate) struct Held {
+pub(crate) struct MkdirHold {
     pub(crate) token: String,
     sync: bool,
-    look: fs::Look,
+    look: files::Look,
 }
 
 /// How long a lock path of the wrong kind on a network file system is
@@ -49,19 +49,19 @@ pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     sync: bool,
-    look: fs::Look,
-) -> Result<Option<Held>> {
-    match fault::step("mkdir.acquire.mkdir", || fs::create_dir(path)) {
+    look: files::Look,
+) -> Result<Option<MkdirHold>> {
+    match fault::step("mkdir.acquire.mkdir", || files::create_dir(path)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let busy = || fs::busy(path, LockStrategy::Mkdir, FileKind::Directory);
+            let busy = || files::expect_kind_at(path, LockStrategy::Mkdir, FileKind::Directory);
             let mut found = busy();
             // An SMB client may take a directory that another client made
             // for a file it had cached under the same (reused) inode
             // number, until it looks again: only a kind that stays wrong
             // for longer than its attribute cache (a second) is an error.
             let mut waited = Duration::ZERO;
-            while look != fs::Look::Stat
+            while look != files::Look::Stat
                 && matches!(found, Err(Error::WrongFileType { .. }))
                 && waited < WRONG_KIND_PATIENCE
             {
@@ -71,10 +71,10 @@ pub(crate) fn try_acquire(
             }
             return found.map(|()| None);
         }
-        Err(e) => return Err(fs::io_error(path, "create lock directory", e)),
+        Err(e) => return Err(files::io_error(path, "create lock directory", e)),
     }
     match write_record(path, record, sync) {
-        Ok(true) => Ok(Some(Held {
+        Ok(true) => Ok(Some(MkdirHold {
             token: record.token.clone(),
             sync,
             look,
@@ -102,7 +102,7 @@ pub(crate) fn try_acquire(
 /// the platform tells a directory's identity from its metadata).
 fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
     let name = format!("{}.json", record.token);
-    let dir = match fs::stale_retry(|| sys::DirHandle::open(path.as_std_path())) {
+    let dir = match files::stale_retry(|| sys::DirHandle::open(path.as_std_path())) {
         Ok(dir) => dir,
         // Removed already, or replaced by something else: not ours.
         Err(e)
@@ -114,19 +114,19 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             return Ok(false)
         }
         Err(e) => {
-            let _ = fs::remove_dir(path);
+            let _ = files::remove_dir(path);
             return Err(Error::io(path, "open lock directory", e));
         }
     };
     let written = fault::step("mkdir.acquire.record", || {
-        match fs::stale_retry(|| dir.create(&name, Create::New)) {
+        match files::stale_retry(|| dir.create(&name, Create::New)) {
             // The name is this acquisition's alone (a fresh token): if it
             // exists, this process made it, and the client lost the
             // answer (an SMB client replaying its create, or taking the
             // new file for one it had cached under the same reused inode
             // number). Opened as it is.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::stale_retry(|| dir.create(&name, Create::Truncate))
+                files::stale_retry(|| dir.create(&name, Create::Truncate))
             }
             other => other,
         }
@@ -136,7 +136,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
         if sync {
             file.sync_all()?;
             dir.sync()?;
-            fs::sync_parent(path)?;
+            files::sync_parent(path)?;
         }
         // Closed now: see `Held::rewrite_record`.
         Ok(())
@@ -150,7 +150,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             // The directory is ours: a failure to write the record must not
             // leave a lock behind that nobody will release.
             let _ = dir.remove(&name);
-            let _ = fs::remove_dir(path);
+            let _ = files::remove_dir(path);
             return Err(Error::io(
                 &record_path(path, &record.token),
                 "write owner record",
@@ -164,7 +164,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
     {
         return Ok(true);
     }
-    let _ = fs::remove_file(record_path(path, &record.token));
+    let _ = files::remove_file(record_path(path, &record.token));
     Ok(false)
 }
 
@@ -177,7 +177,7 @@ fn retry_listing(mut list: impl FnMut() -> io::Result<bool>) -> bool {
     for attempt in 0..8u32 {
         match list() {
             Ok(answer) => return answer,
-            Err(e) if fs::is_transient(&e) => {
+            Err(e) if files::is_transient(&e) => {
                 std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
             }
             Err(_) => return false,
@@ -193,24 +193,24 @@ fn alone_in(dir: &sys::DirHandle, name: &str) -> io::Result<bool> {
     for listed in dir.names()? {
         match listed.to_str() {
             Some(n) if n == name => count += 1,
-            Some(n) if fs::is_silly_renamed(n) => {}
+            Some(n) if files::is_silly_renamed(n) => {}
             _ => return Ok(false),
         }
     }
     Ok(count == 1)
 }
 
-pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    // Not `lstat`ed on a network file system: see `fs::Look`.
-    Ok(fs::look_id(&record_path(path, &held.token), held.look)?.is_some_and(|(_, file)| file))
+pub(crate) fn check(path: &Utf8Path, held: &MkdirHold) -> io::Result<bool> {
+    // Not `lstat`ed on a network file system: see `files::Look`.
+    Ok(files::look_id(&record_path(path, &held.token), held.look)?.is_some_and(|(_, file)| file))
 }
 
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
-    let Held { token, sync, .. } = held;
+pub(crate) fn release(path: &Utf8Path, held: MkdirHold) -> Result<Released> {
+    let MkdirHold { token, sync, .. } = held;
     Ok(match break_record(path, &token)? {
         Broken::Removed => {
             if sync {
-                fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+                files::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
             }
             Released::Done
         }
@@ -219,18 +219,18 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    let meta = match fs::lstat(path) {
+    let meta = match files::lstat(path) {
         Ok(meta) => meta,
-        Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
-        Err(e) => return Err(fs::io_error(path, "inspect lock directory", e)),
+        Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
+        Err(e) => return Err(files::io_error(path, "inspect lock directory", e)),
     };
-    fs::expect_kind(
+    files::expect_kind(
         path,
         LockStrategy::Mkdir,
         FileKind::Directory,
-        fs::kind(&meta),
+        files::kind(&meta),
     )?;
-    let entries = match fs::read_dir(path) {
+    let entries = match files::read_dir(path) {
         Ok(entries) => entries,
         // Removed since the look above: free now.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
@@ -239,7 +239,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return Ok(Probe::Held(Box::new(Seen {
                 opaque: Some(Opaque::Unreadable),
-                ..Seen::new(None, Claim::Unreadable, fs::stamp(&meta))
+                ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
             })))
         }
         Err(e) => return Err(Error::io(path, "list lock directory", e)),
@@ -249,7 +249,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(path, "list lock directory", e))?;
         let name = entry.file_name();
-        if name.to_str().is_some_and(fs::is_silly_renamed) {
+        if name.to_str().is_some_and(files::is_silly_renamed) {
             // An unlinked record still open on this client: going away.
             continue;
         }
@@ -261,7 +261,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             break;
         }
     }
-    let mut stamp = fs::stamp(&meta);
+    let mut stamp = files::stamp(&meta);
     let ([token], 0) = (tokens.as_slice(), others) else {
         let claim = if tokens.is_empty() && others == 0 {
             Claim::MkdirEmpty
@@ -281,7 +281,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             || e.kind() == io::ErrorKind::InvalidInput
     };
     let mut opaque = None;
-    let bytes = match fs::open_read(&target) {
+    let bytes = match files::open_read(&target) {
         Ok(file) => match file.metadata() {
             Ok(m) if m.is_file() => match read_capped(file) {
                 Ok(bytes) => bytes,
@@ -305,7 +305,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             opaque = Some(Opaque::Unreadable);
             Vec::new()
         }
-        Err(e) => return Err(fs::io_error(&target, "open owner record", e)),
+        Err(e) => return Err(files::io_error(&target, "open owner record", e)),
     };
     stamp.extend_from_slice(&bytes);
     let record = OwnerRecord::parse(&bytes).filter(|r| r.token == *token);
@@ -328,7 +328,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 /// (only one remover can), then the directory if it is empty.
 pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
     let target = record_path(path, token);
-    match fault::step("mkdir.remove.record", || fs::remove_file(&target)) {
+    match fault::step("mkdir.remove.record", || files::remove_file(&target)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
         Err(e) => return Err(Error::io(&target, "remove owner record", e)),
@@ -347,7 +347,7 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
 fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
     let mut wait = Duration::from_millis(1);
     let mut waited = Duration::ZERO;
-    let rmdir = || fault::step("mkdir.remove.dir", || fs::remove_dir(path));
+    let rmdir = || fault::step("mkdir.remove.dir", || files::remove_dir(path));
     loop {
         let err = match rmdir() {
             Ok(()) => return Ok(Broken::Removed),
@@ -371,7 +371,7 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
             // file another client removed): asked again once its cache
             // expires (see `WRONG_KIND_PATIENCE`). Only an empty directory
             // is ever removed, so asking again is safe.
-        } else if !fs::is_transient(&err) {
+        } else if !files::is_transient(&err) {
             return Err(Error::io(path, "remove lock directory", err));
         }
         if waited > (10 * SILLY_RENAME_WAIT).max(WRONG_KIND_PATIENCE) {
@@ -395,12 +395,16 @@ const SILLY_RENAME_WAIT: Duration = Duration::from_millis(200);
 
 /// Removes the hidden renames from the lock directory `path`.
 fn clear_hidden(path: &Utf8Path) {
-    let Ok(entries) = fs::read_dir(path) else {
+    let Ok(entries) = files::read_dir(path) else {
         return;
     };
     for entry in entries.take(16).flatten() {
-        if entry.file_name().to_str().is_some_and(fs::is_silly_renamed) {
-            let _ = fs::remove_file(entry.path());
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(files::is_silly_renamed)
+        {
+            let _ = files::remove_file(entry.path());
         }
     }
 }
@@ -423,7 +427,7 @@ enum Contents {
 /// Looks at what is in the lock directory after the record of `token`
 /// was unlinked.
 fn contents(path: &Utf8Path, token: &str) -> Contents {
-    let entries = match fs::read_dir(path) {
+    let entries = match files::read_dir(path) {
         Ok(entries) => entries,
         // Gone meanwhile (the next rmdir says so), or not listable for a
         // moment (Windows, while it is being deleted): the caller's wait
@@ -439,7 +443,7 @@ fn contents(path: &Utf8Path, token: &str) -> Contents {
         let Some(name) = name.to_str() else {
             return Contents::Foreign(name.to_string_lossy().into_owned());
         };
-        if fs::is_silly_renamed(name) {
+        if files::is_silly_renamed(name) {
             continue;
         }
         match name.strip_suffix(".json") {
@@ -457,7 +461,7 @@ pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
         // Judged empty: hidden renames do not count (see `break_record`).
         clear_hidden(path);
     }
-    match fault::step("mkdir.break_empty.rmdir", || fs::remove_dir(path)) {
+    match fault::step("mkdir.break_empty.rmdir", || files::remove_dir(path)) {
         Ok(()) => Ok(Broken::Removed),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
         Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(Broken::Raced),

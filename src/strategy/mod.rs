@@ -34,38 +34,38 @@ impl Concrete {
 
 /// Proof that a strategy holds a lock, kept by the handle until release.
 #[derive(Debug)]
-pub(crate) enum Held {
-    Os(os::Held),
-    Mkdir(mkdir::Held),
-    Link(link::Held),
+pub(crate) enum Hold {
+    Os(os::OsHold),
+    Mkdir(mkdir::MkdirHold),
+    Link(link::LinkHold),
 }
 
-impl Held {
+impl Hold {
     /// A copy to keep while releasing, so that a release that fails
     /// before changing anything can leave the lock held (and retried).
     /// `None` for `Os`, whose release always unlocks.
-    pub(crate) fn retry_copy(&self) -> Option<Held> {
+    pub(crate) fn retry_copy(&self) -> Option<Hold> {
         match self {
-            Held::Os(_) => None,
-            Held::Mkdir(h) => Some(Held::Mkdir(h.clone())),
-            Held::Link(h) => Some(Held::Link(h.clone())),
+            Hold::Os(_) => None,
+            Hold::Mkdir(h) => Some(Hold::Mkdir(h.clone())),
+            Hold::Link(h) => Some(Hold::Link(h.clone())),
         }
     }
 
     /// The open lock file of an `Os` lock (which holds the lock).
     pub(crate) fn os_file(&self) -> Option<std::sync::Arc<std::fs::File>> {
         match self {
-            Held::Os(h) => Some(std::sync::Arc::clone(&h.file)),
-            Held::Mkdir(_) | Held::Link(_) => None,
+            Hold::Os(h) => Some(std::sync::Arc::clone(&h.file)),
+            Hold::Mkdir(_) | Hold::Link(_) => None,
         }
     }
 
     /// The token of the owner record this acquisition wrote.
     pub(crate) fn token(&self) -> &str {
         match self {
-            Held::Os(h) => &h.token,
-            Held::Mkdir(h) => &h.token,
-            Held::Link(h) => &h.token,
+            Hold::Os(h) => &h.token,
+            Hold::Mkdir(h) => &h.token,
+            Hold::Link(h) => &h.token,
         }
     }
 
@@ -86,14 +86,14 @@ impl Held {
         old_len: usize,
     ) -> io::Result<()> {
         match self {
-            Held::Os(h) => crate::fs::rewrite(&h.file, bytes, old_len),
-            Held::Mkdir(h) => crate::fault::step("mkdir.refresh.write", || {
-                let file = crate::fs::open_write(&mkdir::record_path(path, &h.token))?;
-                crate::fs::rewrite(&file, bytes, old_len)
+            Hold::Os(h) => crate::files::rewrite(&h.file, bytes, old_len),
+            Hold::Mkdir(h) => crate::fault::step("mkdir.refresh.write", || {
+                let file = crate::files::open_write(&mkdir::record_path(path, &h.token))?;
+                crate::files::rewrite(&file, bytes, old_len)
             }),
-            Held::Link(h) => crate::fault::step("link.refresh.write", || {
-                let file = crate::fs::open_write(h.claim())?;
-                crate::fs::rewrite(&file, bytes, old_len)
+            Hold::Link(h) => crate::fault::step("link.refresh.write", || {
+                let file = crate::files::open_write(h.claim())?;
+                crate::files::rewrite(&file, bytes, old_len)
             }),
         }
     }
@@ -101,15 +101,15 @@ impl Held {
     /// Whether the lock at `path` is still this acquisition's: its artifact
     /// was neither broken nor replaced.
     ///
-    /// A stale file handle that outlasts the retries (`fs::stale_retry`)
+    /// A stale file handle that outlasts the retries (`files::stale_retry`)
     /// means the server no longer has what this acquisition made (its lock
     /// file or directory, or the directory around them, was removed or
     /// replaced there): not ours any more.
     pub(crate) fn check(&self, path: &Utf8Path) -> io::Result<bool> {
         let checked = match self {
-            Held::Os(h) => os::check(path, h),
-            Held::Mkdir(h) => mkdir::check(path, h),
-            Held::Link(h) => link::check(path, h),
+            Hold::Os(h) => os::check(path, h),
+            Hold::Mkdir(h) => mkdir::check(path, h),
+            Hold::Link(h) => link::check(path, h),
         };
         match checked {
             Err(e) if e.kind() == io::ErrorKind::StaleNetworkFileHandle => Ok(false),
@@ -245,12 +245,12 @@ pub(crate) fn try_acquire(
     block: bool,
     how: os::How,
     cached: &mut Option<os::Open>,
-) -> Result<Option<Held>> {
+) -> Result<Option<Hold>> {
     let sync = how.sync;
     Ok(match strategy {
-        Concrete::Os => os::try_acquire(path, record, block, how, cached)?.map(Held::Os),
-        Concrete::Mkdir => mkdir::try_acquire(path, record, sync, how.look)?.map(Held::Mkdir),
-        Concrete::Link => link::try_acquire(path, record, sync, how.look)?.map(Held::Link),
+        Concrete::Os => os::try_acquire(path, record, block, how, cached)?.map(Hold::Os),
+        Concrete::Mkdir => mkdir::try_acquire(path, record, sync, how.look)?.map(Hold::Mkdir),
+        Concrete::Link => link::try_acquire(path, record, sync, how.look)?.map(Hold::Link),
     })
 }
 
@@ -271,13 +271,13 @@ pub(crate) enum Released {
 /// acquisition.
 pub(crate) fn release(
     path: &Utf8Path,
-    held: Held,
+    held: Hold,
     cached: &mut Option<os::Open>,
 ) -> Result<Released> {
     match held {
-        Held::Os(h) => os::release(path, h, cached),
-        Held::Mkdir(h) => mkdir::release(path, h),
-        Held::Link(h) => link::release(path, h),
+        Hold::Os(h) => os::release(path, h, cached),
+        Hold::Mkdir(h) => mkdir::release(path, h),
+        Hold::Link(h) => link::release(path, h),
     }
 }
 

@@ -35,18 +35,18 @@ use camino::Utf8Path;
 
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::files;
 use crate::flock::LockFlags;
-use crate::fs;
 use crate::owner::{record_has_token, OwnerRecord, MAX_RECORD_LEN};
 use crate::strategy::{Claim, Probe, Released, Seen};
 use crate::vocab::FileKind;
 use crate::vocab::LockStrategy;
 
 #[derive(Debug)]
-pub(crate) struct Held {
+pub(crate) struct OsHold {
     pub(crate) file: Arc<File>,
     pub(crate) token: String,
-    id: fs::FileId,
+    id: files::FileId,
     how: How,
 }
 
@@ -54,7 +54,7 @@ pub(crate) struct Held {
 #[derive(Debug)]
 pub(crate) struct Open {
     file: File,
-    id: fs::FileId,
+    id: files::FileId,
     /// The process that opened it. A child of `fork()` shares the open
     /// file, and with it the lock (`flock` locks belong to the open file):
     /// it opens its own.
@@ -68,8 +68,8 @@ pub(crate) struct How {
     pub(crate) sync: bool,
     /// Remove the lock file on release (a temporary lock file).
     pub(crate) remove: bool,
-    /// How the lock file's path is looked at (see `fs::Look`).
-    pub(crate) look: fs::Look,
+    /// How the lock file's path is looked at (see `files::Look`).
+    pub(crate) look: files::Look,
 }
 
 pub(crate) fn try_acquire(
@@ -78,7 +78,7 @@ pub(crate) fn try_acquire(
     block: bool,
     how: How,
     cached: &mut Option<Open>,
-) -> Result<Option<Held>> {
+) -> Result<Option<OsHold>> {
     // A holder that removes the file on release (or anyone who deletes or
     // replaces it) leaves waiters locking a file that the path no longer
     // names: such a lock excludes nobody, so it is dropped and the file
@@ -90,7 +90,7 @@ pub(crate) fn try_acquire(
         let Open { file, id, .. } = match cached.take().filter(|open| open.pid == pid) {
             Some(open) => open,
             None => {
-                let file = fs::open_create(path).map_err(|e| open_error(path, e))?;
+                let file = files::open_create(path).map_err(|e| open_error(path, e))?;
                 // The identity of an open file does not change; it is
                 // compared with the path's once the lock is held.
                 let id = check_regular(path, &file)?;
@@ -145,13 +145,13 @@ pub(crate) fn try_acquire(
         let written = write_record(path, &file, len, record).and_then(|()| {
             if how.sync {
                 file.sync_all()
-                    .and_then(|()| fs::sync_parent(path))
+                    .and_then(|()| files::sync_parent(path))
                     .map_err(|e| Error::io(path, "flush the owner record of", e))?;
             }
             Ok(())
         });
         return match written {
-            Ok(()) => Ok(Some(Held {
+            Ok(()) => Ok(Some(OsHold {
                 file: Arc::new(file),
                 token: record.token.clone(),
                 id,
@@ -168,8 +168,12 @@ pub(crate) fn try_acquire(
 
 /// Releases the lock; the lock file goes back to `cached` for the next
 /// acquisition of the handle unless it was removed or replaced.
-pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) -> Result<Released> {
-    let Held {
+pub(crate) fn release(
+    path: &Utf8Path,
+    held: OsHold,
+    cached: &mut Option<Open>,
+) -> Result<Released> {
+    let OsHold {
         file,
         token,
         id,
@@ -182,9 +186,9 @@ pub(crate) fn release(path: &Utf8Path, held: Held, cached: &mut Option<Open>) ->
         if how.remove {
             // Removed while still locked: a waiter that then locks the
             // removed file sees that the path no longer names it.
-            fs::remove_file(path).map_err(|e| Error::io(path, "remove lock file", e))?;
+            files::remove_file(path).map_err(|e| Error::io(path, "remove lock file", e))?;
             if how.sync {
-                fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+                files::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
             }
         } else if how.sync {
             file.sync_all()
@@ -218,8 +222,8 @@ fn release_locked(
     path: &Utf8Path,
     file: &File,
     token: &str,
-    id: fs::FileId,
-    look: fs::Look,
+    id: files::FileId,
+    look: files::Look,
 ) -> Result<Released> {
     let len = match path_state(path, file, look) {
         Ok(Some((now, len))) if now == id => len,
@@ -235,10 +239,10 @@ fn release_locked(
     // Read back: a record that is not ours (written by something that
     // ignores the lock, or through a network client whose OS locks do not
     // reach ours) is left alone and the lock reported lost.
-    let bytes = match fs::conflict_retry(|| read_from_start(file, len)) {
+    let bytes = match files::conflict_retry(|| read_from_start(file, len)) {
         Ok(bytes) => bytes,
         // Another client's lock covers the file (see `check`).
-        Err(e) if look != fs::Look::Stat && e.kind() == io::ErrorKind::PermissionDenied => {
+        Err(e) if look != files::Look::Stat && e.kind() == io::ErrorKind::PermissionDenied => {
             return Ok(Released::Lost(None))
         }
         Err(e) => return Err(Error::io(path, "read the owner record of", e)),
@@ -250,7 +254,7 @@ fn release_locked(
     // and the next holder's write reuses the file's block instead of the
     // file system freeing it now and allocating it again then.
     let blank = vec![b' '; usize::try_from(len).map_or(MAX_RECORD_LEN, |l| l.min(MAX_RECORD_LEN))];
-    fs::rewrite(file, &blank, 0).map_err(|e| Error::io(path, "clear the owner record of", e))?;
+    files::rewrite(file, &blank, 0).map_err(|e| Error::io(path, "clear the owner record of", e))?;
     fault::point("os.release.blanked").map_err(|e| Error::io(path, "unlock", e))?;
     Ok(Released::Done)
 }
@@ -266,14 +270,14 @@ fn release_locked(
 /// that read (`EACCES`) while another client's lock covers the file, but
 /// also, for a while, while a lease on it is being broken: an error, not
 /// an answer.
-pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    if held.how.look == fs::Look::Stat {
+pub(crate) fn check(path: &Utf8Path, held: &OsHold) -> io::Result<bool> {
+    if held.how.look == files::Look::Stat {
         return check_id(path, held.id);
     }
     if path_state(path, &held.file, held.how.look)?.map(|(id, _)| id) != Some(held.id) {
         return Ok(false);
     }
-    let bytes = fs::conflict_retry(|| read_from_start(&held.file, MAX_RECORD_LEN as u64))?;
+    let bytes = files::conflict_retry(|| read_from_start(&held.file, MAX_RECORD_LEN as u64))?;
     Ok(record_has_token(&bytes, &held.token))
 }
 
@@ -282,15 +286,15 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 fn path_state(
     path: &Utf8Path,
     file: &File,
-    look: fs::Look,
-) -> io::Result<Option<(fs::FileId, u64)>> {
-    if look == fs::Look::Stat {
-        return fs::path_state(path);
+    look: files::Look,
+) -> io::Result<Option<(files::FileId, u64)>> {
+    if look == files::Look::Stat {
+        return files::path_state(path);
     }
-    match fs::look_id(path, look)? {
+    match files::look_id(path, look)? {
         Some((listed, _)) => {
-            let mine = fs::file_id(file)?;
-            let id = if fs::same_listed(listed, mine) {
+            let mine = files::file_id(file)?;
+            let id = if files::same_listed(listed, mine) {
                 mine
             } else {
                 listed
@@ -301,14 +305,14 @@ fn path_state(
     }
 }
 
-fn check_id(path: &Utf8Path, id: fs::FileId) -> io::Result<bool> {
-    Ok(fs::path_id(path)? == Some(id))
+fn check_id(path: &Utf8Path, id: files::FileId) -> io::Result<bool> {
+    Ok(files::path_id(path)? == Some(id))
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    let file = match fs::open_read(path) {
+    let file = match files::open_read(path) {
         Ok(file) => file,
-        Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
+        Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
         Err(e) => return Err(open_error(path, e)),
     };
     check_regular(path, &file)?;
@@ -334,16 +338,16 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 }
 
 fn open_error(path: &Utf8Path, err: io::Error) -> Error {
-    fs::open_file_error(path, LockStrategy::Os, err)
+    files::open_file_error(path, LockStrategy::Os, err)
 }
 
 /// Fails unless `file` is a regular file; its identity.
-fn check_regular(path: &Utf8Path, file: &File) -> Result<fs::FileId> {
+fn check_regular(path: &Utf8Path, file: &File) -> Result<files::FileId> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io(path, "inspect lock file", e))?;
-    fs::expect_kind(path, LockStrategy::Os, FileKind::File, fs::kind(&meta))?;
-    fs::id_of(&meta, file).map_err(|e| Error::io(path, "inspect lock file", e))
+    files::expect_kind(path, LockStrategy::Os, FileKind::File, files::kind(&meta))?;
+    files::id_of(&meta, file).map_err(|e| Error::io(path, "inspect lock file", e))
 }
 
 /// The file's content from its start, up to one byte more than a record
@@ -356,7 +360,7 @@ fn read_from_start(file: &File, expected: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; first];
     let mut len = 0;
     loop {
-        match fs::read_at(file, &mut buf[len..], len as u64) {
+        match files::read_at(file, &mut buf[len..], len as u64) {
             Ok(0) => break,
             Ok(n) => {
                 len += n;
@@ -412,12 +416,13 @@ fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) ->
     let old = if len == 0 {
         Vec::new()
     } else {
-        fs::conflict_retry(|| read_from_start(file, len)).map_err(|e| Error::io(path, "read", e))?
+        files::conflict_retry(|| read_from_start(file, len))
+            .map_err(|e| Error::io(path, "read", e))?
     };
     check_overwritable(path, &old)?;
     let mut bytes = record.to_json().into_bytes();
     bytes.push(b'\n');
-    fs::conflict_retry(|| fs::rewrite(file, &bytes, old.len()))
+    files::conflict_retry(|| files::rewrite(file, &bytes, old.len()))
         .map_err(|e| Error::io(path, "write the owner record to", e))
 }
 

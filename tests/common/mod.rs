@@ -664,7 +664,7 @@ fn file_count(args: &[&str]) -> i32 {
     }
     for _ in 0..n {
         let mut file = portalock::LockedFile::options()
-            .check_interval(Duration::from_millis(5))
+            .poll_interval(Duration::from_millis(5))
             .open(args[0])
             .expect("locked file");
         let mut text = String::new();
@@ -888,7 +888,7 @@ mod redis_roles {
         let lease: u64 = lease_ms.parse().expect("lease in ms");
         portalock::RedisLock::options()
             .lease(Duration::from_millis(lease))
-            .fallback_poll(Duration::from_millis(50))
+            .poll_interval(Duration::from_millis(50))
             .open(url, name)
             .expect("redis lock")
     }

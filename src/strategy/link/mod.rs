@@ -42,7 +42,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::fs;
+use crate::files;
 use crate::owner::{is_token, read_capped, record_has_token, OwnerRecord};
 use crate::strategy::{Claim, Opaque, Probe, Seen};
 use crate::vocab::FileKind;
@@ -57,11 +57,11 @@ pub(crate) use recovery::sweep;
 pub(crate) use removal::{break_link, release};
 
 #[derive(Debug, Clone)]
-pub(crate) struct Held {
+pub(crate) struct LinkHold {
     pub(crate) token: String,
     claim: Utf8PathBuf,
     sync: bool,
-    look: fs::Look,
+    look: files::Look,
     /// A taken name of this acquisition that a failed release could not put
     /// back as the claim. Shared with the copies a release keeps: a retry
     /// goes on from it (nobody else may: it names this live process).
@@ -124,11 +124,11 @@ pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     sync: bool,
-    look: fs::Look,
-) -> Result<Option<Held>> {
+    look: files::Look,
+) -> Result<Option<LinkHold>> {
     let claim = claim_path(path, &record.token)?;
-    let mut file = fault::step("link.acquire.claim", || fs::create_new(&claim))
-        .map_err(|e| fs::io_error(path, "create a private record file beside", e))?;
+    let mut file = fault::step("link.acquire.claim", || files::create_new(&claim))
+        .map_err(|e| files::io_error(path, "create a private record file beside", e))?;
     let written = file.write_all(record.to_json().as_bytes()).and_then(|()| {
         if sync {
             file.sync_all()
@@ -137,14 +137,14 @@ pub(crate) fn try_acquire(
         }
     });
     if let Err(e) = written {
-        let _ = fs::remove_file(&claim);
+        let _ = files::remove_file(&claim);
         return Err(Error::io(path, "write a private record file beside", e));
     }
     // Closed before the link: an NFS client writes back on close, so that
     // another client that finds the lock file finds the whole record in it
     // (never an empty file, which would read as another strategy's).
     drop(file);
-    let held = Held {
+    let held = LinkHold {
         token: record.token.clone(),
         claim: claim.clone(),
         sync,
@@ -153,7 +153,7 @@ pub(crate) fn try_acquire(
     };
     let linked = link(path, &claim, &record.token).and_then(|ours| {
         if ours && sync {
-            if let Err(e) = fs::sync_parent(path) {
+            if let Err(e) = files::sync_parent(path) {
                 // Ours, but not durably: given back the way every lock is
                 // released (through its claim), never by removing the path,
                 // which may be someone else's by the time this runs.
@@ -167,12 +167,12 @@ pub(crate) fn try_acquire(
         // The claim is closed: see `Held::rewrite_record`.
         Ok(true) => Ok(Some(held)),
         Ok(false) => {
-            let _ = fs::remove_file(&claim);
+            let _ = files::remove_file(&claim);
             Ok(None)
         }
         // Not linked, for certain: the claim is ours alone to remove.
         Err(e) if matches!(names(path, &record.token), Ok(false)) => {
-            let _ = fs::remove_file(&claim);
+            let _ = files::remove_file(&claim);
             Err(e)
         }
         // An error after a link that did, or may have, happened: let it go
@@ -199,11 +199,11 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
-        let err = match fault::step("link.acquire.link", || fs::hard_link(claim, path)) {
+        let err = match fault::step("link.acquire.link", || files::hard_link(claim, path)) {
             Ok(()) => return Ok(true),
             Err(e) => e,
         };
-        let count = fs::lstat(claim)
+        let count = files::lstat(claim)
             .ok()
             .and_then(|m| crate::sys::link_count(&m));
         if count == Some(2) || names(path, token).unwrap_or(false) {
@@ -212,7 +212,7 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
         if err.kind() == io::ErrorKind::AlreadyExists {
             return busy(path).map(|()| false);
         }
-        if crate::sys::is_eperm(&err) && fs::lkind(path).ok().flatten().is_some() {
+        if crate::sys::is_eperm(&err) && files::lkind(path).ok().flatten().is_some() {
             // sshfs answers EPERM for a link onto an existing name.
             return busy(path).map(|()| false);
         }
@@ -228,8 +228,8 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
         }
         // EPERM with the lock path absent: either no hard links here, or
         // the lock was released in between; trying again tells.
-        if !(unsupported || fs::is_transient(&err)) || attempt >= ATTEMPTS {
-            return Err(fs::io_error(path, "link lock file", err));
+        if !(unsupported || files::is_transient(&err)) || attempt >= ATTEMPTS {
+            return Err(files::io_error(path, "link lock file", err));
         }
         attempt += 1;
         std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
@@ -241,8 +241,8 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
 /// cannot be read; the typed error for anything else, such as the lock
 /// file of the `Os` strategy (an `os` record, or blank once released).
 fn busy(path: &Utf8Path) -> Result<()> {
-    fs::busy(path, LockStrategy::Link, FileKind::File)?;
-    let bytes = match fs::open_read(path).and_then(read_capped) {
+    files::expect_kind_at(path, LockStrategy::Link, FileKind::File)?;
+    let bytes = match files::open_read(path).and_then(read_capped) {
         Ok(bytes) => bytes,
         // Gone, or not readable by us: busy either way.
         Err(_) => return Ok(()),
@@ -275,30 +275,30 @@ fn busy(path: &Utf8Path) -> Result<()> {
 /// holder's lock file may have the number of the one that was judged) and
 /// sshfs numbers names rather than files.
 fn names(path: &Utf8Path, token: &str) -> io::Result<bool> {
-    match fs::lstat(path) {
+    match files::lstat(path) {
         Ok(meta) if !meta.is_file() => return Ok(false),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
     // On sshfs even reading an open file can find it gone (ENOENT).
-    match fs::open_read(path).and_then(read_capped) {
+    match files::open_read(path).and_then(read_capped) {
         Ok(bytes) => Ok(record_has_token(&bytes, token)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-impl Held {
+impl LinkHold {
     /// The private name of this holder's record.
     pub(crate) fn claim(&self) -> &Utf8Path {
         &self.claim
     }
 }
 
-pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
-    // Not `lstat`ed on a network file system: see `fs::Look`.
-    match fs::look_id(&held.claim, held.look) {
+pub(crate) fn check(path: &Utf8Path, held: &LinkHold) -> io::Result<bool> {
+    // Not `lstat`ed on a network file system: see `files::Look`.
+    match files::look_id(&held.claim, held.look) {
         Ok(Some(_)) => names(path, &held.token),
         Ok(None) => match held.stranded_name() {
             // Mid-release (a release that failed half way): still ours.
@@ -311,27 +311,27 @@ pub(crate) fn check(path: &Utf8Path, held: &Held) -> io::Result<bool> {
 
 /// The record in the file at `path`, if it holds a readable one.
 fn record_at(path: &Utf8Path) -> Option<OwnerRecord> {
-    fs::open_read(path)
+    files::open_read(path)
         .and_then(read_capped)
         .ok()
         .and_then(|b| OwnerRecord::parse(&b))
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    let file = match fs::open_read(path) {
+    let file = match files::open_read(path) {
         Ok(file) => file,
-        Err(e) if fs::is_absent(path, &e) => return Ok(Probe::Free),
+        Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             // Another user's lock (or one made under a umask of 077): held,
             // by an owner this process cannot read.
-            let meta = fs::lstat(path).map_err(|e| Error::io(path, "inspect lock file", e))?;
-            fs::expect_kind(path, LockStrategy::Link, FileKind::File, fs::kind(&meta))?;
+            let meta = files::lstat(path).map_err(|e| Error::io(path, "inspect lock file", e))?;
+            files::expect_kind(path, LockStrategy::Link, FileKind::File, files::kind(&meta))?;
             return Ok(Probe::Held(Box::new(Seen {
                 opaque: Some(Opaque::Unreadable),
-                ..Seen::new(None, Claim::Unreadable, fs::stamp(&meta))
+                ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
             })));
         }
-        Err(e) => return Err(fs::open_file_error(path, LockStrategy::Link, e)),
+        Err(e) => return Err(files::open_file_error(path, LockStrategy::Link, e)),
     };
     // sshfs answers `fstat` and `read` on an open file by its name: if the
     // lock was released since the open, they fail with ENOENT. Free, then.
@@ -340,13 +340,13 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
         Err(e) => return Err(Error::io(path, "inspect lock file", e)),
     };
-    fs::expect_kind(path, LockStrategy::Link, FileKind::File, fs::kind(&meta))?;
+    files::expect_kind(path, LockStrategy::Link, FileKind::File, files::kind(&meta))?;
     let bytes = match read_capped(file) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
         Err(e) => return Err(Error::io(path, "read lock file", e)),
     };
-    let mut stamp = fs::stamp(&meta);
+    let mut stamp = files::stamp(&meta);
     stamp.extend_from_slice(&bytes);
     let record = OwnerRecord::parse(&bytes);
     let mut seen = match &record {
@@ -373,7 +373,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         // Its remover took the claim and has not removed the lock path: a
         // moment of every release, or an orphan if the remover died.
         let claim = claim_path(path, token)?;
-        seen.orphaned = fs::lkind(&claim).is_ok_and(|kind| kind.is_none());
+        seen.orphaned = files::lkind(&claim).is_ok_and(|kind| kind.is_none());
     }
     Ok(Probe::Held(Box::new(seen)))
 }

@@ -9,7 +9,7 @@ use camino::Utf8Path;
 
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::fs;
+use crate::files;
 use crate::owner::is_token;
 use crate::strategy::Broken;
 use crate::vocab::Writers;
@@ -43,7 +43,7 @@ pub(super) fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> 
         return Ok(Broken::Orphan);
     };
     let prefix = format!("{claim_name}.taken.");
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+    let entries = files::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
         let name = entry.file_name();
@@ -60,14 +60,14 @@ pub(super) fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> 
         }
         let ours = taken_name(&taken).map_err(|e| Error::io(&taken, "name", e))?;
         match fault::step("link.recover.take_over", || {
-            fs::stale_retry(|| std::fs::rename(&taken, &ours))
+            files::stale_retry(|| std::fs::rename(&taken, &ours))
         }) {
             Ok(()) => {}
             // On NFS a rename whose reply was lost is answered `ENOENT` when
             // sent again: our own new name tells whether it happened.
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
-                    && fs::lkind(&ours).ok().flatten().is_some() => {}
+                    && files::lkind(&ours).ok().flatten().is_some() => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
             Err(e) => return Err(Error::io(&taken, "take over", e)),
         }
@@ -93,7 +93,7 @@ pub(crate) fn sweep(path: &Utf8Path, writers: Writers) {
     let (Some(dir), Some(prefix)) = (path.parent(), private_prefix(path)) else {
         return;
     };
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(entries) = files::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
@@ -132,10 +132,10 @@ pub(crate) fn sweep(path: &Utf8Path, writers: Writers) {
         // second link) or carries the lock's current token stays, and so
         // does everything if the lock file cannot be read now (only a
         // definite "not this token" lets a name go).
-        let loose = fs::lstat(&target)
+        let loose = files::lstat(&target)
             .is_ok_and(|m| m.is_file() && crate::sys::link_count(&m).unwrap_or(1) == 1);
         if loose && matches!(names(path, token), Ok(false)) {
-            let _ = fs::remove_file(&target);
+            let _ = files::remove_file(&target);
         }
     }
 }

@@ -9,26 +9,26 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::fs;
+use crate::files;
 use crate::strategy::{Broken, Released};
 use crate::vocab::{Breaking, Writers};
 
 use super::recovery::{recover_orphan, sweep};
-use super::{claim_path, names, Held};
+use super::{claim_path, names, LinkHold};
 
-impl Held {
+impl LinkHold {
     /// The taken name a failed release left, if it is still there.
     pub(super) fn stranded_name(&self) -> Option<Utf8PathBuf> {
         let stranded = self.stranded.lock().unwrap_or_else(PoisonError::into_inner);
         stranded
             .clone()
-            .filter(|name| fs::lkind(name).ok().flatten().is_some())
+            .filter(|name| files::lkind(name).ok().flatten().is_some())
     }
 }
 
-pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
+pub(crate) fn release(path: &Utf8Path, held: LinkHold) -> Result<Released> {
     let stranded = held.stranded_name();
-    let Held {
+    let LinkHold {
         token, claim, sync, ..
     } = &held;
     let taken = match stranded {
@@ -47,7 +47,7 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         Ok(removed) => removed,
         Err(e) => {
             // Not put back as the claim: remembered, for a retry.
-            if fs::lkind(&taken).ok().flatten().is_some() {
+            if files::lkind(&taken).ok().flatten().is_some() {
                 *held.stranded.lock().unwrap_or_else(PoisonError::into_inner) = Some(taken);
             }
             return Err(e);
@@ -57,7 +57,7 @@ pub(crate) fn release(path: &Utf8Path, held: Held) -> Result<Released> {
         return Ok(Released::Lost(None));
     }
     if *sync {
-        fs::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+        files::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
     }
     Ok(Released::Done)
 }
@@ -76,7 +76,7 @@ pub(super) fn remove_lock_path(
     taken: &Utf8Path,
 ) -> Result<bool> {
     let outcome = match fault::step("link.remove.check", || names(path, token)) {
-        Ok(true) => match fault::step("link.remove.unlink", || fs::remove_file(path)) {
+        Ok(true) => match fault::step("link.remove.unlink", || files::remove_file(path)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(path, "remove lock file", e)),
@@ -89,7 +89,7 @@ pub(super) fn remove_lock_path(
             // Removed last: while the lock path is there, the taken name
             // says who is removing it (see `recover_orphan`). A failure
             // here leaves a taken name that a later sweep removes.
-            let _ = fault::step("link.remove.taken", || fs::remove_file(taken));
+            let _ = fault::step("link.remove.taken", || files::remove_file(taken));
         }
         Err(_) => {
             // Tried a few times: a taken name left in place names this
@@ -97,7 +97,7 @@ pub(super) fn remove_lock_path(
             // exits.
             for attempt in 0..4u32 {
                 match fault::step("link.remove.restore", || {
-                    fs::stale_retry(|| std::fs::rename(taken, claim))
+                    files::stale_retry(|| std::fs::rename(taken, claim))
                 }) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
@@ -126,12 +126,14 @@ pub(super) fn remove_lock_path(
 pub(super) fn take_claim(claim: &Utf8Path) -> io::Result<Utf8PathBuf> {
     let taken = taken_name(claim)?;
     match fault::step("link.remove.take", || {
-        fs::stale_retry(|| std::fs::rename(claim, &taken))
+        files::stale_retry(|| std::fs::rename(claim, &taken))
     }) {
         Ok(()) => Ok(taken),
         // On NFS a rename whose reply was lost is sent again and answered
         // `ENOENT`, though it happened: the taken name (ours alone) tells.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && fs::lkind(&taken)?.is_some() => Ok(taken),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && files::lkind(&taken)?.is_some() => {
+            Ok(taken)
+        }
         Err(e) => Err(e),
     }
 }
@@ -178,10 +180,10 @@ pub(crate) fn break_link(
     let claim = claim_path(path, token)?;
     match names(&claim, token) {
         Ok(true) => {}
-        Ok(false) if fs::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
+        Ok(false) if files::lkind(&claim).ok().flatten().is_some() => return Ok(Broken::Raced),
         Ok(false) => match recover_orphan(path, token, writers)? {
             Broken::Orphan if breaking == Breaking::Forced => {
-                match fault::step("link.force.relink", || fs::hard_link(path, &claim)) {
+                match fault::step("link.force.relink", || files::hard_link(path, &claim)) {
                     Ok(()) => {}
                     Err(e)
                         if matches!(
@@ -197,7 +199,7 @@ pub(crate) fn break_link(
                     // The lock path changed before the link: this claim
                     // names someone else's lock file. Removing our extra
                     // name of it leaves their lock as it was.
-                    let _ = fs::remove_file(&claim);
+                    let _ = files::remove_file(&claim);
                     return Ok(Broken::Raced);
                 }
             }

@@ -11,9 +11,9 @@ use crate::vocab::{Breaking, Writers};
 fn claim_for(dir: &Utf8Path, path: &Utf8Path) -> (OwnerRecord, Utf8PathBuf, File, u64) {
     let record = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
     let claim = claim_path(path, &record.token).expect("claim path");
-    let mut file = fs::create_new(&claim).expect("claim");
+    let mut file = files::create_new(&claim).expect("claim");
     file.write_all(record.to_json().as_bytes()).expect("write");
-    let ino = fs::ino(&file.metadata().expect("meta"));
+    let ino = files::ino(&file.metadata().expect("meta"));
     assert!(claim.starts_with(dir));
     (record, claim, file, ino)
 }
@@ -293,7 +293,7 @@ fn a_forced_break_never_removes_a_newer_lock_in_a_reused_inode() {
     std::fs::rename(&old_claim, &new_claim).expect("the inode, reused");
     std::fs::write(&new_claim, new.to_json()).expect("the new record");
     std::fs::hard_link(&new_claim, &path).expect("the new lock");
-    assert_eq!(fs::ino(&fs::lstat(&path).expect("lstat")), ino);
+    assert_eq!(files::ino(&files::lstat(&path).expect("lstat")), ino);
 
     let broken =
         break_link(&path, &old.token, Breaking::Forced, Writers::AnyMachine).expect("break");

@@ -60,10 +60,14 @@ pub(crate) fn wrong_kind(
     }
 }
 
-/// After `EEXIST` from creating the artifact at `path`: the lock is busy
-/// (`Ok(())`) if what is there is of kind `expected` (or already gone),
-/// else the typed error for what was found.
-pub(crate) fn busy(path: &Utf8Path, strategy: LockStrategy, expected: FileKind) -> Result<()> {
+/// After `EEXIST` from creating the artifact at `path`: `Ok(())` (the lock
+/// is busy) if what is there is of kind `expected`, or already gone; else
+/// the typed error for what was found.
+pub(crate) fn expect_kind_at(
+    path: &Utf8Path,
+    strategy: LockStrategy,
+    expected: FileKind,
+) -> Result<()> {
     match lkind(path) {
         Ok(None) => Ok(()),
         Ok(Some(found)) => expect_kind(path, strategy, expected, found),
@@ -127,7 +131,11 @@ pub(crate) fn open_read(path: &Utf8Path) -> io::Result<File> {
 pub(crate) fn open_with(path: &Utf8Path, opts: &mut OpenOptions) -> io::Result<File> {
     sys::no_follow_no_block(opts);
     sys::file_mode(opts);
-    let file = stale_retry(|| opts.open(path))?;
+    regular(stale_retry(|| opts.open(path))?)
+}
+
+/// `file` if it is a regular file, else an `InvalidInput` error.
+fn regular(file: File) -> io::Result<File> {
     if file.metadata()?.is_file() {
         Ok(file)
     } else {
@@ -144,15 +152,7 @@ pub(crate) fn open_write(path: &Utf8Path) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.write(true);
     sys::no_follow_no_block(&mut opts);
-    let file = stale_retry(|| opts.open(path))?;
-    if file.metadata()?.is_file() {
-        Ok(file)
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ))
-    }
+    regular(stale_retry(|| opts.open(path))?)
 }
 
 /// Opens `path` for reading and writing, creating it if needed (mode
