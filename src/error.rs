@@ -1,10 +1,11 @@
 //! The one error type of portalock.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::owner::OwnerRecord;
 use crate::vocab::{FileKind, LockStrategy, Mechanism};
@@ -14,7 +15,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong when taking, releasing or inspecting a lock.
 ///
-/// Every variant names the lock path it concerns. Contention errors
+/// Every variant names the lock it concerns: its path, or, for the
+/// variants a [`RedisLock`](crate::RedisLock) shares, a [`LockName`]. Contention errors
 /// ([`WouldBlock`](Error::WouldBlock), [`Timeout`](Error::Timeout)) carry the
 /// holder's [`OwnerRecord`] when it could be read, so that a caller can say
 /// who holds the lock.
@@ -27,42 +29,46 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A try-once acquire found the lock held.
-    #[error("lock `{path}` is held{}", holder_suffix(.holder.as_deref()))]
+    #[error("lock `{lock}` is held{}", holder_suffix(.holder.as_deref()))]
+    #[non_exhaustive]
     WouldBlock {
-        /// The lock path.
-        path: Utf8PathBuf,
+        /// The lock: its path, or a Redis lock's key.
+        lock: LockName,
         /// The holder's owner record, when it could be read.
         holder: Option<Box<OwnerRecord>>,
     },
     /// A bounded wait ended before the lock became free.
     #[error(
-        "timed out after {:.3}s waiting for lock `{path}`, held{}",
+        "timed out after {:.3}s waiting for lock `{lock}`, held{}",
         .timeout.as_secs_f64(),
         holder_suffix(.holder.as_deref())
     )]
+    #[non_exhaustive]
     Timeout {
-        /// The lock path.
-        path: Utf8PathBuf,
+        /// The lock: its path, or a Redis lock's key.
+        lock: LockName,
         /// How long the caller asked to wait.
         timeout: Duration,
         /// The holder's owner record, when it could be read.
         holder: Option<Box<OwnerRecord>>,
     },
     /// `release` was called on a handle that does not hold the lock.
-    #[error("lock `{path}` is not held by this handle")]
+    #[error("lock `{lock}` is not held by this handle")]
+    #[non_exhaustive]
     NotLocked {
-        /// The lock path.
-        path: Utf8PathBuf,
+        /// The lock: its path, or a Redis lock's key.
+        lock: LockName,
     },
     /// The lock this handle held was removed or taken over by someone else;
     /// nothing of theirs was touched.
     #[error(
-        "lock `{path}` was lost: it no longer carries this handle's token{}",
+        "lock `{lock}` was lost: it no longer carries this handle's token{}",
         .holder.as_deref().map(|h| format!("; now held{}", holder_suffix(Some(h)))).unwrap_or_default()
     )]
+    #[non_exhaustive]
     LockLost {
-        /// The lock path.
-        path: Utf8PathBuf,
+        /// The lock: its path, or a Redis lock's key.
+        lock: LockName,
         /// The record now in place, when there is a readable one.
         holder: Option<Box<OwnerRecord>>,
     },
@@ -73,6 +79,7 @@ pub enum Error {
         "lock `{path}` is not stale ({why}){}; not broken without force",
         holder_suffix(.holder.as_deref())
     )]
+    #[non_exhaustive]
     NotStale {
         /// The lock path.
         path: Utf8PathBuf,
@@ -87,6 +94,7 @@ pub enum Error {
         "lock `{path}` is not held for pid {pid}{}",
         .holder.as_deref().map(|h| format!("; it is held{}", holder_suffix(Some(h)))).unwrap_or_default()
     )]
+    #[non_exhaustive]
     NotOwner {
         /// The lock path.
         path: Utf8PathBuf,
@@ -98,12 +106,14 @@ pub enum Error {
     /// A [`ReentrantLockFile`](crate::ReentrantLockFile) held by another
     /// thread was released from this one.
     #[error("lock `{path}` is held by another thread, which alone may release it")]
+    #[non_exhaustive]
     WrongThread {
         /// The lock path.
         path: Utf8PathBuf,
     },
     /// The strategy cannot work here (platform or file system).
     #[error("the {strategy} strategy is not supported for lock `{path}`: {reason}")]
+    #[non_exhaustive]
     Unsupported {
         /// The lock path.
         path: Utf8PathBuf,
@@ -125,6 +135,7 @@ pub enum Error {
          {file_system} file system; use the auto, link or mkdir strategy, or opt in \
          with LockOptions::trust_os_locks"
     )]
+    #[non_exhaustive]
     OsLocksNotShared {
         /// The lock path.
         path: Utf8PathBuf,
@@ -134,6 +145,7 @@ pub enum Error {
     },
     /// The lock path is not valid UTF-8.
     #[error("lock path {} is not valid UTF-8", .path.display())]
+    #[non_exhaustive]
     NonUtf8Path {
         /// The path as it was given.
         path: PathBuf,
@@ -141,6 +153,7 @@ pub enum Error {
     /// The directory that should hold the lock does not exist. portalock
     /// never creates it: a typo in a path should not silently lock nothing.
     #[error("the parent directory of lock `{path}` does not exist")]
+    #[non_exhaustive]
     MissingParent {
         /// The lock path.
         path: Utf8PathBuf,
@@ -148,6 +161,7 @@ pub enum Error {
     /// The lock path is a symbolic link. portalock never follows one to
     /// write, truncate or delete its target.
     #[error("lock path `{path}` is a symbolic link; refusing to follow it")]
+    #[non_exhaustive]
     Symlink {
         /// The lock path.
         path: Utf8PathBuf,
@@ -158,6 +172,7 @@ pub enum Error {
         "lock path `{path}` is {found}{}, but the {strategy} strategy needs {expected}",
         made_by(*.found)
     )]
+    #[non_exhaustive]
     WrongFileType {
         /// The lock path.
         path: Utf8PathBuf,
@@ -178,6 +193,7 @@ pub enum Error {
         if .holder.is_some() { "taken with" } else { "a lock file of" },
         holder_suffix(.holder.as_deref())
     )]
+    #[non_exhaustive]
     StrategyMismatch {
         /// The lock path.
         path: Utf8PathBuf,
@@ -193,6 +209,7 @@ pub enum Error {
     /// 214 bytes beside its lock file). Refused when the handle is opened,
     /// so that no lock is ever taken that could not be released.
     #[error("the name of lock `{path}` is {len} bytes long; at most {max} bytes can be used here")]
+    #[non_exhaustive]
     NameTooLong {
         /// The lock path.
         path: Utf8PathBuf,
@@ -204,27 +221,30 @@ pub enum Error {
     /// The lock file holds data that is not a portalock owner record, so it
     /// was not overwritten.
     #[error("lock file `{path}` holds data that is not a portalock owner record; refusing to overwrite it")]
+    #[non_exhaustive]
     Foreign {
         /// The lock path.
         path: Utf8PathBuf,
     },
     /// Redis could not be reached, or answered an error (feature `redis`).
     #[error("failed to {op} Redis lock `{name}`: {message}")]
+    #[non_exhaustive]
     Redis {
         /// The lock's name.
         name: String,
-        /// The operation, as a verb phrase.
-        op: &'static str,
+        /// What was being done.
+        op: Operation,
         /// What went wrong.
         message: String,
     },
     /// An I/O error, with the path and the operation it concerns.
     #[error("failed to {op} `{path}`: {cause}")]
+    #[non_exhaustive]
     Io {
         /// The path the operation concerned.
         path: Utf8PathBuf,
-        /// The operation, as a verb phrase ("create lock directory").
-        op: &'static str,
+        /// What was being done ("create lock directory").
+        op: Operation,
         /// The underlying error (printed by `Display`, not returned by
         /// `source()`).
         cause: io::Error,
@@ -232,14 +252,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// The lock path this error concerns, when it is valid UTF-8.
+    /// The lock path this error concerns, when it is valid UTF-8 and the
+    /// lock is a file (not a Redis lock's key).
     pub fn path(&self) -> Option<&camino::Utf8Path> {
         match self {
-            Error::WouldBlock { path, .. }
-            | Error::Timeout { path, .. }
-            | Error::NotLocked { path }
-            | Error::LockLost { path, .. }
-            | Error::NotStale { path, .. }
+            Error::WouldBlock { lock, .. }
+            | Error::Timeout { lock, .. }
+            | Error::NotLocked { lock }
+            | Error::LockLost { lock, .. } => lock.path(),
+            Error::NotStale { path, .. }
             | Error::Unsupported { path, .. }
             | Error::OsLocksNotShared { path, .. }
             | Error::NotOwner { path, .. }
@@ -287,24 +308,25 @@ impl Error {
     /// after a wait of `timeout` (not zero), else `WouldBlock` (a try-once,
     /// or a zero timeout).
     pub(crate) fn contended(
-        path: Utf8PathBuf,
+        lock: impl Into<LockName>,
         timeout: Option<Duration>,
         holder: Option<Box<OwnerRecord>>,
     ) -> Error {
+        let lock = lock.into();
         match timeout {
             Some(timeout) if !timeout.is_zero() => Error::Timeout {
-                path,
+                lock,
                 timeout,
                 holder,
             },
-            _ => Error::WouldBlock { path, holder },
+            _ => Error::WouldBlock { lock, holder },
         }
     }
 
-    pub(crate) fn io(path: &camino::Utf8Path, op: &'static str, cause: io::Error) -> Self {
+    pub(crate) fn io(path: &camino::Utf8Path, op: Op, cause: io::Error) -> Self {
         Error::Io {
             path: path.to_owned(),
-            op,
+            op: op.into(),
             cause,
         }
     }
@@ -333,6 +355,190 @@ impl From<Error> for io::Error {
             | Error::Redis { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
+    }
+}
+
+/// What is locked, as an error names it: a lock file's path, or a Redis
+/// lock's key. `Display` prints either as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockName {
+    /// The path of a lock in the file system.
+    Path(Utf8PathBuf),
+    /// The key of a [`RedisLock`](crate::RedisLock) (feature `redis`).
+    RedisKey(String),
+}
+
+impl LockName {
+    /// The lock's path, for a lock in the file system.
+    pub fn path(&self) -> Option<&Utf8Path> {
+        match self {
+            LockName::Path(path) => Some(path),
+            LockName::RedisKey(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for LockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockName::Path(path) => path.fmt(f),
+            LockName::RedisKey(key) => f.write_str(key),
+        }
+    }
+}
+
+impl From<Utf8PathBuf> for LockName {
+    fn from(path: Utf8PathBuf) -> LockName {
+        LockName::Path(path)
+    }
+}
+
+impl From<&Utf8Path> for LockName {
+    fn from(path: &Utf8Path) -> LockName {
+        LockName::Path(path.to_owned())
+    }
+}
+
+impl PartialEq<Utf8Path> for LockName {
+    fn eq(&self, other: &Utf8Path) -> bool {
+        self.path() == Some(other)
+    }
+}
+
+impl PartialEq<Utf8PathBuf> for LockName {
+    fn eq(&self, other: &Utf8PathBuf) -> bool {
+        self.path() == Some(other.as_path())
+    }
+}
+
+/// What a failed operation was doing: the one place that words every
+/// operation of an [`Error::Io`] or [`Error::Redis`] message. Its
+/// `Display` is a verb phrase that the path or key follows ("create lock
+/// directory").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Operation(Op);
+
+impl Operation {
+    /// The operation as a verb phrase, as `Display` prints it.
+    pub fn as_str(self) -> &'static str {
+        self.0.phrase()
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Op> for Operation {
+    fn from(op: Op) -> Operation {
+        Operation(op)
+    }
+}
+
+/// The operations of the crate, each with the words of its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Op {
+    Absolute,
+    #[cfg(feature = "redis")]
+    Acquire,
+    Break,
+    Check,
+    ClearRecord,
+    #[cfg(feature = "redis")]
+    Connect,
+    CreateClaim,
+    CreateDir,
+    DetectFileSystem,
+    Inspect,
+    InspectClaim,
+    Link,
+    List,
+    Lock,
+    MakeClaim,
+    MakeRecord,
+    MakeSemaphore,
+    NameTaken,
+    Open,
+    OpenDir,
+    OpenRecord,
+    #[cfg(feature = "redis")]
+    OpenRedis,
+    Read,
+    ReadRecord,
+    #[cfg(feature = "redis")]
+    Release,
+    RemoveDir,
+    RemoveFile,
+    RemoveRecord,
+    Spawn,
+    #[cfg(feature = "redis")]
+    Subscribe,
+    Sync,
+    TakeClaim,
+    TakeOver,
+    Truncate,
+    Unlock,
+    UseAsLockPath,
+    #[cfg(feature = "redis")]
+    Wait,
+    WriteClaim,
+    WritePid,
+    WriteRecord,
+}
+
+impl Op {
+    fn phrase(self) -> &'static str {
+        match self {
+            Op::Absolute => "make an absolute path of",
+            #[cfg(feature = "redis")]
+            Op::Acquire => "acquire",
+            Op::Break => "break",
+            Op::Check => "check the lock at",
+            Op::ClearRecord => "clear the owner record of",
+            #[cfg(feature = "redis")]
+            Op::Connect => "connect to Redis for",
+            Op::CreateClaim => "create a private record file beside",
+            Op::CreateDir => "create lock directory",
+            Op::DetectFileSystem => "detect the file system of",
+            Op::Inspect => "inspect",
+            Op::InspectClaim => "inspect the claim of",
+            Op::Link => "link lock file",
+            Op::List => "list",
+            Op::Lock => "lock",
+            Op::MakeClaim => "make a claim for",
+            Op::MakeRecord => "make an owner record for",
+            Op::MakeSemaphore => "make a semaphore of",
+            Op::NameTaken => "name",
+            Op::Open => "open lock file",
+            Op::OpenDir => "open lock directory",
+            Op::OpenRecord => "open owner record",
+            #[cfg(feature = "redis")]
+            Op::OpenRedis => "open",
+            Op::Read => "read",
+            Op::ReadRecord => "read the owner record of",
+            #[cfg(feature = "redis")]
+            Op::Release => "release",
+            Op::RemoveDir => "remove lock directory",
+            Op::RemoveFile => "remove lock file",
+            Op::RemoveRecord => "remove owner record",
+            Op::Spawn => "start a command under",
+            #[cfg(feature = "redis")]
+            Op::Subscribe => "subscribe",
+            Op::Sync => "flush to stable storage",
+            Op::TakeClaim => "remove the claim of",
+            Op::TakeOver => "take over",
+            Op::Truncate => "truncate locked file",
+            Op::Unlock => "unlock",
+            Op::UseAsLockPath => "use as a lock path",
+            #[cfg(feature = "redis")]
+            Op::Wait => "wait",
+            Op::WriteClaim => "write a private record file beside",
+            Op::WritePid => "write the PID into",
+            Op::WriteRecord => "write the owner record to",
+        }
     }
 }
 

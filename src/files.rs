@@ -9,7 +9,7 @@ use camino::Utf8Path;
 #[cfg(test)]
 use camino::Utf8PathBuf;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::vocab::FileKind;
 use crate::vocab::LockStrategy;
 
@@ -71,7 +71,7 @@ pub(crate) fn expect_kind_at(
     match lkind(path) {
         Ok(None) => Ok(()),
         Ok(Some(found)) => expect_kind(path, strategy, expected, found),
-        Err(e) => Err(Error::io(path, "inspect lock artifact", e)),
+        Err(e) => Err(Error::io(path, Op::Inspect, e)),
     }
 }
 
@@ -93,7 +93,7 @@ pub(crate) fn expect_kind(
 /// a missing parent directory becomes [`Error::MissingParent`], a symbolic
 /// link refused by `O_NOFOLLOW` becomes [`Error::Symlink`]; the rest is
 /// [`Error::Io`] naming the path.
-pub(crate) fn io_error(path: &Utf8Path, op: &'static str, err: io::Error) -> Error {
+pub(crate) fn io_error(path: &Utf8Path, op: Op, err: io::Error) -> Error {
     if err.kind() == io::ErrorKind::NotFound && parent_missing(path) {
         return Error::MissingParent {
             path: path.to_owned(),
@@ -341,7 +341,7 @@ pub(crate) fn open_file_error(path: &Utf8Path, strategy: LockStrategy, err: io::
         Ok(Some(found)) if found != FileKind::File => {
             wrong_kind(path, strategy, FileKind::File, found)
         }
-        _ => io_error(path, "open lock file", err),
+        _ => io_error(path, Op::Open, err),
     }
 }
 
@@ -522,7 +522,7 @@ pub(crate) fn absolute(path: &std::path::Path) -> Result<camino::Utf8PathBuf> {
     let invalid = |why: &str| {
         Error::io(
             utf8,
-            "use as a lock path",
+            Op::UseAsLockPath,
             std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned()),
         )
     };
@@ -536,8 +536,7 @@ pub(crate) fn absolute(path: &std::path::Path) -> Result<camino::Utf8PathBuf> {
     ) {
         return Err(invalid("the path has no file name"));
     }
-    let abs =
-        std::path::absolute(utf8).map_err(|e| Error::io(utf8, "make an absolute path of", e))?;
+    let abs = std::path::absolute(utf8).map_err(|e| Error::io(utf8, Op::Absolute, e))?;
     let abs = camino::Utf8PathBuf::from_path_buf(abs).map_err(|p| non_utf8(&p))?;
     // One spelling per path (no trailing separator): the process's table
     // of held locks compares paths as text.

@@ -149,7 +149,7 @@ mod vocab;
 mod wait;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
-pub use error::{Error, Result};
+pub use error::{Error, LockName, Operation, Result};
 pub use filesystem::{FileSystem, Locality};
 pub use lock::{
     lock_file, LockFile, LockGuard, LockOptions, LockStatus, SharedGuard, DEFAULT_POLL_INTERVAL,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::files;
 use crate::flock::{self, LockFlags};
 use crate::vocab::LockStrategy;
@@ -167,7 +167,7 @@ impl LockedFileOptions {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Error::io(&path, "lock", e)),
+                Err(e) => return Err(Error::io(&path, Op::Lock, e)),
             }
             drop(file);
             let give_up = (first && self.fail_when_locked) || !backoff.sleep(&deadline);
@@ -182,13 +182,13 @@ impl LockedFileOptions {
     /// Finishes taking the lock on `file`: `None` if `path` no longer
     /// names it.
     fn locked(&self, path: &Utf8Path, file: File) -> Result<Option<LockedFile>> {
-        let id = files::file_id(&file).map_err(|e| Error::io(path, "inspect", e))?;
-        if files::path_id(path).map_err(|e| Error::io(path, "inspect", e))? != Some(id) {
+        let id = files::file_id(&file).map_err(|e| Error::io(path, Op::Inspect, e))?;
+        if files::path_id(path).map_err(|e| Error::io(path, Op::Inspect, e))? != Some(id) {
             return Ok(None);
         }
         if self.mode == Mode::Truncate {
             file.set_len(0)
-                .map_err(|e| Error::io(path, "truncate locked file", e))?;
+                .map_err(|e| Error::io(path, Op::Truncate, e))?;
         }
         Ok(Some(LockedFile {
             file,
@@ -282,19 +282,19 @@ impl LockedFile {
         if self.sync_on_release {
             result = file
                 .sync_all()
-                .map_err(|e| Error::io(&self.path, "flush locked file", e));
+                .map_err(|e| Error::io(&self.path, Op::Sync, e));
         }
         if self.remove_on_release {
             // Remove while still locked, and only the file we locked.
             let ours = files::path_id(&self.path).is_ok_and(|id| id == Some(self.id));
             if ours {
                 if let Err(e) = files::remove_file(&self.path) {
-                    result = result.and(Err(Error::io(&self.path, "remove locked file", e)));
+                    result = result.and(Err(Error::io(&self.path, Op::RemoveFile, e)));
                 }
             }
         }
         if let Err(e) = flock::unlock(file) {
-            result = result.and(Err(Error::io(&self.path, "unlock", e)));
+            result = result.and(Err(Error::io(&self.path, Op::Unlock, e)));
         }
         result
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use camino::Utf8Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::files;
 use crate::flock::{self, LockFlags};
 use crate::locked_file::{LockedFile, Mode};
@@ -86,7 +86,7 @@ impl PidFileLock {
             .and_then(|()| file.write_all(line.as_bytes()))
             .and_then(|()| file.flush());
         if let Err(e) = written {
-            return Err(Error::io(file.path(), "write the PID into", e));
+            return Err(Error::io(file.path(), Op::WritePid, e));
         }
         Ok(PidFileLock { file })
     }
@@ -136,7 +136,7 @@ impl PidFileLock {
         match flock::lock(&file, LockFlags::SHARED | LockFlags::NON_BLOCKING) {
             Ok(()) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Error::io(&path, "probe", e)),
+            Err(e) => return Err(Error::io(&path, Op::Inspect, e)),
         }
         Ok(Some(read_pid(&path, file)?.unwrap_or(0)))
     }
@@ -153,7 +153,9 @@ fn open(path: &Utf8Path) -> Result<Option<std::fs::File>> {
 
 /// The PID in `file` (capped read; `None` if it holds none).
 fn read_pid(path: &Utf8Path, file: std::fs::File) -> Result<Option<u32>> {
-    let meta = file.metadata().map_err(|e| Error::io(path, "inspect", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(path, Op::Inspect, e))?;
     files::expect_kind(
         path,
         LockStrategy::Os,

@@ -67,10 +67,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use camino::Utf8PathBuf;
 use redis::{Client, Connection, Script};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LockName, Op, Result};
 use crate::holding::lock;
 use crate::owner::OwnerRecord;
 use crate::sys;
@@ -191,7 +190,7 @@ impl RedisLockOptions {
     ///
     /// [`Error::Redis`] if `url` is not a Redis URL.
     pub fn open(&self, url: &str, name: &str) -> Result<RedisLock> {
-        let client = Client::open(url).map_err(|e| redis_error(name, "open", &e))?;
+        let client = Client::open(url).map_err(|e| redis_error(name, Op::OpenRedis, &e))?;
         Ok(RedisLock {
             client,
             name: name.to_owned(),
@@ -429,7 +428,7 @@ impl RedisLock {
                 .key(&self.channel)
                 .arg(&holding.token)
                 .invoke(&mut con)
-                .map_err(|e| redis_error(&self.name, "release", &e))
+                .map_err(|e| redis_error(&self.name, Op::Release, &e))
         });
         if ran_out || holding.lost.load(Ordering::Acquire) {
             return Err(self.lost_without_asking());
@@ -451,7 +450,7 @@ impl RedisLock {
         let value: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&self.key)
             .query(&mut con)
-            .map_err(|e| redis_error(&self.name, "read", &e))?;
+            .map_err(|e| redis_error(&self.name, Op::Read, &e))?;
         Ok(value.and_then(|v| OwnerRecord::parse(&v)))
     }
 
@@ -465,7 +464,7 @@ impl RedisLock {
         let mut record =
             OwnerRecord::for_process(Mechanism::Redis, None).map_err(|e| Error::Redis {
                 name: self.name.clone(),
-                op: "make an owner record for",
+                op: Op::MakeRecord.into(),
                 message: e.to_string(),
             })?;
         let lease_ms = self.options.lease.as_millis().min(u128::from(u64::MAX)) as u64;
@@ -480,7 +479,7 @@ impl RedisLock {
                 .arg(record.to_json())
                 .arg(lease_ms)
                 .invoke(con)
-                .map_err(|e| redis_error(&self.name, "acquire", &e))
+                .map_err(|e| redis_error(&self.name, Op::Acquire, &e))
         };
         let token = record.token.clone();
         // A grant whose reply was lost (the call timed out after Redis
@@ -498,7 +497,7 @@ impl RedisLock {
             let mut pubsub = sub.as_pubsub();
             pubsub
                 .subscribe(&self.channel)
-                .map_err(|e| redis_error(&self.name, "subscribe", &e))?;
+                .map_err(|e| redis_error(&self.name, Op::Subscribe, &e))?;
             loop {
                 fence = attempt(&mut con).map_err(give_back)?;
                 if fence > 0 || deadline.expired() {
@@ -509,7 +508,7 @@ impl RedisLock {
                 let ttl: i64 = redis::cmd("PTTL")
                     .arg(&self.key)
                     .query(&mut con)
-                    .map_err(|e| redis_error(&self.name, "inspect", &e))?;
+                    .map_err(|e| redis_error(&self.name, Op::Inspect, &e))?;
                 if ttl == -2 {
                     continue; // gone already
                 }
@@ -522,11 +521,11 @@ impl RedisLock {
                 }
                 pubsub
                     .set_read_timeout(Some(nap.max(Duration::from_millis(1))))
-                    .map_err(|e| redis_error(&self.name, "wait", &e))?;
+                    .map_err(|e| redis_error(&self.name, Op::Wait, &e))?;
                 match pubsub.get_message() {
                     Ok(_) => {}
                     Err(e) if e.is_timeout() => {}
-                    Err(e) => return Err(redis_error(&self.name, "wait", &e)),
+                    Err(e) => return Err(redis_error(&self.name, Op::Wait, &e)),
                 }
             }
         }
@@ -591,24 +590,27 @@ impl RedisLock {
             self.options.connect_timeout,
             self.options.io_timeout(),
         )
-        .map_err(|e| redis_error(&self.name, "connect to Redis for", &e))
+        .map_err(|e| redis_error(&self.name, Op::Connect, &e))
     }
 
     fn state(&self) -> MutexGuard<'_, Option<Arc<RedisHolding>>> {
         lock(&self.held)
     }
 
-    fn path(&self) -> Utf8PathBuf {
-        Utf8PathBuf::from(&self.key)
+    /// The lock's name in errors: its key.
+    fn lock_name(&self) -> LockName {
+        LockName::RedisKey(self.key.clone())
     }
 
     fn not_locked(&self) -> Error {
-        Error::NotLocked { path: self.path() }
+        Error::NotLocked {
+            lock: self.lock_name(),
+        }
     }
 
     fn lost(&self) -> Error {
         Error::LockLost {
-            path: self.path(),
+            lock: self.lock_name(),
             holder: self.owner().ok().flatten().map(Box::new),
         }
     }
@@ -616,13 +618,13 @@ impl RedisLock {
     /// `LockLost` without asking Redis who holds the lock now.
     fn lost_without_asking(&self) -> Error {
         Error::LockLost {
-            path: self.path(),
+            lock: self.lock_name(),
             holder: None,
         }
     }
 
     fn busy(&self, timeout: Option<Duration>, holder: Option<OwnerRecord>) -> Error {
-        Error::contended(self.path(), timeout, holder.map(Box::new))
+        Error::contended(self.lock_name(), timeout, holder.map(Box::new))
     }
 }
 
@@ -796,10 +798,10 @@ impl Drop for RedisGuard<'_> {
     }
 }
 
-fn redis_error(name: &str, op: &'static str, e: &redis::RedisError) -> Error {
+fn redis_error(name: &str, op: Op, e: &redis::RedisError) -> Error {
     Error::Redis {
         name: name.to_owned(),
-        op,
+        op: op.into(),
         message: e.to_string(),
     }
 }

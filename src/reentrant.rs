@@ -175,7 +175,7 @@ impl ReentrantLockFile {
             }
             _ => {
                 return Err(Error::NotLocked {
-                    path: self.lock.path().to_owned(),
+                    lock: self.lock.path().into(),
                 })
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::lock::{LockFile, LockOptions};
 use crate::wait::{Backoff, Deadline};
 
@@ -57,7 +57,7 @@ impl BoundedSemaphore {
         if n == 0 {
             return Err(Error::io(
                 &prefix,
-                "make a semaphore of",
+                Op::MakeSemaphore,
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "zero slots"),
             ));
         }

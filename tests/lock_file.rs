@@ -110,7 +110,7 @@ fn release_of_an_unlocked_handle_is_an_error(
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     match lock.release() {
-        Err(Error::NotLocked { path: p }) => assert_eq!(p, path),
+        Err(Error::NotLocked { lock, .. }) => assert_eq!(lock, path),
         other => panic!("expected NotLocked, got {other:?}"),
     }
     // Releasing a handle that is unlocked must not release another's lock.
@@ -403,7 +403,7 @@ fn a_missing_parent_directory_is_a_typed_error(
     );
     for result in [lock.try_acquire(), lock.status().map(drop)] {
         match result {
-            Err(Error::MissingParent { path: p }) => assert_eq!(p.as_std_path(), path),
+            Err(Error::MissingParent { path: p, .. }) => assert_eq!(p.as_std_path(), path),
             other => panic!("expected MissingParent, got {other:?}"),
         }
     }
@@ -520,7 +520,7 @@ fn a_non_utf8_path_is_a_typed_error() {
     use std::os::unix::ffi::OsStrExt;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/lock-\xff.lock"));
     match LockFile::new(path) {
-        Err(Error::NonUtf8Path { path: p }) => assert_eq!(p, path),
+        Err(Error::NonUtf8Path { path: p, .. }) => assert_eq!(p, path),
         other => panic!("expected NonUtf8Path, got {other:?}"),
     }
     assert!(matches!(

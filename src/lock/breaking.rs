@@ -4,7 +4,7 @@
 //! ([`LockFile::detach`], [`LockFile::release_for`]). The rules that judge
 //! a lock stale live in [`crate::stale`].
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::owner::OwnerRecord;
@@ -199,7 +199,7 @@ impl LockFile {
             return Ok(false);
         }
         if let Err(e) = fault::point("break.judged") {
-            return Err(Error::io(&self.path, "break", e));
+            return Err(Error::io(&self.path, Op::Break, e));
         }
         // An orphan (a Link lock whose claim is gone) is recovered only
         // through the taken name of its dead remover; without one, only
@@ -275,7 +275,7 @@ impl LockFile {
             } else {
                 "break.judged"
             };
-            fault::point(step).map_err(|e| Error::io(&self.path, "break", e))?;
+            fault::point(step).map_err(|e| Error::io(&self.path, Op::Break, e))?;
             match self.break_seen(&seen, breaking)? {
                 Broken::Removed => return Ok(seen.record),
                 Broken::Raced if races < MAX_RACES => {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::files;
 use crate::owner::{read_capped, OwnerRecord};
 use crate::vocab::{FileKind, LockStrategy};
@@ -42,7 +42,7 @@ impl LockStrategy {
     /// ```
     pub fn found_at(path: impl AsRef<Path>) -> Result<Option<LockStrategy>> {
         let path = files::absolute(path.as_ref())?;
-        let kind = files::lkind(&path).map_err(|e| Error::io(&path, "look at", e))?;
+        let kind = files::lkind(&path).map_err(|e| Error::io(&path, Op::Inspect, e))?;
         Ok(match kind {
             Some(FileKind::Directory) => Some(LockStrategy::Mkdir),
             // Opened without following a link and without waiting on a

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files::Look;
 use crate::filesystem::FileSystem;
@@ -268,7 +268,7 @@ impl LockFile {
         crate::sys::spawn_gated(command, &keep, &mut name_it).map_err(|e| {
             // Named, perhaps, but not started: the record names nobody.
             let _ = holding.rewrite(|record| record.command = None);
-            Error::io(&self.path, "start a command under", e)
+            Error::io(&self.path, Op::Spawn, e)
         })
     }
 
@@ -289,7 +289,7 @@ impl LockFile {
         match holding.check() {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lost()),
-            Err(e) => Err(Error::io(&self.path, "check the lock at", e)),
+            Err(e) => Err(Error::io(&self.path, Op::Check, e)),
         }
     }
 
@@ -400,14 +400,14 @@ impl LockFile {
 
     fn not_locked(&self) -> Error {
         Error::NotLocked {
-            path: self.path.clone(),
+            lock: self.path.clone().into(),
         }
     }
 
     /// The `LockLost` error, naming whoever holds the lock now.
     fn lost(&self) -> Error {
         Error::LockLost {
-            path: self.path.clone(),
+            lock: self.path.clone().into(),
             holder: strategy::probe(self.strategy, &self.path)
                 .ok()
                 .and_then(Probe::into_record)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use camino::Utf8Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::files;
 use crate::filesystem::FileSystem;
 use crate::holding::OnLost;
@@ -393,5 +393,5 @@ fn check_name(path: &Utf8Path, strategy: Concrete) -> Result<()> {
 /// file name).
 pub(super) fn detect(path: &Utf8Path) -> Result<FileSystem> {
     let dir = path.parent().unwrap_or(path);
-    FileSystem::detect(dir).map_err(|e| Error::io(path, "detect the file system of", e))
+    FileSystem::detect(dir).map_err(|e| Error::io(path, Op::DetectFileSystem, e))
 }

@@ -73,7 +73,7 @@ impl LockFile {
                 holding.mark_lost();
                 Err(match seen {
                     Some(holder) => Error::LockLost {
-                        path: self.path.clone(),
+                        lock: self.path.clone().into(),
                         holder: holder.map(Box::new),
                     },
                     None => self.lost(),

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::files;
 use crate::holding::{self, Holding};
 use crate::owner::OwnerRecord;
@@ -67,7 +67,7 @@ impl LockFile {
         deadline: &Deadline,
     ) -> Result<(Hold, OwnerRecord)> {
         let mut record = OwnerRecord::for_process(self.strategy.into(), self.owner_pid)
-            .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
+            .map_err(|e| Error::io(&self.path, Op::MakeRecord, e))?;
         record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
         let block = deadline.is_unbounded() && strategy::can_block(self.strategy);
         // Taken out for the whole attempt (the registry lets one thread of
@@ -101,7 +101,7 @@ impl LockFile {
             }
             record
                 .renew()
-                .map_err(|e| Error::io(&self.path, "make an owner record for", e))?;
+                .map_err(|e| Error::io(&self.path, Op::MakeRecord, e))?;
         }
     }
 

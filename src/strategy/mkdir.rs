@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::owner::{is_token, read_capped, OwnerRecord};
@@ -71,7 +71,7 @@ pub(crate) fn try_acquire(
             }
             return found.map(|()| None);
         }
-        Err(e) => return Err(files::io_error(path, "create lock directory", e)),
+        Err(e) => return Err(files::io_error(path, Op::CreateDir, e)),
     }
     match write_record(path, record, sync) {
         Ok(true) => Ok(Some(MkdirHold {
@@ -115,7 +115,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
         }
         Err(e) => {
             let _ = files::remove_dir(path);
-            return Err(Error::io(path, "open lock directory", e));
+            return Err(Error::io(path, Op::OpenDir, e));
         }
     };
     let written = fault::step("mkdir.acquire.record", || {
@@ -153,7 +153,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
             let _ = files::remove_dir(path);
             return Err(Error::io(
                 &record_path(path, &record.token),
-                "write owner record",
+                Op::WriteRecord,
                 e,
             ));
         }
@@ -210,7 +210,7 @@ pub(crate) fn release(path: &Utf8Path, held: MkdirHold) -> Result<Released> {
     Ok(match break_record(path, &token)? {
         Broken::Removed => {
             if sync {
-                files::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+                files::sync_parent(path).map_err(|e| Error::io(path, Op::Sync, e))?;
             }
             Released::Done
         }
@@ -222,7 +222,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let meta = match files::lstat(path) {
         Ok(meta) => meta,
         Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
-        Err(e) => return Err(files::io_error(path, "inspect lock directory", e)),
+        Err(e) => return Err(files::io_error(path, Op::Inspect, e)),
     };
     files::expect_kind(
         path,
@@ -242,12 +242,12 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
                 ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
             })))
         }
-        Err(e) => return Err(Error::io(path, "list lock directory", e)),
+        Err(e) => return Err(Error::io(path, Op::List, e)),
     };
     let mut tokens = Vec::new();
     let mut others = 0usize;
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io(path, "list lock directory", e))?;
+        let entry = entry.map_err(|e| Error::io(path, Op::List, e))?;
         let name = entry.file_name();
         if name.to_str().is_some_and(files::is_silly_renamed) {
             // An unlinked record still open on this client: going away.
@@ -286,7 +286,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             Ok(m) if m.is_file() => match read_capped(file) {
                 Ok(bytes) => bytes,
                 Err(e) if gone(&e) => Vec::new(),
-                Err(e) => return Err(Error::io(&target, "read", e)),
+                Err(e) => return Err(Error::io(&target, Op::Read, e)),
             },
             Err(e) if gone(&e) => Vec::new(),
             // A FIFO or device under a record's name: not ours.
@@ -305,7 +305,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             opaque = Some(Opaque::Unreadable);
             Vec::new()
         }
-        Err(e) => return Err(files::io_error(&target, "open owner record", e)),
+        Err(e) => return Err(files::io_error(&target, Op::OpenRecord, e)),
     };
     stamp.extend_from_slice(&bytes);
     let record = OwnerRecord::parse(&bytes).filter(|r| r.token == *token);
@@ -331,7 +331,7 @@ pub(crate) fn break_record(path: &Utf8Path, token: &str) -> Result<Broken> {
     match fault::step("mkdir.remove.record", || files::remove_file(&target)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
-        Err(e) => return Err(Error::io(&target, "remove owner record", e)),
+        Err(e) => return Err(Error::io(&target, Op::RemoveRecord, e)),
     }
     remove_dir_after(path, token)
 }
@@ -361,7 +361,7 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
                 Contents::Another => return Ok(Broken::Removed),
                 Contents::Foreign(name) => {
                     let cause = io::Error::new(err.kind(), format!("{err}; it holds `{name}`"));
-                    return Err(Error::io(path, "remove lock directory", cause));
+                    return Err(Error::io(path, Op::RemoveDir, cause));
                 }
                 Contents::Pending => {}
             }
@@ -372,10 +372,10 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
             // expires (see `WRONG_KIND_PATIENCE`). Only an empty directory
             // is ever removed, so asking again is safe.
         } else if !files::is_transient(&err) {
-            return Err(Error::io(path, "remove lock directory", err));
+            return Err(Error::io(path, Op::RemoveDir, err));
         }
         if waited > (10 * SILLY_RENAME_WAIT).max(WRONG_KIND_PATIENCE) {
-            return Err(Error::io(path, "remove lock directory", err));
+            return Err(Error::io(path, Op::RemoveDir, err));
         }
         if waited >= SILLY_RENAME_WAIT {
             // Some FUSE servers (sshfs) sometimes keep the hidden name
@@ -465,6 +465,6 @@ pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
         Ok(()) => Ok(Broken::Removed),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Broken::Raced),
         Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(Broken::Raced),
-        Err(e) => Err(Error::io(path, "remove lock directory", e)),
+        Err(e) => Err(Error::io(path, Op::RemoveDir, e)),
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 
 use camino::Utf8Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::filesystem::FileSystem;
 use crate::owner::OwnerRecord;
 use crate::vocab::{Breaking, Concrete, LockStrategy, Mechanism, Writers};
@@ -321,7 +321,7 @@ pub(crate) fn break_claim(
         }),
         Claim::Unreadable => Err(Error::io(
             path,
-            "read the owner record of",
+            Op::ReadRecord,
             io::ErrorKind::PermissionDenied.into(),
         )),
         Claim::Foreign => Err(Error::Foreign {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use camino::Utf8Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::flock::LockFlags;
@@ -122,12 +122,12 @@ pub(crate) fn try_acquire(
             {
                 continue
             }
-            Err(e) => return Err(Error::io(path, "lock", e)),
+            Err(e) => return Err(Error::io(path, Op::Lock, e)),
         }
         // The lock is ours from here; any error below must unlock it.
         if let Err(e) = fault::point("os.acquire.locked") {
             let _ = unlock(&file);
-            return Err(Error::io(path, "lock", e));
+            return Err(Error::io(path, Op::Lock, e));
         }
         let len = match path_state(path, &file, how.look) {
             Ok(Some((now, len))) if now == id => len,
@@ -139,14 +139,14 @@ pub(crate) fn try_acquire(
             }
             Err(e) => {
                 let _ = unlock(&file);
-                return Err(Error::io(path, "inspect lock file", e));
+                return Err(Error::io(path, Op::Inspect, e));
             }
         };
         let written = write_record(path, &file, len, record).and_then(|()| {
             if how.sync {
                 file.sync_all()
                     .and_then(|()| files::sync_parent(path))
-                    .map_err(|e| Error::io(path, "flush the owner record of", e))?;
+                    .map_err(|e| Error::io(path, Op::Sync, e))?;
             }
             Ok(())
         });
@@ -186,13 +186,12 @@ pub(crate) fn release(
         if how.remove {
             // Removed while still locked: a waiter that then locks the
             // removed file sees that the path no longer names it.
-            files::remove_file(path).map_err(|e| Error::io(path, "remove lock file", e))?;
+            files::remove_file(path).map_err(|e| Error::io(path, Op::RemoveFile, e))?;
             if how.sync {
-                files::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+                files::sync_parent(path).map_err(|e| Error::io(path, Op::Sync, e))?;
             }
         } else if how.sync {
-            file.sync_all()
-                .map_err(|e| Error::io(path, "flush the cleared record of", e))?;
+            file.sync_all().map_err(|e| Error::io(path, Op::Sync, e))?;
         }
         Ok(released)
     });
@@ -234,7 +233,7 @@ fn release_locked(
         Err(e) if e.kind() == io::ErrorKind::StaleNetworkFileHandle => {
             return Ok(Released::Lost(None))
         }
-        Err(e) => return Err(Error::io(path, "inspect lock file", e)),
+        Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     };
     // Read back: a record that is not ours (written by something that
     // ignores the lock, or through a network client whose OS locks do not
@@ -245,7 +244,7 @@ fn release_locked(
         Err(e) if look != files::Look::Stat && e.kind() == io::ErrorKind::PermissionDenied => {
             return Ok(Released::Lost(None))
         }
-        Err(e) => return Err(Error::io(path, "read the owner record of", e)),
+        Err(e) => return Err(Error::io(path, Op::ReadRecord, e)),
     };
     if !record_has_token(&bytes, token) {
         return Ok(Released::Lost(Some(OwnerRecord::parse(&bytes))));
@@ -254,8 +253,8 @@ fn release_locked(
     // and the next holder's write reuses the file's block instead of the
     // file system freeing it now and allocating it again then.
     let blank = vec![b' '; usize::try_from(len).map_or(MAX_RECORD_LEN, |l| l.min(MAX_RECORD_LEN))];
-    files::rewrite(file, &blank, 0).map_err(|e| Error::io(path, "clear the owner record of", e))?;
-    fault::point("os.release.blanked").map_err(|e| Error::io(path, "unlock", e))?;
+    files::rewrite(file, &blank, 0).map_err(|e| Error::io(path, Op::ClearRecord, e))?;
+    fault::point("os.release.blanked").map_err(|e| Error::io(path, Op::Unlock, e))?;
     Ok(Released::Done)
 }
 
@@ -320,14 +319,14 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     match tried {
         Ok(()) => return Ok(Probe::Free),
         Err(e) if crate::flock::contended(&e, &file) => {}
-        Err(e) => return Err(Error::io(path, "probe", e)),
+        Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     }
     // The holder may be between locking and writing its record: try a few
     // times before calling the owner unknown.
     let mut record = None;
     let mut stamp = Vec::new();
     for _ in 0..3 {
-        stamp = read_from_start(&file, 512).map_err(|e| Error::io(path, "read", e))?;
+        stamp = read_from_start(&file, 512).map_err(|e| Error::io(path, Op::Read, e))?;
         record = OwnerRecord::parse(&stamp);
         if record.is_some() {
             break;
@@ -345,9 +344,9 @@ fn open_error(path: &Utf8Path, err: io::Error) -> Error {
 fn check_regular(path: &Utf8Path, file: &File) -> Result<files::FileId> {
     let meta = file
         .metadata()
-        .map_err(|e| Error::io(path, "inspect lock file", e))?;
+        .map_err(|e| Error::io(path, Op::Inspect, e))?;
     files::expect_kind(path, LockStrategy::Os, FileKind::File, files::kind(&meta))?;
-    files::id_of(&meta, file).map_err(|e| Error::io(path, "inspect lock file", e))
+    files::id_of(&meta, file).map_err(|e| Error::io(path, Op::Inspect, e))
 }
 
 /// The file's content from its start, up to one byte more than a record
@@ -417,13 +416,13 @@ fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) ->
         Vec::new()
     } else {
         files::conflict_retry(|| read_from_start(file, len))
-            .map_err(|e| Error::io(path, "read", e))?
+            .map_err(|e| Error::io(path, Op::Read, e))?
     };
     check_overwritable(path, &old)?;
     let mut bytes = record.to_json().into_bytes();
     bytes.push(b'\n');
     files::conflict_retry(|| files::rewrite(file, &bytes, old.len()))
-        .map_err(|e| Error::io(path, "write the owner record to", e))
+        .map_err(|e| Error::io(path, Op::WriteRecord, e))
 }
 
 /// Unlocks `file`; whether that worked. Closing the file releases the

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::owner::{is_token, read_capped, record_has_token, OwnerRecord};
@@ -114,7 +114,7 @@ fn claim_path(path: &Utf8Path, token: &str) -> Result<Utf8PathBuf> {
         (Some(dir), Some(prefix)) => Ok(dir.join(format!("{prefix}{token}.owner"))),
         _ => Err(Error::io(
             path,
-            "use as a lock path",
+            Op::UseAsLockPath,
             io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"),
         )),
     }
@@ -128,7 +128,7 @@ pub(crate) fn try_acquire(
 ) -> Result<Option<LinkHold>> {
     let claim = claim_path(path, &record.token)?;
     let mut file = fault::step("link.acquire.claim", || files::create_new(&claim))
-        .map_err(|e| files::io_error(path, "create a private record file beside", e))?;
+        .map_err(|e| files::io_error(path, Op::CreateClaim, e))?;
     let written = file.write_all(record.to_json().as_bytes()).and_then(|()| {
         if sync {
             file.sync_all()
@@ -138,7 +138,7 @@ pub(crate) fn try_acquire(
     });
     if let Err(e) = written {
         let _ = files::remove_file(&claim);
-        return Err(Error::io(path, "write a private record file beside", e));
+        return Err(Error::io(path, Op::WriteClaim, e));
     }
     // Closed before the link: an NFS client writes back on close, so that
     // another client that finds the lock file finds the whole record in it
@@ -158,7 +158,7 @@ pub(crate) fn try_acquire(
                 // released (through its claim), never by removing the path,
                 // which may be someone else's by the time this runs.
                 let _ = release(path, held.clone());
-                return Err(Error::io(path, "flush the new lock file", e));
+                return Err(Error::io(path, Op::Sync, e));
             }
         }
         Ok(ours)
@@ -229,7 +229,7 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
         // EPERM with the lock path absent: either no hard links here, or
         // the lock was released in between; trying again tells.
         if !(unsupported || files::is_transient(&err)) || attempt >= ATTEMPTS {
-            return Err(files::io_error(path, "link lock file", err));
+            return Err(files::io_error(path, Op::Link, err));
         }
         attempt += 1;
         std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
@@ -324,7 +324,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             // Another user's lock (or one made under a umask of 077): held,
             // by an owner this process cannot read.
-            let meta = files::lstat(path).map_err(|e| Error::io(path, "inspect lock file", e))?;
+            let meta = files::lstat(path).map_err(|e| Error::io(path, Op::Inspect, e))?;
             files::expect_kind(path, LockStrategy::Link, FileKind::File, files::kind(&meta))?;
             return Ok(Probe::Held(Box::new(Seen {
                 opaque: Some(Opaque::Unreadable),
@@ -338,13 +338,13 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let meta = match file.metadata() {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
-        Err(e) => return Err(Error::io(path, "inspect lock file", e)),
+        Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     };
     files::expect_kind(path, LockStrategy::Link, FileKind::File, files::kind(&meta))?;
     let bytes = match read_capped(file) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
-        Err(e) => return Err(Error::io(path, "read lock file", e)),
+        Err(e) => return Err(Error::io(path, Op::ReadRecord, e)),
     };
     let mut stamp = files::stamp(&meta);
     stamp.extend_from_slice(&bytes);

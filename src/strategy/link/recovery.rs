@@ -7,7 +7,7 @@ use std::io;
 
 use camino::Utf8Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::owner::is_token;
@@ -43,9 +43,9 @@ pub(super) fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> 
         return Ok(Broken::Orphan);
     };
     let prefix = format!("{claim_name}.taken.");
-    let entries = files::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+    let entries = files::read_dir(dir).map_err(|e| Error::io(dir, Op::List, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
+        let entry = entry.map_err(|e| Error::io(dir, Op::List, e))?;
         let name = entry.file_name();
         let Some(suffix) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
             continue;
@@ -58,7 +58,7 @@ pub(super) fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> 
             Some(true) => return Ok(Broken::Raced),
             Some(false) => {}
         }
-        let ours = taken_name(&taken).map_err(|e| Error::io(&taken, "name", e))?;
+        let ours = taken_name(&taken).map_err(|e| Error::io(&taken, Op::NameTaken, e))?;
         match fault::step("link.recover.take_over", || {
             files::stale_retry(|| std::fs::rename(&taken, &ours))
         }) {
@@ -69,7 +69,7 @@ pub(super) fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> 
                 if e.kind() == io::ErrorKind::NotFound
                     && files::lkind(&ours).ok().flatten().is_some() => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
-            Err(e) => return Err(Error::io(&taken, "take over", e)),
+            Err(e) => return Err(Error::io(&taken, Op::TakeOver, e)),
         }
         return finish_break(path, token, &claim, &ours, writers);
     }
@@ -78,7 +78,7 @@ pub(super) fn recover_orphan(path: &Utf8Path, token: &str, writers: Writers) -> 
     match names(path, token) {
         Ok(true) => Ok(Broken::Orphan),
         Ok(false) => Ok(Broken::Raced),
-        Err(e) => Err(Error::io(path, "inspect lock file", e)),
+        Err(e) => Err(Error::io(path, Op::Inspect, e)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::PoisonError;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::strategy::{Broken, Released};
@@ -38,7 +38,7 @@ pub(crate) fn release(path: &Utf8Path, held: LinkHold) -> Result<Released> {
             Ok(taken) => taken,
             // A breaker took the claim: the lock is no longer ours.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Lost(None)),
-            Err(e) => return Err(Error::io(claim, "remove the claim of", e)),
+            Err(e) => return Err(Error::io(claim, Op::TakeClaim, e)),
         },
     };
     // The claim was ours, so nobody else may remove the lock path now; it
@@ -57,7 +57,7 @@ pub(crate) fn release(path: &Utf8Path, held: LinkHold) -> Result<Released> {
         return Ok(Released::Lost(None));
     }
     if *sync {
-        files::sync_parent(path).map_err(|e| Error::io(path, "flush the removal of", e))?;
+        files::sync_parent(path).map_err(|e| Error::io(path, Op::Sync, e))?;
     }
     Ok(Released::Done)
 }
@@ -79,10 +79,10 @@ pub(super) fn remove_lock_path(
         Ok(true) => match fault::step("link.remove.unlink", || files::remove_file(path)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io(path, "remove lock file", e)),
+            Err(e) => Err(Error::io(path, Op::RemoveFile, e)),
         },
         Ok(false) => Ok(false),
-        Err(e) => Err(Error::io(path, "inspect lock file", e)),
+        Err(e) => Err(Error::io(path, Op::Inspect, e)),
     };
     match outcome {
         Ok(_) => {
@@ -193,9 +193,9 @@ pub(crate) fn break_link(
                     {
                         return Ok(Broken::Raced)
                     }
-                    Err(e) => return Err(Error::io(&claim, "make a claim for", e)),
+                    Err(e) => return Err(Error::io(&claim, Op::MakeClaim, e)),
                 }
-                if !names(&claim, token).map_err(|e| Error::io(&claim, "inspect", e))? {
+                if !names(&claim, token).map_err(|e| Error::io(&claim, Op::Inspect, e))? {
                     // The lock path changed before the link: this claim
                     // names someone else's lock file. Removing our extra
                     // name of it leaves their lock as it was.
@@ -205,12 +205,12 @@ pub(crate) fn break_link(
             }
             other => return Ok(other),
         },
-        Err(e) => return Err(Error::io(&claim, "inspect the claim of", e)),
+        Err(e) => return Err(Error::io(&claim, Op::InspectClaim, e)),
     }
     let taken = match take_claim(&claim) {
         Ok(taken) => taken,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Broken::Raced),
-        Err(e) => return Err(Error::io(&claim, "remove the claim of", e)),
+        Err(e) => return Err(Error::io(&claim, Op::TakeClaim, e)),
     };
     finish_break(path, token, &claim, &taken, writers)
 }
