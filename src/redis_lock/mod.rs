@@ -63,9 +63,9 @@
 //! within a few command timeouts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::{Client, Connection, Script};
 
@@ -75,6 +75,14 @@ use crate::owner::OwnerRecord;
 use crate::sys;
 use crate::vocab::Mechanism;
 use crate::wait::Deadline;
+
+mod guard;
+mod options;
+mod renewer;
+
+pub use guard::RedisGuard;
+pub use options::RedisLockOptions;
+use renewer::Renewer;
 
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -111,96 +119,6 @@ if owned() then
 end
 return 0"
     )
-}
-
-/// Options for a [`RedisLock`]; [`RedisLock::options`] makes one.
-#[derive(Debug, Clone)]
-pub struct RedisLockOptions {
-    lease: Duration,
-    timeout: Option<Duration>,
-    poll_interval: Duration,
-    connect_timeout: Duration,
-    command_timeout: Option<Duration>,
-}
-
-impl Default for RedisLockOptions {
-    fn default() -> Self {
-        RedisLockOptions {
-            lease: Duration::from_secs(10),
-            timeout: None,
-            poll_interval: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(5),
-            command_timeout: None,
-        }
-    }
-}
-
-impl RedisLockOptions {
-    /// How long the lock outlives its holder's last renewal. Default 10 s;
-    /// at least 30 ms.
-    pub fn lease(&mut self, lease: Duration) -> &mut Self {
-        self.lease = lease.max(Duration::from_millis(30));
-        self
-    }
-
-    /// How long [`RedisLock::acquire`] waits; `None` (the default) forever.
-    pub fn timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The longest a waiter sleeps without looking at the lock again, in
-    /// case a release notification was lost (a release wakes waiters at
-    /// once). Default 500 ms.
-    pub fn poll_interval(&mut self, interval: Duration) -> &mut Self {
-        self.poll_interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How long to wait for a connection to Redis: at most this, and never
-    /// more than the [command timeout](RedisLockOptions::command_timeout).
-    /// Default 5 s.
-    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long one call to Redis (a write, a read) may take before it
-    /// fails. Default: a quarter of the lease; never more than a third of
-    /// it, so that a holder behind a partition tries a renewal again before
-    /// its lease runs out, and learns of the loss within about one lease.
-    pub fn command_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.command_timeout = Some(timeout);
-        self
-    }
-
-    /// The bound on one call to Redis, as the options say.
-    fn io_timeout(&self) -> Duration {
-        let cap = self.lease / 3;
-        self.command_timeout
-            .map_or(self.lease / 4, |t| t.min(cap))
-            .max(Duration::from_millis(1))
-    }
-
-    /// A handle on the lock `name` in the Redis at `url`
-    /// (`redis://host:port/db`). Nothing is sent to Redis until the lock
-    /// is taken or inspected.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Redis`] if `url` is not a Redis URL.
-    pub fn open(&self, url: &str, name: &str) -> Result<RedisLock> {
-        let client = Client::open(url).map_err(|e| redis_error(name, Op::OpenRedis, &e))?;
-        Ok(RedisLock {
-            client,
-            name: name.to_owned(),
-            key: format!("portalock:{name}"),
-            fence_key: format!("portalock:{name}:fence"),
-            channel: format!("portalock:{name}:released"),
-            options: self.clone(),
-            held: Mutex::new(None),
-        })
-    }
 }
 
 /// A lock named `name` in one Redis server, with the contract of
@@ -656,146 +574,6 @@ fn connect(
     con.set_read_timeout(Some(io_timeout))?;
     con.set_write_timeout(Some(io_timeout))?;
     Ok(con)
-}
-
-/// The renewal thread of one acquisition.
-struct Renewer {
-    client: Client,
-    key: String,
-    channel: String,
-    every: Duration,
-    lease: Duration,
-    lease_ms: u64,
-    connect_timeout: Duration,
-    io_timeout: Duration,
-    holding: Arc<RedisHolding>,
-    record: OwnerRecord,
-}
-
-impl Renewer {
-    fn run(mut self) {
-        let script = Script::new(&renew_script());
-        let mut con: Option<Connection> = None;
-        let mut next = Instant::now() + self.every;
-        loop {
-            {
-                let mut stop = lock(&self.holding.stop);
-                while !*stop {
-                    let left = next.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    stop = self
-                        .holding
-                        .wake
-                        .wait_timeout(stop, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-                if *stop {
-                    return;
-                }
-            }
-            self.record.beat += 1;
-            let sent = sys::since_boot();
-            let sent_at = Instant::now();
-            let renewed = match con.take() {
-                Some(c) => Ok(c),
-                None => self.connect_named(),
-            }
-            .and_then(|mut c| {
-                let renewed = script
-                    .key(&self.key)
-                    .arg(&self.holding.token)
-                    .arg(self.record.to_json())
-                    .arg(self.lease_ms)
-                    .invoke::<i64>(&mut c);
-                con = Some(c);
-                renewed
-            });
-            match renewed {
-                Ok(1) => {
-                    *lock(&self.holding.safe_until) = sent + self.lease;
-                    next = sent_at + self.every;
-                }
-                // Gone or someone else's: lost for good.
-                Ok(_) => return self.lose(),
-                // No answer (a partition, a server that stalls, a
-                // connection closed or refused: an idle timeout of the
-                // server, a proxy or the server restarting): the key may
-                // still be ours. Try again on a new connection until the
-                // lease has run out since the last renewal Redis confirmed.
-                Err(_) if !self.holding.lease_ran_out() => {
-                    con = None;
-                    next = Instant::now() + self.every / 4;
-                }
-                Err(_) => return self.lose(),
-            }
-        }
-    }
-
-    /// A bounded connection, named after the holder, so that an operator
-    /// can see (and kill) the lock's lifeline.
-    fn connect_named(&self) -> redis::RedisResult<Connection> {
-        let mut con = connect(&self.client, self.connect_timeout, self.io_timeout)?;
-        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(format!("portalock-holder-{}", self.record.pid))
-            .query(&mut con);
-        Ok(con)
-    }
-
-    /// The lock is lost (its key is gone or someone else's, or its lease
-    /// ran out unconfirmed): say so, and delete it if it is still ours (a
-    /// bounded try) so that waiters need not wait out the lease.
-    fn lose(&self) {
-        self.holding.lost.store(true, Ordering::Release);
-        if let Ok(mut con) = connect(&self.client, self.connect_timeout, self.io_timeout) {
-            let _: redis::RedisResult<i64> = Script::new(&release_script())
-                .key(&self.key)
-                .key(&self.channel)
-                .arg(&self.holding.token)
-                .invoke(&mut con);
-        }
-    }
-}
-
-/// Proof that a [`RedisLock`] holds its lock; dropping it releases the
-/// lock.
-///
-/// The guard releases only the acquisition that created it, as
-/// [`LockGuard`](crate::LockGuard) does: if the lock was released through
-/// the handle meanwhile and taken again, dropping the old guard leaves the
-/// new acquisition alone.
-#[derive(Debug)]
-#[must_use = "if unused the lock is released at once"]
-pub struct RedisGuard<'a> {
-    lock: &'a RedisLock,
-    token: String,
-}
-
-impl RedisGuard<'_> {
-    /// The lock.
-    pub fn lock(&self) -> &RedisLock {
-        self.lock
-    }
-
-    /// Releases the lock, reporting what failed.
-    ///
-    /// # Errors
-    ///
-    /// As [`RedisLock::release`].
-    pub fn release(mut self) -> Result<()> {
-        // An empty token matches no acquisition: `Drop` then does nothing.
-        let token = std::mem::take(&mut self.token);
-        self.lock.release_token(&token)
-    }
-}
-
-impl Drop for RedisGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.lock.release_token(&self.token);
-    }
 }
 
 fn redis_error(name: &str, op: Op, e: &redis::RedisError) -> Error {
