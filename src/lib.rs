@@ -10,6 +10,23 @@
 //! so a waiter can say who holds the lock, a lock whose owner died is broken
 //! safely, and a holder never removes a lock that is no longer its own.
 //!
+//! # Which type to use
+//!
+//! | you want | use |
+//! | --- | --- |
+//! | one holder at a time, across processes (and machines sharing a file system) | [`LockFile`] |
+//! | to lock a [`File`](std::fs::File) you opened yourself (portalocker's `lock`/`unlock`) | [`flock::lock`], [`flock::unlock`] |
+//! | a lock that hands out the file it locks, portalocker's `Lock(path, 'r+', timeout=5)` | [`LockedFile`] |
+//! | shared (reader) locks | [`LockFile::lock_shared`] (the `Os` strategy), [`LockedFileOptions::shared`] |
+//! | a lock the owning thread may take again (portalocker's `RLock`) | [`ReentrantLockFile`] |
+//! | a lock file that exists only while held | [`LockOptions::remove_on_release`] |
+//! | at most N holders at once | [`BoundedSemaphore`] |
+//! | a PID file | [`PidFileLock`] |
+//! | a lock that outlives this process, held for a command or a shell | [`LockFile::spawn`], [`LockFile::detach`], [`LockFile::release_for`] |
+//! | to wait in async code (feature `tokio`) | `LockFile::lock_async` and its kin |
+//! | machines that share a Redis server, not a file system (feature `redis`) | `RedisLock` |
+//! | to look at a lock you did not take | [`LockFile::status`], [`LockStrategy::found_at`] |
+//!
 //! # Quick start
 //!
 //! ```
@@ -43,22 +60,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # Choosing a strategy
+//! # Strategies
 //!
-//! | [`LockStrategy`] | takes the lock with | a crashed holder's lock | use it on |
-//! | --- | --- | --- | --- |
-//! | [`Auto`](LockStrategy::Auto) (default) | one of the three below, picked from the file system | | any file system |
-//! | [`Os`](LockStrategy::Os) | `flock` / `LockFileEx` on an open file, through `fd-lock` | is released by the kernel | local disks |
-//! | [`Mkdir`](LockStrategy::Mkdir) | atomic `mkdir` | stays until broken | any file system, network ones included |
-//! | [`Link`](LockStrategy::Link) | atomic `link()` of a fully written file | stays until broken | file systems with hard links, NFS and sshfs included |
-//!
-//! `Os` is the fastest and the only one a crash cannot leave behind, but an
-//! advisory lock taken on one sshfs client does not exclude processes on
-//! another client. `Mkdir` and `Link` exclude across clients because the
-//! server decides whether the directory or link already exists. `Auto`
-//! picks `Os` on a local file system and `Link` or `Mkdir` on a network or
-//! FUSE one; an explicit `Os` lock where it would exclude nobody is refused
-//! ([`Error::OsLocksNotShared`]). The [`filesystem`] module has the rules.
+//! A [`LockFile`] takes its lock with one of the strategies of
+//! [`LockStrategy`] (its docs have the one table of what each does and
+//! where it is safe). The default, [`Auto`](LockStrategy::Auto), picks
+//! `Os` on a local file system and `Link` or `Mkdir` on a network or FUSE
+//! one, where an OS lock may exclude nobody; an explicit `Os` lock there
+//! is refused ([`Error::OsLocksNotShared`]). [`FileSystem`] has the rules
+//! for each file system, and the README's "Per file system" section what
+//! was measured on real NFS and SMB clients.
 //!
 //! # What a crash leaves behind
 //!
@@ -89,7 +100,17 @@
 //! as the lock is removed, and an unbounded wait on an `Os` lock sleeps in
 //! the kernel.
 //!
-//! # Paths
+//! # Network file systems
+//!
+//! `Mkdir` and `Link` exclude across the clients of one server because
+//! the server decides whether the directory or the link already exists. A
+//! holder on another machine cannot be judged dead from here: give such
+//! locks a [lease](LockOptions::lease), so that a crashed holder's lock
+//! expires, and call [`LockFile::ensure_held`] before acting on what the
+//! lock protects if a stall may have outlasted the lease. A wait goes on
+//! through errors of a server that restarts (see [`LockFile::acquire`]).
+//!
+//! # Paths and security
 //!
 //! Lock paths are UTF-8 ([`camino`]); a path that is not gets
 //! [`Error::NonUtf8Path`]. Paths are made absolute when the handle is

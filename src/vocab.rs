@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 
 /// How a [`LockFile`](crate::LockFile) takes its lock.
 ///
-/// | strategy | atomic primitive | released by a crash? | safe on |
+/// | strategy | takes the lock with | a crashed holder's lock | safe on |
 /// | --- | --- | --- | --- |
-/// | [`Os`](LockStrategy::Os) | advisory lock on an open file (`flock`, `LockFileEx`) | yes, by the kernel | local file systems |
-/// | [`Mkdir`](LockStrategy::Mkdir) | `mkdir` of a directory that must not exist | no | everywhere, network file systems included |
-/// | [`Link`](LockStrategy::Link) | `link()` of a fully written private file onto the lock path | no | Unix and NTFS, network file systems included |
-/// | [`Auto`](LockStrategy::Auto) (default) | one of the above, chosen from the file system | | everywhere |
+/// | [`Auto`](LockStrategy::Auto) (default) | one of the three below, chosen when the handle is opened | | every file system |
+/// | [`Os`](LockStrategy::Os) | `flock` / `LockFileEx` on an open file | released by the kernel | local file systems |
+/// | [`Mkdir`](LockStrategy::Mkdir) | an atomic `mkdir` of the lock path | stays, naming the dead owner, until broken | every file system, network ones included |
+/// | [`Link`](LockStrategy::Link) | an atomic `link()` of a fully written private file onto the lock path | stays, naming the dead owner, until broken | file systems with hard links, NFS and sshfs included |
 ///
 /// The default is [`Auto`](LockStrategy::Auto): `Os` on a local file
 /// system, `Link` or `Mkdir` on a network or FUSE one (see

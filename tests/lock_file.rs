@@ -1,4 +1,4 @@
-//! The contract of `LockFile` (DESIGN section 1), for every strategy.
+//! The contract of `LockFile` (its docs, and the crate docs), for every strategy.
 
 mod common;
 

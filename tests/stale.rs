@@ -1,5 +1,5 @@
 //! Stale locks across processes: dead holders, races to break, leases and
-//! records of other hosts (DESIGN section 4).
+//! records of other hosts (the rules argued in the `stale` module).
 
 mod common;
 

@@ -240,19 +240,20 @@ impl LockFile {
     /// # Examples
     ///
     /// ```
-    /// # #[cfg(unix)] {
-    /// use std::process::Command;
+    /// use std::process::{Command, Stdio};
     /// use portalock::{LockFile, LockStrategy};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let lock = LockFile::with_strategy(dir.path().join("job.lock"), LockStrategy::Mkdir)?;
     /// lock.acquire()?;
-    /// let mut child = lock.spawn(&mut Command::new("true"))?;
+    /// # let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    /// let mut build = Command::new(cargo);
+    /// build.arg("--version").stdout(Stdio::null());
+    /// let mut child = lock.spawn(&mut build)?;
     /// let owner = lock.owner()?.expect("a record");
     /// assert_eq!(owner.command.map(|c| c.pid), Some(child.id()));
     /// assert!(child.wait()?.success());
     /// lock.release()?;
-    /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn spawn(&self, command: &mut std::process::Command) -> Result<std::process::Child> {
