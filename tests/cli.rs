@@ -7,11 +7,12 @@ use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use portalock::{Error, LockFile, LockStrategy};
 use rstest::rstest;
 use serde_json::Value;
 
+use common::fixture::scratch_root as scratch;
 use common::{child_command_line, spawn, spawn_command, Proc, EVENT_TIMEOUT};
 
 #[test]
@@ -20,12 +21,6 @@ fn child() {
 }
 
 const TOOL: &str = env!("CARGO_BIN_EXE_portalock");
-
-fn scratch() -> (tempfile::TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8 tempdir");
-    (dir, root)
-}
 
 /// What one run of the tool did.
 struct Ran {

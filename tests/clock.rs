@@ -18,9 +18,11 @@ mod common;
 use std::time::Duration;
 
 use camino::Utf8PathBuf;
-use portalock::{Error, Liveness, LockFile, LockOptions, LockStatus, LockStrategy};
+use portalock::{Error, Liveness, LockStatus, LockStrategy};
 use rstest::rstest;
+use rstest_reuse::apply;
 
+use common::fixture::{every_strategy, open};
 use common::{assert_would_block_by, spawn};
 
 #[test]
@@ -55,23 +57,13 @@ fn btime() -> i64 {
         .expect("btime")
 }
 
-fn open(path: &Utf8PathBuf, strategy: LockStrategy) -> LockFile {
-    LockOptions::new()
-        .strategy(strategy)
-        .poll_interval(Duration::from_millis(5))
-        .open(path)
-        .expect("open")
-}
-
 /// The steps: a few seconds either way (an NTP step), an hour either way
 /// (a VM resumed, a wrong time zone fixed); the clock ends where it began.
 const STEPS: [i64; 6] = [3, -7, 4, 3600, -7200, 3600];
 
-#[rstest]
+#[apply(every_strategy)]
 #[ignore = "steps the clock: run inside .ci/guest.sh (see the module docs)"]
-fn a_clock_step_never_makes_a_live_holder_dead(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn a_clock_step_never_makes_a_live_holder_dead(strategy: LockStrategy) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = Utf8PathBuf::from_path_buf(dir.path().join("clock.lock")).expect("utf-8");
     let mut holder = spawn("hold", &[strategy.as_str(), path.as_str()]);

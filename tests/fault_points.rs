@@ -8,20 +8,15 @@ mod common;
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use portalock::{Error, LockFile, LockOptions, LockStrategy};
 
+use common::fixture::scratch;
 use common::{spawn, EVENT_TIMEOUT};
 
 #[test]
 fn child() {
     common::child_entry();
-}
-
-fn scratch() -> (tempfile::TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = Utf8PathBuf::from_path_buf(dir.path().join("x.lock")).expect("utf-8");
-    (dir, path)
 }
 
 fn link(path: &Utf8Path) -> LockFile {
@@ -47,9 +42,9 @@ fn a_forced_break_never_competes_with_a_remover_it_cannot_judge() {
     x.detach().expect("detach");
     // A remover on machine B takes the claim (its taken name carries B's
     // machine tag) and has not yet removed the lock path.
-    let claim = path.with_file_name(format!(".x.lock.{token}.owner"));
+    let claim = path.with_file_name(format!(".test.lock.{token}.owner"));
     let remote = path.with_file_name(format!(
-        ".x.lock.{token}.owner.taken.0123456789abcdef.h{}.4242.77.{}",
+        ".test.lock.{token}.owner.taken.0123456789abcdef.h{}.4242.77.{}",
         "0".repeat(16),
         "ab".repeat(16)
     ));

@@ -17,23 +17,17 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use portalock::{Error, LockFile, LockOptions, LockStatus, LockStrategy};
+use portalock::{Error, LockOptions, LockStatus, LockStrategy};
 use rstest::rstest;
+use rstest_reuse::apply;
 use tempfile::TempDir;
 
+use common::fixture::{every_strategy, lasting_strategies, open};
 use common::{spawn_command, CHILD_ARGS};
 
 #[test]
 fn child() {
     common::child_entry();
-}
-
-fn open(path: &Utf8Path, strategy: LockStrategy) -> LockFile {
-    LockOptions::new()
-        .strategy(strategy)
-        .poll_interval(std::time::Duration::from_millis(5))
-        .open(path)
-        .expect("open")
 }
 
 fn io_kind(result: &Result<(), Error>) -> Option<io::ErrorKind> {
@@ -92,11 +86,9 @@ fn names(dir: &Utf8Path) -> Vec<String> {
     names
 }
 
-#[rstest]
+#[apply(every_strategy)]
 #[ignore = "needs root: mounts a tmpfs (run by .ci/run)"]
-fn a_read_only_file_system_is_a_typed_error_and_changes_nothing(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn a_read_only_file_system_is_a_typed_error_and_changes_nothing(strategy: LockStrategy) {
     let mount = Mount::new("size=1m,ro");
     let path = mount.path.join("x.lock");
     let lock = open(&path, strategy);
@@ -115,11 +107,9 @@ fn a_read_only_file_system_is_a_typed_error_and_changes_nothing(
 
 // Not `Os`: its holder keeps the lock file open for writing, and the kernel
 // refuses to make such a file system read-only ("busy").
-#[rstest]
+#[apply(lasting_strategies)]
 #[ignore = "needs root: mounts a tmpfs (run by .ci/run)"]
-fn a_file_system_turned_read_only_under_a_holder_keeps_the_lock_consistent(
-    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn a_file_system_turned_read_only_under_a_holder_keeps_the_lock_consistent(strategy: LockStrategy) {
     let mount = Mount::new("size=1m");
     let path = mount.path.join("x.lock");
     let lock = open(&path, strategy);
@@ -149,11 +139,9 @@ fn a_file_system_turned_read_only_under_a_holder_keeps_the_lock_consistent(
     lock.release().expect("release");
 }
 
-#[rstest]
+#[apply(every_strategy)]
 #[ignore = "needs root: mounts a tmpfs (run by .ci/run)"]
-fn a_full_file_system_is_a_typed_error_and_leaves_no_lock(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn a_full_file_system_is_a_typed_error_and_leaves_no_lock(strategy: LockStrategy) {
     let mount = Mount::new("size=256k");
     let filler = mount.path.join("filler");
     // Fill every block: the write stops at ENOSPC.
@@ -224,11 +212,9 @@ fn try_as_nobody(strategy: LockStrategy, path: &Utf8Path) -> String {
     outcome
 }
 
-#[rstest]
+#[apply(every_strategy)]
 #[ignore = "needs root: runs a process as nobody (run by .ci/run)"]
-fn permission_denied_is_a_typed_error_and_changes_nothing(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn permission_denied_is_a_typed_error_and_changes_nothing(strategy: LockStrategy) {
     let (_dir, root) = root_only_dir();
     let path = root.join("x.lock");
     // A free lock in a directory nobody may not write to.
@@ -250,10 +236,8 @@ fn permission_denied_is_a_typed_error_and_changes_nothing(
     lock.release().expect("release");
 }
 
-#[rstest]
-fn the_lock_directory_removed_under_its_holder_is_lock_lost(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn the_lock_directory_removed_under_its_holder_is_lock_lost(strategy: LockStrategy) {
     let dir = tempfile::tempdir().expect("temp dir");
     let parent = Utf8PathBuf::from_path_buf(dir.path().join("locks")).expect("utf-8");
     std::fs::create_dir(&parent).expect("locks dir");
@@ -315,11 +299,9 @@ fn shared_dir() -> (TempDir, Utf8PathBuf) {
 /// A holder under umask 077 (or another user) leaves a record that a
 /// waiter cannot read. The lock is simply busy: the waiter waits and times
 /// out with the busy error, and never breaks it after the grace period.
-#[rstest]
+#[apply(lasting_strategies)]
 #[ignore = "needs root: runs a process as nobody (run by .ci/run)"]
-fn a_record_the_waiter_cannot_read_is_a_busy_lock(
-    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn a_record_the_waiter_cannot_read_is_a_busy_lock(strategy: LockStrategy) {
     let (_dir, root) = shared_dir();
     let path = root.join("x.lock");
     let mut holder = common::spawn("umask-hold", &["077", strategy.as_str(), path.as_str()]);
@@ -350,11 +332,9 @@ fn a_record_the_waiter_cannot_read_is_a_busy_lock(
 
 /// A release that fails before it changed anything keeps the lock held,
 /// and its lease refreshed: nobody breaks it meanwhile.
-#[rstest]
+#[apply(lasting_strategies)]
 #[ignore = "needs root: runs a process as nobody (run by .ci/run)"]
-fn a_failed_release_keeps_refreshing_the_lease(
-    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn a_failed_release_keeps_refreshing_the_lease(strategy: LockStrategy) {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8");
     std::os::unix::fs::chown(&root, Some(65534), Some(65534)).expect("chown");
@@ -400,11 +380,9 @@ fn a_failed_release_keeps_refreshing_the_lease(
 /// lock for its PID 1; this process, in another PID namespace, asks to
 /// release the lock held for pid 1.
 #[cfg(all(target_os = "linux", feature = "cli"))]
-#[rstest]
+#[apply(lasting_strategies)]
 #[ignore = "needs root: makes a PID namespace (run by .ci/run)"]
-fn release_for_pid_1_of_another_pid_namespace_is_refused(
-    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+fn release_for_pid_1_of_another_pid_namespace_is_refused(strategy: LockStrategy) {
     const TOOL: &str = env!("CARGO_BIN_EXE_portalock");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("c.lock");

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use camino::Utf8PathBuf;
 use portalock::{Error, FileKind, LockFile, LockOptions, LockStatus, LockStrategy};
 use rstest::rstest;
-use tempfile::TempDir;
+use rstest_reuse::apply;
 
+use common::fixture::{every_strategy, open, scratch};
 use common::{assert_would_block_by, spawn, EVENT_TIMEOUT};
 
 #[test]
@@ -18,24 +19,8 @@ fn child() {
     common::child_entry();
 }
 
-fn scratch() -> (TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = Utf8PathBuf::from_path_buf(dir.path().join("test.lock")).expect("utf-8 tempdir");
-    (dir, path)
-}
-
-fn open(path: &Utf8PathBuf, strategy: LockStrategy) -> LockFile {
-    LockOptions::new()
-        .strategy(strategy)
-        .poll_interval(Duration::from_millis(5))
-        .open(path)
-        .expect("open")
-}
-
-#[rstest]
-fn two_handles_in_one_process_exclude_each_other(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn two_handles_in_one_process_exclude_each_other(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let a = open(&path, strategy);
     let b = open(&path, strategy);
@@ -48,10 +33,8 @@ fn two_handles_in_one_process_exclude_each_other(
     b.release().expect("b releases");
 }
 
-#[rstest]
-fn handles_on_two_spellings_of_one_path_exclude_each_other(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn handles_on_two_spellings_of_one_path_exclude_each_other(strategy: LockStrategy) {
     let (dir, path) = scratch();
     let other = format!(
         "{}//./{}",
@@ -68,10 +51,8 @@ fn handles_on_two_spellings_of_one_path_exclude_each_other(
     b.release().expect("b releases");
 }
 
-#[rstest]
-fn acquire_is_not_reentrant(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn acquire_is_not_reentrant(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     lock.acquire().expect("first acquire");
@@ -86,10 +67,8 @@ fn acquire_is_not_reentrant(
     assert!(matches!(lock.release(), Err(Error::NotLocked { .. })));
 }
 
-#[rstest]
-fn another_thread_may_release(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn another_thread_may_release(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = Arc::new(open(&path, strategy));
     lock.acquire().expect("acquire on the main thread");
@@ -103,10 +82,8 @@ fn another_thread_may_release(
     open(&path, strategy).try_acquire().expect("free again");
 }
 
-#[rstest]
-fn release_of_an_unlocked_handle_is_an_error(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn release_of_an_unlocked_handle_is_an_error(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     match lock.release() {
@@ -121,10 +98,8 @@ fn release_of_an_unlocked_handle_is_an_error(
     assert!(lock.is_locked().expect("is_locked"));
 }
 
-#[rstest]
-fn try_once_names_the_holder_in_another_process(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn try_once_names_the_holder_in_another_process(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
     let pid: u32 = child.expect("ACQUIRED").parse().expect("pid");
@@ -145,10 +120,8 @@ fn try_once_names_the_holder_in_another_process(
     assert!(child.wait().success());
 }
 
-#[rstest]
-fn bounded_wait_times_out_after_its_duration(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn bounded_wait_times_out_after_its_duration(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
     let pid: u32 = child.expect("ACQUIRED").parse().expect("pid");
@@ -176,9 +149,9 @@ fn bounded_wait_times_out_after_its_duration(
     assert!(!lock.is_held());
 }
 
-#[rstest]
+#[apply(every_strategy)]
 fn a_waiter_gets_the_lock_when_another_process_releases(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+    strategy: LockStrategy,
     #[values(true, false)] bounded: bool,
 ) {
     let (_dir, path) = scratch();
@@ -206,10 +179,8 @@ fn a_waiter_gets_the_lock_when_another_process_releases(
     lock.release().expect("release");
 }
 
-#[rstest]
-fn a_waiter_in_the_same_process_wakes_on_release(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn a_waiter_in_the_same_process_wakes_on_release(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let holder = open(&path, strategy);
     holder.acquire().expect("acquire");
@@ -228,10 +199,8 @@ fn a_waiter_in_the_same_process_wakes_on_release(
     waiter.release().expect("release");
 }
 
-#[rstest]
-fn dropping_a_guard_or_a_handle_releases(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn dropping_a_guard_or_a_handle_releases(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let other = open(&path, strategy);
     let lock = open(&path, strategy);
@@ -251,10 +220,8 @@ fn dropping_a_guard_or_a_handle_releases(
     other.release().expect("release");
 }
 
-#[rstest]
-fn a_process_that_drops_its_lock_frees_it_for_others(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn a_process_that_drops_its_lock_frees_it_for_others(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
     child.expect("ACQUIRED");
@@ -265,10 +232,8 @@ fn a_process_that_drops_its_lock_frees_it_for_others(
     lock.release().expect("release");
 }
 
-#[rstest]
-fn an_old_guard_does_not_release_a_newer_acquisition(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn an_old_guard_does_not_release_a_newer_acquisition(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     let guard = lock.lock().expect("lock");
@@ -281,10 +246,8 @@ fn an_old_guard_does_not_release_a_newer_acquisition(
     lock.release().expect("release");
 }
 
-#[rstest]
-fn guard_release_reports_errors(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn guard_release_reports_errors(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     let guard = lock.lock_timeout(Duration::from_secs(1)).expect("lock");
@@ -296,10 +259,8 @@ fn guard_release_reports_errors(
     assert!(matches!(guard.release(), Err(Error::NotLocked { .. })));
 }
 
-#[rstest]
-fn status_and_owner_follow_the_lock(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn status_and_owner_follow_the_lock(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     assert_eq!(lock.status().expect("status"), LockStatus::Free);
@@ -318,10 +279,8 @@ fn status_and_owner_follow_the_lock(
     assert_eq!(lock.status().expect("status"), LockStatus::Free);
 }
 
-#[rstest]
-fn release_leaves_the_documented_artifacts(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn release_leaves_the_documented_artifacts(strategy: LockStrategy) {
     let (dir, path) = scratch();
     let lock = open(&path, strategy);
     lock.acquire().expect("acquire");
@@ -349,10 +308,8 @@ fn release_leaves_the_documented_artifacts(
     assert_eq!(names.len(), expected, "left behind: {names:?}");
 }
 
-#[rstest]
-fn release_after_the_lock_was_taken_over_is_lock_lost(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn release_after_the_lock_was_taken_over_is_lock_lost(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let lock = open(&path, strategy);
     lock.acquire().expect("acquire");
@@ -391,10 +348,8 @@ fn release_after_the_lock_was_taken_over_is_lock_lost(
     );
 }
 
-#[rstest]
-fn a_missing_parent_directory_is_a_typed_error(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn a_missing_parent_directory_is_a_typed_error(strategy: LockStrategy) {
     let (dir, _) = scratch();
     let path = dir.path().join("no-such-dir").join("x.lock");
     let lock = open(
@@ -452,9 +407,9 @@ fn a_lock_path_of_the_wrong_kind_is_a_typed_error(
 }
 
 #[cfg(unix)]
-#[rstest]
+#[apply(every_strategy)]
 fn a_symlink_at_the_lock_path_is_refused_and_not_followed(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+    strategy: LockStrategy,
     #[values(true, false)] dangling: bool,
 ) {
     let (dir, path) = scratch();
@@ -604,10 +559,8 @@ fn errors_name_the_path_and_convert_to_io_errors() {
     assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
 }
 
-#[rstest]
-fn a_synced_lock_is_taken_refreshed_and_released_like_any_other(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn a_synced_lock_is_taken_refreshed_and_released_like_any_other(strategy: LockStrategy) {
     let (dir, path) = scratch();
     let lock = LockOptions::new()
         .strategy(strategy)
@@ -660,11 +613,8 @@ fn auto_resolves_when_the_handle_is_opened_and_records_name_the_result() {
 
 /// Any lock that can be taken can be released and broken, whatever the
 /// length of its name (up to the file system's limit).
-#[rstest]
-fn long_names_lock_release_and_break(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-    #[values(120, 180, 240)] len: usize,
-) {
+#[apply(every_strategy)]
+fn long_names_lock_release_and_break(strategy: LockStrategy, #[values(120, 180, 240)] len: usize) {
     let (_dir, default_path) = scratch();
     let dir = default_path.parent().expect("dir").to_owned();
     let name = format!("{}.lock", "n".repeat(len - 5));
@@ -735,10 +685,8 @@ fn one_path_through_two_strategies_never_has_two_holders(
 /// A handle inherited through `fork()` never releases the parent's lock
 /// when the child drops it.
 #[cfg(unix)]
-#[rstest]
-fn a_handle_dropped_in_a_forked_child_leaves_the_lock_to_its_parent(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn a_handle_dropped_in_a_forked_child_leaves_the_lock_to_its_parent(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let mut parent = spawn("fork-drop", &[strategy.as_str(), path.as_str()]);
     let pid: u32 = parent.expect("ACQUIRED").parse().expect("pid");
@@ -757,10 +705,8 @@ fn a_handle_dropped_in_a_forked_child_leaves_the_lock_to_its_parent(
 /// lock its parent held at the fork and released since must be free for
 /// the child's own handles.
 #[cfg(unix)]
-#[rstest]
-fn a_forked_child_takes_a_lock_its_parent_released(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+#[apply(every_strategy)]
+fn a_forked_child_takes_a_lock_its_parent_released(strategy: LockStrategy) {
     let (_dir, path) = scratch();
     let mut parent = spawn("fork-after-release", &[strategy.as_str(), path.as_str()]);
     assert_eq!(

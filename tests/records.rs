@@ -3,24 +3,21 @@
 //!
 //! `Mkdir` is left out on purpose: its on-disk layout is about to change.
 
+mod common;
+
 use std::io::{Read, Write};
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use portalock::{Error, LockFile, LockStatus, LockStrategy, OwnerRecord, MAX_RECORD_LEN};
 use rstest::rstest;
-use tempfile::TempDir;
+
+use common::fixture::scratch;
 
 /// A hand-written record of the current version with every field.
 const VALID: &str = r#"{"v":2,"token":"00112233445566778899aabbccddeeff","pid":42,"hostname":"h","machine":null,"boot":null,"pidns":null,"start":null,"acquired_at":"2026-11-22T10:00:00Z","strategy":"link","lease_ms":null}"#;
 
 /// 100 MiB: far past any cap, and cheap because the file is sparse.
 const HUGE: u64 = 100 * 1024 * 1024;
-
-fn scratch() -> (TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = Utf8PathBuf::from_path_buf(dir.path().join("hostile.lock")).expect("utf-8");
-    (dir, path)
-}
 
 /// `VALID` with `from` replaced by `to`; panics if `from` is not in it, so
 /// that a typo cannot turn a hostile case into the valid record.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 use portalock::{Error, LockOptions, LockStrategy, OwnerRecord};
 use rstest::rstest;
-use tempfile::TempDir;
 
+use common::fixture::scratch_root as scratch;
 use common::spawn;
 
 #[test]
@@ -24,12 +24,6 @@ fn child() {
 }
 
 const PRECIOUS: &str = "precious data\n";
-
-fn scratch() -> (TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8");
-    (dir, root)
-}
 
 fn options(strategy: LockStrategy) -> LockOptions {
     let mut options = LockOptions::new();

@@ -10,19 +10,13 @@ use std::time::{Duration, Instant};
 use camino::{Utf8Path, Utf8PathBuf};
 use portalock::{Error, Liveness, LockFile, LockOptions, LockStrategy, OwnerRecord};
 use rstest::rstest;
-use tempfile::TempDir;
 
+use common::fixture::{dead_pid, scratch};
 use common::{assert_would_block_by, spawn, Proc, EVENT_TIMEOUT};
 
 #[test]
 fn child() {
     common::child_entry();
-}
-
-fn scratch() -> (TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = Utf8PathBuf::from_path_buf(dir.path().join("stale.lock")).expect("utf-8 tempdir");
-    (dir, path)
 }
 
 fn open(path: &Utf8Path, strategy: LockStrategy) -> LockFile {
@@ -87,21 +81,6 @@ fn record(strategy: LockStrategy, edit: impl FnOnce(&mut OwnerRecord)) -> OwnerR
     record.token = fresh_token();
     edit(&mut record);
     record
-}
-
-/// The PID of a process that has exited and been reaped.
-fn dead_pid() -> u32 {
-    // This test executable, listing its tests: a process that exits at
-    // once, on every platform.
-    let exe = std::env::current_exe().expect("test executable");
-    let mut child = std::process::Command::new(exe)
-        .arg("--list")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn a short-lived child");
-    let pid = child.id();
-    child.wait().expect("reap");
-    pid
 }
 
 #[rstest]

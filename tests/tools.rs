@@ -7,21 +7,15 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use camino::Utf8PathBuf;
 use portalock::flock::{lock, unlock, LockFlags};
 use portalock::{Error, LockFile, LockOptions, LockStrategy, LockedFile, Mode, ReentrantLockFile};
 
+use common::fixture::scratch_root as scratch;
 use common::{run_counters, spawn};
 
 #[test]
 fn child() {
     common::child_entry();
-}
-
-fn scratch() -> (tempfile::TempDir, Utf8PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8 tempdir");
-    (dir, root)
 }
 
 #[test]

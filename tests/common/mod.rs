@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use portalock::{Error, LockFile, LockOptions, LockStrategy};
 
+pub mod fixture;
+
 const ROLE_ENV: &str = "PORTALOCK_TEST_ROLE";
 const ARGS_ENV: &str = "PORTALOCK_TEST_ARGS";
 const SEP: char = '\u{1f}';

@@ -183,12 +183,8 @@ pub(crate) fn exit_code(status: ExitStatus) -> u8 {
         // Windows codes can exceed a byte; keep "failed" failed.
         return u8::try_from(code).unwrap_or(1);
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(signal) = status.signal() {
-            return u8::try_from(128 + signal).unwrap_or(255);
-        }
+    match signals::killed_by(status) {
+        Some(signal) => u8::try_from(128 + signal).unwrap_or(255),
+        None => 1,
     }
-    1
 }

@@ -18,6 +18,12 @@ pub(crate) use unix::*;
 
 #[cfg(unix)]
 mod unix {
+    /// The signal that killed the process whose exit status is `status`.
+    pub(crate) fn killed_by(status: std::process::ExitStatus) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal()
+    }
+
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     use signal_hook::iterator::Handle;
 
@@ -194,6 +200,11 @@ mod unix {
 
 #[cfg(not(unix))]
 mod other {
+    /// No process is killed by a signal here.
+    pub(crate) fn killed_by(_status: std::process::ExitStatus) -> Option<i32> {
+        None
+    }
+
     /// On Windows, Ctrl-C reaches every process of the console, the
     /// command included: nothing to pass on.
     pub(crate) fn catch() -> Option<()> {

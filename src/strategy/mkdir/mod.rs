@@ -468,3 +468,6 @@ pub(crate) fn break_empty(path: &Utf8Path) -> Result<Broken> {
         Err(e) => Err(Error::io(path, Op::RemoveDir, e)),
     }
 }
+
+#[cfg(test)]
+mod tests;
