@@ -122,3 +122,50 @@ fn an_os_lock_on_a_low_descriptor_is_handed_to_the_command() {
     assert_eq!(proc.expect("INHERITED"), "yes");
     assert!(proc.wait().success());
 }
+
+/// An SMB client can answer a listing of a `Mkdir` lock's directory with
+/// "not a directory" for a moment, though `lstat` just called it one: it
+/// took the directory for a file it had cached under the same (reused)
+/// inode number (seen on CI's smb3-nobrl lane: a waiter's probe failed
+/// with ENOTDIR and its wait ended in an error). A look at the lock, and a
+/// waiter's judgement of it, look again rather than fail: the lock is held,
+/// and says by whom.
+#[test]
+fn a_listing_that_says_not_a_directory_for_a_moment_is_looked_at_again() {
+    const ENOTDIR: i32 = 20;
+    let scenario = fail::FailScenario::setup();
+    let (_dir, path) = scratch();
+    let mkdir = || {
+        LockOptions::new()
+            .strategy(LockStrategy::Mkdir)
+            .poll_interval(Duration::from_millis(5))
+            .open(&path)
+            .expect("open")
+    };
+    let holder = mkdir();
+    holder.acquire().expect("acquire");
+    let waiter = mkdir();
+
+    fail::cfg("mkdir.probe.list", &format!("2*return({ENOTDIR})")).expect("cfg");
+    let status = waiter.status();
+    assert!(
+        matches!(&status, Ok(portalock::LockStatus::Held(Some(r))) if r.pid == std::process::id()),
+        "{status:?}"
+    );
+
+    fail::cfg("mkdir.probe.list", &format!("2*return({ENOTDIR})")).expect("cfg");
+    let tried = waiter.try_acquire();
+    assert!(
+        matches!(
+            tried,
+            Err(Error::WouldBlock {
+                holder: Some(_),
+                ..
+            })
+        ),
+        "{tried:?}"
+    );
+    fail::remove("mkdir.probe.list");
+    holder.release().expect("release");
+    scenario.teardown();
+}

@@ -37,7 +37,7 @@ pub(crate) struct MkdirHold {
 }
 
 /// How long a lock path of the wrong kind on a network file system is
-/// looked at again before it is an error (see `try_acquire`, and
+/// looked at again before it is an error (see `try_acquire`, `probe`, and
 /// `remove_dir_after` for `ENOTDIR` from removing our own directory).
 const WRONG_KIND_PATIENCE: Duration = Duration::from_millis(2500);
 
@@ -219,30 +219,48 @@ pub(crate) fn release(path: &Utf8Path, held: MkdirHold) -> Result<Released> {
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    let meta = match files::lstat(path) {
-        Ok(meta) => meta,
-        Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
-        Err(e) => return Err(files::io_error(path, Op::Inspect, e)),
-    };
-    files::expect_kind(
-        path,
-        LockStrategy::Mkdir,
-        FileKind::Directory,
-        files::kind(&meta),
-    )?;
-    let entries = match files::read_dir(path) {
-        Ok(entries) => entries,
-        // Removed since the look above: free now.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
-        // Another user's lock (or one made under a umask of 077): held,
-        // by an owner this process cannot read.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            return Ok(Probe::Held(Box::new(Seen {
-                opaque: Some(Opaque::Unreadable),
-                ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
-            })))
+    // A listing that says "not a directory" just after `lstat` called the
+    // path one: the directory was replaced meanwhile (a second look says
+    // what is there now), or an SMB client took it for a file it had
+    // cached under the same reused inode number, until its attribute
+    // cache (a second) runs out. Looked at again, for
+    // `WRONG_KIND_PATIENCE` at most.
+    let mut waited = Duration::ZERO;
+    let (meta, entries) = loop {
+        let meta = match files::lstat(path) {
+            Ok(meta) => meta,
+            Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
+            Err(e) => return Err(files::io_error(path, Op::Inspect, e)),
+        };
+        files::expect_kind(
+            path,
+            LockStrategy::Mkdir,
+            FileKind::Directory,
+            files::kind(&meta),
+        )?;
+        match fault::step("mkdir.probe.list", || files::read_dir(path)) {
+            Ok(entries) => break (meta, entries),
+            // Removed since the look above: free now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
+            // Another user's lock (or one made under a umask of 077):
+            // held, by an owner this process cannot read.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Ok(Probe::Held(Box::new(Seen {
+                    opaque: Some(Opaque::Unreadable),
+                    ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
+                })))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory && waited < WRONG_KIND_PATIENCE => {
+                let pause = if waited.is_zero() {
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_millis(100)
+                };
+                std::thread::sleep(pause);
+                waited += pause;
+            }
+            Err(e) => return Err(Error::io(path, Op::List, e)),
         }
-        Err(e) => return Err(Error::io(path, Op::List, e)),
     };
     let mut tokens = Vec::new();
     let mut others = 0usize;
