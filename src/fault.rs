@@ -65,6 +65,9 @@ pub const INJECTIONS: &[&str] = &[
     // directory (an SMB client can answer ENOTDIR for a moment, taking it
     // for a file it had cached under the same reused inode number).
     "mkdir.probe.list",
+    // Mkdir: opening the record just listed in the lock directory (the
+    // same client can answer ENOTDIR for the directory in its path).
+    "mkdir.probe.record",
 ];
 
 /// Runs the step `name`: `op`, unless a test made the step fail.

@@ -129,7 +129,8 @@ fn an_os_lock_on_a_low_descriptor_is_handed_to_the_command() {
 /// inode number (seen on CI's smb3-nobrl lane: a waiter's probe failed
 /// with ENOTDIR and its wait ended in an error). A look at the lock, and a
 /// waiter's judgement of it, look again rather than fail: the lock is held,
-/// and says by whom.
+/// and says by whom. The same for the record just listed: opening it can
+/// answer ENOTDIR for its directory (seen on the same lane).
 #[test]
 fn a_listing_that_says_not_a_directory_for_a_moment_is_looked_at_again() {
     const ENOTDIR: i32 = 20;
@@ -166,6 +167,19 @@ fn a_listing_that_says_not_a_directory_for_a_moment_is_looked_at_again() {
         "{tried:?}"
     );
     fail::remove("mkdir.probe.list");
+
+    // The same answer when the record just listed is opened: the lock
+    // changed under the look (held, its owner unread this time).
+    fail::cfg("mkdir.probe.record", &format!("1*return({ENOTDIR})")).expect("cfg");
+    let status = waiter.status();
+    assert!(
+        matches!(&status, Ok(portalock::LockStatus::Held(_))),
+        "{status:?}"
+    );
+    fail::cfg("mkdir.probe.record", &format!("1*return({ENOTDIR})")).expect("cfg");
+    let tried = waiter.try_acquire();
+    assert!(matches!(tried, Err(Error::WouldBlock { .. })), "{tried:?}");
+    fail::remove("mkdir.probe.record");
     holder.release().expect("release");
     scenario.teardown();
 }

@@ -292,14 +292,17 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     // Released since the listing (on sshfs, `fstat` and `read` of an open
     // file can find it gone too; an SMB server answers "delete pending",
     // which newer Linux clients report as EBUSY, and Linux 6.1's as EINVAL
-    // when its directory went too): an empty stamp marks the change.
+    // when its directory went too; a directory replaced by a file, or
+    // taken for one by an SMB client under a reused inode number, answers
+    // ENOTDIR): an empty stamp marks the change.
     let gone = |e: &io::Error| {
         e.kind() == io::ErrorKind::NotFound
             || e.kind() == io::ErrorKind::ResourceBusy
             || e.kind() == io::ErrorKind::InvalidInput
+            || e.kind() == io::ErrorKind::NotADirectory
     };
     let mut opaque = None;
-    let bytes = match files::open_read(&target) {
+    let bytes = match fault::step("mkdir.probe.record", || files::open_read(&target)) {
         Ok(file) => match file.metadata() {
             Ok(m) if m.is_file() => match read_capped(file) {
                 Ok(bytes) => bytes,
