@@ -13,7 +13,7 @@ use crate::owner::OwnerRecord;
 use crate::registry::registry;
 use crate::stale::LastSeen;
 use crate::strategy::{self, Hold};
-use crate::sys::DirWatch;
+use crate::sys::{DirWatch, Wait};
 use crate::vocab::{Concrete, Writers};
 use crate::wait::{Backoff, Deadline};
 
@@ -69,7 +69,11 @@ impl LockFile {
         let mut record = OwnerRecord::for_process(self.strategy.into(), self.owner_pid)
             .map_err(|e| Error::io(&self.path, Op::MakeRecord, e))?;
         record.lease_ms = self.lease.map(|l| l.as_millis().max(1) as u64);
-        let block = deadline.is_unbounded() && strategy::can_block(self.strategy);
+        let wait = if deadline.is_unbounded() && strategy::can_block(self.strategy) {
+            Wait::Block
+        } else {
+            Wait::Try
+        };
         // Taken out for the whole attempt (the registry lets one thread of
         // this process at a time take the lock) and put back on every exit.
         let mut cached = CachedFile {
@@ -87,7 +91,7 @@ impl LockFile {
                 self.strategy,
                 &self.path,
                 &record,
-                block,
+                wait,
                 how,
                 &mut cached.file,
             ) {

@@ -12,6 +12,7 @@ use camino::Utf8Path;
 use crate::error::{Error, Op, Result};
 use crate::filesystem::FileSystem;
 use crate::owner::OwnerRecord;
+use crate::sys::Wait;
 use crate::vocab::{Breaking, Concrete, LockStrategy, Mechanism, Writers};
 
 mod link;
@@ -232,8 +233,8 @@ pub(crate) enum Broken {
 }
 
 /// One attempt at taking the lock; `Ok(None)` when someone else holds it.
-/// With `block`, strategies that can sleep in the kernel until the lock is
-/// free (`Os`) do so instead of returning `None`. With `how.sync`, the record
+/// With `Wait::Block`, strategies that can sleep in the kernel until the
+/// lock is free (`Os`) do so instead of returning `None`. With `how.sync`, the record
 /// and the directory entries are flushed to stable storage (`fsync`) before
 /// the lock counts as taken, and again when it is released. With `how.remove`,
 /// an `Os` lock file is removed on release (`Mkdir` and `Link` artifacts
@@ -242,13 +243,13 @@ pub(crate) fn try_acquire(
     strategy: Concrete,
     path: &Utf8Path,
     record: &OwnerRecord,
-    block: bool,
+    wait: Wait,
     how: os::How,
     cached: &mut Option<os::Open>,
 ) -> Result<Option<Hold>> {
     let sync = how.sync;
     Ok(match strategy {
-        Concrete::Os => os::try_acquire(path, record, block, how, cached)?.map(Hold::Os),
+        Concrete::Os => os::try_acquire(path, record, wait, how, cached)?.map(Hold::Os),
         Concrete::Mkdir => mkdir::try_acquire(path, record, sync, how.look)?.map(Hold::Mkdir),
         Concrete::Link => link::try_acquire(path, record, sync, how.look)?.map(Hold::Link),
     })

@@ -39,6 +39,7 @@ use crate::files;
 use crate::flock::LockFlags;
 use crate::owner::{record_has_token, OwnerRecord, MAX_RECORD_LEN};
 use crate::strategy::{Claim, Probe, Released, Seen};
+use crate::sys::Wait;
 use crate::vocab::FileKind;
 use crate::vocab::LockStrategy;
 
@@ -75,7 +76,7 @@ pub(crate) struct How {
 pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
-    block: bool,
+    wait: Wait,
     how: How,
     cached: &mut Option<Open>,
 ) -> Result<Option<OsHold>> {
@@ -99,10 +100,9 @@ pub(crate) fn try_acquire(
         };
         // Held from here until `release` unlocks it (or the process ends):
         // the standard library's lock, which no guard ties to a scope.
-        let flags = if block {
-            LockFlags::EXCLUSIVE
-        } else {
-            LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING
+        let flags = match wait {
+            Wait::Block => LockFlags::EXCLUSIVE,
+            Wait::Try => LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
         };
         let taken = crate::flock::lock(&file, flags);
         match taken {
