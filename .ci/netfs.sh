@@ -90,6 +90,9 @@
 #                    smb.conf
 #   NETFS_SMB_LEASES=1  Samba's default oplocks and leases on the share (the
 #                    lanes turn them off: "oplocks = no"; see smb_start)
+#   NETFS_SMBD_STRACE=FILE  run smbd under strace, its file operations (mkdir,
+#                    unlink, rename, link, open) to FILE, each line with the
+#                    smbd process that serves one client session
 #
 # Requirements: those of .ci/guest.sh. The first run installs $PKGS (below)
 # with apt, without letting the packages start any daemon on the host (the
@@ -427,7 +430,17 @@ ${NETFS_SMB_SHARE_EXTRA:-}
 EOF
     printf 'username=root\npassword=netfs\n' >"$N/smb.cred"
     timeout 60 smbpasswd -c "$N/smb.conf" -s -a root <<<$'netfs\nnetfs' >/dev/null || fail "smbpasswd -a root"
-    daemon smbd -D -s "$N/smb.conf" -l /run/samba || fail "smbd"
+    if [ -n "${NETFS_SMBD_STRACE:-}" ]; then
+        # Experiments: smbd in the foreground under strace, its file
+        # operations (one line per call, with the smbd process of each
+        # client session) in the file NETFS_SMBD_STRACE.
+        strace --seccomp-bpf -f -tt -s 120 -o "$NETFS_SMBD_STRACE" \
+            -e trace=mkdirat,unlinkat,renameat,renameat2,linkat,openat \
+            smbd -F --no-process-group -s "$N/smb.conf" -l /run/samba \
+            </dev/null 7>&- 8>&- {TICK}>&- &
+    else
+        daemon smbd -D -s "$N/smb.conf" -l /run/samba || fail "smbd"
+    fi
     say "smbd started"
 }
 
