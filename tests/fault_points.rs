@@ -168,17 +168,35 @@ fn a_listing_that_says_not_a_directory_for_a_moment_is_looked_at_again() {
     );
     fail::remove("mkdir.probe.list");
 
-    // The same answer when the record just listed is opened: the lock
-    // changed under the look (held, its owner unread this time).
-    fail::cfg("mkdir.probe.record", &format!("1*return({ENOTDIR})")).expect("cfg");
+    // The same answer when the record just listed is opened: looked at
+    // again, never taken for a missing record (which, lasting a grace
+    // period, would let a waiter break a live lock).
+    fail::cfg("mkdir.probe.record", &format!("2*return({ENOTDIR})")).expect("cfg");
     let status = waiter.status();
     assert!(
-        matches!(&status, Ok(portalock::LockStatus::Held(_))),
+        matches!(&status, Ok(portalock::LockStatus::Held(Some(r))) if r.pid == std::process::id()),
         "{status:?}"
     );
-    fail::cfg("mkdir.probe.record", &format!("1*return({ENOTDIR})")).expect("cfg");
+    fail::cfg("mkdir.probe.record", &format!("2*return({ENOTDIR})")).expect("cfg");
     let tried = waiter.try_acquire();
-    assert!(matches!(tried, Err(Error::WouldBlock { .. })), "{tried:?}");
+    assert!(
+        matches!(
+            tried,
+            Err(Error::WouldBlock {
+                holder: Some(_),
+                ..
+            })
+        ),
+        "{tried:?}"
+    );
+    // An answer that does not pass is an error, never a lock without a
+    // record: the look gives up after its patience (2.5 s).
+    fail::cfg("mkdir.probe.record", &format!("return({ENOTDIR})")).expect("cfg");
+    let status = waiter.status();
+    assert!(
+        matches!(&status, Err(e) if e.io_error().and_then(|e| e.raw_os_error()) == Some(ENOTDIR)),
+        "{status:?}"
+    );
     fail::remove("mkdir.probe.record");
     holder.release().expect("release");
     scenario.teardown();

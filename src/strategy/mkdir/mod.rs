@@ -219,38 +219,19 @@ pub(crate) fn release(path: &Utf8Path, held: MkdirHold) -> Result<Released> {
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    // A listing that says "not a directory" just after `lstat` called the
-    // path one: the directory was replaced meanwhile (a second look says
-    // what is there now), or an SMB client took it for a file it had
-    // cached under the same reused inode number, until its attribute
-    // cache (a second) runs out. Looked at again, for
-    // `WRONG_KIND_PATIENCE` at most.
+    // "Not a directory" from listing the lock directory that `lstat` just
+    // called one, or from opening the record just listed in it: the
+    // directory was replaced meanwhile (a second look says what is there
+    // now), or an SMB client took it for a file it had cached under the
+    // same reused inode number, until its attribute cache runs out. Looked
+    // at again, for `WRONG_KIND_PATIENCE` at most, and never taken for a
+    // missing record (which, lasting a grace period, would let the lock
+    // be broken).
     let mut waited = Duration::ZERO;
-    let (meta, entries) = loop {
-        let meta = match files::lstat(path) {
-            Ok(meta) => meta,
-            Err(e) if files::is_absent(path, &e) => return Ok(Probe::Free),
-            Err(e) => return Err(files::io_error(path, Op::Inspect, e)),
-        };
-        files::expect_kind(
-            path,
-            LockStrategy::Mkdir,
-            FileKind::Directory,
-            files::kind(&meta),
-        )?;
-        match fault::step("mkdir.probe.list", || files::read_dir(path)) {
-            Ok(entries) => break (meta, entries),
-            // Removed since the look above: free now.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Free),
-            // Another user's lock (or one made under a umask of 077):
-            // held, by an owner this process cannot read.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Ok(Probe::Held(Box::new(Seen {
-                    opaque: Some(Opaque::Unreadable),
-                    ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
-                })))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotADirectory && waited < WRONG_KIND_PATIENCE => {
+    loop {
+        match probe_once(path)? {
+            Looked::Done(probe) => return Ok(probe),
+            Looked::NotADirectory(_) if waited < WRONG_KIND_PATIENCE => {
                 let pause = if waited.is_zero() {
                     Duration::from_millis(1)
                 } else {
@@ -259,8 +240,47 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
                 std::thread::sleep(pause);
                 waited += pause;
             }
-            Err(e) => return Err(Error::io(path, Op::List, e)),
+            Looked::NotADirectory(e) => return Err(e),
         }
+    }
+}
+
+/// What one look at a `Mkdir` lock found.
+enum Looked {
+    Done(Probe),
+    /// The lock directory, or the directory in the record's path, answered
+    /// "not a directory" (see `probe`).
+    NotADirectory(Error),
+}
+
+fn probe_once(path: &Utf8Path) -> Result<Looked> {
+    let meta = match files::lstat(path) {
+        Ok(meta) => meta,
+        Err(e) if files::is_absent(path, &e) => return Ok(Looked::Done(Probe::Free)),
+        Err(e) => return Err(files::io_error(path, Op::Inspect, e)),
+    };
+    files::expect_kind(
+        path,
+        LockStrategy::Mkdir,
+        FileKind::Directory,
+        files::kind(&meta),
+    )?;
+    let entries = match fault::step("mkdir.probe.list", || files::read_dir(path)) {
+        Ok(entries) => entries,
+        // Removed since the look above: free now.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Looked::Done(Probe::Free)),
+        // Another user's lock (or one made under a umask of 077): held, by
+        // an owner this process cannot read.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Ok(Looked::Done(Probe::Held(Box::new(Seen {
+                opaque: Some(Opaque::Unreadable),
+                ..Seen::new(None, Claim::Unreadable, files::stamp(&meta))
+            }))))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Ok(Looked::NotADirectory(Error::io(path, Op::List, e)))
+        }
+        Err(e) => return Err(Error::io(path, Op::List, e)),
     };
     let mut tokens = Vec::new();
     let mut others = 0usize;
@@ -286,20 +306,19 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         } else {
             Claim::Foreign
         };
-        return Ok(Probe::Held(Box::new(Seen::new(None, claim, stamp))));
+        return Ok(Looked::Done(Probe::Held(Box::new(Seen::new(
+            None, claim, stamp,
+        )))));
     };
     let target = record_path(path, token);
     // Released since the listing (on sshfs, `fstat` and `read` of an open
     // file can find it gone too; an SMB server answers "delete pending",
     // which newer Linux clients report as EBUSY, and Linux 6.1's as EINVAL
-    // when its directory went too; a directory replaced by a file, or
-    // taken for one by an SMB client under a reused inode number, answers
-    // ENOTDIR): an empty stamp marks the change.
+    // when its directory went too): an empty stamp marks the change.
     let gone = |e: &io::Error| {
         e.kind() == io::ErrorKind::NotFound
             || e.kind() == io::ErrorKind::ResourceBusy
             || e.kind() == io::ErrorKind::InvalidInput
-            || e.kind() == io::ErrorKind::NotADirectory
     };
     let mut opaque = None;
     let bytes = match fault::step("mkdir.probe.record", || files::open_read(&target)) {
@@ -312,11 +331,11 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             Err(e) if gone(&e) => Vec::new(),
             // A FIFO or device under a record's name: not ours.
             _ => {
-                return Ok(Probe::Held(Box::new(Seen::new(
+                return Ok(Looked::Done(Probe::Held(Box::new(Seen::new(
                     None,
                     Claim::Foreign,
                     stamp,
-                ))))
+                )))))
             }
         },
         Err(e) if gone(&e) => Vec::new(),
@@ -325,6 +344,13 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             opaque = Some(Opaque::Unreadable);
             Vec::new()
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Ok(Looked::NotADirectory(files::io_error(
+                &target,
+                Op::OpenRecord,
+                e,
+            )))
         }
         Err(e) => return Err(files::io_error(&target, Op::OpenRecord, e)),
     };
@@ -339,10 +365,10 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             token: token.clone(),
         },
     };
-    Ok(Probe::Held(Box::new(Seen {
+    Ok(Looked::Done(Probe::Held(Box::new(Seen {
         opaque,
         ..Seen::new(record, claim, stamp)
-    })))
+    }))))
 }
 
 /// Removes the lock whose record is named after `token`: the record first
