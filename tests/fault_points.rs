@@ -201,3 +201,41 @@ fn a_listing_that_says_not_a_directory_for_a_moment_is_looked_at_again() {
     holder.release().expect("release");
     scenario.teardown();
 }
+
+/// A record that a waiter cannot open for longer than the grace period
+/// ("delete pending" on SMB answers EBUSY or EINVAL; a server-side program
+/// that opens it without sharing does the same) is an owner that cannot be
+/// judged, never a missing record: neither `break_lock` nor a waiter may
+/// break the live lock (`break_lock` did: after the grace period it
+/// unlinked the holder's record).
+#[test]
+fn a_record_that_cannot_be_opened_is_never_a_missing_one() {
+    const EBUSY: i32 = 16;
+    let scenario = fail::FailScenario::setup();
+    let (_dir, path) = scratch();
+    let open = |grace: Duration| {
+        LockOptions::new()
+            .strategy(LockStrategy::Mkdir)
+            .poll_interval(Duration::from_millis(5))
+            .grace(grace)
+            .open(&path)
+            .expect("open")
+    };
+    let holder = open(portalock::DEFAULT_GRACE);
+    holder.acquire().expect("acquire");
+    let waiter = open(Duration::from_millis(50));
+    fail::cfg("mkdir.probe.record", &format!("return({EBUSY})")).expect("cfg");
+    let broken = waiter.break_lock();
+    let tried = waiter.acquire_timeout(Duration::from_millis(500));
+    fail::remove("mkdir.probe.record");
+    assert!(matches!(broken, Err(Error::NotStale { .. })), "{broken:?}");
+    assert!(
+        matches!(tried, Err(Error::Timeout { .. } | Error::WouldBlock { .. })),
+        "{tried:?}"
+    );
+    holder
+        .ensure_held()
+        .expect("the holder still holds its lock");
+    holder.release().expect("release");
+    scenario.teardown();
+}

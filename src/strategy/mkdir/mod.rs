@@ -219,28 +219,27 @@ pub(crate) fn release(path: &Utf8Path, held: MkdirHold) -> Result<Released> {
 }
 
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
-    // "Not a directory" from listing the lock directory that `lstat` just
-    // called one, or from opening the record just listed in it: the
-    // directory was replaced meanwhile (a second look says what is there
-    // now), or an SMB client took it for a file it had cached under the
-    // same reused inode number, until its attribute cache runs out. Looked
-    // at again, for `WRONG_KIND_PATIENCE` at most, and never taken for a
-    // missing record (which, lasting a grace period, would let the lock
-    // be broken).
-    let mut waited = Duration::ZERO;
+    // Answers that say the lock changed under the look, or may be a
+    // client's passing confusion, are looked at again, for
+    // `WRONG_KIND_PATIENCE` at most (see `Looked`). None of them is ever
+    // taken for a missing record: a record missing for a grace period lets
+    // a waiter break the lock, and a live record answered so for that long
+    // would be broken.
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
     loop {
-        match probe_once(path)? {
+        let looked = probe_once(path)?;
+        let patient = started.elapsed() < WRONG_KIND_PATIENCE;
+        match looked {
             Looked::Done(probe) => return Ok(probe),
-            Looked::NotADirectory(_) if waited < WRONG_KIND_PATIENCE => {
-                let pause = if waited.is_zero() {
-                    Duration::from_millis(1)
-                } else {
-                    Duration::from_millis(100)
-                };
+            Looked::NotADirectory(_) | Looked::Unread(_) if patient => {
                 std::thread::sleep(pause);
-                waited += pause;
+                pause = Duration::from_millis(100);
             }
             Looked::NotADirectory(e) => return Err(e),
+            // Still there and still not readable: held by an owner that
+            // cannot be judged now (looked at again at the next poll).
+            Looked::Unread(seen) => return Ok(Probe::Held(seen)),
         }
     }
 }
@@ -248,9 +247,19 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
 /// What one look at a `Mkdir` lock found.
 enum Looked {
     Done(Probe),
-    /// The lock directory, or the directory in the record's path, answered
-    /// "not a directory" (see `probe`).
+    /// "Not a directory" from listing the lock directory that `lstat` just
+    /// called one, or from opening the record just listed in it: the
+    /// directory was replaced meanwhile (a second look says what is there
+    /// now), or an SMB client took it for a file it had cached under the
+    /// same reused inode number, until its attribute cache runs out.
     NotADirectory(Error),
+    /// The record just listed could not be opened or read: removed since
+    /// the listing (on sshfs, `fstat` and `read` of an open file can find
+    /// it gone too), or "delete pending" on an SMB server (which newer
+    /// Linux clients report as EBUSY, and Linux 6.1's as EINVAL when its
+    /// directory went too). A second look usually finds the lock gone; if
+    /// not, this look (an owner that cannot be judged) is the answer.
+    Unread(Box<Seen>),
 }
 
 fn probe_once(path: &Utf8Path) -> Result<Looked> {
@@ -311,10 +320,21 @@ fn probe_once(path: &Utf8Path) -> Result<Looked> {
         )))));
     };
     let target = record_path(path, token);
-    // Released since the listing (on sshfs, `fstat` and `read` of an open
-    // file can find it gone too; an SMB server answers "delete pending",
-    // which newer Linux clients report as EBUSY, and Linux 6.1's as EINVAL
-    // when its directory went too): an empty stamp marks the change.
+    // The token belongs in the stamp: a directory made again with the
+    // same inode number and time stamps is another holder's lock.
+    stamp.extend_from_slice(token.as_bytes());
+    let unread = |stamp: Vec<u8>| {
+        Ok(Looked::Unread(Box::new(Seen {
+            opaque: Some(Opaque::Unreadable),
+            ..Seen::new(
+                None,
+                Claim::Mkdir {
+                    token: token.clone(),
+                },
+                stamp,
+            )
+        })))
+    };
     let gone = |e: &io::Error| {
         e.kind() == io::ErrorKind::NotFound
             || e.kind() == io::ErrorKind::ResourceBusy
@@ -325,10 +345,10 @@ fn probe_once(path: &Utf8Path) -> Result<Looked> {
         Ok(file) => match file.metadata() {
             Ok(m) if m.is_file() => match read_capped(file) {
                 Ok(bytes) => bytes,
-                Err(e) if gone(&e) => Vec::new(),
+                Err(e) if gone(&e) => return unread(stamp),
                 Err(e) => return Err(Error::io(&target, Op::Read, e)),
             },
-            Err(e) if gone(&e) => Vec::new(),
+            Err(e) if gone(&e) => return unread(stamp),
             // A FIFO or device under a record's name: not ours.
             _ => {
                 return Ok(Looked::Done(Probe::Held(Box::new(Seen::new(
@@ -338,7 +358,7 @@ fn probe_once(path: &Utf8Path) -> Result<Looked> {
                 )))))
             }
         },
-        Err(e) if gone(&e) => Vec::new(),
+        Err(e) if gone(&e) => return unread(stamp),
         // There, but not readable by this process: an owner that exists
         // and cannot be judged, never a missing record.
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
