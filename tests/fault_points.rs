@@ -239,3 +239,28 @@ fn a_record_that_cannot_be_opened_is_never_a_missing_one() {
     holder.release().expect("release");
     scenario.teardown();
 }
+
+/// An SMB client can answer the removal of a holder's own, empty lock
+/// directory with ENOTDIR for longer than 2.5 s (its cache of a reused
+/// inode number, refreshed by other processes' looks; seen on the
+/// smb3-nobrl lane, where such a release failed). Only an empty directory
+/// is ever removed, and until it is, nobody else can take the lock, so the
+/// holder asks again for as long as a grace period before it gives up.
+#[test]
+fn a_release_waits_out_a_passing_not_a_directory_for_its_own_directory() {
+    const ENOTDIR: i32 = 20;
+    let scenario = fail::FailScenario::setup();
+    let (_dir, path) = scratch();
+    let lock = LockOptions::new()
+        .strategy(LockStrategy::Mkdir)
+        .open(&path)
+        .expect("open");
+    lock.acquire().expect("acquire");
+    // About 3.5 s of answers at the remover's pace (at most 50 ms apart).
+    fail::cfg("mkdir.remove.dir", &format!("70*return({ENOTDIR})")).expect("cfg");
+    let released = lock.release();
+    fail::remove("mkdir.remove.dir");
+    assert!(released.is_ok(), "{released:?}");
+    assert!(!path.exists(), "the directory is removed");
+    scenario.teardown();
+}

@@ -37,8 +37,8 @@ pub(crate) struct MkdirHold {
 }
 
 /// How long a lock path of the wrong kind on a network file system is
-/// looked at again before it is an error (see `try_acquire`, `probe`, and
-/// `remove_dir_after` for `ENOTDIR` from removing our own directory).
+/// looked at again before it is an error (see `try_acquire` and `probe`;
+/// `remove_dir_after` waits longer for its own directory).
 const WRONG_KIND_PATIENCE: Duration = Duration::from_millis(2500);
 
 pub(crate) fn record_path(path: &Utf8Path, token: &str) -> Utf8PathBuf {
@@ -432,16 +432,22 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
                 }
                 Contents::Pending => {}
             }
-        } else if err.kind() == io::ErrorKind::NotADirectory && waited < WRONG_KIND_PATIENCE {
+        } else if err.kind() == io::ErrorKind::NotADirectory {
             // An SMB client can answer `ENOTDIR` for our own directory from
             // what it cached under the same reused inode number (a regular
-            // file another client removed): asked again once its cache
-            // expires (see `WRONG_KIND_PATIENCE`). Only an empty directory
-            // is ever removed, so asking again is safe.
+            // file another client removed), for seconds while other
+            // processes' looks keep that cache fresh: asked again (see
+            // `OWN_DIRECTORY_PATIENCE`). Only an empty directory is ever
+            // removed, so asking again is safe.
         } else if !files::is_transient(&err) {
             return Err(Error::io(path, Op::RemoveDir, err));
         }
-        if waited > (10 * SILLY_RENAME_WAIT).max(WRONG_KIND_PATIENCE) {
+        let patience = if err.kind() == io::ErrorKind::NotADirectory {
+            OWN_DIRECTORY_PATIENCE
+        } else {
+            (10 * SILLY_RENAME_WAIT).max(WRONG_KIND_PATIENCE)
+        };
+        if waited > patience {
             return Err(Error::io(path, Op::RemoveDir, err));
         }
         if waited >= SILLY_RENAME_WAIT {
@@ -455,6 +461,11 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
         wait = (wait * 2).min(Duration::from_millis(50));
     }
 }
+
+/// How long a holder asks again to remove its own, empty lock directory
+/// that its client calls "not a directory": as long as the default grace
+/// period, after which others may break the empty directory anyway.
+const OWN_DIRECTORY_PATIENCE: Duration = crate::stale::DEFAULT_GRACE;
 
 /// How long a remover waits for hidden renames of unlinked open files to
 /// go away before it removes them itself.
