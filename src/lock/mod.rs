@@ -242,14 +242,20 @@ impl LockFile {
     /// ```
     /// use std::process::{Command, Stdio};
     /// use portalock::{LockFile, LockStrategy};
+    /// # // The job is this example's own program, run again (and doing
+    /// # // nothing there): a program that exists on every platform.
+    /// # if std::env::var_os("PORTALOCK_DOC_JOB").is_some() {
+    /// #     return Ok(());
+    /// # }
+    /// # let job = std::env::current_exe()?;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let lock = LockFile::with_strategy(dir.path().join("job.lock"), LockStrategy::Mkdir)?;
     /// lock.acquire()?;
-    /// # let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    /// let mut build = Command::new(cargo);
-    /// build.arg("--version").stdout(Stdio::null());
-    /// let mut child = lock.spawn(&mut build)?;
+    /// let mut command = Command::new(job);
+    /// # command.env("PORTALOCK_DOC_JOB", "1");
+    /// command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    /// let mut child = lock.spawn(&mut command)?;
     /// let owner = lock.owner()?.expect("a record");
     /// assert_eq!(owner.command.map(|c| c.pid), Some(child.id()));
     /// assert!(child.wait()?.success());
