@@ -464,8 +464,9 @@ fn remove_dir_after(path: &Utf8Path, token: &str) -> Result<Broken> {
 
 /// How long a holder asks again to remove its own, empty lock directory
 /// that its client calls "not a directory": as long as the default grace
-/// period, after which others may break the empty directory anyway.
-const OWN_DIRECTORY_PATIENCE: Duration = crate::stale::DEFAULT_GRACE;
+/// period (`stale::DEFAULT_GRACE`, 10 s), after which others may break the
+/// empty directory anyway.
+const OWN_DIRECTORY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long a remover waits for hidden renames of unlinked open files to
 /// go away before it removes them itself.
