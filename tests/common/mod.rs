@@ -415,8 +415,21 @@ fn count(args: &[&str]) -> i32 {
     count_under(
         n,
         Path::new(args[2]),
-        || lock.lock(),
-        |guard| guard.release(),
+        || lock.lock().map_err(|e| e.to_string()),
+        |guard| {
+            // A failed release names the acquisition and the moment, to
+            // be found in a server's trace.
+            let token = guard.token().to_owned();
+            guard.release().map_err(|e| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                format!(
+                    "{e} (token {token}, at {:.3} s since the epoch)",
+                    now.as_secs_f64()
+                )
+            })
+        },
     )
 }
 
