@@ -147,48 +147,31 @@ fn a_listing_that_says_not_a_directory_for_a_moment_is_looked_at_again() {
     holder.acquire().expect("acquire");
     let waiter = mkdir();
 
-    fail::cfg("mkdir.probe.list", &format!("2*return({ENOTDIR})")).expect("cfg");
-    let status = waiter.status();
-    assert!(
-        matches!(&status, Ok(portalock::LockStatus::Held(Some(r))) if r.pid == std::process::id()),
-        "{status:?}"
-    );
-
-    fail::cfg("mkdir.probe.list", &format!("2*return({ENOTDIR})")).expect("cfg");
-    let tried = waiter.try_acquire();
-    assert!(
-        matches!(
-            tried,
-            Err(Error::WouldBlock {
-                holder: Some(_),
-                ..
-            })
-        ),
-        "{tried:?}"
-    );
-    fail::remove("mkdir.probe.list");
-
-    // The same answer when the record just listed is opened: looked at
-    // again, never taken for a missing record (which, lasting a grace
-    // period, would let a waiter break a live lock).
-    fail::cfg("mkdir.probe.record", &format!("2*return({ENOTDIR})")).expect("cfg");
-    let status = waiter.status();
-    assert!(
-        matches!(&status, Ok(portalock::LockStatus::Held(Some(r))) if r.pid == std::process::id()),
-        "{status:?}"
-    );
-    fail::cfg("mkdir.probe.record", &format!("2*return({ENOTDIR})")).expect("cfg");
-    let tried = waiter.try_acquire();
-    assert!(
-        matches!(
-            tried,
-            Err(Error::WouldBlock {
-                holder: Some(_),
-                ..
-            })
-        ),
-        "{tried:?}"
-    );
+    // The listing, then the record just listed (opening it can answer
+    // ENOTDIR for its directory): each looked at again, and the record
+    // never taken for a missing one (which, lasting a grace period, would
+    // let a waiter break a live lock).
+    for point in ["mkdir.probe.list", "mkdir.probe.record"] {
+        fail::cfg(point, &format!("2*return({ENOTDIR})")).expect("cfg");
+        let status = waiter.status();
+        assert!(
+            matches!(&status, Ok(portalock::LockStatus::Held(Some(r))) if r.pid == std::process::id()),
+            "{point}: {status:?}"
+        );
+        fail::cfg(point, &format!("2*return({ENOTDIR})")).expect("cfg");
+        let tried = waiter.try_acquire();
+        assert!(
+            matches!(
+                tried,
+                Err(Error::WouldBlock {
+                    holder: Some(_),
+                    ..
+                })
+            ),
+            "{point}: {tried:?}"
+        );
+        fail::remove(point);
+    }
     // An answer that does not pass is an error, never a lock without a
     // record: the look gives up after its patience (2.5 s).
     fail::cfg("mkdir.probe.record", &format!("return({ENOTDIR})")).expect("cfg");

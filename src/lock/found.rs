@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Op, Result};
 use crate::files;
-use crate::owner::{read_capped, OwnerRecord};
+use crate::strategy;
 use crate::vocab::{FileKind, LockStrategy};
 
 impl LockStrategy {
@@ -48,11 +48,9 @@ impl LockStrategy {
             // Opened without following a link and without waiting on a
             // FIFO put there meanwhile; a record that cannot be read tells
             // nothing.
-            Some(FileKind::File) => files::open_read(&path)
-                .and_then(read_capped)
-                .ok()
-                .and_then(|bytes| OwnerRecord::parse(&bytes))
-                .and_then(|record| record.strategy.file_strategy()),
+            Some(FileKind::File) => {
+                strategy::record_at(&path).and_then(|record| record.strategy.file_strategy())
+            }
             Some(FileKind::Symlink | FileKind::Other) | None => None,
         })
     }

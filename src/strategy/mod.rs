@@ -33,6 +33,15 @@ impl Concrete {
     }
 }
 
+/// The owner record in the regular file at `path` (opened without following
+/// a link or waiting on a FIFO), if it holds a readable one.
+pub(crate) fn record_at(path: &Utf8Path) -> Option<OwnerRecord> {
+    crate::files::open_read(path)
+        .and_then(crate::owner::read_capped)
+        .ok()
+        .and_then(|b| OwnerRecord::parse(&b))
+}
+
 /// Proof that a strategy holds a lock, kept by the handle until release.
 #[derive(Debug)]
 pub(crate) enum Hold {

@@ -309,14 +309,6 @@ pub(crate) fn check(path: &Utf8Path, held: &LinkHold) -> io::Result<bool> {
     }
 }
 
-/// The record in the file at `path`, if it holds a readable one.
-fn record_at(path: &Utf8Path) -> Option<OwnerRecord> {
-    files::open_read(path)
-        .and_then(read_capped)
-        .ok()
-        .and_then(|b| OwnerRecord::parse(&b))
-}
-
 pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let file = match files::open_read(path) {
         Ok(file) => file,

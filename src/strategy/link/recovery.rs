@@ -11,11 +11,11 @@ use crate::error::{Error, Op, Result};
 use crate::fault;
 use crate::files;
 use crate::owner::is_token;
-use crate::strategy::Broken;
+use crate::strategy::{record_at, Broken};
 use crate::vocab::Writers;
 
 use super::removal::{finish_break, taken_name};
-use super::{claim_path, names, private_prefix, record_at};
+use super::{claim_path, names, private_prefix};
 
 /// The taker named by a taken name's suffix (after `.taken.`): whether it
 /// may still run. `None` if it cannot be told (another machine or PID

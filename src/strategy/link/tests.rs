@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::removal::taken_name;
 use super::*;
-use crate::strategy::Broken;
+use crate::strategy::{record_at, Broken};
 use crate::vocab::{Breaking, Writers};
 
 fn claim_for(dir: &Utf8Path, path: &Utf8Path) -> (OwnerRecord, Utf8PathBuf, File, u64) {
