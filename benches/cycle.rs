@@ -86,16 +86,21 @@ fn cycle(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("cycle/{name}"));
 
         for strategy in LockStrategy::ALL {
-            let lock = LockOptions::new()
-                .strategy(strategy)
-                .open(at(&format!("{strategy}.lock")))
-                .expect("open");
-            group.bench_function(format!("portalock/{strategy}"), |b| {
-                b.iter(|| {
-                    lock.acquire().expect("acquire");
-                    lock.release().expect("release");
-                })
-            });
+            // The default (fair: through the turnstile's gate), and without
+            // the gate, to show what the gate costs.
+            for (suffix, fair) in [("", true), ("-unfair", false)] {
+                let lock = LockOptions::new()
+                    .strategy(strategy)
+                    .fair(fair)
+                    .open(at(&format!("{strategy}{suffix}.lock")))
+                    .expect("open");
+                group.bench_function(format!("portalock/{strategy}{suffix}"), |b| {
+                    b.iter(|| {
+                        lock.acquire().expect("acquire");
+                        lock.release().expect("release");
+                    })
+                });
+            }
         }
 
         let (os, mk, rec, ln, claim) = (

@@ -50,6 +50,10 @@ pub const STEPS: &[&str] = &[
     // gate not yet open.
     "spawn.gate",
     "spawn.named",
+    // The turnstile: its gate taken, the lock not yet tried; the lock
+    // taken, the gate not yet let go.
+    "gate.taken",
+    "gate.passed",
     // Breaking: a lock judged stale, not yet removed (waiters and
     // `break_lock`; `force_break`).
     "break.judged",

@@ -288,6 +288,14 @@ fn scenarios() -> Vec<Scenario> {
         cells.push((strategy, "force.judged", Forcer));
     }
     for strategy in [Os, Mkdir, Link] {
+        // The turnstile: taking a free lock, and waiting at the head of
+        // the queue for one that a dead holder left.
+        cells.push((strategy, "gate.taken", Acquirer));
+        cells.push((strategy, "gate.passed", Acquirer));
+        if strategy != Os {
+            cells.push((strategy, "gate.taken", Waiter));
+            cells.push((strategy, "gate.passed", Waiter));
+        }
         cells.push((strategy, "spawn.gate", Spawner));
         cells.push((strategy, "spawn.named", Spawner));
     }
@@ -736,11 +744,17 @@ fn leftovers(path: &Path) -> Vec<String> {
     let Some(dir) = path.parent() else {
         return Vec::new();
     };
+    // The turnstile's gate stays by design, as an `Os` lock file does.
+    let gate = path
+        .file_name()
+        .map(|n| format!(".{}.gate", n.to_string_lossy()))
+        .unwrap_or_default();
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| *name != gate)
                 .collect()
         })
         .unwrap_or_default()

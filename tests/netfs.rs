@@ -438,7 +438,8 @@ fn each_strategy_excludes_across_clients_and_recovers_by_its_rules(
     let counted = counting.elapsed();
     let total = read_counter(&dir.b.join("counter"));
     assert_eq!(total, expected_count(), "{} {s}", lane.name);
-    // Nothing left behind but the counter (and an Os lock's file).
+    // Nothing left behind but the counter (and an Os lock's file; no lock
+    // has a turnstile's gate on a network file system).
     let keep: &[&str] = if strategy == LockStrategy::Os {
         &["counter", "counter.lock"]
     } else {

@@ -509,7 +509,8 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
         .release()
         .map_err(|e| format!("release: {e}"))?;
     last.break_lock().map_err(|e| format!("break: {e}"))?;
-    // What is left: nothing but the log (and an `Os` lock file), once the
+    // What is left: nothing but the log, the turnstile's gate (and an `Os`
+    // lock file), once the
     // hidden renames of files unlinked while open (`.nfs*`, `.fuse_hidden*`),
     // which the client removes on its own after the last close, are gone;
     // looked at again for 5 s at most while only those remain.
@@ -518,7 +519,8 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
             .map_err(|e| e.to_string())?
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "log" && !(strategy == LockStrategy::Os && n == "x.lock"))
+            .filter(|n| n != "log" && n != ".x.lock.gate")
+            .filter(|n| !(strategy == LockStrategy::Os && n == "x.lock"))
             .collect())
     };
     let hidden = |n: &String| n.starts_with(".nfs") || n.starts_with(".fuse_hidden");

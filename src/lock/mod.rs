@@ -3,8 +3,9 @@
 //! Read bottom-up: [`options`] opens a handle; [`acquire`] takes the lock
 //! (the wait and its breaking of stale locks, [`breaking`]); [`release`]
 //! gives it back; [`guard`] holds it for a scope; [`shared`] takes it as a
-//! reader; [`found`] tells which strategy took a lock found at a path. This file holds the handle itself and its questions (who holds
-//! it, is it still ours).
+//! reader; [`found`] tells which strategy took a lock found at a path;
+//! [`turnstile`] keeps waiters in order. This file holds the handle itself
+//! and its questions (who holds it, is it still ours).
 
 mod acquire;
 mod breaking;
@@ -13,6 +14,7 @@ mod guard;
 mod options;
 mod release;
 mod shared;
+mod turnstile;
 mod waiter;
 
 pub use guard::{lock_file, LockGuard};
@@ -111,6 +113,11 @@ pub struct LockFile {
     held: Mutex<Option<Arc<Holding>>>,
     /// The `Os` lock file, kept open between acquisitions.
     os_file: Mutex<Option<strategy::os::Open>>,
+    /// Whether acquisitions pass through the turnstile (see
+    /// [`turnstile`]).
+    fair: bool,
+    /// The turnstile's gate file, kept open between acquisitions.
+    gate: Mutex<Option<turnstile::GateFile>>,
 }
 
 impl fmt::Debug for LockFile {

@@ -57,6 +57,7 @@ pub struct LockOptions {
     sync: bool,
     owner_pid: Option<u32>,
     remove_on_release: bool,
+    fair: bool,
 }
 
 impl Default for LockOptions {
@@ -73,6 +74,7 @@ impl Default for LockOptions {
             sync: false,
             owner_pid: None,
             remove_on_release: false,
+            fair: true,
         }
     }
 }
@@ -91,6 +93,7 @@ impl fmt::Debug for LockOptions {
             .field("sync", &self.sync)
             .field("owner_pid", &self.owner_pid)
             .field("remove_on_release", &self.remove_on_release)
+            .field("fair", &self.fair)
             .finish()
     }
 }
@@ -121,6 +124,30 @@ impl LockOptions {
     /// wakes them at once.
     pub fn poll_interval(&mut self, interval: Duration) -> &mut Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// Whether waiting processes are served in turn (default: yes): a
+    /// process that releases the lock and asks for it again at once does
+    /// not take it back before a process that was already waiting.
+    ///
+    /// Acquisitions pass through a gate, a small file beside the lock
+    /// (`.<name>.gate`) on which they take an OS advisory lock: the first
+    /// waiter holds it while it waits, so whoever asks after it waits
+    /// behind it. The gate only orders; exclusion is the strategy's own.
+    /// It costs two system calls on an acquisition that finds the lock
+    /// free, and a thread while a process waits behind another. There is
+    /// no gate (and so no such order) on a network file system, for locks
+    /// that [remove their file](LockOptions::remove_on_release), or on
+    /// platforms without OS locks. A process that dies while it waits leaves the queue at once;
+    /// one that is stopped at its head is passed by once the lock has
+    /// stayed free for a while (four poll intervals, at least half a
+    /// second, seen twice).
+    ///
+    /// With `false`, a releaser that asks again at once usually takes the
+    /// lock back before a waiter wakes, as with every other lock library.
+    pub fn fair(&mut self, fair: bool) -> &mut Self {
+        self.fair = fair;
         self
     }
 
@@ -352,6 +379,8 @@ impl LockOptions {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
             os_file: Mutex::new(None),
+            fair: self.fair,
+            gate: Mutex::new(None),
         })
     }
 }

@@ -13,12 +13,13 @@ use crate::owner::OwnerRecord;
 use crate::registry::registry;
 use crate::stale::LastSeen;
 use crate::strategy::{self, Hold};
-use crate::sys::{DirWatch, Wait};
+use crate::sys::{Armed, LockWatch, Wait};
 use crate::vocab::{Concrete, Writers};
 use crate::wait::{Backoff, Deadline};
 
 #[cfg(feature = "tokio")]
 use super::guard::LockGuard;
+use super::turnstile::{AtGate, Turnstile};
 use super::LockFile;
 
 /// How long a wait goes on through errors of a network server out of
@@ -86,7 +87,11 @@ impl LockFile {
             look: self.look(),
         };
         let mut waiter = Waiter::new(self, timeout, deadline);
+        let mut gate = Turnstile::new(self);
         loop {
+            if let AtGate::Held = gate.enter(deadline) {
+                return Err(self.contended(timeout));
+            }
             match strategy::try_acquire(
                 self.strategy,
                 &self.path,
@@ -95,7 +100,10 @@ impl LockFile {
                 how,
                 &mut cached.file,
             ) {
-                Ok(Some(held)) => return Ok((held, record)),
+                Ok(Some(held)) => {
+                    gate.pass();
+                    return Ok((held, record));
+                }
                 Ok(None) => {
                     if waiter.busy()? == Then::Slept {
                         record.touch();
@@ -173,14 +181,16 @@ struct Waiter<'a> {
     /// Since when such errors have lasted past those retries.
     failing_since: Option<Instant>,
     wake: Wake,
+    /// Tries in a row right after a watch found the lock's path empty.
+    absent: u32,
 }
 
 /// How a waiter sleeps until the next try.
 enum Wake {
     /// Not set up yet: the first sleep sets up a watch if it can.
     Unset,
-    /// Until the lock's directory changes (a release), or the next poll.
-    Watch(DirWatch),
+    /// Until the lock is removed (a release), or the next poll.
+    Watch(LockWatch),
     /// Until the next poll (an `Os` lock, or no watch to be had).
     Poll,
 }
@@ -188,7 +198,7 @@ enum Wake {
 /// What a waiter did before the next try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Then {
-    /// Nothing: try again at once (after a break, or a watch just set up).
+    /// Nothing: try again at once (after a break, or a release seen).
     TryNow,
     /// Slept until the next poll or a wake-up.
     Slept,
@@ -207,6 +217,7 @@ impl<'a> Waiter<'a> {
             retries: 0,
             failing_since: None,
             wake: Wake::Unset,
+            absent: 0,
         }
     }
 
@@ -227,24 +238,32 @@ impl<'a> Waiter<'a> {
         };
         if let Wake::Unset = self.wake {
             // Wake on the release rather than at the next poll: watch the
-            // lock's directory, then look once more, in case the release
-            // came before the watch.
-            let watch = match self.lock.strategy {
-                Concrete::Os => None,
-                Concrete::Mkdir | Concrete::Link => DirWatch::new(&self.lock.path),
-            };
-            match watch {
-                Some(watch) => {
-                    self.wake = Wake::Watch(watch);
-                    return Ok(Then::TryNow);
+            // lock itself.
+            self.wake = match self.lock.strategy {
+                Concrete::Os => Wake::Poll,
+                Concrete::Mkdir | Concrete::Link => {
+                    LockWatch::new().map_or(Wake::Poll, Wake::Watch)
                 }
-                None => self.wake = Wake::Poll,
-            }
+            };
         }
-        match &self.wake {
-            Wake::Watch(watch) => watch.wait(nap),
+        match &mut self.wake {
+            Wake::Watch(watch) => {
+                // Armed on what the path names now: if that is the lock
+                // that was just found held, its release wakes this waiter;
+                // if it is a newer holder's, so does that one's; if nothing
+                // is there, the lock was just released.
+                match watch.arm(&self.lock.path) {
+                    Armed::Watching => watch.wait(nap),
+                    Armed::Absent if self.absent < QUICK_BREAKS => {
+                        self.absent += 1;
+                        return Ok(Then::TryNow);
+                    }
+                    Armed::Absent | Armed::Failed => std::thread::sleep(nap),
+                }
+            }
             Wake::Unset | Wake::Poll => std::thread::sleep(nap),
         }
+        self.absent = 0;
         self.quick_breaks = 0;
         Ok(Then::Slept)
     }

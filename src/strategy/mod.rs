@@ -18,6 +18,7 @@ use crate::vocab::{Breaking, Concrete, LockStrategy, Mechanism, Writers};
 mod link;
 mod mkdir;
 
+pub(crate) use link::private_prefix;
 pub(crate) use link::LONGEST_NAME as LONGEST_LINK_NAME;
 pub(crate) mod os;
 

@@ -1,24 +1,38 @@
 //! Fast hand-off for waiters in other processes, on Linux: a waiter for a
-//! `Mkdir` or `Link` lock sleeps on an inotify watch of the lock's
-//! directory and wakes as soon as something is removed from it (the lock,
-//! released), instead of after a poll interval. Where inotify is not
-//! available (or on network file systems, where other clients' changes
-//! raise no event), the waiter falls back to polling with backoff: the
-//! watch only ever shortens a sleep. Other platforms: `no_watch`.
+//! `Mkdir` or `Link` lock sleeps on an inotify watch of the lock itself
+//! (the holder's directory or file) and wakes as soon as it is removed,
+//! renamed or loses a link (the lock, released), instead of after a poll
+//! interval. The watch is on the lock's inode, not on its directory: a
+//! busy directory (a build creating and removing thousands of files a
+//! second beside the lock) wakes nobody. Each wake-up arms the watch again
+//! on whatever the path names then (the next holder's lock). Where inotify
+//! is not available (or on network file systems, where other clients'
+//! changes raise no event), the waiter falls back to polling with backoff:
+//! the watch only ever shortens a sleep. Other platforms: `no_watch`.
 
 use std::time::Duration;
 
 use camino::Utf8Path;
 
-/// A watch on a lock's directory, or nothing where there is none.
+/// An inotify instance that watches one lock at a time, or nothing where
+/// there is none.
 #[derive(Debug)]
-pub(crate) struct DirWatch {
+pub(crate) struct LockWatch {
     fd: Option<std::os::fd::OwnedFd>,
-    /// The watch on the directory, in `fd`.
-    wd: i32,
-    /// The lock's file name: only its removal wakes the waiter (its own
-    /// attempts create and remove other names in the directory).
-    name: String,
+    /// The watch on the lock as last armed, in `fd`.
+    wd: Option<i32>,
+}
+
+/// What arming a watch on a lock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// The lock's path names something, and its removal will wake the
+    /// waiter.
+    Watching,
+    /// Nothing is at the path now: the lock was just released.
+    Absent,
+    /// No watch could be set: poll.
+    Failed,
 }
 
 /// Idle inotify instances of this process, kept for the next waiter.
@@ -33,13 +47,11 @@ static IDLE: std::sync::Mutex<Vec<std::os::fd::OwnedFd>> = std::sync::Mutex::new
 
 const MAX_IDLE: usize = 8;
 
-impl DirWatch {
-    /// Watches the directory of `path` for removals and renames away.
-    /// `None` where that is not possible; the caller then polls.
-    pub(crate) fn new(path: &Utf8Path) -> Option<DirWatch> {
-        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-        let dir = path.parent()?;
-        let name = path.file_name()?.to_owned();
+impl LockWatch {
+    /// An instance to watch a lock with; `None` where there is none (the
+    /// caller then polls).
+    pub(crate) fn new() -> Option<LockWatch> {
+        use rustix::fs::inotify::{self, CreateFlags};
         let idle = IDLE
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -53,23 +65,39 @@ impl DirWatch {
             }
             None => inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?,
         };
-        let flags = WatchFlags::DELETE | WatchFlags::MOVED_FROM | WatchFlags::ONLYDIR;
-        let wd = match inotify::add_watch(&fd, dir.as_str(), flags) {
-            Ok(wd) => wd,
-            Err(_) => {
-                give_back(fd);
-                return None;
-            }
-        };
-        Some(DirWatch {
+        Some(LockWatch {
             fd: Some(fd),
-            wd,
-            name,
+            wd: None,
         })
     }
 
-    /// Sleeps until the lock's name is removed from the directory or
-    /// `timeout` passes.
+    /// Watches what `path` names now (without following a symbolic link),
+    /// instead of what it watched before: its removal, a rename or a
+    /// change of its link count wakes [`wait`](LockWatch::wait).
+    pub(crate) fn arm(&mut self, path: &Utf8Path) -> Armed {
+        use rustix::fs::inotify::{self, WatchFlags};
+        let Some(fd) = self.fd.as_ref() else {
+            return Armed::Failed;
+        };
+        if let Some(wd) = self.wd.take() {
+            let _ = inotify::remove_watch(fd, wd);
+        }
+        let flags = WatchFlags::DELETE_SELF
+            | WatchFlags::MOVE_SELF
+            | WatchFlags::ATTRIB
+            | WatchFlags::DONT_FOLLOW;
+        match inotify::add_watch(fd, path.as_str(), flags) {
+            Ok(wd) => {
+                self.wd = Some(wd);
+                Armed::Watching
+            }
+            Err(rustix::io::Errno::NOENT) => Armed::Absent,
+            Err(_) => Armed::Failed,
+        }
+    }
+
+    /// Sleeps until the watched lock is removed, renamed or loses a link,
+    /// or `timeout` passes.
     pub(crate) fn wait(&self, timeout: Duration) {
         use rustix::event::{poll, PollFd, PollFlags};
         use rustix::fs::inotify::Reader;
@@ -79,10 +107,10 @@ impl DirWatch {
             if left.is_zero() {
                 return;
             }
-            let Ok(ts) = rustix::time::Timespec::try_from(left) else {
+            let (Some(fd), Some(wd)) = (self.fd.as_ref(), self.wd) else {
                 return std::thread::sleep(left);
             };
-            let Some(fd) = self.fd.as_ref() else {
+            let Ok(ts) = rustix::time::Timespec::try_from(left) else {
                 return std::thread::sleep(left);
             };
             let mut fds = [PollFd::new(fd, PollFlags::IN)];
@@ -95,10 +123,8 @@ impl DirWatch {
             let mut reader = Reader::new(fd, &mut buf);
             let mut ours = false;
             while let Ok(event) = reader.next() {
-                ours |= event.wd() == self.wd
-                    && event
-                        .file_name()
-                        .is_some_and(|n| n.to_bytes() == self.name.as_bytes());
+                // Events of a watch armed before this one are late news.
+                ours |= event.wd() == wd;
             }
             if ours {
                 return;
@@ -107,12 +133,14 @@ impl DirWatch {
     }
 }
 
-impl Drop for DirWatch {
+impl Drop for LockWatch {
     fn drop(&mut self) {
         if let Some(fd) = self.fd.take() {
-            // Fails only if the watch is gone already (its directory was
+            // Fails only if the watch is gone already (the lock was
             // removed); the instance is reusable either way.
-            let _ = rustix::fs::inotify::remove_watch(&fd, self.wd);
+            if let Some(wd) = self.wd.take() {
+                let _ = rustix::fs::inotify::remove_watch(&fd, wd);
+            }
             give_back(fd);
         }
     }
@@ -146,23 +174,56 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = camino::Utf8PathBuf::from_path_buf(dir.path().join("x.lock")).expect("utf-8");
         std::fs::write(&path, "").expect("create");
-        let first = DirWatch::new(&path).expect("watch");
+        let mut first = LockWatch::new().expect("watch");
+        assert_eq!(first.arm(&path), Armed::Watching);
         std::fs::remove_file(&path).expect("remove");
         // The event is queued: the wait returns long before its bound.
         let start = Instant::now();
         first.wait(Duration::from_secs(20));
         assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(first.arm(&path), Armed::Absent);
         // Another removal, left unread when the watch ends.
         std::fs::write(&path, "").expect("create");
+        assert_eq!(first.arm(&path), Armed::Watching);
         std::fs::remove_file(&path).expect("remove");
         drop(first);
         std::fs::write(&path, "").expect("create");
-        let second = DirWatch::new(&path).expect("watch again");
+        let mut second = LockWatch::new().expect("watch again");
+        assert_eq!(second.arm(&path), Armed::Watching);
         let start = Instant::now();
         second.wait(Duration::from_millis(200));
         assert!(
             start.elapsed() >= Duration::from_millis(200),
             "woken by an event of the earlier watch"
         );
+    }
+
+    #[test]
+    fn files_created_and_removed_beside_the_lock_wake_nobody() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = camino::Utf8PathBuf::from_path_buf(dir.path().join("x.lock")).expect("utf-8");
+        std::fs::create_dir(&path).expect("a Mkdir lock");
+        std::fs::write(path.join("record.json"), "{}").expect("its record");
+        let mut watch = LockWatch::new().expect("watch");
+        assert_eq!(watch.arm(&path), Armed::Watching);
+        // Neighbours come and go, and the holder rewrites its record.
+        for i in 0..100 {
+            let other = dir.path().join(format!("other-{i}"));
+            std::fs::write(&other, "x").expect("create a neighbour");
+            std::fs::remove_file(&other).expect("remove it");
+        }
+        std::fs::write(path.join("record.json"), "{ }").expect("rewrite the record");
+        let start = Instant::now();
+        watch.wait(Duration::from_millis(200));
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "woken by a neighbour"
+        );
+        // The lock's release wakes it.
+        std::fs::remove_file(path.join("record.json")).expect("remove the record");
+        std::fs::remove_dir(&path).expect("release");
+        let start = Instant::now();
+        watch.wait(Duration::from_secs(20));
+        assert!(start.elapsed() < Duration::from_secs(10));
     }
 }

@@ -41,11 +41,11 @@ pub(crate) use imp::{
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod inotify;
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) use inotify::DirWatch;
+pub(crate) use inotify::{Armed, LockWatch};
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod no_watch;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) use no_watch::DirWatch;
+pub(crate) use no_watch::{Armed, LockWatch};
 
 #[cfg(not(unix))]
 mod path_dir;

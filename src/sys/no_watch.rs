@@ -1,5 +1,5 @@
-//! No directory watcher here: a waiter polls with backoff (see `inotify`
-//! for Linux).
+//! No lock watcher here: a waiter polls with backoff (see `inotify` for
+//! Linux).
 
 use std::time::Duration;
 
@@ -7,12 +7,30 @@ use camino::Utf8Path;
 
 /// Nothing to watch with.
 #[derive(Debug)]
-pub(crate) struct DirWatch;
+pub(crate) struct LockWatch;
 
-impl DirWatch {
+/// What arming a watch found: here, always that it could not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// The lock's removal will wake the waiter (never here).
+    #[allow(dead_code)]
+    Watching,
+    /// Nothing is at the path (never said here).
+    #[allow(dead_code)]
+    Absent,
+    /// No watch: poll.
+    Failed,
+}
+
+impl LockWatch {
     /// `None`: the caller polls.
-    pub(crate) fn new(_path: &Utf8Path) -> Option<DirWatch> {
+    pub(crate) fn new() -> Option<LockWatch> {
         None
+    }
+
+    /// Never watches.
+    pub(crate) fn arm(&mut self, _path: &Utf8Path) -> Armed {
+        Armed::Failed
     }
 
     /// Sleeps for `timeout`.

@@ -104,7 +104,7 @@ fn stem(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The prefix of every private name beside the lock at `path`.
-fn private_prefix(path: &Utf8Path) -> Option<String> {
+pub(crate) fn private_prefix(path: &Utf8Path) -> Option<String> {
     Some(format!(".{}.", stem(path.file_name()?)))
 }
 

@@ -1,0 +1,352 @@
+//! The turnstile: a fair hand-off between processes.
+//!
+//! Without it, a process that releases a lock and asks for it again at
+//! once takes it back before a process that was waiting has woken up (the
+//! kernel wakes a waiter on release, but the releaser is already running):
+//! a process that loops over work under a lock starves every other.
+//!
+//! Beside each lock is a gate, `.<name>.gate`: an empty file on which
+//! processes take an exclusive OS advisory lock (`flock`, `LockFileEx`).
+//! An acquisition passes through it:
+//!
+//! 1. it takes the gate (a try), then tries the lock;
+//! 2. if the lock is held, it keeps the gate while it waits for the lock:
+//!    it is now the head of the queue;
+//! 3. once it holds the lock, it lets the gate go.
+//!
+//! An acquisition that finds the gate taken waits for the gate before it
+//! tries the lock, so a releaser that asks again finds the head of the
+//! queue at the gate and waits behind it; the head, woken by the release,
+//! takes the lock. Those waiting at the gate sleep in the kernel (a helper
+//! thread blocks on the gate for them), so the next head takes over the
+//! gate as soon as the last one lets it go.
+//!
+//! **The gate orders; it never excludes.** Exclusion is the lock's own
+//! protocol, unchanged; the gate only decides who tries first. Anything
+//! that goes wrong with the gate costs fairness, never safety: a gate that
+//! cannot be opened or locked (a read-only directory, a file system
+//! without OS locks) is skipped, and the acquisition goes on as before.
+//!
+//! **Crash safety.** The gate is an OS lock, which the kernel drops when
+//! its holder dies: a waiter killed at the head of the queue leaves the
+//! queue at once, and blocks nobody. A head that stops without dying
+//! (`SIGSTOP`, a debugger) would hold up the queue; a process waiting at
+//! the gate therefore looks at the lock every [`patience`] and, if it
+//! found the lock free at two looks in a row while the gate stayed taken,
+//! leaves the queue and tries the lock directly, as it would without a
+//! gate.
+//!
+//! **Where there is no gate.** A lock on a network file system has none:
+//! an OS lock there goes through the server's lock manager, which costs
+//! two round trips a cycle and stops answering for its grace period after
+//! a server restart (`Mkdir` and `Link` exist to need no lock manager).
+//! Nor has a lock that
+//! removes its file on release (it leaves nothing behind), a handle opened
+//! with [`LockOptions::fair(false)`](super::LockOptions::fair), or a
+//! platform without OS locks. A try-once acquire that finds the gate taken
+//! says the lock is held: it is promised to the process at the head.
+
+use std::fs::{File, OpenOptions};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::fault;
+use crate::files;
+use crate::holding;
+use crate::strategy::{self, Probe};
+use crate::sys::{self, LockKind, Wait};
+use crate::vocab::Writers;
+use crate::wait::Deadline;
+
+use super::LockFile;
+
+/// A handle's gate file, kept open between acquisitions.
+#[derive(Debug)]
+pub(super) struct GateFile {
+    file: File,
+    /// The process that opened it: a child of `fork()` shares the open
+    /// file, and with it the lock, so it opens its own.
+    pid: u32,
+    /// A helper still blocked on the gate for an earlier wait.
+    helper: Option<Helper>,
+}
+
+/// The path of the gate of the lock at `path`, beside it; `None` if the
+/// path has no file name.
+pub(crate) fn gate_path(path: &Utf8Path) -> Option<Utf8PathBuf> {
+    let dir = path.parent()?;
+    let prefix = strategy::private_prefix(path)?;
+    Some(dir.join(format!("{prefix}gate")))
+}
+
+fn open_gate(path: &Utf8Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    files::open_with(path, &mut opts)
+}
+
+/// How long a process waiting at the gate goes between two looks at the
+/// lock: a head that leaves the lock free for two looks in a row is stuck,
+/// and is passed by.
+pub(super) fn patience(poll_interval: Duration) -> Duration {
+    (poll_interval * 4).max(Duration::from_millis(500))
+}
+
+/// The gate as one acquisition uses it.
+pub(super) struct Turnstile<'a> {
+    lock: &'a LockFile,
+    path: Option<Utf8PathBuf>,
+    /// The handle's gate file while this acquisition uses it (returned to
+    /// the handle when it ends).
+    cached: Option<GateFile>,
+    /// The gate while this acquisition holds it: the handle's file, or
+    /// one that a helper thread opened and locked.
+    held: Option<Held>,
+}
+
+enum Held {
+    Cached,
+    Own(File),
+}
+
+/// What waiting at the gate came to.
+pub(super) enum AtGate {
+    /// This acquisition holds the gate, or goes on without it: try the
+    /// lock.
+    Through,
+    /// The gate is taken and the acquisition was a try, or its deadline
+    /// passed: the lock counts as held.
+    Held,
+}
+
+impl<'a> Turnstile<'a> {
+    /// The gate for one acquisition of `lock`: none where it has none (see
+    /// the module's docs).
+    pub(super) fn new(lock: &'a LockFile) -> Self {
+        let on = lock.fair
+            && sys::HAS_OS_LOCKS
+            && !lock.remove_on_release
+            && lock.writers() == Writers::ThisMachine;
+        let path = if on { gate_path(&lock.path) } else { None };
+        let pid = std::process::id();
+        let cached = path
+            .as_ref()
+            .and_then(|_| holding::lock(&lock.gate).take())
+            .filter(|gate| gate.pid == pid);
+        Turnstile {
+            lock,
+            path,
+            cached,
+            held: None,
+        }
+    }
+
+    /// Before a try of the lock: passes the gate, or waits for it as far
+    /// as `deadline` allows (not at all for a try-once acquire).
+    pub(super) fn enter(&mut self, deadline: &Deadline) -> AtGate {
+        if self.held.is_some() {
+            return AtGate::Through;
+        }
+        let Some(path) = self.path.clone() else {
+            return AtGate::Through;
+        };
+        if self.cached.is_none() {
+            match open_gate(&path) {
+                Ok(file) => {
+                    self.cached = Some(GateFile {
+                        file,
+                        pid: std::process::id(),
+                        helper: None,
+                    })
+                }
+                Err(_) => return self.skip(),
+            }
+        }
+        let Some(gate) = &self.cached else {
+            return self.skip();
+        };
+        match sys::lock_file(&gate.file, LockKind::Exclusive, Wait::Try) {
+            Ok(()) => {
+                self.held = Some(Held::Cached);
+                self.taken()
+            }
+            Err(e) if crate::flock::contended(&e, &gate.file) => {
+                if deadline.expired() {
+                    return AtGate::Held;
+                }
+                self.wait(path, deadline)
+            }
+            Err(_) => self.skip(),
+        }
+    }
+
+    /// After the lock was taken: lets the gate go.
+    pub(super) fn pass(&mut self) {
+        if self.held.is_some() {
+            // A fault here stops or kills a holder that has not let the
+            // gate go; an error injected here changes nothing (the gate
+            // goes anyway).
+            let _ = fault::point("gate.passed");
+        }
+        self.let_go();
+    }
+
+    fn taken(&mut self) -> AtGate {
+        if fault::point("gate.taken").is_err() {
+            // The gate could not be used: go on without it.
+            self.let_go();
+            self.path = None;
+        }
+        AtGate::Through
+    }
+
+    /// Goes on without the gate for the rest of this acquisition.
+    fn skip(&mut self) -> AtGate {
+        self.let_go();
+        self.path = None;
+        AtGate::Through
+    }
+
+    fn let_go(&mut self) {
+        match self.held.take() {
+            Some(Held::Cached) => {
+                if let Some(gate) = &self.cached {
+                    if sys::unlock_file(&gate.file).is_err() {
+                        // Closing releases the lock.
+                        self.cached = None;
+                    }
+                }
+            }
+            Some(Held::Own(file)) => {
+                let _ = sys::unlock_file(&file);
+            }
+            None => {}
+        }
+    }
+
+    /// Waits at the gate: a helper thread blocks on it (in the kernel, so
+    /// that it is woken as soon as the gate is let go) and hands over its
+    /// locked file, while this thread looks at the lock every
+    /// [`patience`] and at the deadline. A helper still blocked when the
+    /// wait ends stays with the handle for its next wait (so that waits
+    /// that time out do not pile up threads), and lets the gate go at once
+    /// if it gets it while nobody waits.
+    fn wait(&mut self, path: Utf8PathBuf, deadline: &Deadline) -> AtGate {
+        let helper = match self.cached.as_mut().and_then(|gate| gate.helper.take()) {
+            Some(helper) => helper,
+            None => match Helper::start(path) {
+                Some(helper) => helper,
+                None => return self.skip(),
+            },
+        };
+        let patience = patience(self.lock.poll_interval);
+        let mut free_looks = 0;
+        let mut state = holding::lock(&helper.state);
+        state.wanted = true;
+        let end = loop {
+            if let Some(file) = state.file.take() {
+                self.held = Some(Held::Own(file));
+                break Some(AtGate::Through);
+            }
+            if state.finished {
+                // It could not open or lock the gate: go on without it.
+                break None;
+            }
+            let nap = match deadline.remaining() {
+                Some(left) if left.is_zero() => break Some(AtGate::Held),
+                Some(left) => left.min(patience),
+                None => patience,
+            };
+            let (next, waited) = match helper.woken.wait_timeout(state, nap) {
+                Ok(woken) => woken,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            state = next;
+            if !waited.timed_out() || state.file.is_some() || state.finished {
+                continue;
+            }
+            if deadline.expired() {
+                break Some(AtGate::Held);
+            }
+            drop(state);
+            let free = matches!(
+                strategy::probe(self.lock.strategy, &self.lock.path),
+                Ok(Probe::Free)
+            );
+            state = holding::lock(&helper.state);
+            free_looks = if free { free_looks + 1 } else { 0 };
+            if free_looks >= 2 && state.file.is_none() {
+                // The head is stuck: pass it by.
+                break None;
+            }
+        };
+        state.wanted = false;
+        let finished = state.finished;
+        drop(state);
+        if !finished {
+            if let Some(gate) = self.cached.as_mut() {
+                gate.helper = Some(helper);
+            }
+        }
+        match end {
+            Some(AtGate::Through) => self.taken(),
+            Some(AtGate::Held) => AtGate::Held,
+            None => self.skip(),
+        }
+    }
+}
+
+/// A thread that blocks on the gate for a waiting acquisition.
+#[derive(Debug)]
+pub(super) struct Helper {
+    state: std::sync::Arc<HelperState>,
+    woken: std::sync::Arc<Condvar>,
+}
+
+#[derive(Debug, Default)]
+struct HelperShared {
+    /// An acquisition waits for the gate.
+    wanted: bool,
+    /// The gate, locked, for the acquisition that waits.
+    file: Option<File>,
+    /// The thread is done (the gate handed over, let go, or not had).
+    finished: bool,
+}
+
+type HelperState = Mutex<HelperShared>;
+
+impl Helper {
+    fn start(path: Utf8PathBuf) -> Option<Helper> {
+        let state = std::sync::Arc::new(HelperState::default());
+        let woken = std::sync::Arc::new(Condvar::new());
+        let (thread_state, thread_woken) = (state.clone(), woken.clone());
+        std::thread::Builder::new()
+            .name("portalock-gate".into())
+            .spawn(move || {
+                let locked = open_gate(&path)
+                    .ok()
+                    .filter(|file| sys::lock_file(file, LockKind::Exclusive, Wait::Block).is_ok());
+                let mut state = holding::lock(&thread_state);
+                state.finished = true;
+                if state.wanted {
+                    state.file = locked;
+                }
+                // Otherwise the file is dropped here, and the gate with it.
+                drop(state);
+                thread_woken.notify_all();
+            })
+            .ok()?;
+        Some(Helper { state, woken })
+    }
+}
+
+impl Drop for Turnstile<'_> {
+    fn drop(&mut self) {
+        self.let_go();
+        if let Some(gate) = self.cached.take() {
+            *holding::lock(&self.lock.gate) = Some(gate);
+        }
+    }
+}

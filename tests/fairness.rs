@@ -1,0 +1,232 @@
+//! Fair hand-off across processes: a process that releases the lock and
+//! asks for it again at once does not overtake a process that was already
+//! waiting.
+//!
+//! Each round: process R holds the lock; process W starts waiting for it
+//! (the harness waits until W's thread sleeps in the kernel); then R
+//! releases and asks again at once, three times, with no work in between.
+//! Every holder appends its letter to a log while it holds the lock. W must
+//! be the first or the second holder after R's first release: "within two
+//! hand-offs". Without a fair hand-off R takes the lock back before W wakes.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use portalock::{LockFile, LockOptions, LockStrategy};
+use rstest::rstest;
+
+use common::spawn;
+
+const ROUNDS: usize = 20;
+/// R's release-and-ask-again cycles per round.
+const CYCLES: usize = 3;
+
+#[test]
+fn child() {
+    match std::env::var("PORTALOCK_TEST_ROLE").as_deref() {
+        Ok("fair-reasker") => reasker(),
+        Ok("fair-waiter") => waiter(),
+        Ok("fair-holder") => holder(),
+        _ => common::child_entry(),
+    }
+}
+
+fn args() -> (LockFile, std::path::PathBuf) {
+    let args = std::env::var("PORTALOCK_TEST_ARGS").expect("args");
+    let mut parts = args.split('\u{1f}');
+    let strategy: LockStrategy = parts.next().expect("strategy").parse().expect("strategy");
+    let lock = parts.next().expect("lock path");
+    let log = parts.next().expect("log path");
+    let lock = LockOptions::new()
+        .strategy(strategy)
+        .open(lock)
+        .expect("open lock");
+    (lock, log.into())
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "PL:{line}");
+    let _ = out.flush();
+}
+
+/// Appends `who` to the log; called while holding the lock.
+fn mark(log: &std::path::Path, who: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .expect("open log");
+    file.write_all(who.as_bytes()).expect("append to log");
+}
+
+/// R: takes the lock; on `cycle`, releases and takes it again at once,
+/// [`CYCLES`] times, and says `DONE` (holding it).
+fn reasker() {
+    let (lock, log) = args();
+    lock.acquire().expect("acquire");
+    mark(&log, "R");
+    say("HELD");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line == "cycle" {
+            for _ in 0..CYCLES {
+                lock.release().expect("release");
+                lock.acquire().expect("acquire again");
+                mark(&log, "R");
+            }
+            say("DONE");
+        }
+    }
+    std::process::exit(0);
+}
+
+/// W: on `wait`, says `WAITING <thread id>`, waits for the lock, marks
+/// the log, releases and says `GOT`.
+fn waiter() {
+    let (lock, log) = args();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line == "wait" {
+            // `/proc/thread-self` names `<pid>/task/<tid>`.
+            let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+            let tid = me
+                .file_name()
+                .expect("thread id")
+                .to_string_lossy()
+                .into_owned();
+            say(&format!("WAITING {tid}"));
+            lock.acquire().expect("acquire");
+            mark(&log, "W");
+            lock.release().expect("release");
+            say("GOT");
+        }
+    }
+    std::process::exit(0);
+}
+
+/// H: takes the lock, says `HELD`; on `release`, releases it and says
+/// `RELEASED`.
+fn holder() {
+    let (lock, _) = args();
+    lock.acquire().expect("acquire");
+    say("HELD");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line == "release" {
+            lock.release().expect("release");
+            say("RELEASED");
+        }
+    }
+    std::process::exit(0);
+}
+
+/// Waits (bounded) until thread `tid` of `pid` sleeps.
+fn until_asleep(pid: u32, tid: &str) {
+    let stat = format!("/proc/{pid}/task/{tid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&stat).expect("read the waiter's stat");
+        // The state follows the command name in parentheses.
+        let state = text.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        if state == Some("S") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the waiter never slept: {text}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[rstest]
+fn a_waiting_process_gets_the_lock_within_two_hand_offs(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("fair.lock");
+    let log = dir.path().join("log");
+    let (lock, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+    let mut r = spawn("fair-reasker", &[strategy.as_str(), lock, log_arg]);
+    let mut w = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
+    r.expect("HELD");
+    for round in 0..ROUNDS {
+        let before = std::fs::read_to_string(&log).expect("log").len();
+        w.send("wait");
+        let tid = w.expect("WAITING");
+        until_asleep(w.pid(), &tid);
+        r.send("cycle");
+        r.expect("DONE");
+        let after = std::fs::read_to_string(&log).expect("log");
+        let turns = &after[before..];
+        let position = turns.find('W');
+        assert!(
+            position.is_some_and(|p| p <= 1),
+            "{strategy}, round {round}: the holders after R's first release were {turns:?} \
+             (R took the lock back {} times before the waiting process got it)",
+            position.unwrap_or(turns.len()),
+        );
+        w.expect("GOT");
+    }
+    w.close_stdin();
+    r.close_stdin();
+    assert!(w.wait().success());
+    assert!(r.wait().success());
+}
+
+/// The head of the queue (the first waiter) dies, or stops; the waiter
+/// behind it must not be held up: at once when the head died (the kernel
+/// drops its gate), within the turnstile's patience when it stopped.
+#[rstest]
+fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+    #[values("kill", "stop")] fate: &str,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("head.lock");
+    let log = dir.path().join("log");
+    let (lock, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+    let mut h = spawn("fair-holder", &[strategy.as_str(), lock, log_arg]);
+    h.expect("HELD");
+    let mut head = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
+    head.send("wait");
+    let tid = head.expect("WAITING");
+    until_asleep(head.pid(), &tid);
+    let mut next = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
+    next.send("wait");
+    let tid = next.expect("WAITING");
+    until_asleep(next.pid(), &tid);
+    match fate {
+        "kill" => head.signal("KILL"),
+        _ => head.signal("STOP"),
+    }
+    let released = Instant::now();
+    h.send("release");
+    h.expect("RELEASED");
+    // Dead: at once. Stopped: after two looks at a free lock, half a
+    // second apart (the default poll interval's patience), and a margin.
+    let bound = Duration::from_secs(if fate == "kill" { 5 } else { 10 });
+    match next.poll_event(bound) {
+        Some((event, _)) => assert_eq!(event, "GOT"),
+        None => panic!(
+            "{strategy}: the waiter behind a {fate} head did not get the free lock within {bound:?}"
+        ),
+    }
+    let waited = released.elapsed();
+    let log_text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        log_text, "W",
+        "{strategy}: only the second waiter held the lock"
+    );
+    eprintln!("{strategy} {fate}: the next waiter got the lock {waited:?} after the release");
+    // A stopped head, resumed, takes the lock in its turn.
+    if fate == "stop" {
+        head.signal("CONT");
+        head.expect("GOT");
+        assert_eq!(std::fs::read_to_string(&log).expect("log"), "WW");
+        head.close_stdin();
+        assert!(head.wait().success());
+    }
+}
