@@ -42,18 +42,151 @@ fn open(strategy: LockStrategy, path: &str) -> portalock::LockFile {
         .unwrap_or_else(|e| panic!("open {path}: {e}"))
 }
 
-/// CPU time of this process so far (Linux: nanoseconds from schedstat).
+/// CPU time of this process's live threads so far (Linux: nanoseconds
+/// from each thread's schedstat).
 fn cpu_time() -> Duration {
-    std::fs::read_to_string("/proc/self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .map(Duration::from_nanos)
-        .unwrap_or_default()
+        .sum()
+}
+
+/// A lock of the ping-pong: a `LockFile` (fair or not), or the bare system
+/// calls of a strategy (its floor).
+enum Pong {
+    Lock(Box<portalock::LockFile>),
+    /// `flock` on a file kept open, blocking.
+    Flock(std::fs::File),
+    /// `mkdir` and a record in it; a waiter sleeps on an inotify watch of
+    /// the directory.
+    Mkdir(std::path::PathBuf),
+    /// A claim file with the record, `link`ed to the lock path; a waiter
+    /// sleeps on an inotify watch of the lock file.
+    Link(std::path::PathBuf),
+}
+
+impl Pong {
+    fn open(kind: &str, path: &str) -> Pong {
+        match kind {
+            "floor-flock" => Pong::Flock(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .expect("open"),
+            ),
+            "floor-mkdir" => Pong::Mkdir(path.into()),
+            "floor-link" => Pong::Link(path.into()),
+            _ => {
+                let (strategy, fair) = match kind.strip_suffix("-unfair") {
+                    Some(s) => (s, false),
+                    None => (kind, true),
+                };
+                let strategy: LockStrategy = strategy.parse().expect("strategy");
+                Pong::Lock(Box::new(
+                    LockOptions::new()
+                        .strategy(strategy)
+                        .fair(fair)
+                        .open(path)
+                        .expect("open"),
+                ))
+            }
+        }
+    }
+
+    fn acquire(&self) {
+        match self {
+            Pong::Lock(lock) => lock.acquire().expect("acquire"),
+            Pong::Flock(file) => file.lock().expect("flock"),
+            Pong::Mkdir(path) => loop {
+                match std::fs::create_dir(path) {
+                    Ok(()) => {
+                        std::fs::write(path.join("r.json"), RECORD).expect("record");
+                        return;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => wait_gone(path),
+                    Err(e) => panic!("mkdir: {e}"),
+                }
+            },
+            Pong::Link(path) => {
+                let claim = path.with_extension(format!("{}.claim", std::process::id()));
+                std::fs::write(&claim, RECORD).expect("claim");
+                loop {
+                    match std::fs::hard_link(&claim, path) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => wait_gone(path),
+                        Err(e) => panic!("link: {e}"),
+                    }
+                }
+                std::fs::remove_file(&claim).expect("unlink claim");
+            }
+        }
+    }
+
+    fn release(&self) {
+        match self {
+            Pong::Lock(lock) => lock.release().expect("release"),
+            Pong::Flock(file) => file.unlock().expect("unlock"),
+            Pong::Mkdir(path) => {
+                std::fs::remove_file(path.join("r.json")).expect("unlink record");
+                std::fs::remove_dir(path).expect("rmdir");
+            }
+            Pong::Link(path) => std::fs::remove_file(path).expect("unlink"),
+        }
+    }
+}
+
+const RECORD: &[u8] = br#"{"v":1,"token":"0123456789abcdef0123456789abcdef","pid":4242,"hostname":"build-7","strategy":"mkdir"}"#;
+
+/// Sleeps until what `path` names is removed (at most 100 ms): an inotify
+/// watch on it, as a waiter of the strategy does.
+#[cfg(target_os = "linux")]
+fn wait_gone(path: &std::path::Path) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    thread_local! {
+        static FD: std::os::fd::OwnedFd =
+            inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).expect("inotify");
+    }
+    FD.with(|fd| {
+        let flags = WatchFlags::DELETE_SELF
+            | WatchFlags::MOVE_SELF
+            | WatchFlags::ATTRIB
+            | WatchFlags::DONT_FOLLOW;
+        let Ok(wd) = inotify::add_watch(fd, path, flags) else {
+            return;
+        };
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&ts));
+        let _ = inotify::remove_watch(fd, wd);
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut reader = inotify::Reader::new(fd, &mut buf);
+        while reader.next().is_ok() {}
+    });
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wait_gone(_path: &std::path::Path) {
+    std::thread::sleep(Duration::from_millis(1));
 }
 
 // ---------------------------------------------------------------- children
 
 fn child(role: &str, args: &[String]) {
+    if role == "ping" {
+        return child_ping(args);
+    }
     let strategy: LockStrategy = args[0].parse().expect("strategy");
     let path = &args[1];
     match role {
@@ -78,7 +211,14 @@ fn child(role: &str, args: &[String]) {
         // Throughput: on "go", cycle for the given milliseconds, say the
         // count.
         "cycle" => {
-            let lock = open(strategy, path);
+            let lock = match args[3].as_str() {
+                "unfair" => LockOptions::new()
+                    .strategy(strategy)
+                    .fair(false)
+                    .open(path)
+                    .expect("open"),
+                _ => open(strategy, path),
+            };
             let ms: u64 = args[2].parse().expect("ms");
             say("READY");
             let mut line = String::new();
@@ -106,6 +246,28 @@ fn child(role: &str, args: &[String]) {
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Ping-pong: on "go", take the lock, hold it for the given microseconds,
+/// release it and ask again at once, the given number of times; then say
+/// the times taken and released.
+fn child_ping(args: &[String]) {
+    let lock = Pong::open(&args[0], &args[1]);
+    let n: usize = args[2].parse().expect("n");
+    let hold = Duration::from_micros(args[3].parse().expect("hold us"));
+    say("READY");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        lock.acquire();
+        let got = now_ns();
+        std::thread::sleep(hold);
+        let rel = now_ns();
+        lock.release();
+        events.push(format!("{got},{rel}"));
+    }
+    say(&format!("EVENTS {}", events.join(" ")));
 }
 
 // ------------------------------------------------------------------ parent
@@ -167,41 +329,96 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Hand-off latency: one process releases, the other was waiting.
-fn handoff(strategy: LockStrategy, dir: &str, rounds: usize) -> (f64, f64) {
-    let path = format!("{dir}/handoff-{strategy}.lock");
-    let s = strategy.as_str();
-    let mut a = Proc::spawn("pingpong", &[s, &path]);
-    a.expect("GOT");
-    let mut b = Proc::spawn("pingpong", &[s, &path]);
-    // Let b reach its wait (it cannot get the lock before a releases).
-    std::thread::sleep(Duration::from_millis(50));
-    let mut lat = Vec::with_capacity(rounds);
-    let (mut holder, mut waiter) = (&mut a, &mut b);
-    for _ in 0..rounds {
-        holder.send("release");
-        let t0: u128 = holder.expect("REL").parse().expect("t0");
-        let t1: u128 = waiter.expect("GOT").parse().expect("t1");
-        lat.push(t1.saturating_sub(t0) as f64 / 1000.0);
-        // The old holder waits for the lock again; give it time to get
-        // into its wait before the next release is timed.
-        holder.send("again");
-        std::thread::sleep(Duration::from_millis(5));
-        std::mem::swap(&mut holder, &mut waiter);
+/// What a ping-pong of two processes showed.
+struct PingPong {
+    median: f64,
+    p99: f64,
+    handoffs: usize,
+    barges: usize,
+}
+
+/// Two processes ping-pong one lock: each takes it, holds it for `hold_us`,
+/// releases it and asks again at once, `n` times. After a release, either
+/// the other process (which was waiting) gets the lock, a hand-off timed
+/// from just before the release to just after the acquisition, or the
+/// releaser takes it back: a barge.
+fn pingpong(kind: &str, dir: &str, n: usize, hold_us: u64) -> PingPong {
+    let path = format!("{dir}/ping-{kind}.lock");
+    let (n_s, hold_s) = (n.to_string(), hold_us.to_string());
+    let mut procs: Vec<Proc> = (0..2)
+        .map(|_| Proc::spawn("ping", &[kind, &path, &n_s, &hold_s]))
+        .collect();
+    for p in &procs {
+        p.expect("READY");
     }
-    a.finish();
-    b.finish();
+    for p in &mut procs {
+        p.send("go");
+    }
+    // (time, is a release, who)
+    let mut events: Vec<(u128, bool, usize)> = Vec::new();
+    let mut last_release = [0u128; 2];
+    for (who, p) in procs.iter().enumerate() {
+        for pair in p.expect("EVENTS").split_whitespace() {
+            let (got, rel) = pair.split_once(',').expect("pair");
+            let (got, rel): (u128, u128) = (got.parse().expect("t"), rel.parse().expect("t"));
+            events.push((got, false, who));
+            events.push((rel, true, who));
+            last_release[who] = last_release[who].max(rel);
+        }
+    }
+    for p in procs {
+        p.finish();
+    }
+    events.sort();
+    let mut lat = Vec::new();
+    let mut barges = 0;
+    for (i, &(t, release, who)) in events.iter().enumerate() {
+        if !release {
+            continue;
+        }
+        let other = 1 - who;
+        // Only while the other process still asks.
+        if last_release[other] < t {
+            continue;
+        }
+        if let Some(&(t1, _, next)) = events[i + 1..].iter().find(|e| !e.1) {
+            if next == who {
+                barges += 1;
+            } else {
+                lat.push(t1.saturating_sub(t) as f64 / 1000.0);
+            }
+        }
+    }
     lat.sort_by(f64::total_cmp);
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+    PingPong {
+        median: if lat.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&lat, 0.5)
+        },
+        p99: if lat.is_empty() {
+            f64::NAN
+        } else {
+            percentile(&lat, 0.99)
+        },
+        handoffs: lat.len(),
+        barges,
+    }
 }
 
 /// Throughput and fairness of `n` processes cycling for `ms`.
-fn throughput(strategy: LockStrategy, dir: &str, n: usize, ms: u64) -> (f64, u64, u64) {
-    let path = format!("{dir}/tp-{strategy}-{n}.lock");
-    let s = strategy.as_str();
+fn throughput(kind: &str, dir: &str, n: usize, ms: u64) -> (f64, u64, u64) {
+    let path = format!("{dir}/tp-{kind}-{n}.lock");
+    let s = kind;
     let ms_s = ms.to_string();
     let mut procs: Vec<Proc> = (0..n)
-        .map(|_| Proc::spawn("cycle", &[s, &path, &ms_s]))
+        .map(|_| {
+            let (strategy, fairness) = match s.strip_suffix("-unfair") {
+                Some(strategy) => (strategy, "unfair"),
+                None => (s, "fair"),
+            };
+            Proc::spawn("cycle", &[strategy, &path, &ms_s, fairness])
+        })
         .collect();
     for p in &procs {
         p.expect("READY");
@@ -225,14 +442,34 @@ fn throughput(strategy: LockStrategy, dir: &str, n: usize, ms: u64) -> (f64, u64
     )
 }
 
-/// CPU a waiter burns while the lock is held elsewhere for `hold`.
-fn waiter_cpu(strategy: LockStrategy, dir: &str, hold: Duration) -> f64 {
-    let path = format!("{dir}/cpu-{strategy}.lock");
+/// CPU a waiter burns while the lock is held elsewhere for `hold`, with
+/// `churn` a thread of this process creating and removing files in the
+/// lock's directory meanwhile, as fast as it can. Milliseconds of CPU per
+/// second of waiting, and the files churned per second.
+fn waiter_cpu(strategy: LockStrategy, dir: &str, hold: Duration, churn: bool) -> (f64, f64) {
+    let path = format!("{dir}/cpu-{strategy}-{churn}.lock");
     let holder = open(strategy, &path);
     holder.acquire().expect("hold");
     let w = Proc::spawn("waiter", &[strategy.as_str(), &path]);
     w.expect("READY");
-    std::thread::sleep(hold);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let churned = std::thread::scope(|scope| {
+        let churner = churn.then(|| {
+            scope.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let f = format!("{dir}/churn-{}", n % 64);
+                    let _ = std::fs::write(&f, b"x");
+                    let _ = std::fs::remove_file(&f);
+                    n += 1;
+                }
+                n
+            })
+        });
+        std::thread::sleep(hold);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churner.map_or(0, |c| c.join().expect("churner"))
+    });
     holder.release().expect("release");
     let line = w.expect("CPU");
     w.finish();
@@ -240,8 +477,40 @@ fn waiter_cpu(strategy: LockStrategy, dir: &str, hold: Duration) -> f64 {
         .split_whitespace()
         .map(|x| x.parse::<f64>().unwrap_or(0.0));
     let (cpu_ns, waited_ns) = (it.next().unwrap_or(0.0), it.next().unwrap_or(1.0));
-    // Milliseconds of CPU per second of waiting.
-    cpu_ns / 1e6 / (waited_ns / 1e9)
+    (
+        cpu_ns / 1e6 / (waited_ns / 1e9),
+        churned as f64 / hold.as_secs_f64(),
+    )
+}
+
+/// `portalock run LOCK -- true` against util-linux `flock LOCK true`:
+/// milliseconds per invocation, the medians of `rounds` rounds of `n`
+/// invocations each, alternating.
+fn run_against_flock(dir: &str, rounds: usize, n: usize) -> Option<(f64, f64)> {
+    let portalock = option_env!("CARGO_BIN_EXE_portalock")?;
+    let lock = format!("{dir}/run.lock");
+    let time = |program: &str, args: &[&str]| -> Option<f64> {
+        let start = Instant::now();
+        for _ in 0..n {
+            let status = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .status()
+                .ok()?;
+            if !status.success() {
+                return None;
+            }
+        }
+        Some(start.elapsed().as_secs_f64() * 1000.0 / n as f64)
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        theirs.push(time("flock", &[&lock, "true"])?);
+        ours.push(time(portalock, &["run", &lock, "--", "true"])?);
+    }
+    ours.sort_by(f64::total_cmp);
+    theirs.sort_by(f64::total_cmp);
+    Some((percentile(&ours, 0.5), percentile(&theirs, 0.5)))
 }
 
 /// Mean time of one liveness check, with `extra` idle processes running.
@@ -283,34 +552,67 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; anything else is ours.
     let quick = std::env::args().any(|a| a == "quick");
-    let rounds = if quick { 50 } else { 300 };
+    let rounds = if quick { 100 } else { 300 };
     let ms = if quick { 300 } else { 1000 };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_str().expect("utf-8 temp dir").to_owned();
     let strategies = [LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link];
 
-    println!("## Hand-off latency ({rounds} hand-offs, {dir})\n");
-    println!("| strategy | median | p99 |\n| --- | --- | --- |");
-    for s in strategies {
-        let (med, p99) = handoff(s, &dir, rounds);
-        println!("| {s} | {med:.1} us | {p99:.1} us |");
+    println!("## Ping-pong hand-off ({rounds} acquisitions per process, hold 2 ms, {dir})\n");
+    println!("| lock | median | p99 | barges |\n| --- | --- | --- | --- |");
+    for kind in [
+        "floor-flock",
+        "os",
+        "os-unfair",
+        "floor-mkdir",
+        "mkdir",
+        "mkdir-unfair",
+        "floor-link",
+        "link",
+        "link-unfair",
+    ] {
+        let p = pingpong(kind, &dir, rounds, 2000);
+        let share = 100.0 * p.barges as f64 / (p.barges + p.handoffs).max(1) as f64;
+        println!(
+            "| {kind} | {:.1} us | {:.1} us | {share:.1} % ({} of {}) |",
+            p.median,
+            p.p99,
+            p.barges,
+            p.barges + p.handoffs
+        );
     }
 
     println!("\n## Throughput and fairness ({ms} ms per run)\n");
-    println!("| strategy | processes | acquisitions/s | fewest per process | most per process |");
+    println!("| lock | processes | acquisitions/s | fewest per process | most per process |");
     println!("| --- | --- | --- | --- | --- |");
     for s in strategies {
-        for n in [2, 4, 8] {
-            let (rate, min, max) = throughput(s, &dir, n, ms);
-            println!("| {s} | {n} | {rate:.0} | {min} | {max} |");
+        for kind in [s.as_str().to_owned(), format!("{s}-unfair")] {
+            for n in [2, 4, 8] {
+                let (rate, min, max) = throughput(&kind, &dir, n, ms);
+                println!("| {kind} | {n} | {rate:.0} | {min} | {max} |");
+            }
         }
     }
 
     println!("\n## CPU burnt by a waiter (lock held elsewhere for 1 s)\n");
-    println!("| strategy | CPU per second of waiting |\n| --- | --- |");
+    println!(
+        "| strategy | idle directory | busy directory (files created and removed per second) |"
+    );
+    println!("| --- | --- | --- |");
     for s in strategies {
-        let ms_per_s = waiter_cpu(s, &dir, Duration::from_secs(1));
-        println!("| {s} | {ms_per_s:.2} ms |");
+        let (idle, _) = waiter_cpu(s, &dir, Duration::from_secs(1), false);
+        let (busy, rate) = waiter_cpu(s, &dir, Duration::from_secs(1), true);
+        println!("| {s} | {idle:.2} ms/s | {busy:.2} ms/s ({rate:.0}/s) |");
+    }
+
+    println!("\n## `portalock run` against `flock(1)`\n");
+    match run_against_flock(&dir, 4, if quick { 50 } else { 200 }) {
+        Some((ours, theirs)) => println!(
+            "| `portalock run L -- true` | `flock L true` | ratio |\n| --- | --- | --- |\n\
+             | {ours:.3} ms | {theirs:.3} ms | {:.2}x |",
+            ours / theirs
+        ),
+        None => println!("(skipped: build with `--features cli`, and util-linux `flock` on PATH)"),
     }
 
     println!("\n## Liveness check of an owner record\n");

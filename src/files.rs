@@ -166,6 +166,22 @@ pub(crate) fn open_create(path: &Utf8Path) -> io::Result<File> {
     opts.open(path)
 }
 
+/// As [`open_create`], and without updating the file's access time when
+/// it is read, where the platform can and the file is ours (see
+/// `sys::no_follow_no_atime`).
+pub(crate) fn open_create_no_atime(path: &Utf8Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    sys::file_mode(&mut opts);
+    if sys::no_follow_no_atime(&mut opts) {
+        match opts.open(path) {
+            Err(e) if sys::is_eperm(&e) => {}
+            other => return other,
+        }
+    }
+    open_create(path)
+}
+
 /// Creates `path`, which must not exist, for reading and writing (mode
 /// [`FILE_MODE`] less the umask). `O_EXCL` also refuses a symbolic link.
 pub(crate) fn create_new(path: &Utf8Path) -> io::Result<File> {

@@ -95,7 +95,7 @@ impl Holding {
         let holding = Arc::new(Holding {
             path: path.to_owned(),
             token: held.token().to_owned(),
-            pid: std::process::id(),
+            pid: crate::sys::pid(),
             held: Mutex::new(Some(held)),
             record: Mutex::new((record, len)),
             lease: lease.filter(|_| breakable),
@@ -123,7 +123,7 @@ impl Holding {
     /// Whether this acquisition was made by another process: the handle
     /// was inherited through `fork()`, and the lock is the parent's.
     pub(crate) fn is_inherited(&self) -> bool {
-        self.pid != std::process::id()
+        self.pid != crate::sys::pid()
     }
 
     /// Takes the proof of holding out, for release; `None` the second time.
@@ -319,7 +319,7 @@ fn heartbeat_of(path: &Utf8Path) -> Arc<Heartbeat> {
         .parent()
         .and_then(|dir| crate::files::device(dir).ok())
         .unwrap_or(0);
-    let pid = std::process::id();
+    let pid = crate::sys::pid();
     let mut beats = lock(BEATS.get_or_init(Default::default));
     match beats.get(&device) {
         Some(beat) if beat.pid == pid => Arc::clone(beat),
@@ -424,7 +424,7 @@ pub(crate) fn release_later(path: &Utf8Path, held: Hold) {
         pending: Vec::new(),
     });
     static WAKE: Condvar = Condvar::new();
-    let pid = std::process::id();
+    let pid = crate::sys::pid();
     let mut later = lock(&LATER);
     if later.pid != pid {
         later.pid = pid;

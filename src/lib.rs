@@ -96,9 +96,36 @@
 //! the lock is released. A handle waiting for another process polls with
 //! exponential backoff and jitter, never longer than the poll interval
 //! ([`LockOptions::poll_interval`]); on Linux, a waiter for a `Mkdir` or
-//! `Link` lock also watches the lock's directory (inotify) and wakes as soon
-//! as the lock is removed, and an unbounded wait on an `Os` lock sleeps in
-//! the kernel.
+//! `Link` lock also watches the lock itself (inotify on its inode, so that
+//! files coming and going beside it wake nobody) and wakes as soon as it is
+//! removed, and an unbounded wait on an `Os` lock sleeps in the kernel.
+//!
+//! Waiting processes are served in turn ([`LockOptions::fair`], on by
+//! default on local file systems): a process that releases the lock and
+//! asks for it again at once does not take it back before a process that
+//! was already waiting, as it does with every other lock library. The
+//! first waiter holds a gate, an OS lock on a small file beside the lock
+//! (`.<name>.gate`), while it waits; whoever asks after it waits behind
+//! the gate. The argument, beside the stale-lock one:
+//!
+//! - *The gate never excludes.* Whether one holds the lock is decided by
+//!   the strategy alone, exactly as without a gate; the gate only decides
+//!   who tries first. Any failure of the gate (it cannot be opened, a
+//!   file system without OS locks) costs order, never exclusion.
+//! - *A dead waiter blocks nobody.* The gate is an OS lock, which the
+//!   kernel drops with its holder.
+//! - *A stuck waiter blocks nobody for long.* Processes waiting behind the
+//!   gate look at the lock every four poll intervals (at least half a
+//!   second), break it if it is stale, and pass the head by after finding
+//!   the lock free twice in a row.
+//! - *Fair, not FIFO.* The head is served before anyone who asks after it
+//!   took the gate; among those waiting behind the gate, the kernel picks.
+//!   A waiter gets the lock within two hand-offs of a releaser that asks
+//!   again at once (the release-and-ask-again race of a look at the gate
+//!   and the lock can let the releaser through once).
+//!
+//! Across the clients of a network file system there is no gate: order
+//! there is first come, first served only by chance.
 //!
 //! # Network file systems
 //!

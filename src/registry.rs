@@ -47,7 +47,7 @@ impl Registry {
         // holding the mutex: every critical section is a single insert,
         // remove or lookup.
         let mut table = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let pid = std::process::id();
+        let pid = crate::sys::pid();
         if table.pid != pid {
             // A new process (or the first use): its handles hold nothing
             // yet. Waiters of the parent are not in this process either.

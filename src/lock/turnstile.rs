@@ -6,20 +6,27 @@
 //! a process that loops over work under a lock starves every other.
 //!
 //! Beside each lock is a gate, `.<name>.gate`: an empty file on which
-//! processes take an exclusive OS advisory lock (`flock`, `LockFileEx`).
-//! An acquisition passes through it:
+//! processes take an exclusive OS lock (on Linux an open-file-description
+//! lock, `F_OFD_SETLK`, which can be looked at without taking it;
+//! elsewhere `flock` or `LockFileEx`). An acquisition:
 //!
-//! 1. it takes the gate (a try), then tries the lock;
-//! 2. if the lock is held, it keeps the gate while it waits for the lock:
-//!    it is now the head of the queue;
-//! 3. once it holds the lock, it lets the gate go.
+//! 1. looks at the gate: if another process holds it, somebody is waiting
+//!    at the head of the queue, and this acquisition waits for the gate
+//!    (a try-once acquire says the lock is held);
+//! 2. tries the lock, once, without blocking;
+//! 3. if the lock is held, takes the gate and waits for the lock while
+//!    holding it: it is now the head of the queue;
+//! 4. once it holds the lock, it lets the gate go.
 //!
-//! An acquisition that finds the gate taken waits for the gate before it
-//! tries the lock, so a releaser that asks again finds the head of the
-//! queue at the gate and waits behind it; the head, woken by the release,
-//! takes the lock. Those waiting at the gate sleep in the kernel (a helper
-//! thread blocks on the gate for them), so the next head takes over the
-//! gate as soon as the last one lets it go.
+//! A releaser that asks again finds the head of the queue at the gate and
+//! waits behind it; the head, woken by the release, takes the lock.
+//! Those waiting at the gate sleep in the kernel (a helper thread blocks on
+//! the gate for them), so the next head takes over the gate as soon as the
+//! last one lets it go. An acquisition that finds the lock free pays one
+//! system call for the gate on Linux (the look), two elsewhere. Between the
+//! look and the try, a waiter may take the gate: that acquisition then
+//! passes it once, and the next one waits behind it (a waiter gets the
+//! lock within two hand-offs).
 //!
 //! **The gate orders; it never excludes.** Exclusion is the lock's own
 //! protocol, unchanged; the gate only decides who tries first. Anything
@@ -29,12 +36,23 @@
 //!
 //! **Crash safety.** The gate is an OS lock, which the kernel drops when
 //! its holder dies: a waiter killed at the head of the queue leaves the
-//! queue at once, and blocks nobody. A head that stops without dying
-//! (`SIGSTOP`, a debugger) would hold up the queue; a process waiting at
-//! the gate therefore looks at the lock every [`patience`] and, if it
-//! found the lock free at two looks in a row while the gate stayed taken,
-//! leaves the queue and tries the lock directly, as it would without a
-//! gate.
+//! queue at once, and blocks nobody. (The head locks a file it opened for
+//! that claim alone, unlocked explicitly before it is closed, so that a
+//! child forked meanwhile does not keep the gate.) A head that stops
+//! without dying (`SIGSTOP`, a debugger), or that does not break stale
+//! locks, would hold up the queue; a process waiting at the gate
+//! therefore looks at the lock every [`patience`], breaks it if it is
+//! stale, and if it found the lock free at two looks in a row while the
+//! gate stayed taken, leaves the queue and tries the lock directly, as it
+//! would without a gate. Try-once acquires do the same across calls: once
+//! they have seen the lock free for twice the patience while the gate
+//! stayed taken, they try it.
+//!
+//! **What the gate does not order.** Shared (reader) locks, `LockedFile`,
+//! and waits in a process that already has [`MAX_HELPERS`] helper threads
+//! blocked on gates go on as without one. A gate file that is removed
+//! while a process keeps it open splits the queue until the process opens
+//! it again; order suffers, exclusion does not.
 //!
 //! **Where there is no gate.** A lock on a network file system has none:
 //! an OS lock there goes through the server's lock manager, which costs
@@ -56,7 +74,7 @@ use crate::fault;
 use crate::files;
 use crate::holding;
 use crate::strategy::{self, Probe};
-use crate::sys::{self, LockKind, Wait};
+use crate::sys::{self, Wait};
 use crate::vocab::Writers;
 use crate::wait::Deadline;
 
@@ -71,6 +89,9 @@ pub(super) struct GateFile {
     pid: u32,
     /// A helper still blocked on the gate for an earlier wait.
     helper: Option<Helper>,
+    /// Since when try-once acquires have found the lock free while the
+    /// gate stayed taken.
+    free_since: Option<std::time::Instant>,
 }
 
 /// The path of the gate of the lock at `path`, beside it; `None` if the
@@ -107,7 +128,7 @@ pub(super) struct Turnstile<'a> {
 }
 
 enum Held {
-    Cached,
+    /// A file opened for this claim, or by a helper thread.
     Own(File),
 }
 
@@ -130,7 +151,7 @@ impl<'a> Turnstile<'a> {
             && !lock.remove_on_release
             && lock.writers() == Writers::ThisMachine;
         let path = if on { gate_path(&lock.path) } else { None };
-        let pid = std::process::id();
+        let pid = crate::sys::pid();
         let cached = path
             .as_ref()
             .and_then(|_| holding::lock(&lock.gate).take())
@@ -157,8 +178,9 @@ impl<'a> Turnstile<'a> {
                 Ok(file) => {
                     self.cached = Some(GateFile {
                         file,
-                        pid: std::process::id(),
+                        pid: crate::sys::pid(),
                         helper: None,
+                        free_since: None,
                     })
                 }
                 Err(_) => return self.skip(),
@@ -167,18 +189,80 @@ impl<'a> Turnstile<'a> {
         let Some(gate) = &self.cached else {
             return self.skip();
         };
-        match sys::lock_file(&gate.file, LockKind::Exclusive, Wait::Try) {
-            Ok(()) => {
-                self.held = Some(Held::Cached);
-                self.taken()
-            }
-            Err(e) if crate::flock::contended(&e, &gate.file) => {
+        match sys::gate_taken(&gate.file) {
+            Ok(false) => AtGate::Through,
+            Ok(true) => {
                 if deadline.expired() {
-                    return AtGate::Held;
+                    return self.stuck_head_at_a_try();
                 }
                 self.wait(path, deadline)
             }
             Err(_) => self.skip(),
+        }
+    }
+
+    /// A try-once acquire (or the async API's polling) that finds the gate
+    /// taken: the lock counts as held, unless the lock has been seen free
+    /// by such tries for twice the patience while the gate stayed taken
+    /// (the head is stuck): then it is tried without the gate.
+    fn stuck_head_at_a_try(&mut self) -> AtGate {
+        let free = matches!(
+            strategy::probe(self.lock.strategy, &self.lock.path),
+            Ok(Probe::Free)
+        );
+        let patience = patience(self.lock.poll_interval);
+        let Some(gate) = self.cached.as_mut() else {
+            return AtGate::Held;
+        };
+        if !free {
+            gate.free_since = None;
+            return AtGate::Held;
+        }
+        let since = *gate.free_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= patience * 2 {
+            gate.free_since = None;
+            return self.skip();
+        }
+        AtGate::Held
+    }
+
+    /// Whether this acquisition goes through a gate (it has one, and has
+    /// not given up on it).
+    pub(super) fn is_on(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Whether this acquisition holds the gate: it is the head of the
+    /// queue.
+    pub(super) fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// After a try found the lock held, without the gate: takes the gate
+    /// to wait at the head of the queue. `false` if another process took
+    /// it first ([`enter`](Turnstile::enter) then waits behind it).
+    pub(super) fn claim(&mut self) -> bool {
+        // A file of its own for the claim, closed when the gate goes: the
+        // handle's kept file only ever looks, so that a child forked later
+        // (which shares the kept file) never holds the gate.
+        let Some(path) = self.path.clone() else {
+            return false;
+        };
+        let Ok(file) = open_gate(&path) else {
+            self.skip();
+            return false;
+        };
+        match sys::gate_lock(&file, Wait::Try) {
+            Ok(()) => {
+                self.held = Some(Held::Own(file));
+                self.taken();
+                true
+            }
+            Err(e) if crate::flock::contended(&e, &file) => false,
+            Err(_) => {
+                self.skip();
+                false
+            }
         }
     }
 
@@ -210,19 +294,11 @@ impl<'a> Turnstile<'a> {
     }
 
     fn let_go(&mut self) {
-        match self.held.take() {
-            Some(Held::Cached) => {
-                if let Some(gate) = &self.cached {
-                    if sys::unlock_file(&gate.file).is_err() {
-                        // Closing releases the lock.
-                        self.cached = None;
-                    }
-                }
-            }
-            Some(Held::Own(file)) => {
-                let _ = sys::unlock_file(&file);
-            }
-            None => {}
+        if let Some(Held::Own(file)) = self.held.take() {
+            // Unlocked before it is closed: a child forked meanwhile may
+            // share the open file, and closing alone would leave it the
+            // gate.
+            let _ = sys::gate_unlock(&file);
         }
     }
 
@@ -234,7 +310,12 @@ impl<'a> Turnstile<'a> {
     /// that time out do not pile up threads), and lets the gate go at once
     /// if it gets it while nobody waits.
     fn wait(&mut self, path: Utf8PathBuf, deadline: &Deadline) -> AtGate {
-        let helper = match self.cached.as_mut().and_then(|gate| gate.helper.take()) {
+        let kept = self
+            .cached
+            .as_mut()
+            .and_then(|gate| gate.helper.take())
+            .filter(|helper| !holding::lock(&helper.state).finished);
+        let helper = match kept {
             Some(helper) => helper,
             None => match Helper::start(path) {
                 Some(helper) => helper,
@@ -243,6 +324,7 @@ impl<'a> Turnstile<'a> {
         };
         let patience = patience(self.lock.poll_interval);
         let mut free_looks = 0;
+        let mut seen = crate::stale::LastSeen::default();
         let mut state = holding::lock(&helper.state);
         state.wanted = true;
         let end = loop {
@@ -271,10 +353,17 @@ impl<'a> Turnstile<'a> {
                 break Some(AtGate::Held);
             }
             drop(state);
+            // Free, or stale and broken here: a head that waits as it
+            // should takes it now; one that does not is passed by at the
+            // next look. (A head that does not break stale locks, or is
+            // stopped, would otherwise keep the queue behind a dead
+            // holder.)
             let free = matches!(
                 strategy::probe(self.lock.strategy, &self.lock.path),
                 Ok(Probe::Free)
-            );
+            ) || (self.lock.break_stale
+                && !strategy::can_block(self.lock.strategy)
+                && self.lock.break_if_stale(&mut seen).unwrap_or(false));
             state = holding::lock(&helper.state);
             free_looks = if free { free_looks + 1 } else { 0 };
             if free_looks >= 2 && state.file.is_none() {
@@ -298,6 +387,12 @@ impl<'a> Turnstile<'a> {
     }
 }
 
+/// Helper threads of this process that have not finished.
+static HELPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most helper threads a process keeps (see [`Helper::start`]).
+const MAX_HELPERS: usize = 16;
+
 /// A thread that blocks on the gate for a waiting acquisition.
 #[derive(Debug)]
 pub(super) struct Helper {
@@ -319,25 +414,41 @@ type HelperState = Mutex<HelperShared>;
 
 impl Helper {
     fn start(path: Utf8PathBuf) -> Option<Helper> {
+        use std::sync::atomic::Ordering;
+        // Helpers of waits that ended (timed out, their handle dropped)
+        // stay blocked until the gate frees: a process waits at the gate
+        // with at most this many, and beyond goes on without the gate.
+        if HELPERS.fetch_add(1, Ordering::Relaxed) >= MAX_HELPERS {
+            HELPERS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         let state = std::sync::Arc::new(HelperState::default());
         let woken = std::sync::Arc::new(Condvar::new());
         let (thread_state, thread_woken) = (state.clone(), woken.clone());
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("portalock-gate".into())
             .spawn(move || {
                 let locked = open_gate(&path)
                     .ok()
-                    .filter(|file| sys::lock_file(file, LockKind::Exclusive, Wait::Block).is_ok());
+                    .filter(|file| sys::gate_lock(file, Wait::Block).is_ok());
                 let mut state = holding::lock(&thread_state);
                 state.finished = true;
                 if state.wanted {
                     state.file = locked;
+                } else if let Some(file) = locked {
+                    // Nobody waits for it any more: let it go (unlocked
+                    // before it is closed, as in `let_go`).
+                    let _ = sys::gate_unlock(&file);
                 }
-                // Otherwise the file is dropped here, and the gate with it.
                 drop(state);
+                HELPERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 thread_woken.notify_all();
             })
-            .ok()?;
+            .ok();
+        if spawned.is_none() {
+            HELPERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
         Some(Helper { state, woken })
     }
 }

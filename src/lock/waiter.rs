@@ -92,17 +92,31 @@ impl LockFile {
             if let AtGate::Held = gate.enter(deadline) {
                 return Err(self.contended(timeout));
             }
+            // Only the head of the queue blocks in the kernel: an
+            // acquisition that would wait without the gate would not be
+            // seen waiting.
+            let wait_now = if gate.is_on() && !gate.holds() {
+                Wait::Try
+            } else {
+                wait
+            };
             match strategy::try_acquire(
                 self.strategy,
                 &self.path,
                 &record,
-                wait,
+                wait_now,
                 how,
                 &mut cached.file,
             ) {
                 Ok(Some(held)) => {
                     gate.pass();
                     return Ok((held, record));
+                }
+                // Held: wait at the head of the queue (try again at once,
+                // holding the gate), or behind whoever took the gate first.
+                Ok(None) if gate.is_on() && !gate.holds() => {
+                    gate.claim();
+                    continue;
                 }
                 Ok(None) => {
                     if waiter.busy()? == Then::Slept {

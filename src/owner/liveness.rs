@@ -149,7 +149,7 @@ pub(crate) struct Identity {
 impl Identity {
     pub(crate) fn get() -> Arc<Identity> {
         static ME: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
-        let pid = std::process::id();
+        let pid = crate::sys::pid();
         let mut me = ME.lock().unwrap_or_else(PoisonError::into_inner);
         match me.as_ref() {
             Some(id) if id.pid == pid => Arc::clone(id),
@@ -229,7 +229,7 @@ pub(super) fn same_boot_tag(a: &str, b: &str) -> Option<(bool, bool)> {
 /// may still run: `false` only on proof that it has exited (see
 /// [`sys::process_state`]); this process runs.
 pub(crate) fn pid_runs(pid: u32) -> bool {
-    pid == std::process::id() || sys::process_state(pid) != ProcessState::Exited
+    pid == crate::sys::pid() || sys::process_state(pid) != ProcessState::Exited
 }
 
 /// This machine and boot (and PID namespace) as 8 hex digits: tokens carry

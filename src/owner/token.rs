@@ -27,7 +27,7 @@ pub(crate) fn new_token() -> io::Result<String> {
         counter: u64,
     }
     static SOURCE: Mutex<Option<Source>> = Mutex::new(None);
-    let pid = std::process::id();
+    let pid = crate::sys::pid();
     let (hi, lo) = {
         let mut source = SOURCE.lock().unwrap_or_else(PoisonError::into_inner);
         let source = match source.as_mut() {

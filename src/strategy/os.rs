@@ -86,12 +86,12 @@ pub(crate) fn try_acquire(
     // opened afresh. Each round means the lock was released meanwhile;
     // after many, the lock is plainly busy.
     for _ in 0..64 {
-        let pid = std::process::id();
+        let pid = crate::sys::pid();
         let reused = cached.as_ref().is_some_and(|open| open.pid == pid);
         let Open { file, id, .. } = match cached.take().filter(|open| open.pid == pid) {
             Some(open) => open,
             None => {
-                let file = files::open_create(path).map_err(|e| open_error(path, e))?;
+                let file = files::open_create_no_atime(path).map_err(|e| open_error(path, e))?;
                 // The identity of an open file does not change; it is
                 // compared with the path's once the lock is held.
                 let id = check_regular(path, &file)?;
@@ -210,7 +210,7 @@ pub(crate) fn release(
             *cached = Some(Open {
                 file,
                 id,
-                pid: std::process::id(),
+                pid: crate::sys::pid(),
             });
         }
     }

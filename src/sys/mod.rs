@@ -8,9 +8,7 @@
 //! [`ProcessState::Exited`] only on proof (the kernel says no such process,
 //! or shows it a zombie), never because a look failed.
 
-#[cfg(any(unix, windows))]
 use std::fs::File;
-#[cfg(any(unix, windows))]
 use std::io;
 
 #[cfg(unix)]
@@ -33,9 +31,10 @@ pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
     boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, fs_facts,
     ino, is_bad_handle, is_eperm, is_symlink_refusal, is_transient_os, link_count, lock_file,
-    machine_id, may_be_smb_conflict, meta_id, name_max, no_follow, no_follow_no_block,
-    pid_namespace, process_state, read_at, since_boot, spawn_gated, unlock_file, write_all_at,
-    HAS_OS_LOCKS, ID_FROM_METADATA, KEEPS_RELEASED_FILES, SYNCS_DIRECTORIES,
+    machine_id, may_be_smb_conflict, meta_id, name_max, no_follow, no_follow_no_atime,
+    no_follow_no_block, pid, pid_namespace, process_state, read_at, since_boot, spawn_gated,
+    unlock_file, write_all_at, HAS_OS_LOCKS, ID_FROM_METADATA, KEEPS_RELEASED_FILES,
+    SYNCS_DIRECTORIES,
 };
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -82,6 +81,32 @@ pub(crate) enum FsFacts {
     Windows { remote: bool },
     /// A platform with no way to tell.
     Unknown,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use imp::{gate_lock, gate_taken, gate_unlock};
+
+/// The turnstile's gate, where no cheaper lock serves it: an exclusive
+/// [`lock_file`].
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn gate_lock(file: &File, wait: Wait) -> io::Result<()> {
+    lock_file(file, LockKind::Exclusive, wait)
+}
+
+/// Lets the gate go.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn gate_unlock(file: &File) -> io::Result<()> {
+    unlock_file(file)
+}
+
+/// Whether another open file holds the gate: a try, let go at once.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn gate_taken(file: &File) -> io::Result<bool> {
+    match lock_file(file, LockKind::Exclusive, Wait::Try) {
+        Ok(()) => unlock_file(file).map(|()| false),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || may_be_smb_conflict(&e) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Which OS advisory lock [`lock_file`] takes.

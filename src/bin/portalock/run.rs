@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use portalock::{Error, LockFile, LockOptions};
 
-use crate::waiting::{describe_holder, secs, wait_visibly, waiting_line};
+#[cfg(feature = "redis")]
+use crate::waiting::describe_holder;
+use crate::waiting::{secs, wait_visibly, waiting_line};
 use crate::{acquire_within, faults, lock_error, options, signals, Failure, Outcome, RunArgs};
 use crate::{EXIT_CANNOT_RUN, EXIT_LOCK_ERROR, EXIT_NOT_FOUND};
 

@@ -24,6 +24,24 @@ pub(crate) fn no_follow(opts: &mut OpenOptions) {
     opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
 }
 
+/// As [`no_follow`], and without updating the file's access time when it
+/// is read (`O_NOATIME`, Linux): a lock file that is read back after each
+/// write would otherwise dirty its inode every time. `false` where there is
+/// no such flag. The kernel allows it only to the file's owner: an open
+/// refused with `EPERM` is tried again without it.
+pub(crate) fn no_follow_no_atime(opts: &mut OpenOptions) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOATIME);
+        true
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = opts;
+        false
+    }
+}
+
 /// As [`no_follow`], and without blocking on a FIFO planted at the path.
 pub(crate) fn no_follow_no_block(opts: &mut OpenOptions) {
     opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
@@ -105,6 +123,55 @@ pub(crate) fn lock_file(file: &File, kind: LockKind, wait: Wait) -> io::Result<(
         (LockKind::Shared, Wait::Try) => Op::NonBlockingLockShared,
     };
     Ok(rustix::fs::flock(file, op)?)
+}
+
+/// The turnstile's gate (see `lock::turnstile`), on Linux: an
+/// open-file-description lock (`F_OFD_SETLK`) over the whole file, which
+/// belongs to the open file as a `flock` lock does, and which
+/// [`gate_taken`] can look at with one system call, without taking it.
+/// Elsewhere, `flock`. The gate's file holds no other lock.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn gate_lock(file: &File, wait: Wait) -> io::Result<()> {
+    let cmd = match wait {
+        Wait::Block => libc::F_OFD_SETLKW,
+        Wait::Try => libc::F_OFD_SETLK,
+    };
+    ofd(file, cmd, libc::F_WRLCK).map(drop)
+}
+
+/// Lets the gate go (see [`gate_lock`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn gate_unlock(file: &File) -> io::Result<()> {
+    ofd(file, libc::F_OFD_SETLK, libc::F_UNLCK).map(drop)
+}
+
+/// Whether another open file holds the gate (see [`gate_lock`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn gate_taken(file: &File) -> io::Result<bool> {
+    ofd(file, libc::F_OFD_GETLK, libc::F_WRLCK).map(|found| found != libc::F_UNLCK)
+}
+
+/// One `fcntl` open-file-description lock call over the whole of `file`;
+/// the lock type it reports back (for `F_OFD_GETLK`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+fn ofd(file: &File, cmd: libc::c_int, kind: libc::c_int) -> io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    // A zeroed `flock` with these fields: the whole file (l_len 0 reaches
+    // the end, however it grows), and l_pid 0, which OFD locks require.
+    // SAFETY: `libc::flock` is plain data, for which all-zero bytes are a
+    // valid value.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed,
+    // and `lock` is a valid `flock` that outlives the call, which is what
+    // the three OFD commands read and (GETLK) write.
+    let done = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut lock as *mut libc::flock) };
+    if done == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(libc::c_int::from(lock.l_type))
 }
 
 /// Releases the OS advisory lock of the open `file` (`flock(LOCK_UN)`;

@@ -27,6 +27,47 @@ mod file;
 pub(crate) use dir::DirHandle;
 pub(crate) use file::*;
 
+/// This process's PID, asked of the kernel once and again after a `fork()`
+/// (a lock's every acquisition needs it several times, and `getpid` is a
+/// system call).
+pub(crate) fn pid() -> u32 {
+    use std::sync::atomic::Ordering;
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    REGISTERED.call_once(forget_pid_on_fork);
+    let pid = std::process::id();
+    if !NO_CACHE.load(Ordering::Relaxed) {
+        PID.store(pid, Ordering::Relaxed);
+    }
+    pid
+}
+
+/// The cached PID; 0 when it must be asked.
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Runs in the child of every `fork()`: the cached PID is the parent's.
+extern "C" fn pid_forgotten() {
+    PID.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[allow(unsafe_code)]
+fn forget_pid_on_fork() {
+    // SAFETY: `pthread_atfork` only records the three function pointers;
+    // the child handler, the one given, stores to an atomic, which is
+    // async-signal-safe and so allowed in a forked child. If it cannot be
+    // registered (ENOMEM), the cache is not used at all.
+    let registered = unsafe { libc::pthread_atfork(None, None, Some(pid_forgotten)) };
+    if registered != 0 {
+        NO_CACHE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Set if the fork handler could not be registered.
+static NO_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether the kernel knows a process `pid` (a zombie included): `Some`
 /// on an answer, `None` if the question failed in a way that tells
 /// nothing. `EPERM` (another user's process) is a yes.

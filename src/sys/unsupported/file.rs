@@ -57,3 +57,8 @@ pub(crate) fn fs_facts(dir: &std::path::Path) -> io::Result<super::super::FsFact
     std::fs::metadata(dir)?;
     Ok(super::super::FsFacts::Unknown)
 }
+
+/// No flag to keep a file's access time here: `false`.
+pub(crate) fn no_follow_no_atime(_opts: &mut std::fs::OpenOptions) -> bool {
+    false
+}

@@ -52,3 +52,8 @@ pub(crate) fn spawn_gated(
 ) -> io::Result<Child> {
     super::spawn_then_name(command, name_it)
 }
+
+/// This process's PID (no `fork()` here: asked each time, cheaply).
+pub(crate) fn pid() -> u32 {
+    std::process::id()
+}

@@ -124,3 +124,8 @@ mod drive {
         kind == DRIVE_REMOTE
     }
 }
+
+/// No flag to keep a file's access time here: `false`.
+pub(crate) fn no_follow_no_atime(_opts: &mut std::fs::OpenOptions) -> bool {
+    false
+}
