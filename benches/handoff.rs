@@ -250,7 +250,7 @@ fn child(role: &str, args: &[String]) {
 
 /// Ping-pong: on "go", take the lock, hold it for the given microseconds,
 /// release it and ask again at once, the given number of times; then say
-/// the times taken and released.
+/// the times asked, taken and released.
 fn child_ping(args: &[String]) {
     let lock = Pong::open(&args[0], &args[1]);
     let n: usize = args[2].parse().expect("n");
@@ -260,12 +260,13 @@ fn child_ping(args: &[String]) {
     let _ = std::io::stdin().read_line(&mut line);
     let mut events = Vec::with_capacity(n);
     for _ in 0..n {
+        let ask = now_ns();
         lock.acquire();
         let got = now_ns();
         std::thread::sleep(hold);
         let rel = now_ns();
         lock.release();
-        events.push(format!("{got},{rel}"));
+        events.push(format!("{ask},{got},{rel}"));
     }
     say(&format!("EVENTS {}", events.join(" ")));
 }
@@ -354,16 +355,19 @@ fn pingpong(kind: &str, dir: &str, n: usize, hold_us: u64) -> PingPong {
     for p in &mut procs {
         p.send("go");
     }
-    // (time, is a release, who)
+    // (time, is a release, who); and each process's waits (asked, got).
     let mut events: Vec<(u128, bool, usize)> = Vec::new();
-    let mut last_release = [0u128; 2];
+    let mut waits: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
     for (who, p) in procs.iter().enumerate() {
-        for pair in p.expect("EVENTS").split_whitespace() {
-            let (got, rel) = pair.split_once(',').expect("pair");
-            let (got, rel): (u128, u128) = (got.parse().expect("t"), rel.parse().expect("t"));
+        for triple in p.expect("EVENTS").split_whitespace() {
+            let t: Vec<u128> = triple
+                .split(',')
+                .map(|x| x.parse().expect("time"))
+                .collect();
+            let (ask, got, rel) = (t[0], t[1], t[2]);
             events.push((got, false, who));
             events.push((rel, true, who));
-            last_release[who] = last_release[who].max(rel);
+            waits[who].push((ask, got));
         }
     }
     for p in procs {
@@ -376,9 +380,10 @@ fn pingpong(kind: &str, dir: &str, n: usize, hold_us: u64) -> PingPong {
         if !release {
             continue;
         }
+        // Only releases while the other process was waiting (it had asked
+        // and not yet got the lock): the others are no contest.
         let other = 1 - who;
-        // Only while the other process still asks.
-        if last_release[other] < t {
+        if !waits[other].iter().any(|&(ask, got)| ask < t && t < got) {
             continue;
         }
         if let Some(&(t1, _, next)) = events[i + 1..].iter().find(|e| !e.1) {

@@ -31,21 +31,39 @@ fn child() {
         Ok("fair-reasker") => reasker(),
         Ok("fair-waiter") => waiter(),
         Ok("fair-holder") => holder(),
+        Ok("fair-dead-holder") => dead_holder(),
         _ => common::child_entry(),
     }
 }
 
+/// The child's lock and log; a fourth argument `nobreak` opens the lock
+/// with `break_stale(false)`.
 fn args() -> (LockFile, std::path::PathBuf) {
     let args = std::env::var("PORTALOCK_TEST_ARGS").expect("args");
     let mut parts = args.split('\u{1f}');
     let strategy: LockStrategy = parts.next().expect("strategy").parse().expect("strategy");
     let lock = parts.next().expect("lock path");
     let log = parts.next().expect("log path");
+    let nobreak = parts.next() == Some("nobreak");
     let lock = LockOptions::new()
         .strategy(strategy)
+        .break_stale(!nobreak)
         .open(lock)
         .expect("open lock");
     (lock, log.into())
+}
+
+/// D: takes the lock, says `HELD`, and waits to be killed.
+fn dead_holder() {
+    let (lock, _) = args();
+    lock.acquire().expect("acquire");
+    say("HELD");
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+    }
+    std::process::exit(0);
 }
 
 fn say(line: &str) {
@@ -229,4 +247,86 @@ fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
         head.close_stdin();
         assert!(head.wait().success());
     }
+}
+
+/// A holder dies with a `Mkdir` or `Link` lock; the head of the queue is
+/// a process that does not break stale locks. The process waiting behind
+/// it breaks the dead holder's lock itself (so the head takes it), and
+/// then gets its turn: the queue never stands behind a dead holder.
+#[rstest]
+fn a_waiter_behind_the_head_breaks_a_dead_holders_lock(
+    #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("dead.lock");
+    let log = dir.path().join("log");
+    let (lock, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+    let mut dead = spawn("fair-dead-holder", &[strategy.as_str(), lock, log_arg]);
+    dead.expect("HELD");
+    dead.signal("KILL");
+    let mut head = spawn(
+        "fair-waiter",
+        &[strategy.as_str(), lock, log_arg, "nobreak"],
+    );
+    head.send("wait");
+    let tid = head.expect("WAITING");
+    until_asleep(head.pid(), &tid);
+    let mut next = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
+    next.send("wait");
+    next.expect("WAITING");
+    // The head takes the lock once the waiter behind it broke it; then
+    // the waiter gets it. Bounded: the patience (half a second) and a
+    // margin.
+    for (who, p) in [("head", &mut head), ("next", &mut next)] {
+        match p.poll_event(Duration::from_secs(15)) {
+            Some((event, _)) => assert_eq!(event, "GOT", "{strategy}: {who}"),
+            None => panic!("{strategy}: the {who} waiter never got the lock"),
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "WW");
+}
+
+/// A head of the queue that stopped (`SIGSTOP`) while it waits does not
+/// keep try-once acquires away from a free lock for ever: once they have
+/// seen it free for twice the patience, they take it.
+#[rstest]
+fn try_once_acquires_pass_a_stopped_head(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("stopped.lock");
+    let log = dir.path().join("log");
+    let (lock_arg, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+    let mut h = spawn("fair-holder", &[strategy.as_str(), lock_arg, log_arg]);
+    h.expect("HELD");
+    let mut head = spawn("fair-waiter", &[strategy.as_str(), lock_arg, log_arg]);
+    head.send("wait");
+    let tid = head.expect("WAITING");
+    until_asleep(head.pid(), &tid);
+    head.signal("STOP");
+    h.send("release");
+    h.expect("RELEASED");
+    let ours = LockOptions::new()
+        .strategy(strategy)
+        .open(&lock)
+        .expect("open");
+    let start = Instant::now();
+    let bound = Duration::from_secs(15);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match ours.try_acquire() {
+            Ok(()) => break,
+            Err(e) if e.is_contended() => {}
+            Err(e) => panic!("{strategy}: {e}"),
+        }
+        assert!(
+            start.elapsed() < bound,
+            "{strategy}: {tries} try-once acquires over {bound:?} never passed a stopped head"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ours.release().expect("release");
+    head.signal("CONT");
+    head.expect("GOT");
 }

@@ -77,10 +77,13 @@ impl Drop for Mount {
     }
 }
 
+/// The names in `dir`, but the turnstiles' gates (`.<name>.gate`), which
+/// stay by design.
 fn names(dir: &Utf8Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("list")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !(n.starts_with('.') && n.ends_with(".gate")))
         .collect();
     names.sort();
     names

@@ -135,8 +135,9 @@ impl LockOptions {
     /// (`.<name>.gate`) on which they take an OS advisory lock: the first
     /// waiter holds it while it waits, so whoever asks after it waits
     /// behind it. The gate only orders; exclusion is the strategy's own.
-    /// It costs two system calls on an acquisition that finds the lock
-    /// free, and a thread while a process waits behind another. There is
+    /// It costs one system call on an acquisition that finds the lock
+    /// free (two outside Linux), and a thread for a handle that has waited
+    /// behind another process. There is
     /// no gate (and so no such order) on a network file system, for locks
     /// that [remove their file](LockOptions::remove_on_release), or on
     /// platforms without OS locks. A process that dies while it waits leaves the queue at once;

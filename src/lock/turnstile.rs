@@ -20,9 +20,10 @@
 //!
 //! A releaser that asks again finds the head of the queue at the gate and
 //! waits behind it; the head, woken by the release, takes the lock.
-//! Those waiting at the gate sleep in the kernel (a helper thread blocks on
-//! the gate for them), so the next head takes over the gate as soon as the
-//! last one lets it go. An acquisition that finds the lock free pays one
+//! Those waiting at the gate sleep in the kernel (a helper thread of the
+//! handle, started at its first wait at a gate and kept for its life,
+//! blocks on the gate for them), so the next head takes over the gate as
+//! soon as the last one lets it go. An acquisition that finds the lock free pays one
 //! system call for the gate on Linux (the look), two elsewhere. Between the
 //! look and the try, a waiter may take the gate: that acquisition then
 //! passes it once, and the next one waits behind it (a waiter gets the
@@ -49,8 +50,8 @@
 //! stayed taken, they try it.
 //!
 //! **What the gate does not order.** Shared (reader) locks, `LockedFile`,
-//! and waits in a process that already has [`MAX_HELPERS`] helper threads
-//! blocked on gates go on as without one. A gate file that is removed
+//! and waits of handles beyond the [`MAX_HELPERS`] of a process that have
+//! waited at a gate go on as without one. A gate file that is removed
 //! while a process keeps it open splits the queue until the process opens
 //! it again; order suffers, exclusion does not.
 //!
@@ -102,10 +103,28 @@ pub(crate) fn gate_path(path: &Utf8Path) -> Option<Utf8PathBuf> {
     Some(dir.join(format!("{prefix}gate")))
 }
 
+/// Opens the gate to take it (created if missing): for writing, which an
+/// exclusive OS lock needs.
 fn open_gate(path: &Utf8Path) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
     files::open_with(path, &mut opts)
+}
+
+/// Opens the gate to look at it, for reading only: the handle keeps this
+/// file open for its life, and a file kept open for writing would stop the
+/// file system from being remounted read-only. Created (and closed) first
+/// if missing.
+fn open_gate_to_look(path: &Utf8Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    match files::open_with(path, &mut opts) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            drop(open_gate(path)?);
+            files::open_with(path, &mut opts)
+        }
+        other => other,
+    }
 }
 
 /// How long a process waiting at the gate goes between two looks at the
@@ -174,7 +193,7 @@ impl<'a> Turnstile<'a> {
             return AtGate::Through;
         };
         if self.cached.is_none() {
-            match open_gate(&path) {
+            match open_gate_to_look(&path) {
                 Ok(file) => {
                     self.cached = Some(GateFile {
                         file,
@@ -242,9 +261,10 @@ impl<'a> Turnstile<'a> {
     /// to wait at the head of the queue. `false` if another process took
     /// it first ([`enter`](Turnstile::enter) then waits behind it).
     pub(super) fn claim(&mut self) -> bool {
-        // A file of its own for the claim, closed when the gate goes: the
-        // handle's kept file only ever looks, so that a child forked later
-        // (which shares the kept file) never holds the gate.
+        // A file of its own for the claim, unlocked and closed when the gate
+        // goes: the handle's kept file only ever looks. A file that a child
+        // forked later could share never holds the gate: if this process
+        // were killed at the head, the child's copy would keep it.
         let Some(path) = self.path.clone() else {
             return false;
         };
@@ -302,37 +322,36 @@ impl<'a> Turnstile<'a> {
         }
     }
 
-    /// Waits at the gate: a helper thread blocks on it (in the kernel, so
-    /// that it is woken as soon as the gate is let go) and hands over its
-    /// locked file, while this thread looks at the lock every
-    /// [`patience`] and at the deadline. A helper still blocked when the
-    /// wait ends stays with the handle for its next wait (so that waits
-    /// that time out do not pile up threads), and lets the gate go at once
-    /// if it gets it while nobody waits.
+    /// Waits at the gate: the handle's helper thread blocks on it (in the
+    /// kernel, so that it is woken as soon as the gate is let go) and
+    /// hands over its locked file, while this thread looks at the lock
+    /// every [`patience`] and at the deadline. The helper is the handle's
+    /// for its life: started at its first wait at a gate, it serves every
+    /// later one. If a wait ends while the helper is blocked, the helper
+    /// lets the gate go as soon as it gets it, unless a new wait wants it.
     fn wait(&mut self, path: Utf8PathBuf, deadline: &Deadline) -> AtGate {
-        let kept = self
-            .cached
-            .as_mut()
-            .and_then(|gate| gate.helper.take())
-            .filter(|helper| !holding::lock(&helper.state).finished);
-        let helper = match kept {
-            Some(helper) => helper,
-            None => match Helper::start(path) {
-                Some(helper) => helper,
-                None => return self.skip(),
-            },
+        let Some(gate) = self.cached.as_mut() else {
+            return self.skip();
+        };
+        if gate.helper.is_none() {
+            gate.helper = Helper::start(path);
+        }
+        let Some(helper) = gate.helper.as_ref().map(Helper::share) else {
+            return self.skip();
         };
         let patience = patience(self.lock.poll_interval);
         let mut free_looks = 0;
         let mut seen = crate::stale::LastSeen::default();
         let mut state = holding::lock(&helper.state);
         state.wanted = true;
+        state.failed = false;
+        helper.woken.notify_all();
         let end = loop {
             if let Some(file) = state.file.take() {
                 self.held = Some(Held::Own(file));
                 break Some(AtGate::Through);
             }
-            if state.finished {
+            if state.failed || state.closed {
                 // It could not open or lock the gate: go on without it.
                 break None;
             }
@@ -346,7 +365,7 @@ impl<'a> Turnstile<'a> {
                 Err(poisoned) => poisoned.into_inner(),
             };
             state = next;
-            if !waited.timed_out() || state.file.is_some() || state.finished {
+            if !waited.timed_out() || state.file.is_some() || state.failed {
                 continue;
             }
             if deadline.expired() {
@@ -372,13 +391,7 @@ impl<'a> Turnstile<'a> {
             }
         };
         state.wanted = false;
-        let finished = state.finished;
         drop(state);
-        if !finished {
-            if let Some(gate) = self.cached.as_mut() {
-                gate.helper = Some(helper);
-            }
-        }
         match end {
             Some(AtGate::Through) => self.taken(),
             Some(AtGate::Held) => AtGate::Held,
@@ -387,13 +400,7 @@ impl<'a> Turnstile<'a> {
     }
 }
 
-/// Helper threads of this process that have not finished.
-static HELPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// The most helper threads a process keeps (see [`Helper::start`]).
-const MAX_HELPERS: usize = 16;
-
-/// A thread that blocks on the gate for a waiting acquisition.
+/// A handle's thread that blocks on the gate for its waits.
 #[derive(Debug)]
 pub(super) struct Helper {
     state: std::sync::Arc<HelperState>,
@@ -402,22 +409,31 @@ pub(super) struct Helper {
 
 #[derive(Debug, Default)]
 struct HelperShared {
-    /// An acquisition waits for the gate.
+    /// A wait wants the gate.
     wanted: bool,
-    /// The gate, locked, for the acquisition that waits.
+    /// The gate, locked, for the wait that wants it.
     file: Option<File>,
-    /// The thread is done (the gate handed over, let go, or not had).
-    finished: bool,
+    /// The gate could not be opened or locked for the last wait.
+    failed: bool,
+    /// The handle is gone: the thread ends (once it is not blocked).
+    closed: bool,
 }
 
 type HelperState = Mutex<HelperShared>;
 
+/// Helper threads of this process that have not ended.
+static HELPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most helper threads a process keeps (see [`Helper::start`]).
+const MAX_HELPERS: usize = 16;
+
 impl Helper {
+    /// The helper thread of one handle. A process keeps at most
+    /// [`MAX_HELPERS`]: a handle dropped while its helper is blocked
+    /// leaves it blocked until the gate frees; beyond that many, waits go
+    /// on without the gate.
     fn start(path: Utf8PathBuf) -> Option<Helper> {
         use std::sync::atomic::Ordering;
-        // Helpers of waits that ended (timed out, their handle dropped)
-        // stay blocked until the gate frees: a process waits at the gate
-        // with at most this many, and beyond goes on without the gate.
         if HELPERS.fetch_add(1, Ordering::Relaxed) >= MAX_HELPERS {
             HELPERS.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -428,28 +444,65 @@ impl Helper {
         let spawned = std::thread::Builder::new()
             .name("portalock-gate".into())
             .spawn(move || {
-                let locked = open_gate(&path)
-                    .ok()
-                    .filter(|file| sys::gate_lock(file, Wait::Block).is_ok());
-                let mut state = holding::lock(&thread_state);
-                state.finished = true;
-                if state.wanted {
-                    state.file = locked;
-                } else if let Some(file) = locked {
-                    // Nobody waits for it any more: let it go (unlocked
-                    // before it is closed, as in `let_go`).
-                    let _ = sys::gate_unlock(&file);
-                }
-                drop(state);
-                HELPERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                thread_woken.notify_all();
+                serve(&path, &thread_state, &thread_woken);
+                HELPERS.fetch_sub(1, Ordering::Relaxed);
             })
             .ok();
         if spawned.is_none() {
-            HELPERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            HELPERS.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         Some(Helper { state, woken })
+    }
+
+    fn share(&self) -> Helper {
+        Helper {
+            state: self.state.clone(),
+            woken: self.woken.clone(),
+        }
+    }
+}
+
+/// The helper thread: whenever a wait wants the gate, blocks on it and
+/// hands the locked file over, or lets it go if the wait is over.
+fn serve(path: &Utf8Path, state: &HelperState, woken: &Condvar) {
+    loop {
+        let mut shared = holding::lock(state);
+        while !shared.wanted && !shared.closed {
+            shared = match woken.wait(shared) {
+                Ok(next) => next,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+        if shared.closed {
+            return;
+        }
+        drop(shared);
+        let locked = open_gate(path)
+            .ok()
+            .filter(|file| sys::gate_lock(file, Wait::Block).is_ok());
+        let mut shared = holding::lock(state);
+        match locked {
+            Some(file) if shared.wanted && !shared.closed => shared.file = Some(file),
+            // Nobody waits for it any more: let it go (unlocked before it
+            // is closed, as in `let_go`).
+            Some(file) => {
+                let _ = sys::gate_unlock(&file);
+            }
+            None => shared.failed = true,
+        }
+        shared.wanted = false;
+        drop(shared);
+        woken.notify_all();
+    }
+}
+
+impl Drop for GateFile {
+    fn drop(&mut self) {
+        if let Some(helper) = &self.helper {
+            holding::lock(&helper.state).closed = true;
+            helper.woken.notify_all();
+        }
     }
 }
 

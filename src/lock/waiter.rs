@@ -114,7 +114,7 @@ impl LockFile {
                 }
                 // Held: wait at the head of the queue (try again at once,
                 // holding the gate), or behind whoever took the gate first.
-                Ok(None) if gate.is_on() && !gate.holds() => {
+                Ok(None) if gate.is_on() && !gate.holds() && !deadline.expired() => {
                     gate.claim();
                     continue;
                 }
@@ -266,8 +266,24 @@ impl<'a> Waiter<'a> {
                 // that was just found held, its release wakes this waiter;
                 // if it is a newer holder's, so does that one's; if nothing
                 // is there, the lock was just released.
-                match watch.arm(&self.lock.path) {
-                    Armed::Watching => watch.wait(nap),
+                match watch.arm(&self.lock.path, self.lock.strategy == Concrete::Mkdir) {
+                    Armed::Watching => {
+                        // On a local file system the watch sees every
+                        // release: no need to look before the next poll
+                        // (the short first pauses of the backoff serve
+                        // waits that cannot watch).
+                        let nap = if self.lock.writers() == Writers::ThisMachine {
+                            self.deadline
+                                .remaining()
+                                .map_or(self.lock.poll_interval, |left| {
+                                    left.min(self.lock.poll_interval)
+                                })
+                                .max(nap)
+                        } else {
+                            nap
+                        };
+                        watch.wait(nap)
+                    }
                     Armed::Absent if self.absent < QUICK_BREAKS => {
                         self.absent += 1;
                         return Ok(Then::TryNow);

@@ -74,7 +74,14 @@ impl LockWatch {
     /// Watches what `path` names now (without following a symbolic link),
     /// instead of what it watched before: its removal, a rename or a
     /// change of its link count wakes [`wait`](LockWatch::wait).
-    pub(crate) fn arm(&mut self, path: &Utf8Path) -> Armed {
+    ///
+    /// A lock directory (`dir`, `Mkdir`) wakes it when it is removed or
+    /// renamed. A lock file (`Link`) wakes it when it loses a link, which
+    /// its release's `unlink` does; not when another of its names is
+    /// renamed (a `Link` release renames the holder's claim first: a
+    /// wake-up then would only find the lock still held, in the middle of
+    /// the hand-off).
+    pub(crate) fn arm(&mut self, path: &Utf8Path, dir: bool) -> Armed {
         use rustix::fs::inotify::{self, WatchFlags};
         let Some(fd) = self.fd.as_ref() else {
             return Armed::Failed;
@@ -82,10 +89,11 @@ impl LockWatch {
         if let Some(wd) = self.wd.take() {
             let _ = inotify::remove_watch(fd, wd);
         }
-        let flags = WatchFlags::DELETE_SELF
-            | WatchFlags::MOVE_SELF
-            | WatchFlags::ATTRIB
-            | WatchFlags::DONT_FOLLOW;
+        let flags = if dir {
+            WatchFlags::DELETE_SELF | WatchFlags::MOVE_SELF | WatchFlags::ONLYDIR
+        } else {
+            WatchFlags::DELETE_SELF | WatchFlags::ATTRIB
+        } | WatchFlags::DONT_FOLLOW;
         match inotify::add_watch(fd, path.as_str(), flags) {
             Ok(wd) => {
                 self.wd = Some(wd);
@@ -175,21 +183,21 @@ mod tests {
         let path = camino::Utf8PathBuf::from_path_buf(dir.path().join("x.lock")).expect("utf-8");
         std::fs::write(&path, "").expect("create");
         let mut first = LockWatch::new().expect("watch");
-        assert_eq!(first.arm(&path), Armed::Watching);
+        assert_eq!(first.arm(&path, false), Armed::Watching);
         std::fs::remove_file(&path).expect("remove");
         // The event is queued: the wait returns long before its bound.
         let start = Instant::now();
         first.wait(Duration::from_secs(20));
         assert!(start.elapsed() < Duration::from_secs(10));
-        assert_eq!(first.arm(&path), Armed::Absent);
+        assert_eq!(first.arm(&path, false), Armed::Absent);
         // Another removal, left unread when the watch ends.
         std::fs::write(&path, "").expect("create");
-        assert_eq!(first.arm(&path), Armed::Watching);
+        assert_eq!(first.arm(&path, false), Armed::Watching);
         std::fs::remove_file(&path).expect("remove");
         drop(first);
         std::fs::write(&path, "").expect("create");
         let mut second = LockWatch::new().expect("watch again");
-        assert_eq!(second.arm(&path), Armed::Watching);
+        assert_eq!(second.arm(&path, false), Armed::Watching);
         let start = Instant::now();
         second.wait(Duration::from_millis(200));
         assert!(
@@ -205,7 +213,7 @@ mod tests {
         std::fs::create_dir(&path).expect("a Mkdir lock");
         std::fs::write(path.join("record.json"), "{}").expect("its record");
         let mut watch = LockWatch::new().expect("watch");
-        assert_eq!(watch.arm(&path), Armed::Watching);
+        assert_eq!(watch.arm(&path, true), Armed::Watching);
         // Neighbours come and go, and the holder rewrites its record.
         for i in 0..100 {
             let other = dir.path().join(format!("other-{i}"));

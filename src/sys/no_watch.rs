@@ -29,7 +29,7 @@ impl LockWatch {
     }
 
     /// Never watches.
-    pub(crate) fn arm(&mut self, _path: &Utf8Path) -> Armed {
+    pub(crate) fn arm(&mut self, _path: &Utf8Path, _dir: bool) -> Armed {
         Armed::Failed
     }
 

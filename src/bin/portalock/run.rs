@@ -24,11 +24,16 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
         return run_in_slot(&args, &options);
     }
     let lock = options.open(&args.lock).map_err(lock_error)?;
-    let taken = wait_visibly(
-        &args.wait,
-        |waited| waiting_line(&lock, waited),
-        || acquire_within(&lock, args.wait.timeout),
-    );
+    // A free lock is taken at once, without the thread that reports a
+    // long wait.
+    let taken = match acquire_within(&lock, Some(Duration::ZERO)) {
+        Err(e) if e.is_contended() && args.wait.timeout != Some(Duration::ZERO) => wait_visibly(
+            &args.wait,
+            |waited| waiting_line(&lock, waited),
+            || acquire_within(&lock, args.wait.timeout),
+        ),
+        other => other,
+    };
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
     let status = run_under(&lock, &args);
     faults::step("run.exited");
