@@ -60,8 +60,11 @@ fn cpu_time() -> Duration {
 /// calls of a strategy (its floor).
 enum Pong {
     Lock(Box<portalock::LockFile>),
-    /// `flock` on a file kept open, blocking.
-    Flock(std::fs::File),
+    /// `flock` on a file kept open, blocking; `polite`: the releaser
+    /// pauses 500 us before it asks again, so that the waiter always wins
+    /// (the kernel's wake-up alone, without the race it loses half the
+    /// time).
+    Flock(std::fs::File, bool),
     /// `mkdir` and a record in it; a waiter sleeps on an inotify watch of
     /// the directory.
     Mkdir(std::path::PathBuf),
@@ -73,7 +76,7 @@ enum Pong {
 impl Pong {
     fn open(kind: &str, path: &str) -> Pong {
         match kind {
-            "floor-flock" => Pong::Flock(
+            "floor-flock" | "floor-flock-polite" => Pong::Flock(
                 std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -81,6 +84,7 @@ impl Pong {
                     .truncate(false)
                     .open(path)
                     .expect("open"),
+                kind.ends_with("polite"),
             ),
             "floor-mkdir" => Pong::Mkdir(path.into()),
             "floor-link" => Pong::Link(path.into()),
@@ -104,7 +108,7 @@ impl Pong {
     fn acquire(&self) {
         match self {
             Pong::Lock(lock) => lock.acquire().expect("acquire"),
-            Pong::Flock(file) => file.lock().expect("flock"),
+            Pong::Flock(file, _) => file.lock().expect("flock"),
             Pong::Mkdir(path) => loop {
                 match std::fs::create_dir(path) {
                     Ok(()) => {
@@ -133,7 +137,12 @@ impl Pong {
     fn release(&self) {
         match self {
             Pong::Lock(lock) => lock.release().expect("release"),
-            Pong::Flock(file) => file.unlock().expect("unlock"),
+            Pong::Flock(file, polite) => {
+                file.unlock().expect("unlock");
+                if *polite {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
             Pong::Mkdir(path) => {
                 std::fs::remove_file(path.join("r.json")).expect("unlink record");
                 std::fs::remove_dir(path).expect("rmdir");
@@ -567,6 +576,7 @@ fn main() {
     println!("| lock | median | p99 | barges |\n| --- | --- | --- | --- |");
     for kind in [
         "floor-flock",
+        "floor-flock-polite",
         "os",
         "os-unfair",
         "floor-mkdir",

@@ -143,18 +143,64 @@ fn holder() {
     std::process::exit(0);
 }
 
-/// Waits (bounded) until thread `tid` of `pid` sleeps.
-fn until_asleep(pid: u32, tid: &str) {
-    let stat = format!("/proc/{pid}/task/{tid}/stat");
+/// Where a waiting thread sleeps.
+#[derive(Clone, Copy)]
+enum Asleep {
+    /// At the head of the queue, waiting for the lock itself: in `flock`
+    /// (`Os`) or in `poll` on its watch (`Mkdir`, `Link`).
+    AtTheHead(LockStrategy),
+    /// Behind the head, waiting for the gate: on a condition variable
+    /// (`futex`), while its helper thread blocks on the gate.
+    BehindTheHead,
+}
+
+/// Waits (bounded) until thread `tid` of `pid` sleeps where `how` says: a
+/// thread merely asleep (on a lock of the standard library's, say) is not
+/// yet waiting in the queue. On x86-64 the system call it sleeps in is
+/// read from `/proc`; elsewhere, any sleep counts.
+fn until_asleep(pid: u32, tid: &str, how: Asleep) {
+    let task = format!("/proc/{pid}/task/{tid}");
+    // x86-64 system call numbers: flock 73, poll 7, ppoll 271, futex 202.
+    let expected: &[&str] = match how {
+        Asleep::AtTheHead(LockStrategy::Os) => &["73"],
+        Asleep::AtTheHead(_) => &["7", "271"],
+        Asleep::BehindTheHead => &["202"],
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(format!("{task}/stat")).expect("read the waiter's stat");
+        // The state follows the command name in parentheses.
+        let state = text.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+        let number = call.split_whitespace().next().unwrap_or_default();
+        let there = !cfg!(target_arch = "x86_64") || expected.contains(&number);
+        if state == Some("S") && there {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never slept where expected: {text} (system call: {call})"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends `SIGSTOP` to `p` and waits (bounded) until its thread `tid` has
+/// stopped: until then it may still take a lock released meanwhile (the
+/// signal is queued when `kill` returns, not yet acted on).
+fn stop(p: &common::Proc, tid: &str) {
+    p.signal("STOP");
+    let stat = format!("/proc/{}/task/{tid}/stat", p.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(&stat).expect("read the waiter's stat");
-        // The state follows the command name in parentheses.
-        let state = text.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
-        if state == Some("S") {
+        if text.rsplit_once(") ").map(|(_, rest)| &rest[..1]) == Some("T") {
             return;
         }
-        assert!(Instant::now() < deadline, "the waiter never slept: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never stopped: {text}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -174,7 +220,7 @@ fn a_waiting_process_gets_the_lock_within_two_hand_offs(
         let before = std::fs::read_to_string(&log).expect("log").len();
         w.send("wait");
         let tid = w.expect("WAITING");
-        until_asleep(w.pid(), &tid);
+        until_asleep(w.pid(), &tid, Asleep::AtTheHead(strategy));
         r.send("cycle");
         r.expect("DONE");
         let after = std::fs::read_to_string(&log).expect("log");
@@ -210,15 +256,15 @@ fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
     h.expect("HELD");
     let mut head = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
     head.send("wait");
-    let tid = head.expect("WAITING");
-    until_asleep(head.pid(), &tid);
+    let head_tid = head.expect("WAITING");
+    until_asleep(head.pid(), &head_tid, Asleep::AtTheHead(strategy));
     let mut next = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
     next.send("wait");
     let tid = next.expect("WAITING");
-    until_asleep(next.pid(), &tid);
+    until_asleep(next.pid(), &tid, Asleep::BehindTheHead);
     match fate {
         "kill" => head.signal("KILL"),
-        _ => head.signal("STOP"),
+        _ => stop(&head, &head_tid),
     }
     let released = Instant::now();
     h.send("release");
@@ -270,7 +316,7 @@ fn a_waiter_behind_the_head_breaks_a_dead_holders_lock(
     );
     head.send("wait");
     let tid = head.expect("WAITING");
-    until_asleep(head.pid(), &tid);
+    until_asleep(head.pid(), &tid, Asleep::AtTheHead(strategy));
     let mut next = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
     next.send("wait");
     next.expect("WAITING");
@@ -302,8 +348,8 @@ fn try_once_acquires_pass_a_stopped_head(
     let mut head = spawn("fair-waiter", &[strategy.as_str(), lock_arg, log_arg]);
     head.send("wait");
     let tid = head.expect("WAITING");
-    until_asleep(head.pid(), &tid);
-    head.signal("STOP");
+    until_asleep(head.pid(), &tid, Asleep::AtTheHead(strategy));
+    stop(&head, &tid);
     h.send("release");
     h.expect("RELEASED");
     let ours = LockOptions::new()
