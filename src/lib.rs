@@ -116,8 +116,9 @@
 //!   kernel drops with its holder.
 //! - *A stuck waiter blocks nobody for long.* Processes waiting behind the
 //!   gate look at the lock every four poll intervals (at least half a
-//!   second), break it if it is stale, and pass the head by after finding
-//!   the lock free twice in a row.
+//!   second), break it if it is stale, and pass the head by once they
+//!   have found the lock free for twice that long; a handle remembers a
+//!   stuck head for its next acquisitions.
 //! - *Fair, not FIFO.* The head is served before anyone who asks after it
 //!   took the gate; among those waiting behind the gate, the kernel picks.
 //!   A waiter gets the lock within two hand-offs of a releaser that asks

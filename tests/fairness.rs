@@ -332,13 +332,11 @@ fn a_waiter_behind_the_head_breaks_a_dead_holders_lock(
     assert_eq!(std::fs::read_to_string(&log).expect("log"), "WW");
 }
 
-/// A head of the queue that stopped (`SIGSTOP`) while it waits does not
-/// keep try-once acquires away from a free lock for ever: once they have
-/// seen it free for twice the patience, they take it.
-#[rstest]
-fn try_once_acquires_pass_a_stopped_head(
-    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
-) {
+/// A free lock whose head of the queue is stopped (`SIGSTOP`, after it
+/// took the gate to wait for a holder that then released), and a handle
+/// of this process on it. The directory, the stopped head (resume it with
+/// `CONT`; it then says `GOT`) and the handle.
+fn behind_a_stopped_head(strategy: LockStrategy) -> (tempfile::TempDir, common::Proc, LockFile) {
     let dir = tempfile::tempdir().expect("tempdir");
     let lock = dir.path().join("stopped.lock");
     let log = dir.path().join("log");
@@ -356,6 +354,17 @@ fn try_once_acquires_pass_a_stopped_head(
         .strategy(strategy)
         .open(&lock)
         .expect("open");
+    (dir, head, ours)
+}
+
+/// A head of the queue that stopped (`SIGSTOP`) while it waits does not
+/// keep try-once acquires away from a free lock for ever: once they have
+/// seen it free for twice the patience, they take it.
+#[rstest]
+fn try_once_acquires_pass_a_stopped_head(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, mut head, ours) = behind_a_stopped_head(strategy);
     let start = Instant::now();
     let bound = Duration::from_secs(15);
     let mut tries = 0;
@@ -374,5 +383,76 @@ fn try_once_acquires_pass_a_stopped_head(
     }
     ours.release().expect("release");
     head.signal("CONT");
+    head.expect("GOT");
+}
+
+/// CPU time of the calling thread so far (`/proc/thread-self/schedstat`).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+/// A timed acquire behind a stopped head succeeds once the lock has been
+/// seen free for twice the patience, and a later one, right after, passes
+/// the same stuck head at once instead of learning it again.
+#[rstest]
+fn timed_acquires_pass_a_stopped_head_and_remember_it(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let (_dir, mut head, ours) = behind_a_stopped_head(strategy);
+    ours.acquire_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{strategy}: a wait behind a stopped head: {e}"));
+    ours.release().expect("release");
+    // Shorter than the two patiences it took to learn that the head is
+    // stuck: it passes on what this handle saw.
+    ours.acquire_timeout(Duration::from_millis(400))
+        .unwrap_or_else(|e| panic!("{strategy}: a short wait behind a known stuck head: {e}"));
+    ours.release().expect("release");
+    head.signal("CONT");
+    head.expect("GOT");
+}
+
+/// The gate file is removed (a cleaner of old files in /tmp) while a
+/// handle keeps its look at the old one; a new head waits at the new gate.
+/// The handle's wait sleeps rather than spins: it learns from its failed
+/// claim that the gate it looks at is not the path's.
+#[rstest]
+fn a_removed_gate_file_makes_no_waiter_spin(
+    #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("gone.lock");
+    let log = dir.path().join("log");
+    let (lock_arg, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+    let ours = LockOptions::new()
+        .strategy(strategy)
+        .open(&lock)
+        .expect("open");
+    // One acquisition opens (and keeps) this handle's look at the gate.
+    ours.acquire().expect("acquire");
+    ours.release().expect("release");
+    std::fs::remove_file(dir.path().join(".gone.lock.gate")).expect("remove the gate");
+    let mut h = spawn("fair-holder", &[strategy.as_str(), lock_arg, log_arg]);
+    h.expect("HELD");
+    let mut head = spawn("fair-waiter", &[strategy.as_str(), lock_arg, log_arg]);
+    head.send("wait");
+    let tid = head.expect("WAITING");
+    until_asleep(head.pid(), &tid, Asleep::AtTheHead(strategy));
+    let (cpu, start) = (thread_cpu(), Instant::now());
+    let waited = ours.acquire_timeout(Duration::from_secs(2));
+    let (cpu, wall) = (thread_cpu() - cpu, start.elapsed());
+    assert!(
+        matches!(waited, Err(ref e) if e.is_contended()),
+        "{strategy}: {waited:?}"
+    );
+    assert!(
+        cpu < wall / 4,
+        "{strategy}: the wait burnt {cpu:?} of CPU in {wall:?}"
+    );
+    h.send("release");
+    h.expect("RELEASED");
     head.expect("GOT");
 }

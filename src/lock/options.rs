@@ -136,14 +136,15 @@ impl LockOptions {
     /// waiter holds it while it waits, so whoever asks after it waits
     /// behind it. The gate only orders; exclusion is the strategy's own.
     /// It costs one system call on an acquisition that finds the lock
-    /// free (two outside Linux), and a thread for a handle that has waited
-    /// behind another process. There is
+    /// free (two outside Linux), and a thread, while a process waits
+    /// behind another (one per lock, ended after ten idle seconds). There is
     /// no gate (and so no such order) on a network file system, for locks
     /// that [remove their file](LockOptions::remove_on_release), or on
-    /// platforms without OS locks. A process that dies while it waits leaves the queue at once;
-    /// one that is stopped at its head is passed by once the lock has
-    /// stayed free for a while (four poll intervals, at least half a
-    /// second, seen twice).
+    /// platforms without OS locks. A process that dies while it waits
+    /// leaves the queue at once; one that is stopped at its head is passed
+    /// by once the lock has stayed free for twice four poll intervals (at
+    /// least a second), and the handle remembers it for its next
+    /// acquisitions.
     ///
     /// With `false`, a releaser that asks again at once usually takes the
     /// lock back before a waiter wakes, as with every other lock library.

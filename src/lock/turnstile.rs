@@ -20,10 +20,11 @@
 //!
 //! A releaser that asks again finds the head of the queue at the gate and
 //! waits behind it; the head, woken by the release, takes the lock.
-//! Those waiting at the gate sleep in the kernel (a helper thread of the
-//! handle, started at its first wait at a gate and kept for its life,
-//! blocks on the gate for them), so the next head takes over the gate as
-//! soon as the last one lets it go. An acquisition that finds the lock free pays one
+//! Those waiting at the gate sleep in the kernel (a helper thread, one per
+//! gate a process waits at, shared by its handles on that lock and ended
+//! after ten idle seconds, blocks on the gate for them), so the next head
+//! takes over the gate as soon as the last one lets it go. An acquisition
+//! that finds the lock free pays one
 //! system call for the gate on Linux (the look), two elsewhere. Between the
 //! look and the try, a waiter may take the gate: that acquisition then
 //! passes it once, and the next one waits behind it (a waiter gets the
@@ -42,18 +43,20 @@
 //! child forked meanwhile does not keep the gate.) A head that stops
 //! without dying (`SIGSTOP`, a debugger), or that does not break stale
 //! locks, would hold up the queue; a process waiting at the gate
-//! therefore looks at the lock every [`patience`], breaks it if it is
-//! stale, and if it found the lock free at two looks in a row while the
-//! gate stayed taken, leaves the queue and tries the lock directly, as it
-//! would without a gate. Try-once acquires do the same across calls: once
-//! they have seen the lock free for twice the patience while the gate
-//! stayed taken, they try it.
+//! therefore looks at the lock every [`patience`] (more often in a short
+//! bounded wait), breaks it if it is stale, and once its looks have found
+//! the lock free for twice the patience while the gate stayed taken,
+//! leaves the queue and tries the lock directly, as it would without a
+//! gate. The handle remembers it (until it sees the gate free or the lock
+//! held): its next acquisitions, try-once ones included, pass the stuck
+//! head at once.
 //!
 //! **What the gate does not order.** Shared (reader) locks, `LockedFile`,
-//! and waits of handles beyond the [`MAX_HELPERS`] of a process that have
-//! waited at a gate go on as without one. A gate file that is removed
-//! while a process keeps it open splits the queue until the process opens
-//! it again; order suffers, exclusion does not.
+//! and waits at more than [`MAX_HELPERS`] gates at once in one process go
+//! on as without one. A gate file that is removed (a cleaner of old files)
+//! while a handle keeps looking at it is noticed at that handle's next
+//! failed claim, and the new one looked at; until then order suffers,
+//! exclusion does not.
 //!
 //! **Where there is no gate.** A lock on a network file system has none:
 //! an OS lock there goes through the server's lock manager, which costs
@@ -66,8 +69,9 @@
 //! says the lock is held: it is promised to the process at the head.
 
 use std::fs::{File, OpenOptions};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -81,18 +85,54 @@ use crate::wait::Deadline;
 
 use super::LockFile;
 
-/// A handle's gate file, kept open between acquisitions.
+/// A handle's gate file, kept open between acquisitions, and what the
+/// handle has seen of a head that may be stuck.
 #[derive(Debug)]
 pub(super) struct GateFile {
     file: File,
     /// The process that opened it: a child of `fork()` shares the open
     /// file, and with it the lock, so it opens its own.
     pid: u32,
-    /// A helper still blocked on the gate for an earlier wait.
-    helper: Option<Helper>,
-    /// Since when try-once acquires have found the lock free while the
-    /// gate stayed taken.
-    free_since: Option<std::time::Instant>,
+    /// Since when, and until when, this handle's looks have found the lock
+    /// free while the gate stayed taken (see [`GateFile::stuck`]).
+    free_since: Option<Instant>,
+    free_last: Option<Instant>,
+}
+
+impl GateFile {
+    /// Records a look at the lock made while the gate was taken.
+    fn saw(&mut self, free: bool, patience: Duration) {
+        if !free {
+            return self.forget();
+        }
+        let now = Instant::now();
+        // Looks more than two patiences apart do not make a stretch.
+        if self
+            .free_last
+            .is_none_or(|last| now.duration_since(last) > patience * 2)
+        {
+            self.free_since = Some(now);
+        }
+        self.free_last = Some(now);
+    }
+
+    /// Whether the head is stuck: the lock has been free, at every look
+    /// for twice the patience, the gate taken all along, and the last look
+    /// is recent.
+    fn stuck(&self, patience: Duration) -> bool {
+        match (self.free_since, self.free_last) {
+            (Some(since), Some(last)) => {
+                last.duration_since(since) >= patience * 2 && last.elapsed() < patience
+            }
+            _ => false,
+        }
+    }
+
+    /// The gate was seen free, or the lock taken: no head is stuck.
+    fn forget(&mut self) {
+        self.free_since = None;
+        self.free_last = None;
+    }
 }
 
 /// The path of the gate of the lock at `path`, beside it; `None` if the
@@ -128,8 +168,8 @@ fn open_gate_to_look(path: &Utf8Path) -> std::io::Result<File> {
 }
 
 /// How long a process waiting at the gate goes between two looks at the
-/// lock: a head that leaves the lock free for two looks in a row is stuck,
-/// and is passed by.
+/// lock (or less, to fit two looks in a bounded wait): a head that leaves
+/// the lock free for twice this long is stuck, and is passed by.
 pub(super) fn patience(poll_interval: Duration) -> Duration {
     (poll_interval * 4).max(Duration::from_millis(500))
 }
@@ -141,14 +181,11 @@ pub(super) struct Turnstile<'a> {
     /// The handle's gate file while this acquisition uses it (returned to
     /// the handle when it ends).
     cached: Option<GateFile>,
-    /// The gate while this acquisition holds it: the handle's file, or
-    /// one that a helper thread opened and locked.
-    held: Option<Held>,
-}
-
-enum Held {
-    /// A file opened for this claim, or by a helper thread.
-    Own(File),
+    /// The gate while this acquisition holds it: a file opened for the
+    /// claim, or by the helper thread.
+    held: Option<File>,
+    /// A claim found the gate taken: wait for it, without looking first.
+    behind: bool,
 }
 
 /// What waiting at the gate came to.
@@ -180,6 +217,7 @@ impl<'a> Turnstile<'a> {
             path,
             cached,
             held: None,
+            behind: false,
         }
     }
 
@@ -198,51 +236,60 @@ impl<'a> Turnstile<'a> {
                     self.cached = Some(GateFile {
                         file,
                         pid: crate::sys::pid(),
-                        helper: None,
                         free_since: None,
+                        free_last: None,
                     })
                 }
                 Err(_) => return self.skip(),
             }
         }
-        let Some(gate) = &self.cached else {
+        let Some(gate) = self.cached.as_mut() else {
             return self.skip();
         };
-        match sys::gate_taken(&gate.file) {
-            Ok(false) => AtGate::Through,
-            Ok(true) => {
-                if deadline.expired() {
-                    return self.stuck_head_at_a_try();
-                }
-                self.wait(path, deadline)
+        let taken = if self.behind {
+            Ok(true)
+        } else {
+            sys::gate_taken(&gate.file)
+        };
+        match taken {
+            Ok(false) => {
+                gate.forget();
+                AtGate::Through
             }
+            Ok(true) if deadline.expired() => self.stuck_head_at_a_try(),
+            Ok(true) => self.wait(path, deadline),
             Err(_) => self.skip(),
         }
     }
 
     /// A try-once acquire (or the async API's polling) that finds the gate
-    /// taken: the lock counts as held, unless the lock has been seen free
-    /// by such tries for twice the patience while the gate stayed taken
-    /// (the head is stuck): then it is tried without the gate.
+    /// taken: the lock counts as held, unless this handle's looks have
+    /// found the lock free for twice the patience while the gate stayed
+    /// taken (the head is stuck): then it is tried without the gate.
     fn stuck_head_at_a_try(&mut self) -> AtGate {
-        let free = matches!(
-            strategy::probe(self.lock.strategy, &self.lock.path),
-            Ok(Probe::Free)
-        );
+        let free = self.lock_looks_free(&mut crate::stale::LastSeen::default());
         let patience = patience(self.lock.poll_interval);
         let Some(gate) = self.cached.as_mut() else {
             return AtGate::Held;
         };
-        if !free {
-            gate.free_since = None;
-            return AtGate::Held;
-        }
-        let since = *gate.free_since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() >= patience * 2 {
-            gate.free_since = None;
+        gate.saw(free, patience);
+        if gate.stuck(patience) {
             return self.skip();
         }
         AtGate::Held
+    }
+
+    /// A look at the lock from behind the gate: free, or stale and broken
+    /// here. (A head that does not break stale locks, or is stopped, would
+    /// otherwise keep the queue behind a dead holder; one that waits as it
+    /// should takes a lock broken here at once.)
+    fn lock_looks_free(&self, seen: &mut crate::stale::LastSeen) -> bool {
+        matches!(
+            strategy::probe(self.lock.strategy, &self.lock.path),
+            Ok(Probe::Free)
+        ) || (self.lock.break_stale
+            && !strategy::can_block(self.lock.strategy)
+            && self.lock.break_if_stale(seen).unwrap_or(false))
     }
 
     /// Whether this acquisition goes through a gate (it has one, and has
@@ -258,30 +305,41 @@ impl<'a> Turnstile<'a> {
     }
 
     /// After a try found the lock held, without the gate: takes the gate
-    /// to wait at the head of the queue. `false` if another process took
-    /// it first ([`enter`](Turnstile::enter) then waits behind it).
-    pub(super) fn claim(&mut self) -> bool {
+    /// to wait at the head of the queue. If another process took it first,
+    /// the next [`enter`](Turnstile::enter) waits behind it.
+    pub(super) fn claim(&mut self) {
         // A file of its own for the claim, unlocked and closed when the gate
         // goes: the handle's kept file only ever looks. A file that a child
         // forked later could share never holds the gate: if this process
         // were killed at the head, the child's copy would keep it.
         let Some(path) = self.path.clone() else {
-            return false;
+            return;
         };
         let Ok(file) = open_gate(&path) else {
             self.skip();
-            return false;
+            return;
         };
         match sys::gate_lock(&file, Wait::Try) {
             Ok(()) => {
-                self.held = Some(Held::Own(file));
+                self.held = Some(file);
                 self.taken();
-                true
             }
-            Err(e) if crate::flock::contended(&e, &file) => false,
+            Err(e) if crate::flock::contended(&e, &file) => {
+                self.behind = true;
+                // The kept file looked free: if it is not the gate the path
+                // names any more (removed and made again), look through
+                // the new one from now on.
+                if let Some(gate) = self.cached.as_mut() {
+                    let same = files::file_id(&gate.file).ok() == files::file_id(&file).ok();
+                    if !same {
+                        if let Ok(look) = open_gate_to_look(&path) {
+                            gate.file = look;
+                        }
+                    }
+                }
+            }
             Err(_) => {
                 self.skip();
-                false
             }
         }
     }
@@ -314,7 +372,7 @@ impl<'a> Turnstile<'a> {
     }
 
     fn let_go(&mut self) {
-        if let Some(Held::Own(file)) = self.held.take() {
+        if let Some(file) = self.held.take() {
             // Unlocked before it is closed: a child forked meanwhile may
             // share the open file, and closing alone would leave it the
             // gate.
@@ -322,42 +380,44 @@ impl<'a> Turnstile<'a> {
         }
     }
 
-    /// Waits at the gate: the handle's helper thread blocks on it (in the
-    /// kernel, so that it is woken as soon as the gate is let go) and
-    /// hands over its locked file, while this thread looks at the lock
-    /// every [`patience`] and at the deadline. The helper is the handle's
-    /// for its life: started at its first wait at a gate, it serves every
-    /// later one. If a wait ends while the helper is blocked, the helper
-    /// lets the gate go as soon as it gets it, unless a new wait wants it.
+    /// Waits at the gate: the helper thread of the gate's path blocks on
+    /// it (in the kernel, so that it is woken as soon as the gate is let
+    /// go) and hands over its locked file, while this thread looks at the
+    /// lock every [`patience`] (or more often, to fit two looks before the
+    /// deadline) and passes a stuck head by.
     fn wait(&mut self, path: Utf8PathBuf, deadline: &Deadline) -> AtGate {
-        let Some(gate) = self.cached.as_mut() else {
-            return self.skip();
-        };
-        if gate.helper.is_none() {
-            gate.helper = Helper::start(path);
-        }
-        let Some(helper) = gate.helper.as_ref().map(Helper::share) else {
-            return self.skip();
-        };
         let patience = patience(self.lock.poll_interval);
-        let mut free_looks = 0;
         let mut seen = crate::stale::LastSeen::default();
+        // A head already seen stuck by earlier acquisitions of this handle:
+        // one look now may be enough to pass it by.
+        if self.cached.as_ref().is_some_and(|g| g.free_last.is_some()) {
+            let free = self.lock_looks_free(&mut seen);
+            if let Some(gate) = self.cached.as_mut() {
+                gate.saw(free, patience);
+                if gate.stuck(patience) {
+                    return self.skip();
+                }
+            }
+        }
+        let Some(helper) = Helper::for_path(&path) else {
+            return self.skip();
+        };
         let mut state = holding::lock(&helper.state);
         state.wanted = true;
         state.failed = false;
         helper.woken.notify_all();
         let end = loop {
             if let Some(file) = state.file.take() {
-                self.held = Some(Held::Own(file));
+                self.held = Some(file);
                 break Some(AtGate::Through);
             }
-            if state.failed || state.closed {
+            if state.failed || state.ended {
                 // It could not open or lock the gate: go on without it.
                 break None;
             }
             let nap = match deadline.remaining() {
                 Some(left) if left.is_zero() => break Some(AtGate::Held),
-                Some(left) => left.min(patience),
+                Some(left) => (left / 3).clamp(Duration::from_millis(1), patience),
                 None => patience,
             };
             let (next, waited) = match helper.woken.wait_timeout(state, nap) {
@@ -368,30 +428,26 @@ impl<'a> Turnstile<'a> {
             if !waited.timed_out() || state.file.is_some() || state.failed {
                 continue;
             }
-            if deadline.expired() {
-                break Some(AtGate::Held);
-            }
             drop(state);
-            // Free, or stale and broken here: a head that waits as it
-            // should takes it now; one that does not is passed by at the
-            // next look. (A head that does not break stale locks, or is
-            // stopped, would otherwise keep the queue behind a dead
-            // holder.)
-            let free = matches!(
-                strategy::probe(self.lock.strategy, &self.lock.path),
-                Ok(Probe::Free)
-            ) || (self.lock.break_stale
-                && !strategy::can_block(self.lock.strategy)
-                && self.lock.break_if_stale(&mut seen).unwrap_or(false));
+            let free = self.lock_looks_free(&mut seen);
+            let stuck = self.cached.as_mut().is_some_and(|gate| {
+                gate.saw(free, patience);
+                gate.stuck(patience)
+            });
             state = holding::lock(&helper.state);
-            free_looks = if free { free_looks + 1 } else { 0 };
-            if free_looks >= 2 && state.file.is_none() {
-                // The head is stuck: pass it by.
+            if stuck && state.file.is_none() {
+                // The head is stuck: pass it by (and remember, for the
+                // next acquisitions of this handle, until the gate is seen
+                // free or the lock held).
                 break None;
+            }
+            if deadline.expired() && state.file.is_none() {
+                break Some(AtGate::Held);
             }
         };
         state.wanted = false;
         drop(state);
+        self.behind = false;
         match end {
             Some(AtGate::Through) => self.taken(),
             Some(AtGate::Held) => AtGate::Held,
@@ -400,11 +456,14 @@ impl<'a> Turnstile<'a> {
     }
 }
 
-/// A handle's thread that blocks on the gate for its waits.
+/// The thread that blocks on one gate for this process's waits at it: one
+/// per gate path, shared by every handle on that path (the registry lets
+/// one of them at a time wait), started at the first wait and ended after
+/// [`HELPER_IDLE`] without one.
 #[derive(Debug)]
-pub(super) struct Helper {
-    state: std::sync::Arc<HelperState>,
-    woken: std::sync::Arc<Condvar>,
+struct Helper {
+    state: Mutex<HelperShared>,
+    woken: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -415,75 +474,79 @@ struct HelperShared {
     file: Option<File>,
     /// The gate could not be opened or locked for the last wait.
     failed: bool,
-    /// The handle is gone: the thread ends (once it is not blocked).
-    closed: bool,
+    /// The thread has ended (idle): a new one serves the next wait.
+    ended: bool,
 }
 
-type HelperState = Mutex<HelperShared>;
+/// This process's helpers: the gate's path, the process that started the
+/// thread (a child of `fork()` inherits the table, not the threads), and
+/// the helper.
+type Helpers = Vec<(Utf8PathBuf, u32, Arc<Helper>)>;
 
-/// Helper threads of this process that have not ended.
-static HELPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HELPERS: Mutex<Helpers> = Mutex::new(Vec::new());
 
-/// The most helper threads a process keeps (see [`Helper::start`]).
+/// The most helper threads (gates waited at) a process keeps at once;
+/// beyond, waits go on without a gate.
 const MAX_HELPERS: usize = 16;
 
-impl Helper {
-    /// The helper thread of one handle. A process keeps at most
-    /// [`MAX_HELPERS`]: a handle dropped while its helper is blocked
-    /// leaves it blocked until the gate frees; beyond that many, waits go
-    /// on without the gate.
-    fn start(path: Utf8PathBuf) -> Option<Helper> {
-        use std::sync::atomic::Ordering;
-        if HELPERS.fetch_add(1, Ordering::Relaxed) >= MAX_HELPERS {
-            HELPERS.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        let state = std::sync::Arc::new(HelperState::default());
-        let woken = std::sync::Arc::new(Condvar::new());
-        let (thread_state, thread_woken) = (state.clone(), woken.clone());
-        let spawned = std::thread::Builder::new()
-            .name("portalock-gate".into())
-            .spawn(move || {
-                serve(&path, &thread_state, &thread_woken);
-                HELPERS.fetch_sub(1, Ordering::Relaxed);
-            })
-            .ok();
-        if spawned.is_none() {
-            HELPERS.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Helper { state, woken })
-    }
+/// How long a helper waits for a next wait before it ends.
+const HELPER_IDLE: Duration = Duration::from_secs(10);
 
-    fn share(&self) -> Helper {
-        Helper {
-            state: self.state.clone(),
-            woken: self.woken.clone(),
+impl Helper {
+    /// The helper of the gate at `path`, started if there is none.
+    fn for_path(path: &Utf8Path) -> Option<Arc<Helper>> {
+        let pid = crate::sys::pid();
+        let mut helpers = holding::lock(&HELPERS);
+        helpers.retain(|(_, owner, helper)| *owner == pid && !holding::lock(&helper.state).ended);
+        if let Some((_, _, helper)) = helpers.iter().find(|(p, _, _)| p == path) {
+            return Some(helper.clone());
         }
+        if helpers.len() >= MAX_HELPERS {
+            return None;
+        }
+        let helper = Arc::new(Helper {
+            state: Mutex::new(HelperShared::default()),
+            woken: Condvar::new(),
+        });
+        let (thread_helper, thread_path) = (helper.clone(), path.to_owned());
+        std::thread::Builder::new()
+            .name("portalock-gate".into())
+            .spawn(move || serve(&thread_path, &thread_helper))
+            .ok()?;
+        helpers.push((path.to_owned(), pid, helper.clone()));
+        Some(helper)
     }
 }
 
 /// The helper thread: whenever a wait wants the gate, blocks on it and
-/// hands the locked file over, or lets it go if the wait is over.
-fn serve(path: &Utf8Path, state: &HelperState, woken: &Condvar) {
+/// hands the locked file over, or lets it go if the wait is over; ends
+/// after [`HELPER_IDLE`] without a wait.
+fn serve(path: &Utf8Path, helper: &Helper) {
     loop {
-        let mut shared = holding::lock(state);
-        while !shared.wanted && !shared.closed {
-            shared = match woken.wait(shared) {
-                Ok(next) => next,
+        let mut shared = holding::lock(&helper.state);
+        while !shared.wanted {
+            let (next, waited) = match helper.woken.wait_timeout(shared, HELPER_IDLE) {
+                Ok(woken) => woken,
                 Err(poisoned) => poisoned.into_inner(),
             };
-        }
-        if shared.closed {
-            return;
+            shared = next;
+            if waited.timed_out() && !shared.wanted {
+                shared.ended = true;
+                return;
+            }
         }
         drop(shared);
-        let locked = open_gate(path)
-            .ok()
-            .filter(|file| sys::gate_lock(file, Wait::Block).is_ok());
-        let mut shared = holding::lock(state);
+        let locked = open_gate(path).ok().filter(|file| loop {
+            match sys::gate_lock(file, Wait::Block) {
+                Ok(()) => break true,
+                // A signal handler installed without `SA_RESTART`.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        });
+        let mut shared = holding::lock(&helper.state);
         match locked {
-            Some(file) if shared.wanted && !shared.closed => shared.file = Some(file),
+            Some(file) if shared.wanted => shared.file = Some(file),
             // Nobody waits for it any more: let it go (unlocked before it
             // is closed, as in `let_go`).
             Some(file) => {
@@ -493,16 +556,7 @@ fn serve(path: &Utf8Path, state: &HelperState, woken: &Condvar) {
         }
         shared.wanted = false;
         drop(shared);
-        woken.notify_all();
-    }
-}
-
-impl Drop for GateFile {
-    fn drop(&mut self) {
-        if let Some(helper) = &self.helper {
-            holding::lock(&helper.state).closed = true;
-            helper.woken.notify_all();
-        }
+        helper.woken.notify_all();
     }
 }
 

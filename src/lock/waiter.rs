@@ -268,11 +268,16 @@ impl<'a> Waiter<'a> {
                 // is there, the lock was just released.
                 match watch.arm(&self.lock.path, self.lock.strategy == Concrete::Mkdir) {
                     Armed::Watching => {
-                        // On a local file system the watch sees every
-                        // release: no need to look before the next poll
-                        // (the short first pauses of the backoff serve
-                        // waits that cannot watch).
-                        let nap = if self.lock.writers() == Writers::ThisMachine {
+                        // A `Link` lock's watch sees every release on a
+                        // local file system: no need to look before the
+                        // next poll (the short first pauses of the backoff
+                        // serve waits that cannot watch). A `Mkdir` lock
+                        // directory's removal is told only once nobody
+                        // has it open (a prober listing it), so those
+                        // waits keep the backoff.
+                        let nap = if self.lock.strategy == Concrete::Link
+                            && self.lock.writers() == Writers::ThisMachine
+                        {
                             self.deadline
                                 .remaining()
                                 .map_or(self.lock.poll_interval, |left| {
