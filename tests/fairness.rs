@@ -205,25 +205,79 @@ fn stop(p: &common::Proc, tid: &str) {
     }
 }
 
+/// A lock in a directory of its own, and the log its holders mark.
+struct Scene {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    lock: String,
+    log: String,
+    strategy: LockStrategy,
+}
+
+impl Scene {
+    fn new(strategy: LockStrategy, name: &str) -> Scene {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |file: &str| dir.path().join(file).to_str().expect("utf-8").to_owned();
+        Scene {
+            lock: at(name),
+            log: at("log"),
+            dir: dir.path().to_owned(),
+            _dir: dir,
+            strategy,
+        }
+    }
+
+    /// A child in `role` on this lock; `extra` arguments after the log.
+    fn spawn(&self, role: &str, extra: &[&str]) -> common::Proc {
+        let mut args = vec![self.strategy.as_str(), &self.lock, &self.log];
+        args.extend_from_slice(extra);
+        spawn(role, &args)
+    }
+
+    /// A holder (role `fair-holder`) that has taken the lock.
+    fn holder(&self) -> common::Proc {
+        let mut h = self.spawn("fair-holder", &[]);
+        h.expect("HELD");
+        h
+    }
+
+    /// A waiter (role `fair-waiter`, with `extra` arguments) that waits for
+    /// the lock, asleep where `how` says; and its waiting thread's id.
+    fn waiter(&self, extra: &[&str], how: Asleep) -> (common::Proc, String) {
+        let mut w = self.spawn("fair-waiter", extra);
+        let tid = wait_in(&mut w, how);
+        (w, tid)
+    }
+
+    /// What the holders marked in the log so far.
+    fn marks(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("log")
+    }
+}
+
+/// Tells the waiter `w` to wait for the lock and waits (bounded) until it
+/// sleeps where `how` says; its waiting thread's id.
+fn wait_in(w: &mut common::Proc, how: Asleep) -> String {
+    w.send("wait");
+    let tid = w.expect("WAITING");
+    until_asleep(w.pid(), &tid, how);
+    tid
+}
+
 #[rstest]
 fn a_waiting_process_gets_the_lock_within_two_hand_offs(
     #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock = dir.path().join("fair.lock");
-    let log = dir.path().join("log");
-    let (lock, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
-    let mut r = spawn("fair-reasker", &[strategy.as_str(), lock, log_arg]);
-    let mut w = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
+    let scene = Scene::new(strategy, "fair.lock");
+    let mut r = scene.spawn("fair-reasker", &[]);
+    let mut w = scene.spawn("fair-waiter", &[]);
     r.expect("HELD");
     for round in 0..ROUNDS {
-        let before = std::fs::read_to_string(&log).expect("log").len();
-        w.send("wait");
-        let tid = w.expect("WAITING");
-        until_asleep(w.pid(), &tid, Asleep::AtTheHead(strategy));
+        let before = scene.marks().len();
+        wait_in(&mut w, Asleep::AtTheHead(strategy));
         r.send("cycle");
         r.expect("DONE");
-        let after = std::fs::read_to_string(&log).expect("log");
+        let after = scene.marks();
         let turns = &after[before..];
         let position = turns.find('W');
         assert!(
@@ -248,20 +302,10 @@ fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
     #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
     #[values("kill", "stop")] fate: &str,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock = dir.path().join("head.lock");
-    let log = dir.path().join("log");
-    let (lock, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
-    let mut h = spawn("fair-holder", &[strategy.as_str(), lock, log_arg]);
-    h.expect("HELD");
-    let mut head = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
-    head.send("wait");
-    let head_tid = head.expect("WAITING");
-    until_asleep(head.pid(), &head_tid, Asleep::AtTheHead(strategy));
-    let mut next = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
-    next.send("wait");
-    let tid = next.expect("WAITING");
-    until_asleep(next.pid(), &tid, Asleep::BehindTheHead);
+    let scene = Scene::new(strategy, "head.lock");
+    let mut h = scene.holder();
+    let (mut head, head_tid) = scene.waiter(&[], Asleep::AtTheHead(strategy));
+    let (mut next, _) = scene.waiter(&[], Asleep::BehindTheHead);
     match fate {
         "kill" => head.signal("KILL"),
         _ => stop(&head, &head_tid),
@@ -279,9 +323,9 @@ fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
         ),
     }
     let waited = released.elapsed();
-    let log_text = std::fs::read_to_string(&log).expect("log");
     assert_eq!(
-        log_text, "W",
+        scene.marks(),
+        "W",
         "{strategy}: only the second waiter held the lock"
     );
     eprintln!("{strategy} {fate}: the next waiter got the lock {waited:?} after the release");
@@ -289,7 +333,7 @@ fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
     if fate == "stop" {
         head.signal("CONT");
         head.expect("GOT");
-        assert_eq!(std::fs::read_to_string(&log).expect("log"), "WW");
+        assert_eq!(scene.marks(), "WW");
         head.close_stdin();
         assert!(head.wait().success());
     }
@@ -303,21 +347,12 @@ fn a_dead_or_stopped_head_of_the_queue_holds_nobody_up(
 fn a_waiter_behind_the_head_breaks_a_dead_holders_lock(
     #[values(LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock = dir.path().join("dead.lock");
-    let log = dir.path().join("log");
-    let (lock, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
-    let mut dead = spawn("fair-dead-holder", &[strategy.as_str(), lock, log_arg]);
+    let scene = Scene::new(strategy, "dead.lock");
+    let mut dead = scene.spawn("fair-dead-holder", &[]);
     dead.expect("HELD");
     dead.signal("KILL");
-    let mut head = spawn(
-        "fair-waiter",
-        &[strategy.as_str(), lock, log_arg, "nobreak"],
-    );
-    head.send("wait");
-    let tid = head.expect("WAITING");
-    until_asleep(head.pid(), &tid, Asleep::AtTheHead(strategy));
-    let mut next = spawn("fair-waiter", &[strategy.as_str(), lock, log_arg]);
+    let (mut head, _) = scene.waiter(&["nobreak"], Asleep::AtTheHead(strategy));
+    let mut next = scene.spawn("fair-waiter", &[]);
     next.send("wait");
     next.expect("WAITING");
     // The head takes the lock once the waiter behind it broke it; then
@@ -329,32 +364,25 @@ fn a_waiter_behind_the_head_breaks_a_dead_holders_lock(
             None => panic!("{strategy}: the {who} waiter never got the lock"),
         }
     }
-    assert_eq!(std::fs::read_to_string(&log).expect("log"), "WW");
+    assert_eq!(scene.marks(), "WW");
 }
 
 /// A free lock whose head of the queue is stopped (`SIGSTOP`, after it
 /// took the gate to wait for a holder that then released), and a handle
-/// of this process on it. The directory, the stopped head (resume it with
+/// of this process on it. The scene, the stopped head (resume it with
 /// `CONT`; it then says `GOT`) and the handle.
-fn behind_a_stopped_head(strategy: LockStrategy) -> (tempfile::TempDir, common::Proc, LockFile) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock = dir.path().join("stopped.lock");
-    let log = dir.path().join("log");
-    let (lock_arg, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
-    let mut h = spawn("fair-holder", &[strategy.as_str(), lock_arg, log_arg]);
-    h.expect("HELD");
-    let mut head = spawn("fair-waiter", &[strategy.as_str(), lock_arg, log_arg]);
-    head.send("wait");
-    let tid = head.expect("WAITING");
-    until_asleep(head.pid(), &tid, Asleep::AtTheHead(strategy));
+fn behind_a_stopped_head(strategy: LockStrategy) -> (Scene, common::Proc, LockFile) {
+    let scene = Scene::new(strategy, "stopped.lock");
+    let mut h = scene.holder();
+    let (head, tid) = scene.waiter(&[], Asleep::AtTheHead(strategy));
     stop(&head, &tid);
     h.send("release");
     h.expect("RELEASED");
     let ours = LockOptions::new()
         .strategy(strategy)
-        .open(&lock)
+        .open(&scene.lock)
         .expect("open");
-    (dir, head, ours)
+    (scene, head, ours)
 }
 
 /// A head of the queue that stopped (`SIGSTOP`) while it waits does not
@@ -423,24 +451,17 @@ fn timed_acquires_pass_a_stopped_head_and_remember_it(
 fn a_removed_gate_file_makes_no_waiter_spin(
     #[values(LockStrategy::Os, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock = dir.path().join("gone.lock");
-    let log = dir.path().join("log");
-    let (lock_arg, log_arg) = (lock.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+    let scene = Scene::new(strategy, "gone.lock");
     let ours = LockOptions::new()
         .strategy(strategy)
-        .open(&lock)
+        .open(&scene.lock)
         .expect("open");
     // One acquisition opens (and keeps) this handle's look at the gate.
     ours.acquire().expect("acquire");
     ours.release().expect("release");
-    std::fs::remove_file(dir.path().join(".gone.lock.gate")).expect("remove the gate");
-    let mut h = spawn("fair-holder", &[strategy.as_str(), lock_arg, log_arg]);
-    h.expect("HELD");
-    let mut head = spawn("fair-waiter", &[strategy.as_str(), lock_arg, log_arg]);
-    head.send("wait");
-    let tid = head.expect("WAITING");
-    until_asleep(head.pid(), &tid, Asleep::AtTheHead(strategy));
+    std::fs::remove_file(scene.dir.join(".gone.lock.gate")).expect("remove the gate");
+    let mut h = scene.holder();
+    let (mut head, _) = scene.waiter(&[], Asleep::AtTheHead(strategy));
     let (cpu, start) = (thread_cpu(), Instant::now());
     let waited = ours.acquire_timeout(Duration::from_secs(2));
     let (cpu, wall) = (thread_cpu() - cpu, start.elapsed());
