@@ -84,24 +84,11 @@ pub fn lock(file: &File, flags: LockFlags) -> io::Result<()> {
         Wait::Block
     };
     match sys::lock_file(file, kind, wait) {
-        Err(e) if wait == Wait::Try && contended(&e, file) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(e) if wait == Wait::Try && sys::lock_contended(&e, file) => {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
         other => other,
     }
-}
-
-/// Whether a failed non-blocking lock attempt on `file` means that
-/// someone else holds a conflicting lock: `WouldBlock`, and `EACCES` on a
-/// Linux SMB mount, whose client answers that for a lock another client
-/// holds. Elsewhere `EACCES` is a refusal (a security module denying the
-/// lock), not a conflict.
-pub(crate) fn contended(e: &io::Error, file: &File) -> bool {
-    if e.kind() == io::ErrorKind::WouldBlock {
-        return true;
-    }
-    if sys::may_be_smb_conflict(e) {
-        return sys::file_is_smb(file);
-    }
-    false
 }
 
 /// Releases the lock that the open `file` holds (nothing happens if it

@@ -207,7 +207,7 @@ impl<'a> Turnstile<'a> {
             && !lock.remove_on_release
             && lock.writers() == Writers::ThisMachine;
         let path = if on { gate_path(&lock.path) } else { None };
-        let pid = crate::sys::pid();
+        let pid = sys::pid();
         let cached = path
             .as_ref()
             .and_then(|_| holding::lock(&lock.gate).take())
@@ -235,7 +235,7 @@ impl<'a> Turnstile<'a> {
                 Ok(file) => {
                     self.cached = Some(GateFile {
                         file,
-                        pid: crate::sys::pid(),
+                        pid: sys::pid(),
                         free_since: None,
                         free_last: None,
                     })
@@ -267,29 +267,30 @@ impl<'a> Turnstile<'a> {
     /// found the lock free for twice the patience while the gate stayed
     /// taken (the head is stuck): then it is tried without the gate.
     fn stuck_head_at_a_try(&mut self) -> AtGate {
-        let free = self.lock_looks_free(&mut crate::stale::LastSeen::default());
-        let patience = patience(self.lock.poll_interval);
-        let Some(gate) = self.cached.as_mut() else {
-            return AtGate::Held;
-        };
-        gate.saw(free, patience);
-        if gate.stuck(patience) {
+        if self.head_is_stuck(&mut crate::stale::LastSeen::default()) {
             return self.skip();
         }
         AtGate::Held
     }
 
-    /// A look at the lock from behind the gate: free, or stale and broken
-    /// here. (A head that does not break stale locks, or is stopped, would
-    /// otherwise keep the queue behind a dead holder; one that waits as it
-    /// should takes a lock broken here at once.)
-    fn lock_looks_free(&self, seen: &mut crate::stale::LastSeen) -> bool {
-        matches!(
+    /// Looks at the lock from behind the gate, records what it saw in the
+    /// handle's memory, and says whether the head is stuck (see
+    /// [`GateFile::stuck`]). The lock looks free if it is, or if it was
+    /// stale and is broken here: a head that does not break stale locks,
+    /// or is stopped, would otherwise keep the queue behind a dead holder;
+    /// one that waits as it should takes a lock broken here at once.
+    fn head_is_stuck(&mut self, seen: &mut crate::stale::LastSeen) -> bool {
+        let free = matches!(
             strategy::probe(self.lock.strategy, &self.lock.path),
             Ok(Probe::Free)
         ) || (self.lock.break_stale
             && !strategy::can_block(self.lock.strategy)
-            && self.lock.break_if_stale(seen).unwrap_or(false))
+            && self.lock.break_if_stale(seen).unwrap_or(false));
+        let patience = patience(self.lock.poll_interval);
+        self.cached.as_mut().is_some_and(|gate| {
+            gate.saw(free, patience);
+            gate.stuck(patience)
+        })
     }
 
     /// Whether this acquisition goes through a gate (it has one, and has
@@ -324,7 +325,7 @@ impl<'a> Turnstile<'a> {
                 self.held = Some(file);
                 self.taken();
             }
-            Err(e) if crate::flock::contended(&e, &file) => {
+            Err(e) if sys::lock_contended(&e, &file) => {
                 self.behind = true;
                 // The kept file looked free: if it is not the gate the path
                 // names any more (removed and made again), look through
@@ -358,8 +359,7 @@ impl<'a> Turnstile<'a> {
     fn taken(&mut self) -> AtGate {
         if fault::point("gate.taken").is_err() {
             // The gate could not be used: go on without it.
-            self.let_go();
-            self.path = None;
+            return self.skip();
         }
         AtGate::Through
     }
@@ -390,14 +390,10 @@ impl<'a> Turnstile<'a> {
         let mut seen = crate::stale::LastSeen::default();
         // A head already seen stuck by earlier acquisitions of this handle:
         // one look now may be enough to pass it by.
-        if self.cached.as_ref().is_some_and(|g| g.free_last.is_some()) {
-            let free = self.lock_looks_free(&mut seen);
-            if let Some(gate) = self.cached.as_mut() {
-                gate.saw(free, patience);
-                if gate.stuck(patience) {
-                    return self.skip();
-                }
-            }
+        if self.cached.as_ref().is_some_and(|g| g.free_last.is_some())
+            && self.head_is_stuck(&mut seen)
+        {
+            return self.skip();
         }
         let Some(helper) = Helper::for_path(&path) else {
             return self.skip();
@@ -429,11 +425,7 @@ impl<'a> Turnstile<'a> {
                 continue;
             }
             drop(state);
-            let free = self.lock_looks_free(&mut seen);
-            let stuck = self.cached.as_mut().is_some_and(|gate| {
-                gate.saw(free, patience);
-                gate.stuck(patience)
-            });
+            let stuck = self.head_is_stuck(&mut seen);
             state = holding::lock(&helper.state);
             if stuck && state.file.is_none() {
                 // The head is stuck: pass it by (and remember, for the
@@ -495,7 +487,7 @@ const HELPER_IDLE: Duration = Duration::from_secs(10);
 impl Helper {
     /// The helper of the gate at `path`, started if there is none.
     fn for_path(path: &Utf8Path) -> Option<Arc<Helper>> {
-        let pid = crate::sys::pid();
+        let pid = sys::pid();
         let mut helpers = holding::lock(&HELPERS);
         helpers.retain(|(_, owner, helper)| *owner == pid && !holding::lock(&helper.state).ended);
         if let Some((_, _, helper)) = helpers.iter().find(|(p, _, _)| p == path) {

@@ -107,7 +107,7 @@ pub(crate) fn try_acquire(
         let taken = crate::flock::lock(&file, flags);
         match taken {
             Ok(()) => {}
-            Err(e) if crate::flock::contended(&e, &file) => {
+            Err(e) if crate::sys::lock_contended(&e, &file) => {
                 *cached = Some(Open { file, id, pid });
                 return Ok(None);
             }
@@ -318,7 +318,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     let (file, tried) = crate::sys::try_shared_for_a_moment(file);
     match tried {
         Ok(()) => return Ok(Probe::Free),
-        Err(e) if crate::flock::contended(&e, &file) => {}
+        Err(e) if crate::sys::lock_contended(&e, &file) => {}
         Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     }
     // The holder may be between locking and writing its record: try a few

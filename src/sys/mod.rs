@@ -104,9 +104,24 @@ pub(crate) fn gate_unlock(file: &File) -> io::Result<()> {
 pub(crate) fn gate_taken(file: &File) -> io::Result<bool> {
     match lock_file(file, LockKind::Exclusive, Wait::Try) {
         Ok(()) => unlock_file(file).map(|()| false),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || may_be_smb_conflict(&e) => Ok(true),
+        Err(e) if lock_contended(&e, file) => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Whether a failed non-blocking lock attempt on `file` means that
+/// someone else holds a conflicting lock: `WouldBlock`, and `EACCES` on a
+/// Linux SMB mount, whose client answers that for a lock another client
+/// holds. Elsewhere `EACCES` is a refusal (a security module denying the
+/// lock), not a conflict.
+pub(crate) fn lock_contended(e: &io::Error, file: &File) -> bool {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        return true;
+    }
+    if may_be_smb_conflict(e) {
+        return file_is_smb(file);
+    }
+    false
 }
 
 /// Which OS advisory lock [`lock_file`] takes.
