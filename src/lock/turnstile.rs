@@ -89,6 +89,8 @@ use super::LockFile;
 /// handle has seen of a head that may be stuck.
 #[derive(Debug)]
 pub(super) struct GateFile {
+    /// The gate's path, beside the lock.
+    path: Utf8PathBuf,
     file: File,
     /// The process that opened it: a child of `fork()` shares the open
     /// file, and with it the lock, so it opens its own.
@@ -177,7 +179,9 @@ pub(super) fn patience(poll_interval: Duration) -> Duration {
 /// The gate as one acquisition uses it.
 pub(super) struct Turnstile<'a> {
     lock: &'a LockFile,
-    path: Option<Utf8PathBuf>,
+    /// Whether this acquisition goes through a gate (the lock has one, and
+    /// the acquisition has not given up on it).
+    on: bool,
     /// The handle's gate file while this acquisition uses it (returned to
     /// the handle when it ends).
     cached: Option<GateFile>,
@@ -206,15 +210,14 @@ impl<'a> Turnstile<'a> {
             && sys::HAS_OS_LOCKS
             && !lock.remove_on_release
             && lock.writers() == Writers::ThisMachine;
-        let path = if on { gate_path(&lock.path) } else { None };
         let pid = sys::pid();
-        let cached = path
-            .as_ref()
-            .and_then(|_| holding::lock(&lock.gate).take())
+        let cached = on
+            .then(|| holding::lock(&lock.gate).take())
+            .flatten()
             .filter(|gate| gate.pid == pid);
         Turnstile {
             lock,
-            path,
+            on,
             cached,
             held: None,
             behind: false,
@@ -227,13 +230,18 @@ impl<'a> Turnstile<'a> {
         if self.held.is_some() {
             return AtGate::Through;
         }
-        let Some(path) = self.path.clone() else {
+        if !self.on {
             return AtGate::Through;
-        };
+        }
         if self.cached.is_none() {
+            // Once per handle: the gate's path, and the file to look at.
+            let Some(path) = gate_path(&self.lock.path) else {
+                return self.skip();
+            };
             match open_gate_to_look(&path) {
                 Ok(file) => {
                     self.cached = Some(GateFile {
+                        path,
                         file,
                         pid: sys::pid(),
                         free_since: None,
@@ -257,7 +265,7 @@ impl<'a> Turnstile<'a> {
                 AtGate::Through
             }
             Ok(true) if deadline.expired() => self.stuck_head_at_a_try(),
-            Ok(true) => self.wait(path, deadline),
+            Ok(true) => self.wait(deadline),
             Err(_) => self.skip(),
         }
     }
@@ -296,7 +304,7 @@ impl<'a> Turnstile<'a> {
     /// Whether this acquisition goes through a gate (it has one, and has
     /// not given up on it).
     pub(super) fn is_on(&self) -> bool {
-        self.path.is_some()
+        self.on
     }
 
     /// Whether this acquisition holds the gate: it is the head of the
@@ -313,7 +321,7 @@ impl<'a> Turnstile<'a> {
         // goes: the handle's kept file only ever looks. A file that a child
         // forked later could share never holds the gate: if this process
         // were killed at the head, the child's copy would keep it.
-        let Some(path) = self.path.clone() else {
+        let Some(path) = self.cached.as_ref().map(|gate| gate.path.clone()) else {
             return;
         };
         let Ok(file) = open_gate(&path) else {
@@ -367,7 +375,7 @@ impl<'a> Turnstile<'a> {
     /// Goes on without the gate for the rest of this acquisition.
     fn skip(&mut self) -> AtGate {
         self.let_go();
-        self.path = None;
+        self.on = false;
         AtGate::Through
     }
 
@@ -385,7 +393,7 @@ impl<'a> Turnstile<'a> {
     /// go) and hands over its locked file, while this thread looks at the
     /// lock every [`patience`] (or more often, to fit two looks before the
     /// deadline) and passes a stuck head by.
-    fn wait(&mut self, path: Utf8PathBuf, deadline: &Deadline) -> AtGate {
+    fn wait(&mut self, deadline: &Deadline) -> AtGate {
         let patience = patience(self.lock.poll_interval);
         let mut seen = crate::stale::LastSeen::default();
         // A head already seen stuck by earlier acquisitions of this handle:
@@ -395,7 +403,11 @@ impl<'a> Turnstile<'a> {
         {
             return self.skip();
         }
-        let Some(helper) = Helper::for_path(&path) else {
+        let Some(helper) = self
+            .cached
+            .as_ref()
+            .and_then(|gate| Helper::for_path(&gate.path))
+        else {
             return self.skip();
         };
         let mut state = holding::lock(&helper.state);
