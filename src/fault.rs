@@ -13,10 +13,11 @@ use std::io;
 /// Every named step, for tests that must cover them all.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 pub const STEPS: &[&str] = &[
-    // Os: the lock held, the record not yet written; the record blanked,
-    // the lock not yet unlocked.
+    // Os: the lock held, the record not yet written; the release checked
+    // (and on a network file system the record blanked), the lock not yet
+    // unlocked.
     "os.acquire.locked",
-    "os.release.blanked",
+    "os.release.unlocking",
     // Mkdir: acquire.
     "mkdir.acquire.mkdir",
     "mkdir.acquire.record",

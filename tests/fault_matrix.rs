@@ -263,7 +263,7 @@ fn scenarios() -> Vec<Scenario> {
     let breakers = [Releaser, Breaker, Waiter, Forcer, GuardDropper];
     let mut cells: Vec<(LockStrategy, &'static str, Role)> = vec![
         (Os, "os.acquire.locked", Acquirer),
-        (Os, "os.release.blanked", Releaser),
+        (Os, "os.release.unlocking", Releaser),
         (Mkdir, "mkdir.acquire.mkdir", Acquirer),
         (Mkdir, "mkdir.acquire.record", Acquirer),
         (Mkdir, "mkdir.acquire.alone", Acquirer),

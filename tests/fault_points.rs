@@ -9,7 +9,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use camino::Utf8Path;
-use portalock::{Error, LockFile, LockOptions, LockStrategy};
+use portalock::{Error, LockFile, LockOptions, LockStatus, LockStrategy};
 
 use common::fixture::scratch;
 use common::{spawn, EVENT_TIMEOUT};
@@ -246,4 +246,52 @@ fn a_release_waits_out_a_passing_not_a_directory_for_its_own_directory() {
     assert!(released.is_ok(), "{released:?}");
     assert!(!path.exists(), "the directory is removed");
     scenario.teardown();
+}
+
+/// An `Os` holder stopped between taking the kernel's lock and writing its
+/// record: on a local file system the file still holds the last holder's
+/// record (a release leaves it), and a reader must not give that process,
+/// gone, as the owner.
+#[test]
+fn an_os_lock_not_yet_written_does_not_name_its_gone_last_holder() {
+    let scenario = fail::FailScenario::setup();
+    let (_dir, path) = scratch();
+    let mut last = spawn("hold", &["os", path.as_str()]);
+    let gone: u32 = last.expect("ACQUIRED").parse().expect("pid");
+    last.send("release");
+    assert_eq!(last.expect("RELEASED"), "Ok");
+    last.close_stdin();
+    assert!(last.wait().success());
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (locked_tx, go_rx) = (Mutex::new(locked_tx), Mutex::new(go_rx));
+    fail::cfg_callback("os.acquire.locked", move || {
+        let _ = locked_tx.lock().map(|tx| tx.send(()));
+        let _ = go_rx.lock().map(|rx| rx.recv());
+    })
+    .expect("configure the fault point");
+    let p = path.clone();
+    let next = std::thread::spawn(move || {
+        let lock = LockFile::with_strategy(&p, LockStrategy::Os).expect("open");
+        lock.acquire().map(|()| lock)
+    });
+    locked_rx
+        .recv_timeout(EVENT_TIMEOUT)
+        .expect("the next holder took the kernel's lock");
+    let reader = LockFile::with_strategy(&path, LockStrategy::Os).expect("open");
+    let owner = reader.owner();
+    let status = reader.status();
+    go_tx.send(()).expect("resume the next holder");
+    let next = next.join().expect("next holder").expect("acquire");
+    scenario.teardown();
+    assert!(
+        matches!(&owner, Ok(None)),
+        "the gone last holder {gone} named as the owner: {owner:?}"
+    );
+    assert!(matches!(status, Ok(LockStatus::Held(None))), "{status:?}");
+    assert_eq!(
+        reader.owner().expect("owner").map(|r| r.pid),
+        Some(std::process::id())
+    );
+    next.release().expect("release");
 }

@@ -771,3 +771,203 @@ fn other_start(record: &mut OwnerRecord) {
     let value: u64 = value.parse().expect("a number");
     record.start = Some(format!("{scheme}:{}", value + 1000));
 }
+
+/// The `Link` claims beside the lock at `path` (its holder's and its
+/// waiters'), by name.
+fn claims_beside(path: &Utf8Path) -> Vec<String> {
+    let prefix = format!(".{}.", path.file_name().expect("file name"));
+    let mut names: Vec<String> = std::fs::read_dir(path.parent().expect("parent"))
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".owner"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (bounded) until a claim other than `except` appears beside the
+/// lock at `path`: a waiter's, made at its first try.
+fn a_waiters_claim(path: &Utf8Path, except: &[String]) -> String {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let mut others: Vec<String> = claims_beside(path)
+            .into_iter()
+            .filter(|n| !except.contains(n))
+            .collect();
+        if let Some(claim) = others.pop() {
+            assert!(
+                others.is_empty(),
+                "two claims at once: {others:?} and {claim}"
+            );
+            return claim;
+        }
+        assert!(Instant::now() < deadline, "no waiter's claim appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A `Link` lock at `path` held by another process, and another process
+/// waiting for it (`wait MS`, polling every 5 ms): the holder, its claim,
+/// the waiter and the waiter's claim, once made.
+struct LinkQueue {
+    holder: Proc,
+    held: Vec<String>,
+    waiter: Proc,
+    claim: String,
+}
+
+fn link_waiter_behind_a_holder(path: &Utf8Path, wait_ms: u128) -> LinkQueue {
+    let mut holder = spawn("hold", &["link", path.as_str()]);
+    holder.expect("ACQUIRED");
+    let held = claims_beside(path);
+    assert_eq!(held.len(), 1, "the holder's claim: {held:?}");
+    let mut waiter = spawn("waiter", &["link", path.as_str(), "10000"]);
+    waiter.expect("READY");
+    waiter.send(&format!("wait {wait_ms}"));
+    let claim = a_waiters_claim(path, &held);
+    LinkQueue {
+        holder,
+        held,
+        waiter,
+        claim,
+    }
+}
+
+/// A `Link` waiter on a local file system keeps one claim (one token, one
+/// file) for its whole wait, so that a release wakes it to a `link` alone
+/// rather than to making a file first; a wait that ends without the lock
+/// removes it.
+#[test]
+fn a_link_waiter_keeps_one_claim_for_its_whole_wait_and_removes_it_after() {
+    let (_dir, path) = scratch();
+    // Polls every 5 ms: a wait of 1.5 s is some 300 tries.
+    let LinkQueue {
+        mut holder,
+        held,
+        mut waiter,
+        claim,
+    } = link_waiter_behind_a_holder(&path, 1500);
+    let mut looks = 0;
+    let answer = loop {
+        if let Some((event, data)) = waiter.poll_event(Duration::from_millis(2)) {
+            break format!("{event} {data}");
+        }
+        let now: Vec<String> = claims_beside(&path)
+            .into_iter()
+            .filter(|n| !held.contains(n))
+            .collect();
+        // The same claim, or none once the wait has ended.
+        assert!(
+            now.is_empty() || now == [claim.clone()],
+            "the waiter's claims changed: {claim} then {now:?}"
+        );
+        looks += 1;
+    };
+    assert_eq!(answer, "WAITED Timeout");
+    assert!(looks > 10, "the wait was looked at {looks} times only");
+    assert_eq!(claims_beside(&path), held, "the waiter left its claim");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    assert_eq!(claims_beside(&path), Vec::<String>::new());
+}
+
+/// A `Link` waiter killed while it waits leaves its claim (the one
+/// leftover of a killed waiter); the next process that has to wait finds
+/// its maker gone and removes it.
+#[test]
+fn a_killed_link_waiters_claim_is_removed_by_the_next_wait() {
+    let (_dir, path) = scratch();
+    let LinkQueue {
+        mut holder,
+        held,
+        waiter,
+        claim,
+    } = link_waiter_behind_a_holder(&path, 30_000);
+    let pid = holder.pid();
+    waiter.kill();
+    assert!(
+        claims_beside(&path).contains(&claim),
+        "the killed waiter's claim went by itself"
+    );
+    let next = open(&path, LockStrategy::Link);
+    match next.acquire_timeout(Duration::from_millis(50)) {
+        Err(e) if e.is_contended() => {
+            assert_eq!(e.holder().map(|h| h.pid), Some(pid), "{e}");
+        }
+        other => panic!("expected the lock held by {pid}, got {other:?}"),
+    }
+    assert_eq!(claims_beside(&path), held, "left beside the lock");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+}
+
+/// A `Link` waiter's kept claim removed while it sleeps (a cleaner of
+/// hidden files) is made again at its next try: the wait goes on, and
+/// takes the lock once it is released.
+#[test]
+fn a_link_waiter_whose_kept_claim_was_removed_makes_it_again() {
+    let (_dir, path) = scratch();
+    let LinkQueue {
+        mut holder,
+        held,
+        mut waiter,
+        claim,
+    } = link_waiter_behind_a_holder(&path, EVENT_TIMEOUT.as_millis());
+    std::fs::remove_file(path.with_file_name(&claim)).expect("remove the claim");
+    // Made again (the same name: the wait's token) at the next try.
+    assert_eq!(a_waiters_claim(&path, &held), claim);
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    assert_eq!(waiter.expect("WAITED"), "Ok");
+    waiter.send("release");
+    assert_eq!(waiter.expect("RELEASED"), "Ok");
+    assert_eq!(claims_beside(&path), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+/// A `Link` waiter that waits on behalf of another process keeps its claim
+/// even once that process is gone: the claim is the waiter's (its token
+/// names the waiter), and another process's sweep must not take it for a
+/// dead one's. The waiter then takes the lock and holds it.
+#[test]
+fn a_link_waiter_on_behalf_of_a_gone_process_keeps_its_claim_through_a_sweep() {
+    let (_dir, path) = scratch();
+    let mut holder = spawn("hold", &["link", path.as_str()]);
+    holder.expect("ACQUIRED");
+    let held = claims_beside(&path);
+    let mut behalf = spawn("wait", &[]);
+    let lock = options(LockStrategy::Link)
+        .poll_interval(Duration::from_millis(5))
+        .on_behalf_of(behalf.pid())
+        .open(&path)
+        .expect("open");
+    let waiting = std::thread::spawn(move || {
+        let got = lock.acquire_timeout(EVENT_TIMEOUT);
+        (lock, got)
+    });
+    let claim = a_waiters_claim(&path, &held);
+    // Open, to tell at the end whether it was ever unlinked (and made
+    // again): its link count drops to 0 then.
+    let opened = std::fs::File::open(path.with_file_name(&claim)).expect("open the claim");
+    behalf.close_stdin();
+    assert!(behalf.wait().success());
+    // Another process waits a moment: it sleeps, and sweeps first (not
+    // through the turnstile, where it would wait behind this one).
+    let mut sweeper = spawn("waiter", &["link+unfair", path.as_str(), "10000"]);
+    sweeper.expect("READY");
+    sweeper.send("wait 100");
+    assert_eq!(sweeper.expect("WAITED"), "Timeout");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        opened.metadata().expect("fstat").nlink(),
+        1,
+        "the waiter's claim was swept"
+    );
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    let (lock, got) = waiting.join().expect("waiter");
+    got.expect("the waiter took the lock");
+    lock.ensure_held().expect("still held");
+    lock.release().expect("release");
+}

@@ -12,9 +12,11 @@ impl LockStrategy {
     /// The strategy of the lock at `path`, as far as what is there tells:
     /// a directory is a [`Mkdir`](LockStrategy::Mkdir) lock, and a regular
     /// file whose owner record can be read is a lock of the strategy its
-    /// record names. `None` when nothing is there, or when what is there
-    /// tells nothing: a file without a readable record (a released `Os`
-    /// lock's, or another program's), a symbolic link, a FIFO.
+    /// record names. A released `Os` lock's file names `Os` where it keeps
+    /// its last holder's record (on a local file system). `None` when
+    /// nothing is there, or when what is there tells nothing: a file
+    /// without a readable record (a released `Os` lock's on a network file
+    /// system, blanked, or another program's), a symbolic link, a FIFO.
     ///
     /// A tool that looks at a lock it did not take (`portalock status`,
     /// `portalock break`) opens its handle with this strategy, so that it

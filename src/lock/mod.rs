@@ -118,6 +118,9 @@ pub struct LockFile {
     fair: bool,
     /// The turnstile's gate file, kept open between acquisitions.
     gate: Mutex<Option<turnstile::GateFile>>,
+    /// When a wait of this handle last removed what killed `Link` waiters
+    /// left (see `waiter::SWEEP_EVERY`).
+    swept: Mutex<Option<std::time::Instant>>,
 }
 
 impl fmt::Debug for LockFile {

@@ -383,6 +383,7 @@ impl LockOptions {
             os_file: Mutex::new(None),
             fair: self.fair,
             gate: Mutex::new(None),
+            swept: Mutex::new(None),
         })
     }
 }

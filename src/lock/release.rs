@@ -13,9 +13,11 @@ use super::LockFile;
 impl LockFile {
     /// Releases the lock this handle holds. Any thread may call it.
     ///
-    /// The lock artifact is removed (or, for `Os`, blanked and unlocked) only
-    /// if it is still this acquisition's: its claim is removed first, so a
-    /// lock that was broken and taken by someone else is never touched.
+    /// The lock artifact is removed (or, for `Os`, unlocked, its file left
+    /// with the record in it; on a network file system the record is
+    /// blanked first) only if it is still this acquisition's: its claim is
+    /// removed first, so a lock that was broken and taken by someone else
+    /// is never touched.
     ///
     /// # Errors
     ///

@@ -86,6 +86,7 @@ impl LockFile {
             remove: self.remove_on_release,
             look: self.look(),
         };
+        let mut kept = KeptClaim::default();
         let mut waiter = Waiter::new(self, timeout, deadline);
         let mut gate = Turnstile::new(self);
         loop {
@@ -107,6 +108,7 @@ impl LockFile {
                 wait_now,
                 how,
                 &mut cached.file,
+                &mut kept.0,
             ) {
                 Ok(Some(held)) => {
                     gate.pass();
@@ -119,15 +121,20 @@ impl LockFile {
                     continue;
                 }
                 Ok(None) => {
+                    waiter.keeps_claim = kept.0.is_some();
                     if waiter.busy()? == Then::Slept {
                         record.touch();
                     }
                 }
                 Err(e) => waiter.failed(e)?,
             }
-            record
-                .renew()
-                .map_err(|e| Error::io(&self.path, Op::MakeRecord, e))?;
+            // A new token for the next try, unless a kept claim bears this
+            // one.
+            if kept.0.as_ref().is_none_or(|k| k.token() != record.token) {
+                record
+                    .renew()
+                    .map_err(|e| Error::io(&self.path, Op::MakeRecord, e))?;
+            }
         }
     }
 
@@ -177,6 +184,27 @@ impl LockFile {
     }
 }
 
+/// How often at most a handle's waits look for the claims that killed
+/// `Link` waiters left (a directory listing).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+impl LockFile {
+    /// A wait that keeps its `Link` claim while it sleeps (so that a
+    /// waiter killed meanwhile leaves it) removes those that killed waiters
+    /// left: before it goes to sleep (never between a release and its
+    /// next try), once per [`SWEEP_EVERY`] per handle.
+    fn sweep_killed_waiters(&self) {
+        {
+            let mut swept = holding::lock(&self.swept);
+            if swept.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+                return;
+            }
+            *swept = Some(Instant::now());
+        }
+        strategy::sweep(self.strategy, &self.path, self.writers());
+    }
+}
+
 /// What one wait remembers between two tries.
 struct Waiter<'a> {
     lock: &'a LockFile,
@@ -197,6 +225,9 @@ struct Waiter<'a> {
     wake: Wake,
     /// Tries in a row right after a watch found the lock's path empty.
     absent: u32,
+    /// The wait keeps a `Link` claim while it sleeps (see
+    /// [`LockFile::sweep_killed_waiters`]).
+    keeps_claim: bool,
 }
 
 /// How a waiter sleeps until the next try.
@@ -232,6 +263,7 @@ impl<'a> Waiter<'a> {
             failing_since: None,
             wake: Wake::Unset,
             absent: 0,
+            keeps_claim: false,
         }
     }
 
@@ -287,20 +319,38 @@ impl<'a> Waiter<'a> {
                         } else {
                             nap
                         };
+                        // Armed first: a release meanwhile is not missed.
+                        if self.keeps_claim {
+                            self.lock.sweep_killed_waiters();
+                        }
                         watch.wait(nap)
                     }
                     Armed::Absent if self.absent < QUICK_BREAKS => {
                         self.absent += 1;
                         return Ok(Then::TryNow);
                     }
-                    Armed::Absent | Armed::Failed => std::thread::sleep(nap),
+                    Armed::Absent | Armed::Failed => {
+                        self.sweep();
+                        std::thread::sleep(nap)
+                    }
                 }
             }
-            Wake::Unset | Wake::Poll => std::thread::sleep(nap),
+            Wake::Unset | Wake::Poll => {
+                self.sweep();
+                std::thread::sleep(nap)
+            }
         }
         self.absent = 0;
         self.quick_breaks = 0;
         Ok(Then::Slept)
+    }
+
+    /// Before a sleep of a wait that keeps its `Link` claim: see
+    /// [`LockFile::sweep_killed_waiters`].
+    fn sweep(&self) {
+        if self.keeps_claim {
+            self.lock.sweep_killed_waiters();
+        }
     }
 
     /// After a try failed with `e`: pauses and returns `Ok` to try again if
@@ -341,6 +391,19 @@ impl Drop for CachedFile<'_> {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
             *holding::lock(self.slot) = Some(file);
+        }
+    }
+}
+
+/// A `Link` wait's claim, kept from one try to the next; removed when the
+/// wait ends without linking it (taken, timed out, failed, or unwound).
+#[derive(Default)]
+struct KeptClaim(Option<strategy::KeptClaim>);
+
+impl Drop for KeptClaim {
+    fn drop(&mut self) {
+        if let Some(kept) = self.0.take() {
+            kept.remove();
         }
     }
 }

@@ -232,6 +232,13 @@ pub(crate) fn pid_runs(pid: u32) -> bool {
     pid == crate::sys::pid() || sys::process_state(pid) != ProcessState::Exited
 }
 
+/// Whether the process `pid` of this machine (boot and PID namespace) has
+/// been proved gone although its PID runs: a process that started at
+/// `recorded` and whose PID another process has taken since.
+pub(crate) fn pid_reused(pid: u32, recorded: Option<&str>) -> bool {
+    recorded.is_some() && process_liveness(pid, recorded) == Liveness::Dead
+}
+
 /// This machine and boot (and PID namespace) as 8 hex digits: tokens carry
 /// it before their maker's PID, so that a reader can tell whether the PID
 /// is one of its own machine's.

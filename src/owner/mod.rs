@@ -73,7 +73,9 @@ mod token;
 pub(crate) use liveness::host_tag;
 pub use liveness::Liveness;
 use liveness::{is_exact_boot_id, process_liveness, running, same_boot};
-pub(crate) use liveness::{pid_runs, process_tags, start_of, tagged_process_runs, Identity};
+pub(crate) use liveness::{
+    pid_reused, pid_runs, process_tags, start_of, tagged_process_runs, Identity,
+};
 pub(crate) use token::{fnv64, is_token, new_token, token_maker};
 
 /// The largest owner record portalock reads, in bytes. Readers never read
@@ -337,9 +339,11 @@ pub(crate) fn other_version(bytes: &[u8]) -> Option<u64> {
     (versioned.v != u64::from(RECORD_VERSION) && is_token(&versioned.token)).then_some(versioned.v)
 }
 
-/// Reads at most [`MAX_RECORD_LEN`] + 1 bytes.
+/// Reads at most [`MAX_RECORD_LEN`] + 1 bytes. The buffer holds them all
+/// from the start: a record is read with one `read`, and one more that
+/// finds the end (a smaller start would cost a read per growth).
 pub(crate) fn read_capped(reader: impl Read) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(256);
+    let mut bytes = Vec::with_capacity(MAX_RECORD_LEN + 1);
     reader
         .take(MAX_RECORD_LEN as u64 + 1)
         .read_to_end(&mut bytes)?;

@@ -19,6 +19,7 @@ mod link;
 mod mkdir;
 
 pub(crate) use link::private_prefix;
+pub(crate) use link::Kept as KeptClaim;
 pub(crate) use link::LONGEST_NAME as LONGEST_LINK_NAME;
 pub(crate) mod os;
 
@@ -248,7 +249,8 @@ pub(crate) enum Broken {
 /// and the directory entries are flushed to stable storage (`fsync`) before
 /// the lock counts as taken, and again when it is released. With `how.remove`,
 /// an `Os` lock file is removed on release (`Mkdir` and `Link` artifacts
-/// always are). `cached` is the handle's open `Os` lock file, if any.
+/// always are). `cached` is the handle's open `Os` lock file, if any;
+/// `kept`, a `Link` wait's claim from its last try (see [`KeptClaim`]).
 pub(crate) fn try_acquire(
     strategy: Concrete,
     path: &Utf8Path,
@@ -256,12 +258,13 @@ pub(crate) fn try_acquire(
     wait: Wait,
     how: os::How,
     cached: &mut Option<os::Open>,
+    kept: &mut Option<KeptClaim>,
 ) -> Result<Option<Hold>> {
     let sync = how.sync;
     Ok(match strategy {
         Concrete::Os => os::try_acquire(path, record, wait, how, cached)?.map(Hold::Os),
         Concrete::Mkdir => mkdir::try_acquire(path, record, sync, how.look)?.map(Hold::Mkdir),
-        Concrete::Link => link::try_acquire(path, record, sync, how.look)?.map(Hold::Link),
+        Concrete::Link => link::try_acquire(path, record, sync, how.look, kept)?.map(Hold::Link),
     })
 }
 

@@ -3,9 +3,20 @@
 //! The lock file is created if needed (never truncated before the lock is
 //! held: truncating a live holder's file would destroy its record), locked
 //! exclusively, and only then given this holder's owner record. The file
-//! stays after release, blanked (overwritten with spaces): unlinking it would
-//! let a later waiter lock a new inode while an earlier one still holds the
-//! old.
+//! stays after release: unlinking it would let a later waiter lock a new
+//! inode while an earlier one still holds the old. On a network file system
+//! a release reads the record back and blanks it (overwrites it with
+//! spaces). On a local file system it leaves the file as it is: the
+//! kernel's lock is the holder's proof there, and the path still naming the
+//! locked file (checked first) the proof that the lock was not lost; the
+//! record stays, naming the last holder, and the next holder writes over it
+//! (a write that would change the inode for nothing, and a read before it,
+//! are saved on every release). The record counts only while the kernel's
+//! lock is held: `probe` says free when it is not. In the moment between
+//! the next holder's lock and its write, a reader finds the previous
+//! holder's record: `probe` names nobody if that process is gone, and the
+//! previous holder otherwise (for as long as the next one stays in that
+//! moment).
 //!
 //! On Unix a handle keeps its lock file open between acquisitions and checks after
 //! each lock that the path still names that file (the file may have been
@@ -41,7 +52,7 @@ use crate::owner::{record_has_token, OwnerRecord, MAX_RECORD_LEN};
 use crate::strategy::{Claim, Probe, Released, Seen};
 use crate::sys::Wait;
 use crate::vocab::FileKind;
-use crate::vocab::LockStrategy;
+use crate::vocab::{LockStrategy, Writers};
 
 #[derive(Debug)]
 pub(crate) struct OsHold {
@@ -49,6 +60,8 @@ pub(crate) struct OsHold {
     pub(crate) token: String,
     id: files::FileId,
     how: How,
+    /// The record as written (without the padding).
+    written: Vec<u8>,
 }
 
 /// A handle's lock file, kept open between acquisitions.
@@ -60,6 +73,10 @@ pub(crate) struct Open {
     /// file, and with it the lock (`flock` locks belong to the open file):
     /// it opens its own.
     pid: u32,
+    /// The record this handle wrote last, which a local release leaves in
+    /// the file: found there whole at the next acquisition, it needs no
+    /// parsing to be known overwritable. Empty if none.
+    written: Vec<u8>,
 }
 
 /// How a handle takes and releases its `Os` lock.
@@ -80,6 +97,10 @@ pub(crate) fn try_acquire(
     how: How,
     cached: &mut Option<Open>,
 ) -> Result<Option<OsHold>> {
+    // Made before the lock is taken: the lock is held for as short a time
+    // as can be, and a waiter woken by the release gets it sooner.
+    let mut json = record.to_json().into_bytes();
+    json.push(b'\n');
     // A holder that removes the file on release (or anyone who deletes or
     // replaces it) leaves waiters locking a file that the path no longer
     // names: such a lock excludes nobody, so it is dropped and the file
@@ -88,14 +109,21 @@ pub(crate) fn try_acquire(
     for _ in 0..64 {
         let pid = crate::sys::pid();
         let reused = cached.as_ref().is_some_and(|open| open.pid == pid);
-        let Open { file, id, .. } = match cached.take().filter(|open| open.pid == pid) {
+        let Open {
+            file, id, written, ..
+        } = match cached.take().filter(|open| open.pid == pid) {
             Some(open) => open,
             None => {
                 let file = files::open_create_no_atime(path).map_err(|e| open_error(path, e))?;
                 // The identity of an open file does not change; it is
                 // compared with the path's once the lock is held.
                 let id = check_regular(path, &file)?;
-                Open { file, id, pid }
+                Open {
+                    file,
+                    id,
+                    pid,
+                    written: Vec::new(),
+                }
             }
         };
         // Held from here until `release` unlocks it (or the process ends):
@@ -108,7 +136,12 @@ pub(crate) fn try_acquire(
         match taken {
             Ok(()) => {}
             Err(e) if crate::sys::lock_contended(&e, &file) => {
-                *cached = Some(Open { file, id, pid });
+                *cached = Some(Open {
+                    file,
+                    id,
+                    pid,
+                    written,
+                });
                 return Ok(None);
             }
             // A file kept open since an earlier try, whose handle the
@@ -142,7 +175,7 @@ pub(crate) fn try_acquire(
                 return Err(Error::io(path, Op::Inspect, e));
             }
         };
-        let written = write_record(path, &file, len, record).and_then(|()| {
+        let done = write_record(path, &file, len, &json, &written).and_then(|()| {
             if how.sync {
                 file.sync_all()
                     .and_then(|()| files::sync_parent(path))
@@ -150,12 +183,13 @@ pub(crate) fn try_acquire(
             }
             Ok(())
         });
-        return match written {
+        return match done {
             Ok(()) => Ok(Some(OsHold {
                 file: Arc::new(file),
                 token: record.token.clone(),
                 id,
                 how,
+                written: json,
             })),
             Err(e) => {
                 let _ = unlock(&file);
@@ -178,7 +212,9 @@ pub(crate) fn release(
         token,
         id,
         how,
+        written,
     } = held;
+    let blanks = how.look != files::Look::Stat;
     let result = release_locked(path, &file, &token, id, how.look).and_then(|released| {
         if !matches!(released, Released::Done) {
             return Ok(released);
@@ -190,7 +226,8 @@ pub(crate) fn release(
             if how.sync {
                 files::sync_parent(path).map_err(|e| Error::io(path, Op::Sync, e))?;
             }
-        } else if how.sync {
+        } else if how.sync && blanks {
+            // (Where the record stays, the release wrote nothing.)
             file.sync_all().map_err(|e| Error::io(path, Op::Sync, e))?;
         }
         Ok(released)
@@ -211,6 +248,8 @@ pub(crate) fn release(
                 file,
                 id,
                 pid: crate::sys::pid(),
+                // Left in the file where the record stays.
+                written: if blanks { Vec::new() } else { written },
             });
         }
     }
@@ -235,6 +274,13 @@ fn release_locked(
         }
         Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     };
+    if look == files::Look::Stat {
+        // A local file system: the file is the one this holder locked, and
+        // while the kernel's lock is ours no holder can have written
+        // another record into it. The record stays (see the module's docs).
+        fault::point("os.release.unlocking").map_err(|e| Error::io(path, Op::Unlock, e))?;
+        return Ok(Released::Done);
+    }
     // Read back: a record that is not ours (written by something that
     // ignores the lock, or through a network client whose OS locks do not
     // reach ours) is left alone and the lock reported lost.
@@ -254,7 +300,7 @@ fn release_locked(
     // file system freeing it now and allocating it again then.
     let blank = vec![b' '; usize::try_from(len).map_or(MAX_RECORD_LEN, |l| l.min(MAX_RECORD_LEN))];
     files::rewrite(file, &blank, 0).map_err(|e| Error::io(path, Op::ClearRecord, e))?;
-    fault::point("os.release.blanked").map_err(|e| Error::io(path, Op::Unlock, e))?;
+    fault::point("os.release.unlocking").map_err(|e| Error::io(path, Op::Unlock, e))?;
     Ok(Released::Done)
 }
 
@@ -322,12 +368,19 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     }
     // The holder may be between locking and writing its record: try a few
-    // times before calling the owner unknown.
+    // times before calling the owner unknown. Until it writes, the file
+    // holds nothing, blanks, or (a release on a local file system leaves
+    // it) the last holder's record. A record of a process that is gone (or
+    // ran before this machine last booted) is not the holder's: the kernel
+    // would have let go of its lock. (Also the record of a process that
+    // died after a child it forked took the open file over: no owner to
+    // name either.)
     let mut record = None;
     let mut stamp = Vec::new();
     for _ in 0..3 {
         stamp = read_from_start(&file, 512).map_err(|e| Error::io(path, Op::Read, e))?;
-        record = OwnerRecord::parse(&stamp);
+        record = OwnerRecord::parse(&stamp)
+            .filter(|r| r.liveness_here(Writers::ThisMachine) != crate::Liveness::Dead);
         if record.is_some() {
             break;
         }
@@ -408,20 +461,27 @@ fn check_overwritable(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Writes the record into the locked file, which is `len` bytes long:
-/// one positioned write over the old content, padded with spaces to its
-/// length (the file is never cut: see `release_locked`).
-fn write_record(path: &Utf8Path, file: &File, len: u64, record: &OwnerRecord) -> Result<()> {
+/// Writes `bytes`, the record, into the locked file, which is `len` bytes
+/// long: one positioned write over the old content, padded with spaces to
+/// its length (the file is never cut: see `release_locked`). `last` is
+/// the record this handle wrote last (empty if none).
+fn write_record(path: &Utf8Path, file: &File, len: u64, bytes: &[u8], last: &[u8]) -> Result<()> {
     let old = if len == 0 {
         Vec::new()
     } else {
         files::conflict_retry(|| read_from_start(file, len))
             .map_err(|e| Error::io(path, Op::Read, e))?
     };
-    check_overwritable(path, &old)?;
-    let mut bytes = record.to_json().into_bytes();
-    bytes.push(b'\n');
-    files::conflict_retry(|| files::rewrite(file, &bytes, old.len()))
+    // Our own last record, as our release left it, is known to be an `os`
+    // record.
+    let ours = !last.is_empty()
+        && old
+            .strip_prefix(last)
+            .is_some_and(|rest| rest.iter().all(|&b| b == b' '));
+    if !ours {
+        check_overwritable(path, &old)?;
+    }
+    files::conflict_retry(|| files::rewrite(file, bytes, old.len()))
         .map_err(|e| Error::io(path, Op::WriteRecord, e))
 }
 

@@ -290,8 +290,8 @@ fn say(line: &str) {
 
 /// The options a child's `STRATEGY` argument names: a strategy, then
 /// optional `+` flags: `trust` (`trust_os_locks(true)`), `sync`
-/// (`sync(true)`), `temp` (`remove_on_release(true)`). `temp-os` is
-/// `os+temp`.
+/// (`sync(true)`), `temp` (`remove_on_release(true)`), `unfair`
+/// (`fair(false)`). `temp-os` is `os+temp`.
 pub fn options_for(spec: &str) -> LockOptions {
     let spec = if spec == "temp-os" { "os+temp" } else { spec };
     let mut parts = spec.split('+');
@@ -305,6 +305,7 @@ pub fn options_for(spec: &str) -> LockOptions {
             "trust" => options.trust_os_locks(true),
             "sync" => options.sync(true),
             "temp" => options.remove_on_release(true),
+            "unfair" => options.fair(false),
             other => panic!("unknown strategy flag {other:?} in {spec:?}"),
         };
     }

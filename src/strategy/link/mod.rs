@@ -31,6 +31,13 @@
 //! the taken name over the same way. See the `stale` module for the whole
 //! argument.
 //!
+//! A waiter on a local file system keeps its claim from one try to the
+//! next (one token for the whole wait; the record's time rewritten in place
+//! when it moves on), so that a release wakes it to a `link()` alone; the
+//! wait removes its claim when it ends. It is not the lock's claim (its
+//! token is in no lock file), so no remover ever takes it; one that a
+//! killed waiter left is swept (`recovery.rs`) by a later wait.
+//!
 //! This file holds the names, taking the lock, checking it and looking at
 //! it; `removal.rs` takes a claim to release or break a lock; `recovery.rs`
 //! recovers orphans and sweeps what killed processes left.
@@ -120,30 +127,104 @@ fn claim_path(path: &Utf8Path, token: &str) -> Result<Utf8PathBuf> {
     }
 }
 
+/// A claim kept from one try of a wait to the next, on a local file
+/// system: a waiter woken by a release then only links it, instead of
+/// making it first (a new file: the longest step of a try). Its owner
+/// removes it when the wait ends ([`Kept::remove`]); one left by a killed
+/// waiter is swept (`sweep`) by the next process that waits.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    /// The lock's path.
+    path: Utf8PathBuf,
+    claim: Utf8PathBuf,
+    token: String,
+    /// The record as it is in the claim.
+    written: String,
+}
+
+impl Kept {
+    /// The token of the record in the claim: the next try's must be it.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Removes the claim (the wait is over without it). Unless it is the
+    /// lock's after all: on a file system taken for a local one that is
+    /// not, a link made can be answered `EEXIST` (a reply lost and the
+    /// request sent again); then it is let go the way every lock is.
+    pub(crate) fn remove(self) {
+        let linked = files::lstat(&self.claim)
+            .ok()
+            .and_then(|m| crate::sys::link_count(&m))
+            .is_some_and(|n| n != 1)
+            || names(&self.path, &self.token).unwrap_or(true);
+        if linked {
+            let _ = release(
+                &self.path,
+                LinkHold {
+                    token: self.token,
+                    claim: self.claim,
+                    sync: false,
+                    look: files::Look::Stat,
+                    stranded: Arc::default(),
+                },
+            );
+        } else {
+            let _ = files::remove_file(&self.claim);
+        }
+    }
+}
+
+/// Makes the claim for `record` (or takes `kept`, the one of the wait's
+/// last try, with the record's current time written into it) and links
+/// it to the lock path. On a local file system a try that finds the lock
+/// held leaves its claim in `kept`; elsewhere it removes it.
 pub(crate) fn try_acquire(
     path: &Utf8Path,
     record: &OwnerRecord,
     sync: bool,
     look: files::Look,
+    kept: &mut Option<Kept>,
 ) -> Result<Option<LinkHold>> {
-    let claim = claim_path(path, &record.token)?;
-    let mut file = fault::step("link.acquire.claim", || files::create_new(&claim))
-        .map_err(|e| files::io_error(path, Op::CreateClaim, e))?;
-    let written = file.write_all(record.to_json().as_bytes()).and_then(|()| {
-        if sync {
-            file.sync_all()
-        } else {
-            Ok(())
+    let json = record.to_json();
+    let reused = match kept.take() {
+        Some(old) if old.token == record.token && look == files::Look::Stat => {
+            match reuse(old, &json, sync) {
+                Ok(claim) => claim,
+                Err(e) => return Err(Error::io(path, Op::WriteClaim, e)),
+            }
         }
-    });
-    if let Err(e) = written {
-        let _ = files::remove_file(&claim);
-        return Err(Error::io(path, Op::WriteClaim, e));
+        old => {
+            if let Some(old) = old {
+                old.remove();
+            }
+            None
+        }
+    };
+    let (claim, mut linked) = match reused {
+        Some(claim) => {
+            let linked = link(path, &claim, &record.token, look);
+            (claim, linked)
+        }
+        None => {
+            let claim = make_claim(path, &record.token, &json, sync)?;
+            let linked = link(path, &claim, &record.token, look);
+            (claim, linked)
+        }
+    };
+    // A claim removed between its making (or the last try) and its link
+    // (a cleaner of hidden files): made again, a few times.
+    for _ in 0..3 {
+        let gone = linked
+            .as_ref()
+            .is_err_and(|e| e.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound))
+            && matches!(files::lkind(&claim), Ok(None));
+        if !gone {
+            break;
+        }
+        make_claim(path, &record.token, &json, sync)?;
+        linked = link(path, &claim, &record.token, look);
     }
-    // Closed before the link: an NFS client writes back on close, so that
-    // another client that finds the lock file finds the whole record in it
-    // (never an empty file, which would read as another strategy's).
-    drop(file);
     let held = LinkHold {
         token: record.token.clone(),
         claim: claim.clone(),
@@ -151,7 +232,7 @@ pub(crate) fn try_acquire(
         look,
         stranded: Arc::default(),
     };
-    let linked = link(path, &claim, &record.token).and_then(|ours| {
+    let linked = linked.and_then(|ours| {
         if ours && sync {
             if let Err(e) = files::sync_parent(path) {
                 // Ours, but not durably: given back the way every lock is
@@ -166,6 +247,15 @@ pub(crate) fn try_acquire(
     match linked {
         // The claim is closed: see `Held::rewrite_record`.
         Ok(true) => Ok(Some(held)),
+        Ok(false) if look == files::Look::Stat => {
+            *kept = Some(Kept {
+                path: path.to_owned(),
+                claim,
+                token: record.token.clone(),
+                written: json,
+            });
+            Ok(None)
+        }
         Ok(false) => {
             let _ = files::remove_file(&claim);
             Ok(None)
@@ -185,17 +275,62 @@ pub(crate) fn try_acquire(
     }
 }
 
+/// The kept claim `old` for a try whose record is `json`: rewritten in
+/// place if the record changed since (its time, to the second: the same
+/// length). `None` if it is gone (removed since the last try).
+fn reuse(old: Kept, json: &str, sync: bool) -> io::Result<Option<Utf8PathBuf>> {
+    if old.written == json {
+        return Ok(Some(old.claim));
+    }
+    let rewritten = files::open_write(&old.claim).and_then(|file| {
+        files::rewrite(&file, json.as_bytes(), old.written.len())?;
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(())
+    });
+    match rewritten {
+        Ok(()) => Ok(Some(old.claim)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            old.remove();
+            Err(e)
+        }
+    }
+}
+
+/// Makes the claim of `token` beside `path`, holding `json`, the record.
+fn make_claim(path: &Utf8Path, token: &str, json: &str, sync: bool) -> Result<Utf8PathBuf> {
+    let claim = claim_path(path, token)?;
+    let mut file = fault::step("link.acquire.claim", || files::create_new(&claim))
+        .map_err(|e| files::io_error(path, Op::CreateClaim, e))?;
+    let written =
+        file.write_all(json.as_bytes())
+            .and_then(|()| if sync { file.sync_all() } else { Ok(()) });
+    if let Err(e) = written {
+        let _ = files::remove_file(&claim);
+        return Err(Error::io(path, Op::WriteClaim, e));
+    }
+    // Closed before the link: an NFS client writes back on close, so that
+    // another client that finds the lock file finds the whole record in it
+    // (never an empty file, which would read as another strategy's).
+    drop(file);
+    Ok(claim)
+}
+
 /// Links `claim` to the lock path: whether the lock is now ours.
 ///
 /// A successful `link()` is the answer. Any error may hide a success: on
 /// NFS, a reply lost and the request retransmitted makes the server answer
 /// `EEXIST` (or `ESTALE`, or the RPC times out) for a link it made. So after
 /// every error the outcome is looked up: the lock is ours if the claim's
-/// link count is 2 or the lock path holds our token. Errors that a retry
+/// link count is 2 or the lock path holds our token. On a local file
+/// system (`look`) `EEXIST` is the answer itself (nothing is lost between
+/// a process and its own kernel): only the link count is looked at. Errors that a retry
 /// may cure (`ESTALE`, `EINTR`, `ETIMEDOUT`, `EIO`, ...) are retried a few
 /// times. A lock path that holds another strategy's lock file is refused
 /// with [`Error::StrategyMismatch`].
-fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
+fn link(path: &Utf8Path, claim: &Utf8Path, token: &str, look: files::Look) -> Result<bool> {
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
@@ -206,7 +341,11 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
         let count = files::lstat(claim)
             .ok()
             .and_then(|m| crate::sys::link_count(&m));
-        if count == Some(2) || names(path, token).unwrap_or(false) {
+        // (Where `EEXIST` is the answer, the link count alone is looked at:
+        // a file system taken for a local one that is not would show a
+        // link made all the same there.)
+        let answered = look == files::Look::Stat && err.kind() == io::ErrorKind::AlreadyExists;
+        if count == Some(2) || (!answered && names(path, token).unwrap_or(false)) {
             return Ok(true);
         }
         if err.kind() == io::ErrorKind::AlreadyExists {
@@ -239,7 +378,8 @@ fn link(path: &Utf8Path, claim: &Utf8Path, token: &str) -> Result<bool> {
 /// After `EEXIST` from linking onto `path`: busy (`Ok(())`) if a `Link`
 /// lock file (or nothing, any more) is there, or a file whose record
 /// cannot be read; the typed error for anything else, such as the lock
-/// file of the `Os` strategy (an `os` record, or blank once released).
+/// file of the `Os` strategy (an `os` record, which a release leaves in
+/// place on a local file system, or blank once released on a network one).
 fn busy(path: &Utf8Path) -> Result<()> {
     files::expect_kind_at(path, LockStrategy::Link, FileKind::File)?;
     let bytes = match files::open_read(path).and_then(read_capped) {
@@ -352,7 +492,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
             },
             stamp,
         ),
-        // Blank: a released `Os` lock file.
+        // Blank: a released `Os` lock file (on a network file system).
         None if bytes.trim_ascii().is_empty() => {
             Seen::new(None, Claim::Strategy(Mechanism::Os), stamp)
         }

@@ -114,7 +114,18 @@ pub(crate) fn sweep(path: &Utf8Path, writers: Writers) {
             // empty one: killed before it wrote its record); a claim of
             // another machine or boot is judged by its record.
             match crate::owner::token_maker(token) {
-                Some(pid) => !crate::owner::pid_runs(pid),
+                // A PID that runs may be another process's now: the start
+                // time in the record tells, if the record names the maker
+                // itself (a record made on behalf of another process names
+                // that one, whose end says nothing of the maker).
+                Some(pid) => {
+                    !crate::owner::pid_runs(pid)
+                        || record_at(&target).is_some_and(|r| {
+                            r.token == token
+                                && r.pid == pid
+                                && crate::owner::pid_reused(pid, r.start.as_deref())
+                        })
+                }
                 None => record_at(&target).is_some_and(|r| {
                     r.token == token && r.liveness_here(writers) == crate::Liveness::Dead
                 }),

