@@ -566,6 +566,24 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; anything else is ours.
     let quick = std::env::args().any(|a| a == "quick");
+    // `pingpong=KIND,KIND`: only those ping-pongs (to profile one).
+    if let Some(kinds) =
+        std::env::args().find_map(|a| a.strip_prefix("pingpong=").map(str::to_owned))
+    {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_str().expect("utf-8 temp dir").to_owned();
+        for kind in kinds.split(',') {
+            let p = pingpong(kind, &dir, if quick { 100 } else { 300 }, 2000);
+            println!(
+                "{kind}: median {:.1} us, p99 {:.1} us, barges {} of {}",
+                p.median,
+                p.p99,
+                p.barges,
+                p.barges + p.handoffs
+            );
+        }
+        return;
+    }
     let rounds = if quick { 100 } else { 300 };
     let ms = if quick { 300 } else { 1000 };
     let tmp = tempfile::tempdir().expect("tempdir");
