@@ -201,7 +201,8 @@ pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, LockName, Operation, Result};
 pub use filesystem::{FileSystem, Locality};
 pub use lock::{
-    lock_file, LockFile, LockGuard, LockOptions, LockStatus, SharedGuard, DEFAULT_POLL_INTERVAL,
+    lock_file, LockFile, LockGuard, LockOptions, LockStatus, OwnedLockGuard, SharedGuard,
+    DEFAULT_POLL_INTERVAL,
 };
 pub use locked_file::{LockedFile, LockedFileOptions, Mode};
 pub use owner::{Liveness, OwnerRecord, RecordedProcess, MAX_RECORD_LEN, RECORD_VERSION};

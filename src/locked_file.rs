@@ -8,9 +8,8 @@
 //! starts over if not. The file is the caller's data, so no owner record
 //! is written into it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::Duration;
 
@@ -201,9 +200,26 @@ impl LockedFileOptions {
     }
 }
 
-/// An open file that this process holds locked; reads and writes go
-/// through it (it dereferences to [`File`]), and dropping it releases the
-/// lock.
+/// An open file that this process holds locked; reads, writes, seeks,
+/// [`metadata`](LockedFile::metadata), [`set_len`](LockedFile::set_len)
+/// and syncs go through it, and dropping it releases the lock.
+///
+/// It gives out no [`File`]: through one, safe code could unlock the file
+/// ([`File::unlock`]) or close it while the guard still stands, and a
+/// second holder would get the lock beside the first. A raw descriptor or
+/// handle (`AsFd`, `AsRawFd`; `AsHandle`, `AsRawHandle` on Windows) is
+/// there for system calls that need one: what is done through it (an
+/// unlock, or a close of a duplicate after `flock`'s rules) is the
+/// caller's to avoid.
+///
+/// ```compile_fail
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let file = portalock::LockedFile::open(dir.path().join("data"))?;
+/// file.unlock()?; // no `File` behind the guard: this does not compile
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Examples
 ///
@@ -233,6 +249,7 @@ impl LockedFileOptions {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
+#[must_use = "if unused the file is unlocked at once"]
 pub struct LockedFile {
     file: File,
     released: bool,
@@ -261,6 +278,44 @@ impl LockedFile {
     /// The absolute path of the locked file.
     pub fn path(&self) -> &Utf8Path {
         &self.path
+    }
+
+    /// The locked file's metadata ([`File::metadata`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`File::metadata`].
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        self.file.metadata()
+    }
+
+    /// Truncates or extends the locked file to `size` bytes
+    /// ([`File::set_len`]); the cursor does not move.
+    ///
+    /// # Errors
+    ///
+    /// As [`File::set_len`] (for one, a file opened for reading only).
+    pub fn set_len(&self, size: u64) -> io::Result<()> {
+        self.file.set_len(size)
+    }
+
+    /// Flushes the file's data and metadata to stable storage
+    /// ([`File::sync_all`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`File::sync_all`].
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// Flushes the file's data to stable storage ([`File::sync_data`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`File::sync_data`].
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Releases the lock (after flushing or removing the file, as the
@@ -300,17 +355,39 @@ impl LockedFile {
     }
 }
 
-impl Deref for LockedFile {
-    type Target = File;
-
-    fn deref(&self) -> &File {
-        &self.file
+#[cfg(unix)]
+impl std::os::fd::AsFd for LockedFile {
+    /// The locked file's descriptor: see the type's docs for what is the
+    /// caller's to avoid through it.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
     }
 }
 
-impl DerefMut for LockedFile {
-    fn deref_mut(&mut self) -> &mut File {
-        &mut self.file
+#[cfg(unix)]
+impl std::os::fd::AsRawFd for LockedFile {
+    /// The locked file's descriptor: see the type's docs for what is the
+    /// caller's to avoid through it.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsHandle for LockedFile {
+    /// The locked file's handle: see the type's docs for what is the
+    /// caller's to avoid through it.
+    fn as_handle(&self) -> std::os::windows::io::BorrowedHandle<'_> {
+        std::os::windows::io::AsHandle::as_handle(&self.file)
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsRawHandle for LockedFile {
+    /// The locked file's handle: see the type's docs for what is the
+    /// caller's to avoid through it.
+    fn as_raw_handle(&self) -> std::os::windows::io::RawHandle {
+        std::os::windows::io::AsRawHandle::as_raw_handle(&self.file)
     }
 }
 

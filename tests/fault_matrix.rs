@@ -931,7 +931,7 @@ fn actor(args: &[String]) -> i32 {
         .poll_interval(Duration::from_millis(5))
         .grace(Duration::from_millis(args[2].parse().expect("grace")));
     if lease > 0 {
-        options.lease(Some(Duration::from_millis(lease)));
+        options.lease(Duration::from_millis(lease));
     }
     let lock = options.open(&args[1]).expect("open");
     let (tx, commands) = mpsc::channel::<String>();
@@ -1499,7 +1499,7 @@ fn two_leases(args: &[String]) -> i32 {
     let open = |strategy: LockStrategy, path: &str| {
         let lock = LockOptions::new()
             .strategy(strategy)
-            .lease(Some(Duration::from_millis(SHORT_LEASE_MS)))
+            .lease(Duration::from_millis(SHORT_LEASE_MS))
             .open(path)
             .expect("open");
         lock.acquire().expect("acquire");

@@ -575,7 +575,7 @@ fn a_synced_lock_is_taken_refreshed_and_released_like_any_other(strategy: LockSt
     let lock = LockOptions::new()
         .strategy(strategy)
         .sync(true)
-        .lease(Some(Duration::from_millis(30)))
+        .lease(Duration::from_millis(30))
         .open(&path)
         .expect("open");
     lock.acquire().expect("acquire");
@@ -734,4 +734,34 @@ fn a_forked_child_takes_a_lock_its_parent_released(strategy: LockStrategy) {
         "the child could not take the lock"
     );
     assert!(parent.wait().success());
+}
+
+/// An owned guard (`lock_owned` on an `Arc<LockFile>`) holds the lock
+/// wherever it is moved, here into another thread, against another
+/// process, until it is dropped there.
+#[apply(every_strategy)]
+fn an_owned_guard_holds_the_lock_in_another_thread_until_dropped(strategy: LockStrategy) {
+    let (_dir, path) = scratch();
+    let lock = Arc::new(open(&path, strategy));
+    let guard = Arc::clone(&lock).lock_owned().expect("lock_owned");
+    let mut other = spawn("race", &[strategy.as_str(), path.as_str()]);
+    other.expect("READY");
+    let (moved_tx, moved_rx) = mpsc::channel();
+    let (drop_tx, drop_rx) = mpsc::channel::<()>();
+    let keeper = std::thread::spawn(move || {
+        let _ = moved_tx.send(guard.token().to_owned());
+        let _ = drop_rx.recv_timeout(EVENT_TIMEOUT);
+        drop(guard);
+    });
+    let token = moved_rx.recv_timeout(EVENT_TIMEOUT).expect("moved");
+    assert_eq!(lock.owner().expect("owner").map(|r| r.token), Some(token));
+    other.send("try");
+    assert_eq!(other.expect("TRIED"), "WouldBlock");
+    drop_tx.send(()).expect("tell the keeper");
+    keeper.join().expect("keeper");
+    assert!(!lock.is_held());
+    other.send("try");
+    assert_eq!(other.expect("TRIED"), "Ok");
+    other.send("release");
+    assert_eq!(other.expect("RELEASED"), "Ok");
 }

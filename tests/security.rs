@@ -110,7 +110,7 @@ fn a_lease_refresh_never_writes_through_a_planted_symlink(
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let lock = options(strategy)
-        .lease(Some(Duration::from_millis(150)))
+        .lease(Duration::from_millis(150))
         .on_lost(move |_| {
             let _ = tx.lock().map(|tx| tx.send(()));
         })

@@ -462,7 +462,7 @@ fn a_lease_is_refreshed_while_held(
 ) {
     let (_dir, path) = scratch();
     let lock = options(strategy)
-        .lease(Some(Duration::from_millis(30)))
+        .lease(Duration::from_millis(30))
         .open(&path)
         .expect("open");
     lock.acquire().expect("acquire");
@@ -491,7 +491,7 @@ fn on_lost_fires_once_when_a_lock_is_broken_under_its_holder(
     let fired = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&fired);
     let holder = options(strategy)
-        .lease(Some(Duration::from_millis(30)))
+        .lease(Duration::from_millis(30))
         .on_lost(move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
         })
@@ -559,7 +559,7 @@ fn break_lock_refuses_a_lease_that_is_being_refreshed(
 ) {
     let (_dir, path) = scratch();
     let holder = options(strategy)
-        .lease(Some(Duration::from_millis(200)))
+        .lease(Duration::from_millis(200))
         .open(&path)
         .expect("open");
     holder.acquire().expect("acquire");
@@ -626,7 +626,7 @@ fn on_lost_may_release_the_lock_it_reports() {
     // heartbeat thread: this must not deadlock.
     let lock = Arc::new(
         options(LockStrategy::Mkdir)
-            .lease(Some(Duration::from_millis(30)))
+            .lease(Duration::from_millis(30))
             .on_lost(move |_| {
                 if let Some(lock) = inside.get() {
                     let _ = tx.send(format!("{:?}", lock.release()));
@@ -646,7 +646,7 @@ fn on_lost_may_release_the_lock_it_reports() {
     // The heartbeat still serves other leases.
     let (_dir2, other) = scratch();
     let second = options(LockStrategy::Mkdir)
-        .lease(Some(Duration::from_millis(30)))
+        .lease(Duration::from_millis(30))
         .open(&other)
         .expect("open");
     second.acquire().expect("acquire");

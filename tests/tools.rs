@@ -71,10 +71,11 @@ fn locked_file_timeouts_and_fail_when_locked() {
         other => panic!("expected WouldBlock, got {other:?}"),
     }
     held.release().expect("release");
-    LockedFile::options()
+    let free = LockedFile::options()
         .timeout(Some(Duration::ZERO))
         .open(&path)
         .expect("free");
+    free.release().expect("release");
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Taking a [`LockFile`]: the public acquire calls, blocking and async.
 //! The wait itself is in [`super::waiter`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::strategy::{self, Probe};
 
-use super::guard::LockGuard;
+use super::guard::{LockGuard, OwnedLockGuard};
 use super::LockFile;
 
 impl LockFile {
@@ -58,6 +59,40 @@ impl LockFile {
     /// As [`acquire`](LockFile::acquire).
     pub fn lock(&self) -> Result<LockGuard<'_>> {
         self.guard_within(self.timeout)
+    }
+
+    /// Takes the lock, as [`lock`](LockFile::lock), and returns a guard that
+    /// owns this reference to the handle ([`OwnedLockGuard`]: `'static`, to
+    /// keep in a struct or move into a thread or task). Call it on a clone
+    /// of the `Arc` to keep one.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](LockFile::lock).
+    pub fn lock_owned(self: Arc<Self>) -> Result<OwnedLockGuard> {
+        let token = self.acquire_token(self.timeout)?;
+        Ok(OwnedLockGuard { lock: self, token })
+    }
+
+    /// Tries once to take the lock, as [`lock_owned`](LockFile::lock_owned).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](LockFile::try_acquire).
+    pub fn try_lock_owned(self: Arc<Self>) -> Result<OwnedLockGuard> {
+        let token = self.acquire_token(Some(Duration::ZERO))?;
+        Ok(OwnedLockGuard { lock: self, token })
+    }
+
+    /// Takes the lock, waiting at most `timeout`, as
+    /// [`lock_owned`](LockFile::lock_owned).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_timeout`](LockFile::acquire_timeout).
+    pub fn lock_owned_timeout(self: Arc<Self>, timeout: Duration) -> Result<OwnedLockGuard> {
+        let token = self.acquire_token(Some(timeout))?;
+        Ok(OwnedLockGuard { lock: self, token })
     }
 
     /// Tries once to take the lock, as [`try_acquire`](LockFile::try_acquire),

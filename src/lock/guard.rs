@@ -1,7 +1,8 @@
-//! [`LockGuard`], the proof of holding a [`LockFile`], and
-//! [`lock_file`], the one-call shortcut.
+//! [`LockGuard`], the proof of holding a [`LockFile`]; [`OwnedLockGuard`],
+//! the same owning its handle; and [`lock_file`], the one-call shortcut.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::Result;
 
@@ -53,11 +54,84 @@ impl Drop for LockGuard<'_> {
     }
 }
 
+/// Proof that a [`LockFile`] holds its lock, owning a reference to the
+/// handle: from [`LockFile::lock_owned`], to keep in a struct or move into
+/// a thread or an async task. Dropping it releases the lock.
+///
+/// Like [`LockGuard`], it releases only the acquisition that created it.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use portalock::LockFile;
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = Arc::new(LockFile::new(dir.path().join("job.lock"))?);
+/// let guard = Arc::clone(&lock).lock_owned()?;
+/// // The guard goes to another thread, which releases the lock when done.
+/// std::thread::spawn(move || {
+///     assert!(guard.lock_file().is_held());
+///     drop(guard);
+/// })
+/// .join()
+/// .expect("the thread");
+/// assert!(!lock.is_held());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "if unused the lock is released at once"]
+pub struct OwnedLockGuard {
+    pub(super) lock: Arc<LockFile>,
+    pub(super) token: String,
+}
+
+impl OwnedLockGuard {
+    /// The handle this guard locks.
+    pub fn lock_file(&self) -> &Arc<LockFile> {
+        &self.lock
+    }
+
+    /// The token of this acquisition's owner record.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Releases the lock now and returns what [`LockFile::release`] returns,
+    /// which dropping the guard would discard.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockFile::release`].
+    pub fn release(mut self) -> Result<()> {
+        let token = std::mem::take(&mut self.token);
+        self.lock.release_token(&token, Keep::Handle)
+    }
+}
+
+impl Drop for OwnedLockGuard {
+    fn drop(&mut self) {
+        // As `LockGuard`'s (an empty token, after `release`, matches none).
+        let _ = self.lock.release_token(&self.token, Keep::Background);
+    }
+}
+
 /// Opens the lock at `path` with the default options and takes it, waiting
 /// as long as it takes: the shortcut of Python's `locket.lock_file`.
 ///
 /// The returned handle holds the lock; dropping it (or calling
-/// [`LockFile::release`]) releases it.
+/// [`LockFile::release`]) releases it. A call whose handle is not kept
+/// takes the lock and lets it go at once, and the compiler says so
+/// (`LockFile` is `#[must_use]`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let dir = tempfile::tempdir()?;
+///     portalock::lock_file(dir.path().join("cron.lock"))?; // unused: warned
+///     Ok(())
+/// }
+/// ```
 ///
 /// # Errors
 ///

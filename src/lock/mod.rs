@@ -17,7 +17,7 @@ mod shared;
 mod turnstile;
 mod waiter;
 
-pub use guard::{lock_file, LockGuard};
+pub use guard::{lock_file, LockGuard, OwnedLockGuard};
 pub use options::LockOptions;
 pub use shared::SharedGuard;
 
@@ -90,6 +90,7 @@ pub enum LockStatus {
 /// assert!(matches!(lock.release(), Err(portalock::Error::NotLocked { .. })));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[must_use = "a LockFile that holds its lock releases it when dropped"]
 pub struct LockFile {
     path: Utf8PathBuf,
     strategy: Concrete,

@@ -180,7 +180,8 @@ impl LockOptions {
     /// all its leases) rewrites the record three times per lease. A
     /// contender that sees the record unchanged for a whole lease, on its
     /// own clock, breaks the lock, even if its owner lives (paused, or on
-    /// another host). `None` (the default) keeps no lease.
+    /// another host). Without it (the default) a lock has no lease. (The
+    /// same shape as `RedisLockOptions::lease`, feature `redis`.)
     ///
     /// A lease lets locks of other hosts be recovered, at a price: a holder
     /// that stalls for longer than its lease loses the lock. It finds out
@@ -198,15 +199,15 @@ impl LockOptions {
     /// let dir = tempfile::tempdir()?;
     /// let lock = LockOptions::new()
     ///     .strategy(LockStrategy::Mkdir)
-    ///     .lease(Some(Duration::from_secs(30)))
+    ///     .lease(Duration::from_secs(30))
     ///     .open(dir.path().join("job.lock"))?;
     /// let _guard = lock.lock()?;
     /// assert_eq!(lock.owner()?.and_then(|o| o.lease()), Some(Duration::from_secs(30)));
     /// lock.ensure_held()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn lease(&mut self, lease: Option<Duration>) -> &mut Self {
-        self.lease = lease.map(|l| l.clamp(MIN_LEASE, MAX_LEASE));
+    pub fn lease(&mut self, lease: Duration) -> &mut Self {
+        self.lease = Some(lease.clamp(MIN_LEASE, MAX_LEASE));
         self
     }
 

@@ -325,7 +325,7 @@ fn hold(args: &[&str]) -> i32 {
     options.on_lost(|_| say("ONLOST"));
     if let Some(ms) = args.get(2) {
         let ms: u64 = ms.parse().expect("lease in ms");
-        options.lease(Some(Duration::from_millis(ms)));
+        options.lease(Duration::from_millis(ms));
     }
     let lock = options.open(args[1]).expect("open lock");
     if let Err(e) = lock.acquire() {

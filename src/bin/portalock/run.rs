@@ -19,7 +19,9 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
         return run_redis(&args, url);
     }
     let mut options = options(args.strategy, &args.wait);
-    options.lease(args.lease);
+    if let Some(lease) = args.lease {
+        options.lease(lease);
+    }
     if args.slots > 1 {
         return run_in_slot(&args, &options);
     }
