@@ -667,3 +667,243 @@ fn a_sigint_at_the_gate_ends_the_command_before_it_runs() {
     let (code, _) = status_json("mkdir", &lock);
     assert_eq!(code, 0, "released");
 }
+
+/// Runs util-linux `flock(1)` with `args` to completion, bounded: its exit
+/// code and standard output.
+#[cfg(target_os = "linux")]
+fn flock_tool(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new("flock")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run flock(1) (util-linux)");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "flock {args:?} did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    let _ = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+    (status.code().expect("exited"), out)
+}
+
+/// A process holding `lock` through `flock(1)` (`-s` for shared), until
+/// it is dropped; returned once it holds the lock.
+#[cfg(target_os = "linux")]
+struct FlockHolder(std::process::Child);
+
+#[cfg(target_os = "linux")]
+impl FlockHolder {
+    fn start(mode: &str, lock: &str) -> FlockHolder {
+        let mut child = Command::new("flock")
+            .args([mode, lock, "sh", "-c", "echo held; read _"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run flock(1)");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("flock(1) said it holds the lock");
+        assert_eq!(line.trim(), "held");
+        FlockHolder(child)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for FlockHolder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// `run` takes flock(1)'s flags (and its command without `--`): the same
+/// invocations through `flock(1)` and `portalock run`, against one lock,
+/// exclude each other and end with the same exit codes. Where the lock
+/// stays busy without `-E`, each keeps its own code (flock(1): 1;
+/// `portalock run`: 75).
+#[cfg(target_os = "linux")]
+#[test]
+fn run_takes_flocks_flags_and_answers_as_flock_does() {
+    let (_dir, root) = scratch();
+    let lock = root.join("flock.lock");
+    let l = lock.as_str();
+    let both = |flock_args: &[&str], run_args: &[&str]| -> ((i32, String), Ran) {
+        let mut args = vec!["run"];
+        args.extend_from_slice(run_args);
+        (flock_tool(flock_args), tool(&args, None))
+    };
+    // Free: the command runs (no `--` needed), `-c` goes through `sh -c`.
+    let ((code, out), ran) = both(&["-n", l, "echo", "hi"], &["-n", l, "echo", "hi"]);
+    assert_eq!((code, out.as_str()), (0, "hi\n"));
+    assert_eq!(
+        (ran.code(), ran.stdout.as_str()),
+        (0, "hi\n"),
+        "{}",
+        ran.stderr
+    );
+    let ((code, _), ran) = both(&[l, "-c", "exit 3"], &[l, "-c", "exit 3"]);
+    assert_eq!((code, ran.code()), (3, 3), "{}", ran.stderr);
+    // (flock(1) takes -c only after the lock; portalock before it too.)
+    let ran = tool(&["run", "-c", "exit 4", l], None);
+    assert_eq!(ran.code(), 4, "{}", ran.stderr);
+    let ((code, _), ran) = both(&["-x", l, "true"], &["-x", l, "true"]);
+    assert_eq!((code, ran.code()), (0, 0), "{}", ran.stderr);
+
+    // Held exclusively by flock(1).
+    let holder = FlockHolder::start("-x", l);
+    let ((code, _), ran) = both(&["-n", "-E", "9", l, "true"], &["-n", "-E", "9", l, "true"]);
+    assert_eq!((code, ran.code()), (9, 9), "{}", ran.stderr);
+    let ((code, _), ran) = both(&["-n", l, "true"], &["-n", l, "true"]);
+    assert_eq!((code, ran.code()), (1, 75), "{}", ran.stderr);
+    for wait in ["0.2", "200ms"] {
+        let started = Instant::now();
+        let ran = tool(&["run", "-w", wait, "-E", "7", l, "true"], None);
+        assert_eq!(ran.code(), 7, "-w {wait}: {}", ran.stderr);
+        assert!(started.elapsed() >= Duration::from_millis(200), "-w {wait}");
+    }
+    let (code, _) = flock_tool(&["-w", "0.2", "-E", "7", l, "true"]);
+    assert_eq!(code, 7);
+    let ((code, _), ran) = both(&["-s", "-n", l, "true"], &["-s", "-n", l, "true"]);
+    assert_eq!((code, ran.code()), (1, 75), "{}", ran.stderr);
+    drop(holder);
+
+    // Held shared by flock(1): shared takers get in, exclusive ones do not.
+    let holder = FlockHolder::start("-s", l);
+    let ((code, _), ran) = both(&["-s", "-n", l, "true"], &["-s", "-n", l, "true"]);
+    assert_eq!((code, ran.code()), (0, 0), "{}", ran.stderr);
+    let ((code, _), ran) = both(
+        &["-x", "-n", "-E", "5", l, "true"],
+        &["-x", "-n", "-E", "5", l, "true"],
+    );
+    assert_eq!((code, ran.code()), (5, 5), "{}", ran.stderr);
+    drop(holder);
+
+    // Held by `portalock run`: flock(1) is kept out too.
+    let (run, _pid) = hold_with_run(&[], &lock);
+    let (code, _) = flock_tool(&["-n", l, "true"]);
+    assert_eq!(code, 1, "flock(1) got a lock that `portalock run` holds");
+    drop(run);
+}
+
+/// Durations and leases: seconds or units, and leases within their
+/// bounds; anything else is a usage error (2) that says why.
+#[test]
+fn durations_take_seconds_or_units_and_leases_their_bounds() {
+    let (_dir, root) = scratch();
+    let lock = root.join("d.lock");
+    let line = child_command_line();
+    let exit0 = Some(("exit", &["0"][..]));
+    for timeout in ["1", "1.5", "1s", "500ms", "1m 30s"] {
+        let ran = tool(
+            &run_args(&["--timeout", timeout], lock.as_str(), &line),
+            exit0,
+        );
+        assert_eq!(ran.code(), 0, "--timeout {timeout}: {}", ran.stderr);
+    }
+    for (flag, value) in [
+        ("--timeout", "soon"),
+        ("--timeout", "-1"),
+        ("--lease", "0.001"),
+        ("--lease", "400d"),
+    ] {
+        let ran = tool(&run_args(&[flag, value], lock.as_str(), &line), exit0);
+        assert_eq!(ran.code(), 2, "{flag} {value}: {}", ran.stderr);
+        assert!(ran.stderr.contains(value), "{flag} {value}: {}", ran.stderr);
+    }
+    let ran = tool(&run_args(&["--lease", "30s"], lock.as_str(), &line), exit0);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+}
+
+/// `run` without `--strategy` on a lock that `acquire` took (a directory,
+/// where auto would pick os) takes it as what it is: busy while held (it
+/// was "is a directory, but the os strategy needs a regular file").
+/// `acquire` says whom it holds the lock for.
+#[test]
+fn run_uses_the_strategy_of_a_lock_that_acquire_took() {
+    let (_dir, root) = scratch();
+    let lock = root.join("script.lock");
+    let me = std::process::id();
+    let ran = tool(&["acquire", lock.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("held for pid {me}")) && ran.stderr.contains("--pid"),
+        "acquire did not say whom it holds the lock for: {}",
+        ran.stderr
+    );
+    let line = child_command_line();
+    let ran = tool(
+        &run_args(&["-n"], lock.as_str(), &line),
+        Some(("exit", &["0"])),
+    );
+    assert_eq!(ran.code(), 75, "{}", ran.stderr);
+    assert!(ran.stderr.contains(&format!("pid {me}")), "{}", ran.stderr);
+    let ran = tool(&["release", lock.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    let ran = tool(
+        &run_args(&["-n"], lock.as_str(), &line),
+        Some(("exit", &["0"])),
+    );
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+}
+
+/// `acquire --lease`: nobody refreshes the lease once acquire has exited,
+/// so a waiter breaks the lock one lease after it was taken, although the
+/// process it is held for runs.
+#[test]
+fn acquire_with_a_lease_expires_after_it() {
+    let (_dir, root) = scratch();
+    let lock = root.join("lease.lock");
+    let ran = tool(&["acquire", "--lease", "1s", lock.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert!(ran.stderr.contains("its lease"), "{}", ran.stderr);
+    let started = Instant::now();
+    let line = child_command_line();
+    let ran = tool(
+        &run_args(&["--timeout", "20s", "--quiet"], lock.as_str(), &line),
+        Some(("exit", &["0"])),
+    );
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "broken before its lease ran out: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A file at the lock path that portalock did not write is no lock:
+/// `status` says so with its own exit code (it said "free"), and `break
+/// --force` leaves it alone and says how to remove it (it said "is free").
+#[test]
+fn a_foreign_file_at_the_lock_path_is_neither_free_nor_broken() {
+    let (_dir, root) = scratch();
+    let lock = root.join("data.lock");
+    std::fs::write(&lock, "precious data\n").expect("write");
+    let ran = tool(&["status", lock.as_str()], None);
+    assert_eq!(ran.code(), 4, "{} {}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.starts_with("foreign:"), "{}", ran.stdout);
+    let (code, json) = {
+        let ran = tool(&["status", "--json", lock.as_str()], None);
+        let json: Value = serde_json::from_str(ran.stdout.trim()).expect("json");
+        (ran.code(), json)
+    };
+    assert_eq!((code, &json["state"]), (4, &Value::from("foreign")));
+    for args in [
+        &["break", lock.as_str()][..],
+        &["break", "--force", lock.as_str()],
+    ] {
+        let ran = tool(args, None);
+        assert_eq!(ran.code(), 4, "{args:?}: {}", ran.stderr);
+        assert!(ran.stderr.contains("remove it by hand"), "{}", ran.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("read"),
+        "precious data\n"
+    );
+}

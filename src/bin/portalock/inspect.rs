@@ -1,12 +1,65 @@
 //! `portalock status` and `portalock break`: look at a lock this process
 //! did not take.
 
-use portalock::{Liveness, LockOptions, LockStatus, LockStrategy};
+use std::io::Read;
+use std::path::Path;
+
+use portalock::{Liveness, LockOptions, LockStatus, LockStrategy, OwnerRecord, MAX_RECORD_LEN};
 
 use crate::waiting::describe;
-use crate::{lock_error, BreakArgs, Outcome, StatusArgs, EXIT_NO, EXIT_STALE};
+use crate::{
+    lock_error, BreakArgs, Failure, Outcome, StatusArgs, EXIT_FOREIGN, EXIT_NO, EXIT_STALE,
+};
+
+/// Whether `path` is a regular file that holds data portalock did not
+/// write: not empty, not blank (a released `Os` lock's, on a network file
+/// system), not an owner record, nor one being written (`{"v":` and no
+/// longer than a record). Such a file is no lock, held or free.
+fn foreign_file(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() {
+        return false;
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_RECORD_LEN as u64 + 1).read_to_end(&mut bytes));
+    if read.is_err() {
+        // Unreadable (another user's lock, say): nothing to tell.
+        return false;
+    }
+    let trimmed = bytes.trim_ascii();
+    !(trimmed.is_empty()
+        || OwnerRecord::parse(&bytes).is_some()
+        || (bytes.len() <= MAX_RECORD_LEN && trimmed.starts_with(b"{\"v\":")))
+}
+
+/// The answer for a foreign file at the lock path: its own state, and a
+/// way out.
+fn foreign(path: &Path, json: bool) -> Outcome {
+    if json {
+        let json = serde_json::json!({
+            "path": path.to_string_lossy(),
+            "strategy": null,
+            "state": "foreign",
+            "owner": null,
+            "liveness": null,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "foreign: {} holds data portalock did not write: it is no lock (held or free)",
+            path.display()
+        );
+    }
+    Ok(EXIT_FOREIGN)
+}
 
 pub(crate) fn status(args: StatusArgs) -> Outcome {
+    if args.strategy.is_none() && foreign_file(&args.lock) {
+        return foreign(&args.lock, args.json);
+    }
     let lock = LockOptions::new()
         .strategy(infer(&args.lock, args.strategy))
         .open(&args.lock)
@@ -54,6 +107,16 @@ pub(crate) fn status(args: StatusArgs) -> Outcome {
 }
 
 pub(crate) fn break_lock(args: BreakArgs) -> Outcome {
+    if foreign_file(&args.lock) {
+        return Err(Failure::new(
+            format!(
+                "{} holds data portalock did not write: not broken, even with --force; \
+                 if it is not needed, remove it by hand (rm {0})",
+                args.lock.display()
+            ),
+            EXIT_FOREIGN,
+        ));
+    }
     let lock = LockOptions::new()
         .strategy(infer(&args.lock, args.strategy))
         .open(&args.lock)

@@ -28,6 +28,9 @@ use portalock::{Error, LockFile, LockOptions, LockStrategy};
 const EXIT_NO: u8 = 1;
 /// Exit status of `status` for a stale lock.
 const EXIT_STALE: u8 = 3;
+/// Exit status of `status` and `break` for a file at the lock path that
+/// holds data portalock did not write.
+const EXIT_FOREIGN: u8 = 4;
 /// Exit status for an error of the lock itself (I/O, a bad lock path, a
 /// foreign file at the lock path, a lost lock): EX_IOERR.
 const EXIT_LOCK_ERROR: u8 = 74;
@@ -38,19 +41,43 @@ const EXIT_CANNOT_RUN: u8 = 126;
 /// Exit status when the command is not found.
 const EXIT_NOT_FOUND: u8 = 127;
 
-const EXIT_CODES: &str = "\
+/// The exit codes, for every subcommand's help.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0        success (run: the command's own status)
   1        status: the lock is held; break: the lock is live (not broken);
            release: the lock is free or held for another process
   2        usage error
   3        status: the lock is stale (its owner on this host has exited)
+  4        status, break: the lock path holds a file portalock did not
+           write (not a lock: left alone)
   74       a lock error: I/O, a bad lock path, a foreign file at the lock
            path, a lock lost while the command ran
   75       the lock is busy: --timeout ran out (or 0 and held); change it
            with --conflict-exit-code
   126/127  run: the command cannot be run / was not found
-  128+N    run: the command was killed by signal N";
+  128+N    run: the command was killed by signal N"
+    };
+}
+
+const EXIT_CODES: &str = exit_codes!();
+
+/// `run --help`: examples, then the exit codes.
+const RUN_HELP: &str = concat!(
+    "\
+Examples:
+  portalock run /var/lock/backup.lock rsync -a /src /dst
+  portalock run -n /var/lock/backup.lock ./backup.sh       # busy: give up at once (75)
+  portalock run -w 30s -E 1 /var/lock/backup.lock ./backup.sh
+  portalock run /var/lock/backup.lock -c 'make && make install'
+  portalock run -s /var/lock/db.lock ./read-only-report   # shared (os)
+  portalock run --slots 4 /tmp/build.lock make -j2        # at most 4 at once
+
+",
+    exit_codes!()
+);
 
 /// Cross-process locks that live in the file system.
 ///
@@ -74,7 +101,7 @@ enum Cmd {
     /// exited. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to portalock are
     /// passed to COMMAND, except those COMMAND gets by itself: a terminal's
     /// Ctrl-C or Ctrl-\ reaches every process of its foreground group.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = RUN_HELP)]
     Run(RunArgs),
     /// Say whether the lock is free, held (and by whom) or stale.
     #[command(after_help = EXIT_CODES)]
@@ -100,32 +127,56 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct Wait {
-    /// Seconds to wait for the lock: 0 tries once; absent waits forever.
-    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    /// How long to wait for the lock: seconds (`2.5`) or a duration
+    /// (`500ms`, `1m 30s`); 0 tries once; absent waits forever (flock(1)'s
+    /// -w/--wait).
+    #[arg(long, short = 'w', visible_alias = "wait", value_name = "DURATION", value_parser = duration)]
     timeout: Option<Duration>,
+    /// Try once: fail at once if the lock is busy (--timeout 0; flock(1)'s
+    /// -n).
+    #[arg(long, short = 'n', conflicts_with = "timeout")]
+    nonblock: bool,
     /// Never break a stale lock (one whose owner has exited, or whose lease
     /// ran out).
     #[arg(long)]
     no_break: bool,
-    /// Exit status when the lock stays busy.
-    #[arg(long, value_name = "N", default_value_t = EXIT_CONFLICT)]
+    /// Exit status when the lock stays busy (flock(1)'s -E).
+    #[arg(long, short = 'E', value_name = "N", default_value_t = EXIT_CONFLICT)]
     conflict_exit_code: u8,
     /// Say nothing while waiting.
     #[arg(long, short)]
     quiet: bool,
+    /// Say on stderr how long the lock took to take, or why it could not be
+    /// taken (flock(1)'s --verbose).
+    #[arg(long, conflicts_with = "quiet")]
+    verbose: bool,
+}
+
+impl Wait {
+    /// How long to wait: 0 tries once; `None` waits forever.
+    fn timeout(&self) -> Option<Duration> {
+        if self.nonblock {
+            Some(Duration::ZERO)
+        } else {
+            self.timeout
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// How the lock is taken: auto, os, mkdir or link.
-    #[arg(long, default_value = "auto")]
-    strategy: LockStrategy,
+    /// How the lock is taken: auto, os, mkdir or link [default: what the
+    /// lock at LOCK is, if something is there (a lock `portalock acquire`
+    /// took is a mkdir or link lock), else auto].
+    #[arg(long)]
+    strategy: Option<LockStrategy>,
     #[command(flatten)]
     wait: Wait,
-    /// Hold the lock with a lease of this many seconds, refreshed while
-    /// COMMAND runs: if portalock stops (is paused, or its host is cut
-    /// off), others may break the lock once the lease runs out.
-    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    /// Hold the lock with a lease (seconds, or a duration such as `30s`;
+    /// 0.003 s to 30 days), refreshed while COMMAND runs: if portalock
+    /// stops (is paused, or its host is cut off), others may break the lock
+    /// once the lease runs out.
+    #[arg(long, value_name = "DURATION", value_parser = lease)]
     lease: Option<Duration>,
     /// Admit up to N commands at once instead of one: a semaphore of N
     /// slot locks named LOCK.0 ... LOCK.<N-1>.
@@ -144,11 +195,43 @@ struct RunArgs {
     /// names COMMAND); with --close it lasts only as long as portalock.
     #[arg(long, short = 'o')]
     close: bool,
+    /// Take the lock exclusively (the default; flock(1)'s -x).
+    #[arg(long, short = 'x', conflicts_with = "shared")]
+    exclusive: bool,
+    /// Take the lock shared: many shared holders at once, none while an
+    /// exclusive one holds it (flock(1)'s -s; the os strategy). The lock
+    /// lasts as long as portalock (as with --close).
+    #[arg(long, short = 's')]
+    shared: bool,
+    /// Run STRING with `sh -c` instead of COMMAND (flock(1)'s -c).
+    #[arg(
+        long = "command",
+        short = 'c',
+        value_name = "STRING",
+        conflicts_with = "command"
+    )]
+    shell: Option<OsString>,
     /// The lock's path.
     lock: PathBuf,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (a `--` before them is allowed, and
+    /// needed only if COMMAND starts with `-`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "shell",
+        value_name = "COMMAND"
+    )]
     command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The command to run: COMMAND, or `sh -c STRING`.
+    fn command(&self) -> Vec<OsString> {
+        match &self.shell {
+            Some(string) => vec!["sh".into(), "-c".into(), string.clone()],
+            None => self.command.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +274,11 @@ struct AcquireArgs {
     /// The process the lock is held for [default: the parent process].
     #[arg(long)]
     pid: Option<u32>,
+    /// Give the lock a lease (seconds, or a duration such as `10m`): nobody
+    /// refreshes it once acquire has exited, so others may break the lock
+    /// that long after it was taken, even while its process runs.
+    #[arg(long, value_name = "DURATION", value_parser = lease)]
+    lease: Option<Duration>,
     /// The lock's path.
     lock: PathBuf,
 }
@@ -208,13 +296,30 @@ struct ReleaseArgs {
     lock: PathBuf,
 }
 
-/// Parses a non-negative number of seconds.
-fn seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("`{s}` is not a non-negative, finite number of seconds"))
+/// Parses a duration: a non-negative number of seconds (`2.5`) or a
+/// duration with units (`500ms`, `1m 30s`).
+fn duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("`{s}` is not a non-negative, finite number of seconds")),
+        Err(_) => humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("`{s}` is not a duration: {e} (give seconds, as `2.5`, or units, as `500ms`)")
+        }),
+    }
+}
+
+/// Parses a lease (as [`duration`]) within the bounds the library keeps.
+fn lease(s: &str) -> Result<Duration, String> {
+    const MIN: Duration = Duration::from_millis(3);
+    const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+    let lease = duration(s)?;
+    if !(MIN..=MAX).contains(&lease) {
+        return Err(format!(
+            "a lease of {} is out of bounds: 3ms to 30 days",
+            humantime::format_duration(lease)
+        ));
+    }
+    Ok(lease)
 }
 
 fn main() -> ExitCode {

@@ -3,7 +3,7 @@
 
 use portalock::{Error, LockFile, LockOptions, LockStrategy};
 
-use crate::waiting::{wait_visibly, waiting_line};
+use crate::waiting::{describe, wait_visibly, waiting_line};
 use crate::{acquire_within, lock_error, options, AcquireArgs, Failure, Outcome, ReleaseArgs};
 use crate::{EXIT_LOCK_ERROR, EXIT_NO};
 
@@ -61,17 +61,38 @@ pub(crate) fn owner_pid(pid: Option<u32>) -> Result<u32, Failure> {
 pub(crate) fn acquire(args: AcquireArgs) -> Outcome {
     let strategy = persistent(&args.lock, args.strategy)?;
     let pid = owner_pid(args.pid)?;
-    let lock = options(strategy, &args.wait)
-        .on_behalf_of(pid)
-        .open(&args.lock)
-        .map_err(lock_error)?;
+    let mut options = options(strategy, &args.wait);
+    options.on_behalf_of(pid);
+    if let Some(lease) = args.lease {
+        options.lease(lease);
+    }
+    let lock = options.open(&args.lock).map_err(lock_error)?;
     let taken = wait_visibly(
         &args.wait,
         |waited| waiting_line(&lock, waited),
-        || acquire_within(&lock, args.wait.timeout),
+        || acquire_within(&lock, args.wait.timeout()),
     );
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let owner = lock.owner().ok().flatten();
     lock.detach().map_err(lock_error)?;
+    if !args.wait.quiet {
+        // A lock held for a process that ends at once (a `sh -c` around
+        // this command, say) would be stale at once, without a word.
+        let whom = owner
+            .as_ref()
+            .map_or_else(|| format!("pid {pid}"), describe);
+        let until = match args.lease {
+            Some(lease) => format!(
+                "until `portalock release`, until that process exits, or for {} (its lease)",
+                humantime::format_duration(lease)
+            ),
+            None => "until `portalock release` or until that process exits".to_owned(),
+        };
+        eprintln!(
+            "portalock: {} is held for {whom}, {until}; --pid names another process",
+            lock.path()
+        );
+    }
     Ok(0)
 }
 

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portalock::{Error, LockFile, LockOptions};
 
@@ -18,7 +18,11 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
     if let Some(url) = &args.redis {
         return run_redis(&args, url);
     }
-    let mut options = options(args.strategy, &args.wait);
+    let strategy = match args.slots {
+        1 => crate::inspect::infer(&args.lock, args.strategy),
+        _ => args.strategy.unwrap_or_default(),
+    };
+    let mut options = options(strategy, &args.wait);
     if let Some(lease) = args.lease {
         options.lease(lease);
     }
@@ -26,20 +30,58 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
         return run_in_slot(&args, &options);
     }
     let lock = options.open(&args.lock).map_err(lock_error)?;
+    if args.shared {
+        return run_shared(&lock, &args);
+    }
+    let started = Instant::now();
     // A free lock is taken at once, without the thread that reports a
     // long wait.
     let taken = match acquire_within(&lock, Some(Duration::ZERO)) {
-        Err(e) if e.is_contended() && args.wait.timeout != Some(Duration::ZERO) => wait_visibly(
+        Err(e) if e.is_contended() && args.wait.timeout() != Some(Duration::ZERO) => wait_visibly(
             &args.wait,
             |waited| waiting_line(&lock, waited),
-            || acquire_within(&lock, args.wait.timeout),
+            || acquire_within(&lock, args.wait.timeout()),
         ),
         other => other,
     };
+    verbose(&args, &lock, started, &taken);
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
     let status = run_under(&lock, &args);
     faults::step("run.exited");
     finish_run_with(status, lock.release())
+}
+
+/// `run --verbose`: says how long the lock took (why it was not taken is
+/// the error line that follows).
+fn verbose<T>(args: &RunArgs, lock: &LockFile, started: Instant, taken: &portalock::Result<T>) {
+    if args.wait.verbose && taken.is_ok() {
+        eprintln!(
+            "portalock: got the lock {} after {:.3}s",
+            lock.path(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// `run --shared`: takes the lock shared (the `os` strategy), runs the
+/// command while this process holds it, and lets it go.
+fn run_shared(lock: &LockFile, args: &RunArgs) -> Outcome {
+    let started = Instant::now();
+    let taken = wait_visibly(
+        &args.wait,
+        |waited| waiting_line(lock, waited),
+        || match args.wait.timeout() {
+            None => lock.lock_shared(),
+            Some(t) if t.is_zero() => lock.try_lock_shared(),
+            Some(t) => lock.lock_shared_timeout(t),
+        },
+    );
+    verbose(args, lock, started, &taken);
+    let guard = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    faults::step("run.locked");
+    let status = run_command(&args.command(), |command| command.spawn());
+    faults::step("run.exited");
+    finish_run_with(status, guard.release())
 }
 
 /// Runs the command of `args` under `lock`, which this process holds:
@@ -47,9 +89,9 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
 pub(crate) fn run_under(lock: &LockFile, args: &RunArgs) -> Outcome {
     faults::step("run.locked");
     if args.close {
-        run_command(&args.command, |command| command.spawn())
+        run_command(&args.command(), |command| command.spawn())
     } else {
-        run_command(&args.command, |command| {
+        run_command(&args.command(), |command| {
             lock.spawn(command).map_err(std::io::Error::from)
         })
     }
@@ -72,14 +114,14 @@ pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
             lock.name()
         )
     };
-    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout {
+    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout() {
         None => lock.acquire(),
         Some(t) if t.is_zero() => lock.try_acquire(),
         Some(t) => lock.acquire_timeout(t),
     });
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
     // The lease governs a Redis lock: nothing to hand to the command.
-    let status = run_command(&args.command, |command| command.spawn());
+    let status = run_command(&args.command(), |command| command.spawn());
     finish_run_with(status, lock.release())
 }
 
@@ -96,7 +138,7 @@ pub(crate) fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
             semaphore.prefix()
         )
     };
-    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout {
+    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout() {
         None => semaphore.acquire(),
         Some(t) if t.is_zero() => semaphore.try_acquire(),
         Some(t) => semaphore.acquire_timeout(t),
