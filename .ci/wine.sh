@@ -7,8 +7,10 @@
 # builds the ProcessPrng stand-in DLL (.ci/wine/bcryptprimitives.c: Rust's
 # std imports ProcessPrng, which Wine 8 lacks), prepares a private Wine
 # prefix, and runs `cargo test --all-features` for the Windows target with
-# Wine as the runner. Native builds are untouched: the runner and linker are
-# set through environment variables for that target only.
+# Wine as the runner (.ci/wine/run-exe.sh, which starts once more a test
+# executable that Wine failed to start). Native builds are untouched: the
+# runner and linker are set through environment variables for that target
+# only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,7 @@ if [ ! -d "$WINEPREFIX/drive_c/windows/system32" ]; then
 fi
 cp "$shim" "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll"
 
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine64
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/.ci/wine/run-exe.sh"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
 
 status=0
