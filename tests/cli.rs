@@ -460,11 +460,28 @@ fn slots_admit_n_commands_at_once() {
     // One slot of two is free: the command runs.
     assert_eq!(tool(&args, Some(("exit", &["5"]))).code(), 5);
     let b = sem.try_acquire().expect("b");
-    // None is free: busy, and the message names the slots.
+    // None is free: busy, and the message names the slot locks (not the
+    // prefix alone, which is no file), as `status` of the prefix does.
     let ran = tool(&args, Some(("exit", &["5"])));
     assert_eq!(ran.code(), 75, "{}", ran.stderr);
-    assert!(ran.stderr.contains(prefix.as_str()), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("all 2 slots") && ran.stderr.contains(&format!("{prefix}.1")),
+        "{}",
+        ran.stderr
+    );
+    let status = tool(&["status", prefix.as_str()], None);
+    assert_eq!(status.code(), 1, "{}", status.stdout);
+    let me = format!("by pid {}", std::process::id());
+    for i in 0..2 {
+        let line = format!("held: {prefix}.{i} {me}");
+        assert!(
+            status.stdout.contains(&line),
+            "no {line:?} in {}",
+            status.stdout
+        );
+    }
     drop((a, b));
+    assert_eq!(tool(&["status", prefix.as_str()], None).code(), 0);
     assert_eq!(tool(&args, Some(("exit", &["5"]))).code(), 5);
     assert_eq!(
         tool(&["run", "--slots", "0", "x", "--", "true"], None).code(),

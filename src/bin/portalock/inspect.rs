@@ -56,9 +56,31 @@ fn foreign(path: &Path, json: bool) -> Outcome {
     Ok(EXIT_FOREIGN)
 }
 
+/// The slot locks `<lock>.0`, `<lock>.1`, ... that `run --slots` made,
+/// when nothing is at `lock` itself.
+fn slot_locks(lock: &Path) -> Vec<std::path::PathBuf> {
+    if std::fs::symlink_metadata(lock).is_ok() {
+        return Vec::new();
+    }
+    let mut slots = Vec::new();
+    loop {
+        let mut name = lock.as_os_str().to_owned();
+        name.push(format!(".{}", slots.len()));
+        let slot = std::path::PathBuf::from(name);
+        if std::fs::symlink_metadata(&slot).is_err() {
+            return slots;
+        }
+        slots.push(slot);
+    }
+}
+
 pub(crate) fn status(args: StatusArgs) -> Outcome {
     if args.strategy.is_none() && foreign_file(&args.lock) {
         return foreign(&args.lock, args.json);
+    }
+    let slots = slot_locks(&args.lock);
+    if !slots.is_empty() {
+        return slots_status(&args, &slots);
     }
     let lock = LockOptions::new()
         .strategy(infer(&args.lock, args.strategy))
@@ -104,6 +126,62 @@ pub(crate) fn status(args: StatusArgs) -> Outcome {
         "stale" => EXIT_STALE,
         _ => EXIT_NO,
     })
+}
+
+/// `status` of a `run --slots` lock: each slot's state; held (1) when
+/// every slot is, free (0) when one is free.
+fn slots_status(args: &StatusArgs, slots: &[std::path::PathBuf]) -> Outcome {
+    let mut held = 0;
+    let mut seen = Vec::new();
+    for slot in slots {
+        let lock = LockOptions::new()
+            .strategy(infer(slot, args.strategy))
+            .open(slot)
+            .map_err(lock_error)?;
+        let owner = match lock.status().map_err(lock_error)? {
+            LockStatus::Held(owner) => {
+                held += 1;
+                Some(owner)
+            }
+            _ => None,
+        };
+        seen.push((lock.path().to_string(), owner));
+    }
+    let state = if held == slots.len() { "held" } else { "free" };
+    if args.json {
+        let slots: Vec<_> = seen
+            .iter()
+            .map(|(path, owner)| {
+                serde_json::json!({
+                    "path": path,
+                    "state": if owner.is_some() { "held" } else { "free" },
+                    "owner": owner.clone().flatten(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "path": args.lock.to_string_lossy(),
+                "state": state,
+                "slots": slots,
+            })
+        );
+    } else {
+        println!(
+            "{state}: {} has {} slot locks, {held} held",
+            args.lock.display(),
+            slots.len()
+        );
+        for (path, owner) in &seen {
+            match owner {
+                Some(Some(owner)) => println!("  held: {path} by {}", describe(owner)),
+                Some(None) => println!("  held: {path}"),
+                None => println!("  free: {path}"),
+            }
+        }
+    }
+    Ok(if state == "held" { EXIT_NO } else { 0 })
 }
 
 pub(crate) fn break_lock(args: BreakArgs) -> Outcome {

@@ -143,7 +143,24 @@ pub(crate) fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
         Some(t) if t.is_zero() => semaphore.try_acquire(),
         Some(t) => semaphore.acquire_timeout(t),
     });
-    let slot = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let slot = taken.map_err(|e| {
+        if e.is_contended() {
+            // The error names the first slot's path, or the prefix, which
+            // is no file: say what is held.
+            Failure::new(
+                format!(
+                    "all {n} slots of {p} are held: its slot locks {p}.0 to {p}.{last} \
+                     (`portalock status {p}` says by whom)",
+                    n = semaphore.slots(),
+                    p = semaphore.prefix(),
+                    last = semaphore.slots().saturating_sub(1),
+                ),
+                args.wait.conflict_exit_code,
+            )
+        } else {
+            Failure::from_lock(&e, args.wait.conflict_exit_code)
+        }
+    })?;
     let status = run_under(slot.lock_file(), args);
     faults::step("run.exited");
     finish_run_with(status, slot.release())
