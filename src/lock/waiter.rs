@@ -121,8 +121,7 @@ impl LockFile {
                     continue;
                 }
                 Ok(None) => {
-                    waiter.keeps_claim = kept.0.is_some();
-                    if waiter.busy()? == Then::Slept {
+                    if waiter.busy(kept.0.is_some())? == Then::Slept {
                         record.touch();
                     }
                 }
@@ -225,9 +224,6 @@ struct Waiter<'a> {
     wake: Wake,
     /// Tries in a row right after a watch found the lock's path empty.
     absent: u32,
-    /// The wait keeps a `Link` claim while it sleeps (see
-    /// [`LockFile::sweep_killed_waiters`]).
-    keeps_claim: bool,
 }
 
 /// How a waiter sleeps until the next try.
@@ -263,13 +259,20 @@ impl<'a> Waiter<'a> {
             failing_since: None,
             wake: Wake::Unset,
             absent: 0,
-            keeps_claim: false,
         }
     }
 
     /// After a try found the lock held: breaks it if stale, or sleeps.
     /// Fails with `WouldBlock` or `Timeout` once the deadline has passed.
-    fn busy(&mut self) -> Result<Then> {
+    /// A wait that keeps its `Link` claim (`keeps_claim`) sweeps before it
+    /// sleeps (see [`LockFile::sweep_killed_waiters`]).
+    fn busy(&mut self, keeps_claim: bool) -> Result<Then> {
+        let lock = self.lock;
+        let sweep = || {
+            if keeps_claim {
+                lock.sweep_killed_waiters();
+            }
+        };
         self.retries = 0;
         self.failing_since = None;
         if self.may_break
@@ -320,9 +323,7 @@ impl<'a> Waiter<'a> {
                             nap
                         };
                         // Armed first: a release meanwhile is not missed.
-                        if self.keeps_claim {
-                            self.lock.sweep_killed_waiters();
-                        }
+                        sweep();
                         watch.wait(nap)
                     }
                     Armed::Absent if self.absent < QUICK_BREAKS => {
@@ -330,27 +331,19 @@ impl<'a> Waiter<'a> {
                         return Ok(Then::TryNow);
                     }
                     Armed::Absent | Armed::Failed => {
-                        self.sweep();
+                        sweep();
                         std::thread::sleep(nap)
                     }
                 }
             }
             Wake::Unset | Wake::Poll => {
-                self.sweep();
+                sweep();
                 std::thread::sleep(nap)
             }
         }
         self.absent = 0;
         self.quick_breaks = 0;
         Ok(Then::Slept)
-    }
-
-    /// Before a sleep of a wait that keeps its `Link` claim: see
-    /// [`LockFile::sweep_killed_waiters`].
-    fn sweep(&self) {
-        if self.keeps_claim {
-            self.lock.sweep_killed_waiters();
-        }
     }
 
     /// After a try failed with `e`: pauses and returns `Ok` to try again if

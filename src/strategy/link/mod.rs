@@ -201,17 +201,11 @@ pub(crate) fn try_acquire(
             None
         }
     };
-    let (claim, mut linked) = match reused {
-        Some(claim) => {
-            let linked = link(path, &claim, &record.token, look);
-            (claim, linked)
-        }
-        None => {
-            let claim = make_claim(path, &record.token, &json, sync)?;
-            let linked = link(path, &claim, &record.token, look);
-            (claim, linked)
-        }
+    let claim = match reused {
+        Some(claim) => claim,
+        None => make_claim(path, &record.token, &json, sync)?,
     };
+    let mut linked = link(path, &claim, &record.token, look);
     // A claim removed between its making (or the last try) and its link
     // (a cleaner of hidden files): made again, a few times.
     for _ in 0..3 {
