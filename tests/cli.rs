@@ -13,7 +13,7 @@ use rstest::rstest;
 use serde_json::Value;
 
 use common::fixture::scratch_root as scratch;
-use common::{child_command_line, spawn, spawn_command, Proc, EVENT_TIMEOUT};
+use common::{child_command_line, spawn, spawn_command, spawn_retrying, Proc, EVENT_TIMEOUT};
 
 #[test]
 fn child() {
@@ -47,7 +47,7 @@ fn tool(args: &[&str], role: Option<(&str, &[&str])>) -> Ran {
         cmd.env("PORTALOCK_TEST_ROLE", role)
             .env("PORTALOCK_TEST_ARGS", role_args.join("\u{1f}"));
     }
-    let mut child = cmd.spawn().expect("run portalock");
+    let mut child = spawn_retrying(&mut cmd).expect("run portalock");
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
