@@ -924,3 +924,206 @@ fn a_foreign_file_at_the_lock_path_is_neither_free_nor_broken() {
         "precious data\n"
     );
 }
+
+/// Runs `script` with `sh -c`, the lock file open on descriptor 9 (as a
+/// script does with `exec 9>>LOCK`), `$TOOL` naming the tool under test
+/// (`flock` or `portalock`) and `$L` the lock: its exit code, bounded.
+#[cfg(target_os = "linux")]
+fn on_descriptor_9(tool_path: &str, lock: &str, script: &str) -> i32 {
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("exec 9>>\"$L\"; {script}")])
+        .env("TOOL", tool_path)
+        .env("L", lock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run sh");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code().expect("exited");
+        }
+        assert!(Instant::now() < deadline, "sh -c {script:?} did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The flock(1) form, `portalock [OPTIONS] LOCK COMMAND...` with no
+/// subcommand, answers with flock(1)'s exit codes: 1 when the lock stays
+/// busy (unless -E), 64 on a usage error; the same invocations through
+/// both tools end alike. A first argument that names a subcommand is one
+/// (a lock file called `run` is `./run`).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_flock_form_answers_with_flocks_exit_codes() {
+    let (_dir, root) = scratch();
+    let lock = root.join("form.lock");
+    let l = lock.as_str();
+    let both = |args: &[&str]| -> (i32, Ran) { (flock_tool(args).0, tool(args, None)) };
+    let (code, ran) = both(&["-n", l, "echo", "hi"]);
+    assert_eq!((code, ran.code()), (0, 0), "{}", ran.stderr);
+    assert_eq!(ran.stdout, "hi\n");
+    let (code, ran) = both(&[l, "-c", "exit 3"]);
+    assert_eq!((code, ran.code()), (3, 3), "{}", ran.stderr);
+    // Usage errors: 64, as flock(1).
+    for args in [
+        &["-n"][..],
+        &["-w", "soon", l, "true"],
+        &[l],
+        &["--no-such-flag", l, "true"],
+    ] {
+        let (code, ran) = both(args);
+        assert_eq!((code, ran.code()), (64, 64), "{args:?}: {}", ran.stderr);
+        assert!(!ran.stderr.is_empty(), "{args:?}: no word on stderr");
+    }
+
+    let holder = FlockHolder::start("-x", l);
+    for args in [
+        &["-n", l, "true"][..],
+        &["-w", "0.2", l, "true"],
+        &["-s", "-n", l, "true"],
+    ] {
+        let (code, ran) = both(args);
+        assert_eq!((code, ran.code()), (1, 1), "{args:?}: {}", ran.stderr);
+    }
+    let (code, ran) = both(&["-n", "-E", "9", l, "true"]);
+    assert_eq!((code, ran.code()), (9, 9), "{}", ran.stderr);
+    // The subcommands keep their own codes.
+    let ran = tool(&["run", "-n", l, "true"], None);
+    assert_eq!(ran.code(), 75, "{}", ran.stderr);
+    drop(holder);
+
+    // A lock file called `run`: `./run` in the flock form.
+    let dir = root.as_std_path();
+    let ran = {
+        let mut cmd = Command::new(TOOL);
+        cmd.args(["-n", "./run", "true"]).current_dir(dir);
+        spawn_retrying(&mut cmd)
+            .expect("run portalock")
+            .wait()
+            .expect("wait")
+    };
+    assert_eq!(ran.code(), Some(0));
+    assert!(dir.join("run").exists(), "no lock file ./run");
+    let ran = tool(&["run"], None);
+    assert_eq!(
+        ran.code(),
+        2,
+        "`run` alone is the subcommand: {}",
+        ran.stderr
+    );
+}
+
+/// fd mode: `portalock 9` locks descriptor 9 that the shell opened, as
+/// `flock 9` does, so the lock lasts as long as the shell keeps it open;
+/// `-u` unlocks it; -n, -w, -s, -x and -E as in the lock-path form; a
+/// descriptor that is not open is 65. Each script runs through both tools.
+#[cfg(target_os = "linux")]
+#[test]
+fn fd_mode_locks_the_shells_descriptor_as_flock_does() {
+    let (_dir, root) = scratch();
+    let lock = root.join("fd.lock");
+    let l = lock.as_str();
+    let scripts: &[(&str, i32)] = &[
+        // Taken, it stays taken after the tool exits (the shell holds the
+        // open file), until -u.
+        (
+            r#""$TOOL" -n 9 || exit 20; flock -n "$L" true && exit 21; "$TOOL" -u 9 || exit 22; flock -n "$L" true || exit 23; exit 0"#,
+            0,
+        ),
+        (
+            r#""$TOOL" -x 9 && "$TOOL" -s 9 && flock -s -n "$L" true"#,
+            0,
+        ),
+        (r#""$TOOL" 7"#, 65),
+    ];
+    for flock_or_portalock in ["flock", TOOL] {
+        for (script, expected) in scripts {
+            assert_eq!(
+                on_descriptor_9(flock_or_portalock, l, script),
+                *expected,
+                "{flock_or_portalock}: {script}"
+            );
+        }
+    }
+    let holder = FlockHolder::start("-x", l);
+    for flock_or_portalock in ["flock", TOOL] {
+        for (script, expected) in [
+            (r#""$TOOL" -n 9"#, 1),
+            (r#""$TOOL" -n -E 7 9"#, 7),
+            (r#""$TOOL" -s -n 9"#, 1),
+        ] {
+            assert_eq!(
+                on_descriptor_9(flock_or_portalock, l, script),
+                expected,
+                "{flock_or_portalock}: {script}"
+            );
+        }
+        let started = Instant::now();
+        assert_eq!(
+            on_descriptor_9(flock_or_portalock, l, r#""$TOOL" -w 0.2 9"#),
+            1,
+            "{flock_or_portalock} -w 0.2"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+    drop(holder);
+    // A shared holder lets a shared taker in.
+    let holder = FlockHolder::start("-s", l);
+    for flock_or_portalock in ["flock", TOOL] {
+        assert_eq!(
+            on_descriptor_9(flock_or_portalock, l, r#""$TOOL" -s -n 9"#),
+            0,
+            "{flock_or_portalock}"
+        );
+    }
+    drop(holder);
+}
+
+/// `-o`/`--close`, through flock(1) and portalock alike: the command does
+/// not hold the lock, so it ends with the tool (here killed by its own
+/// command); without `-o` the command keeps it while it runs.
+#[cfg(target_os = "linux")]
+#[test]
+fn close_leaves_the_lock_to_the_tool_alone_as_flocks() {
+    let (_dir, root) = scratch();
+    let lock = root.join("close.lock");
+    let out = root.join("close.out");
+    for flock_or_portalock in ["flock", TOOL] {
+        // (taken within 5 s once the tool is gone; not taken within 1 s
+        // while the command holds it)
+        for (close, wait, expected) in [(true, "5", "0"), (false, "1", "1")] {
+            let _ = std::fs::remove_file(&out);
+            let command = format!(
+                r#"kill -KILL $PPID; flock -w {wait} "$L" true; echo $? > "$OUT.tmp"; mv "$OUT.tmp" "$OUT""#
+            );
+            let mut tool_args = vec![];
+            if close {
+                tool_args.push("-o");
+            }
+            tool_args.extend([lock.as_str(), "sh", "-c", &command]);
+            let status = Command::new(flock_or_portalock)
+                .args(&tool_args)
+                .env("L", lock.as_str())
+                .env("OUT", out.as_str())
+                .stdin(Stdio::null())
+                .status()
+                .expect("run the tool");
+            assert_eq!(status.code(), None, "{flock_or_portalock}: killed");
+            let deadline = Instant::now() + EVENT_TIMEOUT;
+            let code = loop {
+                if let Ok(code) = std::fs::read_to_string(&out) {
+                    break code;
+                }
+                assert!(Instant::now() < deadline, "the command did not finish");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            assert_eq!(
+                code.trim(),
+                expected,
+                "{flock_or_portalock} close={close}: flock -w {wait} said {code}"
+            );
+        }
+    }
+}

@@ -4,7 +4,11 @@
 //! Built with the `cli` feature. See `portalock --help` and the README for
 //! the subcommands and exit codes.
 
+#![deny(unsafe_code)]
+
+mod descriptor;
 mod faults;
+mod flock_form;
 mod inspect;
 mod persistent;
 mod run;
@@ -20,7 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use portalock::{Error, LockFile, LockOptions, LockStrategy};
 
 /// Exit status: the lock is held (`status`), a live lock was not broken
@@ -40,6 +44,15 @@ const EXIT_CONFLICT: u8 = 75;
 const EXIT_CANNOT_RUN: u8 = 126;
 /// Exit status when the command is not found.
 const EXIT_NOT_FOUND: u8 = 127;
+/// Exit status of the flock(1) form when the lock stays busy (flock(1)'s).
+const EXIT_FLOCK_CONFLICT: u8 = 1;
+/// Exit status of the flock(1) form on a usage error: EX_USAGE, as
+/// flock(1).
+const EXIT_USAGE: u8 = 64;
+/// Exit status of fd mode for a descriptor that is not open: EX_DATAERR,
+/// as flock(1).
+#[cfg(unix)]
+const EXIT_BAD_DESCRIPTOR: u8 = 65;
 
 /// The exit codes, for every subcommand's help.
 macro_rules! exit_codes {
@@ -79,12 +92,53 @@ Examples:
     exit_codes!()
 );
 
+/// The top-level help's usage lines: the subcommands, then the flock(1)
+/// form.
+const USAGE: &str = "\
+portalock <COMMAND> [ARGS]...
+       portalock [RUN OPTIONS] [-u] LOCK COMMAND [ARGS]...   (flock(1) form)
+       portalock [RUN OPTIONS] [-u] FD                       (flock(1) form, fd mode)";
+
+/// The top-level help after the options: the flock(1) form, then the exit
+/// codes.
+const TOP_HELP: &str = concat!(
+    "\
+The flock(1) form: with no subcommand, portalock takes flock(1)'s
+arguments and answers with its exit codes. The first argument decides:
+  - a subcommand's name is that subcommand (a lock file called `run` is
+    written `./run`);
+  - otherwise it is the flock(1) form: `portalock [OPTIONS] LOCK COMMAND...`
+    is `portalock run [OPTIONS] LOCK COMMAND...` (the options are run's),
+    except that a busy lock exits 1 (not 75) unless -E says otherwise, and
+    a usage error exits 64 (not 2);
+  - a number and no command is fd mode: `portalock [-s|-x] [-n|-w T] [-E N] FD`
+    locks the open descriptor FD (an os lock; the lock lasts as long as
+    the descriptor stays open, in the shell that opened it), and
+    `portalock -u FD` unlocks it; a descriptor that is not open exits 65.
+    A bounded wait (-w) in fd mode tries again at growing intervals
+    (1 ms up to 50 ms) instead of queueing in the kernel.
+
+Examples:
+  portalock -n /var/lock/job.lock ./job.sh        # as `flock -n`
+  (
+    portalock -w 10 9 || exit 1                   # as `flock -w 10 9`
+    ./critical-section
+  ) 9>/var/lock/job.lock
+
+",
+    exit_codes!(),
+    "
+  1, 64    flock(1) form: the lock stays busy (unless -E) / a usage error
+  65       flock(1) form, fd mode: FD is not an open descriptor"
+);
+
 /// Cross-process locks that live in the file system.
 ///
 /// A lock is named by its path. Every subcommand takes --strategy (auto,
-/// os, mkdir, link): use the same one everywhere a lock is shared.
+/// os, mkdir, link): use the same one everywhere a lock is shared. Without
+/// a subcommand, portalock is a drop-in for flock(1) (below).
 #[derive(Debug, Parser)]
-#[command(name = "portalock", version, after_help = EXIT_CODES)]
+#[command(name = "portalock", version, override_usage = USAGE, after_help = TOP_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -140,9 +194,10 @@ struct Wait {
     /// ran out).
     #[arg(long)]
     no_break: bool,
-    /// Exit status when the lock stays busy (flock(1)'s -E).
-    #[arg(long, short = 'E', value_name = "N", default_value_t = EXIT_CONFLICT)]
-    conflict_exit_code: u8,
+    /// Exit status when the lock stays busy (flock(1)'s -E) [default: 75;
+    /// 1 in the flock(1) form].
+    #[arg(long, short = 'E', value_name = "N")]
+    conflict_exit_code: Option<u8>,
     /// Say nothing while waiting.
     #[arg(long, short)]
     quiet: bool,
@@ -153,6 +208,11 @@ struct Wait {
 }
 
 impl Wait {
+    /// The exit status when the lock stays busy.
+    fn conflict(&self) -> u8 {
+        self.conflict_exit_code.unwrap_or(EXIT_CONFLICT)
+    }
+
     /// How long to wait: 0 tries once; `None` waits forever.
     fn timeout(&self) -> Option<Duration> {
         if self.nonblock {
@@ -216,6 +276,7 @@ struct RunArgs {
     /// The command and its arguments (a `--` before them is allowed, and
     /// needed only if COMMAND starts with `-`).
     #[arg(
+        id = COMMAND,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         required_unless_present = "shell",
@@ -223,6 +284,9 @@ struct RunArgs {
     )]
     command: Vec<OsString>,
 }
+
+/// The id of `RunArgs::command`, which the flock(1) form makes optional.
+const COMMAND: &str = "command";
 
 impl RunArgs {
     /// The command to run: COMMAND, or `sh -c STRING`.
@@ -324,13 +388,16 @@ fn lease(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     faults::setup();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Cmd::Run(args) => run(args),
-        Cmd::Status(args) => status(args),
-        Cmd::Break(args) => break_lock(args),
-        Cmd::Acquire(args) => acquire(args),
-        Cmd::Release(args) => release(args),
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let result = match args.get(1) {
+        Some(first) if !names_a_subcommand(first) => flock_form::main(args),
+        _ => match Cli::parse_from(args).command {
+            Cmd::Run(args) => run(args),
+            Cmd::Status(args) => status(args),
+            Cmd::Break(args) => break_lock(args),
+            Cmd::Acquire(args) => acquire(args),
+            Cmd::Release(args) => release(args),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -339,6 +406,20 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Whether the first argument makes the subcommand form: a subcommand's
+/// name, `help`, or a request for the help or the version. Anything else
+/// is the flock(1) form (`portalock [OPTIONS] LOCK COMMAND...` or
+/// `portalock [OPTIONS] FD`).
+fn names_a_subcommand(first: &OsString) -> bool {
+    let Some(first) = first.to_str() else {
+        return false;
+    };
+    ["help", "-h", "--help", "-V", "--version"].contains(&first)
+        || Cli::command()
+            .get_subcommands()
+            .any(|sub| sub.get_name() == first || sub.get_all_aliases().any(|a| a == first))
 }
 
 /// A failed subcommand: one line for stderr and an exit status.

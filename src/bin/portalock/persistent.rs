@@ -72,7 +72,7 @@ pub(crate) fn acquire(args: AcquireArgs) -> Outcome {
         |waited| waiting_line(&lock, waited),
         || acquire_within(&lock, args.wait.timeout()),
     );
-    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
     let owner = lock.owner().ok().flatten();
     lock.detach().map_err(lock_error)?;
     if !args.wait.quiet {

@@ -45,7 +45,7 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
         other => other,
     };
     verbose(&args, &lock, started, &taken);
-    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
     let status = run_under(&lock, &args);
     faults::step("run.exited");
     finish_run_with(status, lock.release())
@@ -77,7 +77,7 @@ fn run_shared(lock: &LockFile, args: &RunArgs) -> Outcome {
         },
     );
     verbose(args, lock, started, &taken);
-    let guard = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    let guard = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
     faults::step("run.locked");
     let status = run_command(&args.command(), |command| command.spawn());
     faults::step("run.exited");
@@ -119,7 +119,7 @@ pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
         Some(t) if t.is_zero() => lock.try_acquire(),
         Some(t) => lock.acquire_timeout(t),
     });
-    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict_exit_code))?;
+    taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
     // The lease governs a Redis lock: nothing to hand to the command.
     let status = run_command(&args.command(), |command| command.spawn());
     finish_run_with(status, lock.release())
@@ -155,10 +155,10 @@ pub(crate) fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
                     p = semaphore.prefix(),
                     last = semaphore.slots().saturating_sub(1),
                 ),
-                args.wait.conflict_exit_code,
+                args.wait.conflict(),
             )
         } else {
-            Failure::from_lock(&e, args.wait.conflict_exit_code)
+            Failure::from_lock(&e, args.wait.conflict())
         }
     })?;
     let status = run_under(slot.lock_file(), args);
