@@ -696,14 +696,7 @@ fn flock_tool(args: &[&str]) -> (i32, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("run flock(1) (util-linux)");
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "flock {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_bounded(&mut child, &format!("flock {args:?}"));
     let mut out = String::new();
     let _ = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
     (status.code().expect("exited"), out)
@@ -939,12 +932,19 @@ fn on_descriptor_9(tool_path: &str, lock: &str, script: &str) -> i32 {
         .stderr(Stdio::null())
         .spawn()
         .expect("run sh");
+    let status = wait_bounded(&mut child, &format!("sh -c {script:?}"));
+    status.code().expect("exited")
+}
+
+/// Waits for `child` to exit, at most [`EVENT_TIMEOUT`].
+#[cfg(target_os = "linux")]
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> ExitStatus {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code().expect("exited");
+            return status;
         }
-        assert!(Instant::now() < deadline, "sh -c {script:?} did not finish");
+        assert!(Instant::now() < deadline, "{what} did not finish");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
