@@ -1127,3 +1127,49 @@ fn close_leaves_the_lock_to_the_tool_alone_as_flocks() {
         }
     }
 }
+
+/// Shell completions and man pages come from the command line's own
+/// definition: every shell gets a script naming the subcommands and
+/// flags (bash's parses), and the man pages document the flock(1) form
+/// and every subcommand.
+#[test]
+fn completions_and_man_pages_come_from_the_command_line() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let ran = tool(&["completions", shell], None);
+        assert_eq!(ran.code(), 0, "{shell}: {}", ran.stderr);
+        for word in ["portalock", "status", "nonblock", "conflict-exit-code"] {
+            assert!(ran.stdout.contains(word), "{shell}: no {word}");
+        }
+        #[cfg(unix)]
+        if shell == "bash" {
+            let (_dir, root) = scratch();
+            let script = root.join("portalock.bash");
+            std::fs::write(&script, &ran.stdout).expect("write the script");
+            let status = Command::new("bash")
+                .args(["-n", script.as_str()])
+                .status()
+                .expect("run bash");
+            assert!(status.success(), "bash -n rejects the completion script");
+        }
+    }
+    let ran = tool(&["completions", "tcsh"], None);
+    assert_eq!(ran.code(), 2, "{}", ran.stderr);
+
+    let ran = tool(&["man"], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert!(ran.stdout.contains(".TH portalock 1"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("fd mode"), "no flock(1) form");
+    let (_dir, root) = scratch();
+    let ran = tool(&["man", "--dir", root.as_str()], None);
+    assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    for sub in ["run", "status", "break", "acquire", "release"] {
+        let page = std::fs::read_to_string(root.join(format!("portalock-{sub}.1")))
+            .unwrap_or_else(|e| panic!("no page for {sub}: {e}"));
+        assert!(page.contains(&format!(".TH portalock-{sub} 1")), "{page}");
+    }
+    let run = std::fs::read_to_string(root.join("portalock-run.1")).expect("run's page");
+    assert!(run.contains("nonblock"), "{run}");
+    let ran = tool(&["man", "--dir", root.join("missing").as_str()], None);
+    assert_eq!(ran.code(), 74, "{}", ran.stderr);
+    assert!(ran.stderr.contains("missing"), "{}", ran.stderr);
+}

@@ -9,6 +9,7 @@
 mod descriptor;
 mod faults;
 mod flock_form;
+mod generated;
 mod inspect;
 mod persistent;
 mod run;
@@ -177,6 +178,37 @@ enum Cmd {
     /// default the parent shell).
     #[command(after_help = EXIT_CODES)]
     Release(ReleaseArgs),
+    /// Print the completion script of a shell for portalock.
+    ///
+    /// Install it where the shell looks, for example:
+    ///   bash: portalock completions bash > ~/.local/share/bash-completion/completions/portalock
+    ///   zsh:  portalock completions zsh > ~/.zfunc/_portalock   (with ~/.zfunc in $fpath)
+    ///   fish: portalock completions fish > ~/.config/fish/completions/portalock.fish
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Print portalock's man page (roff), or write one page per subcommand
+    /// into a directory.
+    ///
+    /// Install them, for example:
+    ///   portalock man --dir ~/.local/share/man/man1
+    ///   man portalock-run
+    #[command(verbatim_doc_comment)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// Write portalock.1 and portalock-SUBCOMMAND.1 into DIR instead of
+    /// printing portalock.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -397,6 +429,8 @@ fn main() -> ExitCode {
             Cmd::Break(args) => break_lock(args),
             Cmd::Acquire(args) => acquire(args),
             Cmd::Release(args) => release(args),
+            Cmd::Completions(args) => generated::completions(args),
+            Cmd::Man(args) => generated::man(args),
         },
     };
     match result {
