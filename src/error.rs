@@ -555,7 +555,9 @@ fn holder_suffix(holder: Option<&OwnerRecord>) -> String {
     match holder {
         Some(rec) => format!(
             " by pid {} on {} since {}",
-            rec.pid, rec.hostname, rec.acquired_at
+            rec.pid,
+            rec.hostname,
+            humantime::format_rfc3339_seconds(rec.acquired_at)
         ),
         None => String::new(),
     }

@@ -115,8 +115,12 @@ pub struct OwnerRecord {
     /// Start stamp of the holder's process (see the module docs), when
     /// known. A PID reused by a later process has another start stamp.
     pub start: Option<String>,
-    /// When the lock was taken, RFC 3339 in UTC.
-    pub acquired_at: String,
+    /// When the lock was taken, by the holder's wall clock, to the second
+    /// (RFC 3339 in UTC in the record, as `"2026-11-22T10:00:00Z"`). For
+    /// people and logs only: no rule of portalock reads it, since clocks
+    /// of other hosts differ and a clock can be stepped.
+    #[serde(with = "rfc3339")]
+    pub acquired_at: SystemTime,
     /// The strategy that took the lock.
     pub strategy: Mechanism,
     /// Lease length in milliseconds, when the holder keeps a lease.
@@ -209,7 +213,7 @@ impl OwnerRecord {
             boot: me.boot.clone(),
             pidns: me.pidns.clone(),
             start,
-            acquired_at: now_rfc3339(),
+            acquired_at: now_to_the_second(),
             strategy,
             lease_ms: None,
             beat: 0,
@@ -297,7 +301,7 @@ impl OwnerRecord {
     /// Sets `acquired_at` to now, for a record about to be written again
     /// after a wait.
     pub(crate) fn touch(&mut self) {
-        self.acquired_at = now_rfc3339();
+        self.acquired_at = now_to_the_second();
     }
 
     /// A new token for another attempt: every attempt's private names are
@@ -350,6 +354,42 @@ pub(crate) fn read_capped(reader: impl Read) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+/// Now, to the second: what a record says (and what it keeps after a
+/// round trip through its JSON).
+fn now_to_the_second() -> SystemTime {
+    let now = SystemTime::now();
+    match now.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs()),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
+}
+
+/// `acquired_at` in a record: RFC 3339 in UTC, to the second unless the
+/// time has a fraction (a record parsed from one keeps it).
+mod rfc3339 {
+    use std::time::{Duration, SystemTime};
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    /// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+
+    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        // (humantime formats only 1970 to 9999: clamp what a caller set)
+        let since = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .min(LAST);
+        let t = SystemTime::UNIX_EPOCH + since;
+        if since.subsec_nanos() == 0 {
+            s.collect_str(&humantime::format_rfc3339_seconds(t))
+        } else {
+            s.collect_str(&humantime::format_rfc3339_nanos(t))
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(D::Error::custom)
+    }
 }

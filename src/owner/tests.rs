@@ -67,3 +67,36 @@ fn trailing_whitespace_is_accepted() {
     let padded = format!("{}\n      ", rec.to_json());
     assert_eq!(OwnerRecord::parse(padded.as_bytes()), Some(rec));
 }
+
+#[test]
+fn acquired_at_is_a_time_written_as_rfc3339() {
+    let mut rec = OwnerRecord::for_this_process(Mechanism::Link).expect("record");
+    let json = rec.to_json();
+    let at = humantime::format_rfc3339_seconds(rec.acquired_at).to_string();
+    assert!(json.contains(&format!(r#""acquired_at":"{at}""#)), "{json}");
+    // A fraction (a record from another writer) survives a round trip.
+    let fraction = json.replace(&at, &at.replace('Z', ".25Z"));
+    let parsed = OwnerRecord::parse(fraction.as_bytes()).expect("parses");
+    assert_eq!(
+        parsed.acquired_at,
+        rec.acquired_at + Duration::from_millis(250)
+    );
+    assert_eq!(
+        OwnerRecord::parse(parsed.to_json().as_bytes()),
+        Some(parsed)
+    );
+    // Not a time, or not UTC: no record.
+    for bad in [
+        "yesterday",
+        "2026-11-22T10:00:00+01:00",
+        "2026-13-01T00:00:00Z",
+    ] {
+        let bad = json.replace(&at, bad);
+        assert_eq!(OwnerRecord::parse(bad.as_bytes()), None, "{bad}");
+    }
+    // Times RFC 3339 cannot write are clamped, not a panic.
+    rec.acquired_at = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+    assert!(rec.to_json().contains("1970-01-01T00:00:00Z"));
+    rec.acquired_at = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+    assert!(rec.to_json().contains("9999-12-31T23:59:59Z"));
+}

@@ -19,8 +19,10 @@ pub struct RedisGuard<'a> {
 }
 
 impl RedisGuard<'_> {
-    /// The lock.
-    pub fn lock(&self) -> &RedisLock {
+    /// The lock this guard holds (as [`LockGuard::lock_file`]).
+    ///
+    /// [`LockGuard::lock_file`]: crate::LockGuard::lock_file
+    pub fn redis_lock(&self) -> &RedisLock {
         self.lock
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use portalock::{Liveness, LockOptions, LockStatus, LockStrategy, OwnerRecord, MAX_RECORD_LEN};
 
-use crate::waiting::describe;
+use crate::waiting::{describe, since};
 use crate::{
     lock_error, BreakArgs, Failure, Outcome, StatusArgs, EXIT_FOREIGN, EXIT_NO, EXIT_STALE,
 };
@@ -116,7 +116,7 @@ pub(crate) fn status(args: StatusArgs) -> Outcome {
                 lock.path(),
                 lock.strategy(),
                 describe(owner),
-                owner.acquired_at
+                since(owner)
             ),
             _ => println!("{state}: {} ({})", lock.path(), lock.strategy()),
         }
@@ -209,7 +209,7 @@ pub(crate) fn break_lock(args: BreakArgs) -> Outcome {
             "removed {}: it was held by {} since {}",
             lock.path(),
             describe(&owner),
-            owner.acquired_at
+            since(&owner)
         ),
         None => println!("{} is free", lock.path()),
     }

@@ -80,12 +80,17 @@ pub(crate) fn waiting_line(lock: &LockFile, waited: Duration) -> String {
 
 /// "pid 42 on build-7 for 3m 5s".
 pub(crate) fn describe(owner: &OwnerRecord) -> String {
-    let held = humantime::parse_rfc3339(&owner.acquired_at)
+    let held = SystemTime::now()
+        .duration_since(owner.acquired_at)
         .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| format!(" for {}", secs(d)))
         .unwrap_or_default();
     format!("pid {} on {}{held}", owner.pid, owner.hostname)
+}
+
+/// When `owner` took its lock, RFC 3339 in UTC: "2026-11-22T10:00:00Z".
+pub(crate) fn since(owner: &OwnerRecord) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(owner.acquired_at)
 }
 
 /// A duration to the second: "1m 5s".
