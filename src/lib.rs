@@ -201,7 +201,7 @@ pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, LockName, Operation, Result};
 pub use filesystem::{FileSystem, Locality};
 pub use lock::{
-    lock_file, LockFile, LockGuard, LockOptions, LockStatus, OwnedLockGuard, SharedGuard,
+    lock_file, LockFile, LockGuard, LockOptions, LockStatus, OwnedLockGuard, SharedGuard, Waiting,
     DEFAULT_POLL_INTERVAL,
 };
 pub use locked_file::{LockedFile, LockedFileOptions, Mode};

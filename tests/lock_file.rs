@@ -772,3 +772,70 @@ fn an_owned_guard_holds_the_lock_in_another_thread_until_dropped(strategy: LockS
     other.send("release");
     assert_eq!(other.expect("RELEASED"), "Ok");
 }
+
+/// The wait hook: a wait on a lock another process holds is reported once
+/// after the first delay and then at the interval, naming the holder, with
+/// a growing wait time; no report comes once the wait has ended, and none
+/// for a try-once or a lock that is free.
+#[apply(every_strategy)]
+fn the_wait_hook_names_the_holder_while_the_wait_lasts(strategy: LockStrategy) {
+    let (_dir, path) = scratch();
+    let mut child = spawn("hold", &[strategy.as_str(), path.as_str()]);
+    let pid: u32 = child.expect("ACQUIRED").parse().expect("pid");
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (second, seen_twice) = mpsc::channel();
+    let lock = {
+        let reports = Arc::clone(&reports);
+        LockOptions::new()
+            .strategy(strategy)
+            .on_wait(move |w| {
+                let mut reports = reports.lock().expect("reports");
+                reports.push((
+                    w.holder.map(|h| h.pid),
+                    w.waited,
+                    w.reports,
+                    w.path.to_owned(),
+                ));
+                if reports.len() == 2 {
+                    let _ = second.send(());
+                }
+            })
+            .on_wait_timing(Duration::from_millis(50), Duration::from_millis(50))
+            .open(&path)
+            .expect("open")
+    };
+    // The holder lets go once the waiter has been told twice.
+    let releaser = std::thread::spawn(move || {
+        seen_twice
+            .recv_timeout(EVENT_TIMEOUT)
+            .expect("two reports of the wait");
+        child.send("release");
+        assert_eq!(child.expect("RELEASED"), "Ok");
+        child
+    });
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    let guard = lock
+        .lock_timeout(EVENT_TIMEOUT)
+        .expect("taken after the release");
+    let after = reports.lock().expect("reports").clone();
+    let child = releaser.join().expect("releaser");
+    assert!(after.len() >= 2, "{after:?}");
+    for (n, (holder, waited, count, at)) in after.iter().enumerate() {
+        assert_eq!(*count as usize, n, "{after:?}");
+        assert_eq!(at, &path);
+        assert!(*waited >= Duration::from_millis(50), "{after:?}");
+        if n < 2 {
+            assert_eq!(*holder, Some(pid), "report {n} names the holder: {after:?}");
+        }
+    }
+    assert!(after[1].1 > after[0].1, "{after:?}");
+    drop(guard);
+    assert!(child.wait().success());
+    // Free, and try-once: no report.
+    lock.lock_timeout(EVENT_TIMEOUT)
+        .expect("free")
+        .release()
+        .expect("release");
+    lock.try_lock().expect("free").release().expect("release");
+    assert_eq!(reports.lock().expect("reports").len(), after.len());
+}

@@ -13,12 +13,14 @@ mod found;
 mod guard;
 mod options;
 mod release;
+mod report;
 mod shared;
 mod turnstile;
 mod waiter;
 
 pub use guard::{lock_file, LockGuard, OwnedLockGuard};
 pub use options::LockOptions;
+pub use report::Waiting;
 pub use shared::SharedGuard;
 
 use options::detect;
@@ -109,6 +111,7 @@ pub struct LockFile {
     grace: Duration,
     lease: Option<Duration>,
     on_lost: Option<OnLost>,
+    on_wait: Option<report::OnWait>,
     /// Unique in this process; the registry's claim on the path.
     id: u64,
     held: Mutex<Option<Arc<Holding>>>,

@@ -17,7 +17,13 @@ use crate::stale::DEFAULT_GRACE;
 use crate::strategy::{self};
 use crate::vocab::{Concrete, LockStrategy};
 
+use super::report::{Hook, OnWait, Waiting};
 use super::{LockFile, DEFAULT_POLL_INTERVAL};
+
+/// When a wait is first reported to the `on_wait` hook, and how often
+/// after that.
+const DEFAULT_WAIT_REPORT_FIRST: Duration = Duration::from_secs(1);
+const DEFAULT_WAIT_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The shortest lease: three refreshes of at least 1 ms each.
 const MIN_LEASE: Duration = Duration::from_millis(3);
@@ -53,6 +59,9 @@ pub struct LockOptions {
     grace: Duration,
     lease: Option<Duration>,
     on_lost: Option<OnLost>,
+    on_wait: Option<Hook>,
+    on_wait_first: Duration,
+    on_wait_every: Duration,
     trust_os_locks: bool,
     sync: bool,
     owner_pid: Option<u32>,
@@ -70,6 +79,9 @@ impl Default for LockOptions {
             grace: DEFAULT_GRACE,
             lease: None,
             on_lost: None,
+            on_wait: None,
+            on_wait_first: DEFAULT_WAIT_REPORT_FIRST,
+            on_wait_every: DEFAULT_WAIT_REPORT_EVERY,
             trust_os_locks: false,
             sync: false,
             owner_pid: None,
@@ -89,6 +101,9 @@ impl fmt::Debug for LockOptions {
             .field("grace", &self.grace)
             .field("lease", &self.lease)
             .field("on_lost", &self.on_lost.as_ref().map(|_| "Fn(&Utf8Path)"))
+            .field("on_wait", &self.on_wait.as_ref().map(|_| "Fn(&Waiting)"))
+            .field("on_wait_first", &self.on_wait_first)
+            .field("on_wait_every", &self.on_wait_every)
             .field("trust_os_locks", &self.trust_os_locks)
             .field("sync", &self.sync)
             .field("owner_pid", &self.owner_pid)
@@ -220,6 +235,50 @@ impl LockOptions {
     /// short, and do not wait in it for the lock. A panic in it is caught.
     pub fn on_lost(&mut self, callback: impl Fn(&Utf8Path) + Send + Sync + 'static) -> &mut Self {
         self.on_lost = Some(Arc::new(callback));
+        self
+    }
+
+    /// A hook that tells the caller whom a wait waits for, as cargo says
+    /// "Blocking waiting for file lock": called once when a wait (an
+    /// acquisition that does not try only once) has lasted 1 s, then every
+    /// 10 s while it goes on (see [`on_wait_timing`]), with the lock's path,
+    /// its holder's owner record when readable, and how long the wait has
+    /// lasted. Never called for an acquisition that gets the lock sooner.
+    ///
+    /// It runs on a thread of portalock's (one per process, for every
+    /// handle's waits) and is never called for a wait that has ended: the
+    /// acquisition returns only once a call in progress for it has
+    /// returned. Keep it short, and do not take in it a lock that the
+    /// waiting thread may hold. A panic in it is caught.
+    ///
+    /// [`on_wait_timing`]: LockOptions::on_wait_timing
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::LockOptions;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockOptions::new()
+    ///     .on_wait(|w| match w.holder {
+    ///         Some(h) => eprintln!("waiting for {}: held by pid {} on {}", w.path, h.pid, h.hostname),
+    ///         None => eprintln!("waiting for {}", w.path),
+    ///     })
+    ///     .open(dir.path().join("build.lock"))?;
+    /// let _guard = lock.lock()?; // free: the hook is not called
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_wait(&mut self, hook: impl Fn(&Waiting<'_>) + Send + Sync + 'static) -> &mut Self {
+        self.on_wait = Some(Arc::new(hook));
+        self
+    }
+
+    /// When the [`on_wait`](LockOptions::on_wait) hook is called: `first`
+    /// after a wait began, then every `every` (at least 1 ms) while it goes
+    /// on. Default: 1 s, then every 10 s.
+    pub fn on_wait_timing(&mut self, first: Duration, every: Duration) -> &mut Self {
+        self.on_wait_first = first;
+        self.on_wait_every = every.max(Duration::from_millis(1));
         self
     }
 
@@ -379,6 +438,11 @@ impl LockOptions {
             grace: self.grace,
             lease: self.lease,
             on_lost: self.on_lost.clone(),
+            on_wait: self.on_wait.as_ref().map(|hook| OnWait {
+                hook: Arc::clone(hook),
+                first: self.on_wait_first,
+                every: self.on_wait_every,
+            }),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
             os_file: Mutex::new(None),

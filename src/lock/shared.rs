@@ -80,6 +80,7 @@ impl LockFile {
                     .to_owned(),
             });
         }
+        let _reported = self.report_wait(timeout);
         let opened = LockedFile::options()
             .shared(true)
             .timeout(timeout)

@@ -19,6 +19,7 @@ use crate::wait::{Backoff, Deadline};
 
 #[cfg(feature = "tokio")]
 use super::guard::LockGuard;
+use super::report;
 use super::turnstile::{AtGate, Turnstile};
 use super::LockFile;
 
@@ -40,6 +41,7 @@ const QUICK_RETRIES: u32 = 3;
 impl LockFile {
     /// Takes the lock and returns the token of its owner record.
     pub(super) fn acquire_token(&self, timeout: Option<Duration>) -> Result<String> {
+        let _reported = self.report_wait(timeout);
         let deadline = Deadline::after(timeout);
         if !registry().enter(&self.path, self.id, &deadline) {
             return Err(self.contended(timeout));
@@ -149,6 +151,7 @@ impl LockFile {
         &self,
         timeout: Option<Duration>,
     ) -> Result<LockGuard<'_>> {
+        let _reported = self.report_wait(timeout);
         let deadline = Deadline::after(timeout);
         let mut backoff = Backoff::new(self.poll_interval);
         let mut failing: Option<(Instant, Error)> = None;
@@ -179,6 +182,19 @@ impl LockFile {
                     })
                 }
             }
+        }
+    }
+}
+
+impl LockFile {
+    /// Reports a wait of `timeout` to the `on_wait` hook until dropped
+    /// (not a try-once).
+    pub(super) fn report_wait(&self, timeout: Option<Duration>) -> Option<report::Reported> {
+        match &self.on_wait {
+            Some(on_wait) if timeout != Some(Duration::ZERO) => {
+                Some(report::start(&self.path, self.strategy, on_wait))
+            }
+            _ => None,
         }
     }
 }
