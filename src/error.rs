@@ -551,7 +551,8 @@ fn made_by(found: FileKind) -> &'static str {
     }
 }
 
-fn holder_suffix(holder: Option<&OwnerRecord>) -> String {
+/// " by pid 42 on build-7 since 2026-11-22T10:00:00Z", or nothing.
+pub(crate) fn holder_suffix(holder: Option<&OwnerRecord>) -> String {
     match holder {
         Some(rec) => format!(
             " by pid {} on {} since {}",

@@ -153,6 +153,13 @@ impl Holding {
     /// Marks the acquisition lost; runs the callback the first time.
     pub(crate) fn mark_lost(&self) {
         if !self.lost.swap(true, Ordering::AcqRel) {
+            log::error!(
+                target: "portalock",
+                "lost the lock {}: it no longer carries this holder's token {} \
+                 (broken by another process, or its lease ran out)",
+                self.path,
+                self.token()
+            );
             if let Some(on_lost) = &self.on_lost {
                 // A panicking callback must not take the heartbeat thread
                 // (and every other lease of its file system) down with it.

@@ -219,6 +219,18 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
+    /// Why a stale lock is stale, for the log line of its break.
+    pub(crate) fn why(self) -> &'static str {
+        match self {
+            Verdict::Dead => "its owner has exited",
+            Verdict::LeaseExpired => "its lease ran out unrefreshed",
+            Verdict::NoRecord => "it had no readable owner record for the grace period",
+            Verdict::Orphaned => "its owner had lost it to a remover that died",
+            Verdict::Live(why) => why,
+            Verdict::Pending(_) => "not stale yet",
+        }
+    }
+
     pub(crate) fn is_stale(self) -> bool {
         matches!(
             self,

@@ -553,7 +553,8 @@ fn a_killed_run_keeps_the_lock_while_its_command_runs(
     let (code, json) = status_json(strategy, &lock);
     assert_eq!((code, &json["state"]), (1, &Value::from("held")), "{json}");
 
-    // The command ends: the lock is free (os) or stale and broken.
+    // The command ends: the lock is free (os) or stale and broken, which
+    // the taker says.
     running.close_stdin();
     wait_until_gone(command);
     let ran = tool(
@@ -570,6 +571,12 @@ fn a_killed_run_keeps_the_lock_while_its_command_runs(
         None,
     );
     assert_eq!(ran.code(), 0, "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr.contains("portalock: broke the stale lock"),
+        strategy != "os",
+        "{}",
+        ran.stderr
+    );
 }
 
 /// Ctrl-C at a terminal sends SIGINT to the whole foreground process

@@ -195,7 +195,8 @@ impl LockFile {
             Err(e) => return Err(e),
         };
         let unchanged = last_seen.observe(&seen);
-        if !judge(&seen, unchanged, self.grace, self.writers()).is_stale() {
+        let verdict = judge(&seen, unchanged, self.grace, self.writers());
+        if !verdict.is_stale() {
             return Ok(false);
         }
         if let Err(e) = fault::point("break.judged") {
@@ -205,7 +206,11 @@ impl LockFile {
         // through the taken name of its dead remover; without one, only
         // `force_break` recovers it (concurrent recoverers could collide).
         match self.break_seen(&seen, Breaking::IfStale) {
-            Ok(Broken::Removed | Broken::Raced) => Ok(true),
+            Ok(Broken::Removed) => {
+                self.log_break(&seen, Breaking::IfStale, verdict);
+                Ok(true)
+            }
+            Ok(Broken::Raced) => Ok(true),
             Ok(Broken::Orphan | Broken::Unjudged) => Ok(false),
             // Something in the way for a moment (on Windows, a name another
             // process has open): look again at the next poll.
@@ -277,7 +282,10 @@ impl LockFile {
             };
             fault::point(step).map_err(|e| Error::io(&self.path, Op::Break, e))?;
             match self.break_seen(&seen, breaking)? {
-                Broken::Removed => return Ok(seen.record),
+                Broken::Removed => {
+                    self.log_break(&seen, breaking, verdict);
+                    return Ok(seen.record);
+                }
                 Broken::Raced if races < MAX_RACES => {
                     races += 1;
                     watching = false;
@@ -294,6 +302,27 @@ impl LockFile {
                 }
                 Broken::Unjudged => return Err(not_stale(UNJUDGED)),
             }
+        }
+    }
+
+    /// Says through the `log` facade that this process broke `seen`: a
+    /// warning, since another process's lock was removed.
+    fn log_break(&self, seen: &Seen, breaking: Breaking, verdict: Verdict) {
+        let holder = crate::error::holder_suffix(seen.record.as_ref());
+        match breaking {
+            Breaking::Forced => log::warn!(
+                target: "portalock",
+                "force-broke the lock {} held{holder} ({} lock)",
+                self.path,
+                crate::LockStrategy::from(self.strategy)
+            ),
+            Breaking::IfStale => log::warn!(
+                target: "portalock",
+                "broke the stale lock {} held{holder}: {} ({} lock)",
+                self.path,
+                verdict.why(),
+                crate::LockStrategy::from(self.strategy)
+            ),
         }
     }
 

@@ -418,16 +418,52 @@ fn lease(s: &str) -> Result<Duration, String> {
     Ok(lease)
 }
 
+/// The library's log lines (who broke whose lock, a lock lost) on stderr,
+/// warnings and errors only.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("portalock: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sends the library's warnings and errors (a stale lock broken while
+/// waiting, a lock lost) to stderr.
+fn log_to_stderr() {
+    if log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
 fn main() -> ExitCode {
     faults::setup();
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = match args.get(1) {
-        Some(first) if !names_a_subcommand(first) => flock_form::main(args),
+        Some(first) if !names_a_subcommand(first) => {
+            log_to_stderr();
+            flock_form::main(args)
+        }
         _ => match Cli::parse_from(args).command {
-            Cmd::Run(args) => run(args),
+            Cmd::Run(args) => {
+                log_to_stderr();
+                run(args)
+            }
             Cmd::Status(args) => status(args),
+            // (break says itself what it removed)
             Cmd::Break(args) => break_lock(args),
-            Cmd::Acquire(args) => acquire(args),
+            Cmd::Acquire(args) => {
+                log_to_stderr();
+                acquire(args)
+            }
             Cmd::Release(args) => release(args),
             Cmd::Completions(args) => generated::completions(args),
             Cmd::Man(args) => generated::man(args),
