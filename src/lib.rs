@@ -159,12 +159,28 @@
 //!
 //! # Feature flags
 //!
-//! - `cli`: the `portalock` command-line tool.
-//! - `tokio`: async waiting (`LockFile::lock_async` and its kin).
-//! - `redis`: `RedisLock`, a lock in a Redis server.
+//! None is on by default: the default build is the library alone, with no
+//! async runtime and no network client. On docs.rs every item that needs a
+//! feature says which ("Available on crate feature ... only").
+//!
+//! - `cli`: the `portalock` command-line tool (`run`, `status`, `break`,
+//!   `acquire`, `release`, the flock(1) form, and its own shell completions
+//!   and man pages; `cargo install portalock --features cli`). Pulls in
+//!   `clap`, `clap_complete`, `clap_mangen` and `signal-hook`; adds nothing
+//!   to the library's API.
+//! - `tokio`: async waiting, `LockFile::lock_async`,
+//!   `LockFile::lock_timeout_async` and `LockFile::acquire_async`, which
+//!   sleep on the runtime's timer between tries instead of blocking a
+//!   thread. Pulls in `tokio` with its `time` feature only: the caller
+//!   brings the runtime (any flavour, with its timer enabled).
+//! - `redis`: `RedisLock`, `RedisGuard` and `RedisLockOptions` (the module
+//!   `redis_lock`), a lock in one Redis server for machines that share no
+//!   file system; with `cli`, also `portalock run --redis URL NAME`. Pulls
+//!   in `redis` (its default features off, `script` on).
 //! - `failpoints`: named fault points on every file-system step of the
-//!   protocols, for the project's own tests. Off by default; never enable
-//!   it in a build that ships.
+//!   protocols, for the project's own tests (through the `fail` crate, with
+//!   its `failpoints` feature). Off by default; never enable it in a build
+//!   that ships.
 #![deny(missing_docs, missing_debug_implementations, nonstandard_style)]
 // The one exception, `GetDriveTypeW` on Windows, is allowed where it is
 // (`sys/windows/file.rs`).
@@ -208,6 +224,7 @@ pub use locked_file::{LockedFile, LockedFileOptions, Mode};
 pub use owner::{Liveness, OwnerRecord, RecordedProcess, MAX_RECORD_LEN, RECORD_VERSION};
 pub use pidfile::PidFileLock;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_lock::{RedisGuard, RedisLock, RedisLockOptions};
 pub use reentrant::ReentrantLockFile;
 pub use semaphore::{BoundedSemaphore, SemaphoreGuard};
