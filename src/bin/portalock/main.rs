@@ -4,6 +4,7 @@
 //! Built with the `cli` feature. See `portalock --help` and the README for
 //! the subcommands and exit codes.
 
+mod doctor;
 mod faults;
 mod inspect;
 mod persistent;
@@ -123,6 +124,14 @@ enum Cmd {
     /// default the parent shell).
     #[command(after_help = EXIT_CODES)]
     Release(ReleaseArgs),
+    /// Say what file system DIR is on, what `auto` picks there and why,
+    /// whether hard links, mkdir, OS locks and O_EXCL work there, what a
+    /// lock cycle of each strategy costs there, and what to use.
+    ///
+    /// The probes run in a scratch directory made in DIR and removed
+    /// afterwards.
+    #[command(after_help = doctor::HELP)]
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -331,6 +340,7 @@ fn main() -> ExitCode {
         Cmd::Break(args) => break_lock(args),
         Cmd::Acquire(args) => acquire(args),
         Cmd::Release(args) => release(args),
+        Cmd::Doctor(args) => doctor::doctor(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
