@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 mod descriptor;
+mod doctor;
 mod faults;
 mod flock_form;
 mod generated;
@@ -178,6 +179,14 @@ enum Cmd {
     /// default the parent shell).
     #[command(after_help = EXIT_CODES)]
     Release(ReleaseArgs),
+    /// Say what file system DIR is on, what `auto` picks there and why,
+    /// whether hard links, mkdir, OS locks and O_EXCL work there, what a
+    /// lock cycle of each strategy costs there, and what to use.
+    ///
+    /// The probes run in a scratch directory made in DIR and removed
+    /// afterwards.
+    #[command(after_help = doctor::HELP)]
+    Doctor(doctor::DoctorArgs),
     /// Print the completion script of a shell for portalock.
     ///
     /// Install it where the shell looks, for example:
@@ -465,6 +474,7 @@ fn main() -> ExitCode {
                 acquire(args)
             }
             Cmd::Release(args) => release(args),
+            Cmd::Doctor(args) => doctor::doctor(args),
             Cmd::Completions(args) => generated::completions(args),
             Cmd::Man(args) => generated::man(args),
         },
