@@ -182,6 +182,23 @@ pub(crate) fn open_create_no_atime(path: &Utf8Path) -> io::Result<File> {
     open_create(path)
 }
 
+/// Gives a file that an acquisition just made the permission bits of
+/// [`LockOptions::permissions`](crate::LockOptions::permissions), if
+/// set, whatever the umask. Best effort: a file system without Unix
+/// permission bits (or a file another user made) keeps what it has.
+pub(crate) fn apply_mode(file: &File, mode: Option<u32>) {
+    if let Some(mode) = mode {
+        let _ = sys::set_mode(file, mode);
+    }
+}
+
+/// As [`apply_mode`], for a lock directory: `x` wherever `mode` has `r`.
+pub(crate) fn apply_dir_mode(path: &Utf8Path, mode: Option<u32>) {
+    if let Some(mode) = mode {
+        let _ = sys::set_dir_mode(path.as_std_path(), mode | (mode & 0o444) >> 2);
+    }
+}
+
 /// Creates `path`, which must not exist, for reading and writing (mode
 /// [`FILE_MODE`] less the umask). `O_EXCL` also refuses a symbolic link.
 pub(crate) fn create_new(path: &Utf8Path) -> io::Result<File> {

@@ -146,7 +146,8 @@
 //! portalock never follows a symbolic link at the lock path
 //! ([`Error::Symlink`]), and never overwrites a file at the lock path that
 //! does not hold an owner record ([`Error::Foreign`]). Files are created
-//! with mode `0644` less the umask.
+//! with mode `0644` less the umask, or with exact bits for a lock a group
+//! of users shares ([`LockOptions::permissions`]).
 //!
 //! # Processes and threads
 //!

@@ -436,3 +436,34 @@ fn release_for_pid_1_of_another_pid_namespace_is_refused(strategy: LockStrategy)
     drop(container.stdin.take());
     assert!(container.wait().expect("wait").success());
 }
+
+/// A lock shared by several users: an `Os` lock file that one user made
+/// under the usual umask (022) cannot be opened for writing by another,
+/// whose try fails with an error; made with `permissions(0o666)` it can,
+/// and the other user takes the lock once it is free.
+#[rstest]
+#[ignore = "needs root: runs a process as nobody (run by .ci/run)"]
+fn permissions_let_another_user_take_an_os_lock_file(#[values(false, true)] shared: bool) {
+    let (_dir, root) = shared_dir();
+    let path = root.join("x.lock");
+    let spec = if shared { "os+mode666" } else { "os" };
+    let mut holder = common::spawn("umask-hold", &["022", spec, path.as_str()]);
+    holder.expect("ACQUIRED");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    holder.close_stdin();
+    assert!(holder.wait().success());
+    let mut other = spawn_as_nobody("waiter", &["os", path.as_str(), "50"]);
+    other.expect("READY");
+    other.send("try");
+    let tried = other.expect("TRIED");
+    if shared {
+        assert_eq!(tried, "Ok", "another user takes the lock file made 0666");
+    } else {
+        assert_eq!(
+            tried, "Io",
+            "0644 less umask 022: not writable by another user"
+        );
+    }
+    other.close_stdin();
+}

@@ -230,3 +230,46 @@ fn artifacts_have_the_documented_mode_and_honour_the_umask(
     holder.close_stdin();
     assert!(holder.wait().success());
 }
+
+/// `LockOptions::permissions` gives every artifact exact bits whatever the
+/// umask (files `mode`, directories also `x` where `mode` has `r`): the
+/// lock file, a lock directory and its record, a claim, the gate.
+#[rstest]
+fn permissions_give_every_artifact_exact_bits_whatever_the_umask(
+    #[values("os", "mkdir", "link")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let path = root.join("x.lock");
+    let spec = format!("{strategy}+mode664");
+    let mut holder = spawn("umask-hold", &["077", &spec, path.as_str()]);
+    holder.expect("ACQUIRED");
+    let mut seen = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list") {
+            let entry = Utf8PathBuf::from_path_buf(entry.expect("entry").path()).expect("utf-8");
+            let is_dir = std::fs::symlink_metadata(&entry).expect("stat").is_dir();
+            assert_eq!(
+                mode(&entry),
+                if is_dir { 0o775 } else { 0o664 },
+                "{entry} under umask 077"
+            );
+            if is_dir {
+                dirs.push(entry.clone());
+            }
+            seen.push(entry);
+        }
+    }
+    assert!(seen.contains(&path), "{seen:?}");
+    assert!(
+        seen.iter().any(|p| p.as_str().ends_with("gate")),
+        "{seen:?}"
+    );
+    if strategy != "os" {
+        assert!(seen.len() >= 3, "lock, record or claim, gate: {seen:?}");
+    }
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    holder.close_stdin();
+    assert!(holder.wait().success());
+}

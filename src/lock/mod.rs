@@ -112,6 +112,8 @@ pub struct LockFile {
     lease: Option<Duration>,
     on_lost: Option<OnLost>,
     on_wait: Option<report::OnWait>,
+    /// The permission bits of the artifacts it makes (Unix).
+    permissions: Option<u32>,
     /// Unique in this process; the registry's claim on the path.
     id: u64,
     held: Mutex<Option<Arc<Holding>>>,

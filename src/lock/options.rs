@@ -62,6 +62,7 @@ pub struct LockOptions {
     on_wait: Option<Hook>,
     on_wait_first: Duration,
     on_wait_every: Duration,
+    permissions: Option<u32>,
     trust_os_locks: bool,
     sync: bool,
     owner_pid: Option<u32>,
@@ -82,6 +83,7 @@ impl Default for LockOptions {
             on_wait: None,
             on_wait_first: DEFAULT_WAIT_REPORT_FIRST,
             on_wait_every: DEFAULT_WAIT_REPORT_EVERY,
+            permissions: None,
             trust_os_locks: false,
             sync: false,
             owner_pid: None,
@@ -104,6 +106,7 @@ impl fmt::Debug for LockOptions {
             .field("on_wait", &self.on_wait.as_ref().map(|_| "Fn(&Waiting)"))
             .field("on_wait_first", &self.on_wait_first)
             .field("on_wait_every", &self.on_wait_every)
+            .field("permissions", &self.permissions.map(|m| format!("{m:o}")))
             .field("trust_os_locks", &self.trust_os_locks)
             .field("sync", &self.sync)
             .field("owner_pid", &self.owner_pid)
@@ -282,6 +285,48 @@ impl LockOptions {
         self
     }
 
+    /// The Unix permission bits of the lock artifacts this handle makes
+    /// (the `Os` lock file, a `Mkdir` lock directory and its record, a
+    /// `Link` lock file and its claim, the gate of the fair hand-off),
+    /// given exactly, whatever the umask; directories also get `x`
+    /// wherever `mode` has `r`. For a lock that a group of users shares:
+    /// `0o664` lets every member take an `Os` lock file that another made
+    /// (which needs it writable) and read every record (which the stale
+    /// rules need). Without it, files are made `0o644` and directories
+    /// `0o755`, less the umask.
+    ///
+    /// Only the bits below `0o777` count. Best effort where a file system
+    /// keeps no Unix permission bits (SMB without Unix extensions, many
+    /// FUSE mounts), and for a file another user made (its owner's bits
+    /// stay). Ignored on Windows, where files get the permissions their
+    /// directory passes on. The directory the lock lives in must let each
+    /// of the users create and remove names in it (for a shared directory,
+    /// mode `1777` or `2775` with a common group).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockOptions::new()
+    ///     .strategy(LockStrategy::Os)
+    ///     .permissions(0o664)
+    ///     .open(dir.path().join("shared.lock"))?;
+    /// let _guard = lock.lock()?;
+    /// # #[cfg(unix)]
+    /// # {
+    /// use std::os::unix::fs::PermissionsExt;
+    /// let mode = std::fs::metadata(dir.path().join("shared.lock"))?.permissions().mode();
+    /// assert_eq!(mode & 0o777, 0o664);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn permissions(&mut self, mode: u32) -> &mut Self {
+        self.permissions = Some(mode & 0o777);
+        self
+    }
+
     /// Allows an explicit [`LockStrategy::Os`] on a file system where OS
     /// advisory locks do not reach its other clients (sshfs and other FUSE
     /// mounts, NFS mounted `nolock`, ...; see [`FileSystem`]). Without it,
@@ -443,6 +488,7 @@ impl LockOptions {
                 first: self.on_wait_first,
                 every: self.on_wait_every,
             }),
+            permissions: self.permissions,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
             os_file: Mutex::new(None),

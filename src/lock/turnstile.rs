@@ -157,12 +157,12 @@ fn open_gate(path: &Utf8Path) -> std::io::Result<File> {
 /// file open for its life, and a file kept open for writing would stop the
 /// file system from being remounted read-only. Created (and closed) first
 /// if missing.
-fn open_gate_to_look(path: &Utf8Path) -> std::io::Result<File> {
+fn open_gate_to_look(path: &Utf8Path, mode: Option<u32>) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true);
     match files::open_with(path, &mut opts) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            drop(open_gate(path)?);
+            files::apply_mode(&open_gate(path)?, mode);
             files::open_with(path, &mut opts)
         }
         other => other,
@@ -238,7 +238,7 @@ impl<'a> Turnstile<'a> {
             let Some(path) = gate_path(&self.lock.path) else {
                 return self.skip();
             };
-            match open_gate_to_look(&path) {
+            match open_gate_to_look(&path, self.lock.permissions) {
                 Ok(file) => {
                     self.cached = Some(GateFile {
                         path,
@@ -341,7 +341,7 @@ impl<'a> Turnstile<'a> {
                 if let Some(gate) = self.cached.as_mut() {
                     let same = files::file_id(&gate.file).ok() == files::file_id(&file).ok();
                     if !same {
-                        if let Ok(look) = open_gate_to_look(&path) {
+                        if let Ok(look) = open_gate_to_look(&path, self.lock.permissions) {
                             gate.file = look;
                         }
                     }

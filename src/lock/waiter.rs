@@ -87,6 +87,7 @@ impl LockFile {
             sync: self.sync,
             remove: self.remove_on_release,
             look: self.look(),
+            mode: self.permissions,
         };
         let mut kept = KeptClaim::default();
         let mut waiter = Waiter::new(self, timeout, deadline);

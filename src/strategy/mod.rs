@@ -263,8 +263,12 @@ pub(crate) fn try_acquire(
     let sync = how.sync;
     Ok(match strategy {
         Concrete::Os => os::try_acquire(path, record, wait, how, cached)?.map(Hold::Os),
-        Concrete::Mkdir => mkdir::try_acquire(path, record, sync, how.look)?.map(Hold::Mkdir),
-        Concrete::Link => link::try_acquire(path, record, sync, how.look, kept)?.map(Hold::Link),
+        Concrete::Mkdir => {
+            mkdir::try_acquire(path, record, sync, how.look, how.mode)?.map(Hold::Mkdir)
+        }
+        Concrete::Link => {
+            link::try_acquire(path, record, sync, how.look, how.mode, kept)?.map(Hold::Link)
+        }
     })
 }
 

@@ -88,6 +88,9 @@ pub(crate) struct How {
     pub(crate) remove: bool,
     /// How the lock file's path is looked at (see `files::Look`).
     pub(crate) look: files::Look,
+    /// The permission bits of the files it makes
+    /// (`LockOptions::permissions`).
+    pub(crate) mode: Option<u32>,
 }
 
 pub(crate) fn try_acquire(
@@ -115,6 +118,7 @@ pub(crate) fn try_acquire(
             Some(open) => open,
             None => {
                 let file = files::open_create_no_atime(path).map_err(|e| open_error(path, e))?;
+                files::apply_mode(&file, how.mode);
                 // The identity of an open file does not change; it is
                 // compared with the path's once the lock is held.
                 let id = check_regular(path, &file)?;
@@ -287,9 +291,7 @@ fn release_locked(
     let bytes = match files::conflict_retry(|| read_from_start(file, len)) {
         Ok(bytes) => bytes,
         // Another client's lock covers the file (see `check`).
-        Err(e) if look != files::Look::Stat && e.kind() == io::ErrorKind::PermissionDenied => {
-            return Ok(Released::Lost(None))
-        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(Released::Lost(None)),
         Err(e) => return Err(Error::io(path, Op::ReadRecord, e)),
     };
     if !record_has_token(&bytes, token) {

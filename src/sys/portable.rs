@@ -20,6 +20,17 @@ pub(crate) fn no_follow_no_block(_opts: &mut OpenOptions) {}
 /// No mode to set: files get the directory's permissions.
 pub(crate) fn file_mode(_opts: &mut OpenOptions) {}
 
+/// No permission bits here: files and directories get the permissions
+/// their directory passes on.
+pub(crate) fn set_mode(_file: &std::fs::File, _mode: u32) -> io::Result<()> {
+    Ok(())
+}
+
+/// As [`set_mode`], for a directory.
+pub(crate) fn set_dir_mode(_path: &std::path::Path, _mode: u32) -> io::Result<()> {
+    Ok(())
+}
+
 /// A builder of lock directories.
 pub(crate) fn dir_builder() -> DirBuilder {
     DirBuilder::new()

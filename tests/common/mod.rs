@@ -291,7 +291,8 @@ fn say(line: &str) {
 /// The options a child's `STRATEGY` argument names: a strategy, then
 /// optional `+` flags: `trust` (`trust_os_locks(true)`), `sync`
 /// (`sync(true)`), `temp` (`remove_on_release(true)`), `unfair`
-/// (`fair(false)`). `temp-os` is `os+temp`.
+/// (`fair(false)`), `modeNNN` (`permissions(0oNNN)`). `temp-os` is
+/// `os+temp`.
 pub fn options_for(spec: &str) -> LockOptions {
     let spec = if spec == "temp-os" { "os+temp" } else { spec };
     let mut parts = spec.split('+');
@@ -306,6 +307,10 @@ pub fn options_for(spec: &str) -> LockOptions {
             "sync" => options.sync(true),
             "temp" => options.remove_on_release(true),
             "unfair" => options.fair(false),
+            // `mode664`: `permissions(0o664)`
+            mode if mode.starts_with("mode") => {
+                options.permissions(u32::from_str_radix(&mode[4..], 8).expect("octal mode"))
+            }
             other => panic!("unknown strategy flag {other:?} in {spec:?}"),
         };
     }

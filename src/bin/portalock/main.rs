@@ -542,9 +542,25 @@ fn options(strategy: LockStrategy, wait: &Wait) -> LockOptions {
 
 /// Takes `lock` within `timeout` (0: try once; `None`: forever).
 fn acquire_within(lock: &LockFile, timeout: Option<Duration>) -> portalock::Result<()> {
+    within(
+        timeout,
+        || lock.try_acquire(),
+        |t| lock.acquire_timeout(t),
+        || lock.acquire(),
+    )
+}
+
+/// Calls the acquire of a wait of `timeout`: `once` for 0 (try once),
+/// `bounded` for a duration, `forever` for `None`.
+fn within<T>(
+    timeout: Option<Duration>,
+    once: impl FnOnce() -> T,
+    bounded: impl FnOnce(Duration) -> T,
+    forever: impl FnOnce() -> T,
+) -> T {
     match timeout {
-        None => lock.acquire(),
-        Some(t) if t.is_zero() => lock.try_acquire(),
-        Some(t) => lock.acquire_timeout(t),
+        None => forever(),
+        Some(t) if t.is_zero() => once(),
+        Some(t) => bounded(t),
     }
 }

@@ -10,7 +10,9 @@ use portalock::{Error, LockFile, LockOptions};
 #[cfg(feature = "redis")]
 use crate::waiting::describe_holder;
 use crate::waiting::{secs, wait_visibly, waiting_line};
-use crate::{acquire_within, faults, lock_error, options, signals, Failure, Outcome, RunArgs};
+use crate::{
+    acquire_within, faults, lock_error, options, signals, within, Failure, Outcome, RunArgs,
+};
 use crate::{EXIT_CANNOT_RUN, EXIT_LOCK_ERROR, EXIT_NOT_FOUND};
 
 pub(crate) fn run(args: RunArgs) -> Outcome {
@@ -70,10 +72,13 @@ fn run_shared(lock: &LockFile, args: &RunArgs) -> Outcome {
     let taken = wait_visibly(
         &args.wait,
         |waited| waiting_line(lock, waited),
-        || match args.wait.timeout() {
-            None => lock.lock_shared(),
-            Some(t) if t.is_zero() => lock.try_lock_shared(),
-            Some(t) => lock.lock_shared_timeout(t),
+        || {
+            within(
+                args.wait.timeout(),
+                || lock.try_lock_shared(),
+                |t| lock.lock_shared_timeout(t),
+                || lock.lock_shared(),
+            )
         },
     );
     verbose(args, lock, started, &taken);
@@ -114,10 +119,13 @@ pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
             lock.name()
         )
     };
-    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout() {
-        None => lock.acquire(),
-        Some(t) if t.is_zero() => lock.try_acquire(),
-        Some(t) => lock.acquire_timeout(t),
+    let taken = wait_visibly(&args.wait, line, || {
+        within(
+            args.wait.timeout(),
+            || lock.try_acquire(),
+            |t| lock.acquire_timeout(t),
+            || lock.acquire(),
+        )
     });
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
     // The lease governs a Redis lock: nothing to hand to the command.
@@ -138,10 +146,13 @@ pub(crate) fn run_in_slot(args: &RunArgs, options: &LockOptions) -> Outcome {
             semaphore.prefix()
         )
     };
-    let taken = wait_visibly(&args.wait, line, || match args.wait.timeout() {
-        None => semaphore.acquire(),
-        Some(t) if t.is_zero() => semaphore.try_acquire(),
-        Some(t) => semaphore.acquire_timeout(t),
+    let taken = wait_visibly(&args.wait, line, || {
+        within(
+            args.wait.timeout(),
+            || semaphore.try_acquire(),
+            |t| semaphore.acquire_timeout(t),
+            || semaphore.acquire(),
+        )
     });
     let slot = taken.map_err(|e| {
         if e.is_contended() {

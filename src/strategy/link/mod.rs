@@ -184,6 +184,7 @@ pub(crate) fn try_acquire(
     record: &OwnerRecord,
     sync: bool,
     look: files::Look,
+    mode: Option<u32>,
     kept: &mut Option<Kept>,
 ) -> Result<Option<LinkHold>> {
     let json = record.to_json();
@@ -203,7 +204,7 @@ pub(crate) fn try_acquire(
     };
     let claim = match reused {
         Some(claim) => claim,
-        None => make_claim(path, &record.token, &json, sync)?,
+        None => make_claim(path, &record.token, &json, sync, mode)?,
     };
     let mut linked = link(path, &claim, &record.token, look);
     // A claim removed between its making (or the last try) and its link
@@ -216,7 +217,7 @@ pub(crate) fn try_acquire(
         if !gone {
             break;
         }
-        make_claim(path, &record.token, &json, sync)?;
+        make_claim(path, &record.token, &json, sync, mode)?;
         linked = link(path, &claim, &record.token, look);
     }
     let held = LinkHold {
@@ -294,10 +295,17 @@ fn reuse(old: Kept, json: &str, sync: bool) -> io::Result<Option<Utf8PathBuf>> {
 }
 
 /// Makes the claim of `token` beside `path`, holding `json`, the record.
-fn make_claim(path: &Utf8Path, token: &str, json: &str, sync: bool) -> Result<Utf8PathBuf> {
+fn make_claim(
+    path: &Utf8Path,
+    token: &str,
+    json: &str,
+    sync: bool,
+    mode: Option<u32>,
+) -> Result<Utf8PathBuf> {
     let claim = claim_path(path, token)?;
     let mut file = fault::step("link.acquire.claim", || files::create_new(&claim))
         .map_err(|e| files::io_error(path, Op::CreateClaim, e))?;
+    files::apply_mode(&file, mode);
     let written =
         file.write_all(json.as_bytes())
             .and_then(|()| if sync { file.sync_all() } else { Ok(()) });

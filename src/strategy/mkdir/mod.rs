@@ -50,6 +50,7 @@ pub(crate) fn try_acquire(
     record: &OwnerRecord,
     sync: bool,
     look: files::Look,
+    mode: Option<u32>,
 ) -> Result<Option<MkdirHold>> {
     match fault::step("mkdir.acquire.mkdir", || files::create_dir(path)) {
         Ok(()) => {}
@@ -73,12 +74,16 @@ pub(crate) fn try_acquire(
         }
         Err(e) => return Err(files::io_error(path, Op::CreateDir, e)),
     }
-    match write_record(path, record, sync) {
-        Ok(true) => Ok(Some(MkdirHold {
-            token: record.token.clone(),
-            sync,
-            look,
-        })),
+    match write_record(path, record, sync, mode) {
+        Ok(true) => {
+            // (the directory is ours: its mode, once it is known to be)
+            files::apply_dir_mode(path, mode);
+            Ok(Some(MkdirHold {
+                token: record.token.clone(),
+                sync,
+                look,
+            }))
+        }
         Ok(false) => Ok(None),
         Err(e) => Err(e),
     }
@@ -100,7 +105,12 @@ pub(crate) fn try_acquire(
 /// speaks of the lock); elsewhere by its path, where the listing decides
 /// (and a directory that changed identity meanwhile counts as lost, where
 /// the platform tells a directory's identity from its metadata).
-fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<bool> {
+fn write_record(
+    path: &Utf8Path,
+    record: &OwnerRecord,
+    sync: bool,
+    mode: Option<u32>,
+) -> Result<bool> {
     let name = format!("{}.json", record.token);
     let dir = match files::stale_retry(|| sys::DirHandle::open(path.as_std_path())) {
         Ok(dir) => dir,
@@ -132,6 +142,7 @@ fn write_record(path: &Utf8Path, record: &OwnerRecord, sync: bool) -> Result<boo
         }
     })
     .and_then(|mut file| {
+        files::apply_mode(&file, mode);
         file.write_all(record.to_json().as_bytes())?;
         if sync {
             file.sync_all()?;

@@ -15,7 +15,7 @@ fn record() -> OwnerRecord {
 }
 
 fn acquire(path: &Utf8Path, record: &OwnerRecord) -> Option<MkdirHold> {
-    try_acquire(path, record, false, files::Look::Stat).expect("try_acquire")
+    try_acquire(path, record, false, files::Look::Stat, None).expect("try_acquire")
 }
 
 /// The names in the lock directory, sorted.
@@ -50,7 +50,7 @@ fn a_writer_that_finds_another_record_beside_its_own_withdraws() {
     let theirs = record();
     std::fs::write(record_path(&path, &theirs.token), theirs.to_json()).expect("theirs");
     let mine = record();
-    assert!(!write_record(&path, &mine, false).expect("write_record"));
+    assert!(!write_record(&path, &mine, false, None).expect("write_record"));
     assert_eq!(names(&path), [format!("{}.json", theirs.token)]);
 }
 
@@ -60,7 +60,7 @@ fn hidden_renames_of_unlinked_files_do_not_count_as_another_record() {
     std::fs::create_dir(&path).expect("dir");
     std::fs::write(path.join(".nfs000000000000abcd00000001"), b"x").expect("silly");
     let mine = record();
-    assert!(write_record(&path, &mine, false).expect("write_record"));
+    assert!(write_record(&path, &mine, false, None).expect("write_record"));
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn an_empty_directory_is_broken_but_one_with_a_record_is_not() {
 fn a_regular_file_at_the_lock_path_is_the_wrong_kind() {
     let (_dir, path) = scratch();
     std::fs::write(&path, b"not a lock").expect("file");
-    let found = try_acquire(&path, &record(), false, files::Look::Stat);
+    let found = try_acquire(&path, &record(), false, files::Look::Stat, None);
     assert!(
         matches!(
             found,
