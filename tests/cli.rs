@@ -973,6 +973,9 @@ fn the_flock_form_answers_with_flocks_exit_codes() {
     assert_eq!(ran.stdout, "hi\n");
     let (code, ran) = both(&[l, "-c", "exit 3"]);
     assert_eq!((code, ran.code()), (3, 3), "{}", ran.stderr);
+    let (code, ran) = both(&["--verbose", "-n", l, "true"]);
+    assert_eq!((code, ran.code()), (0, 0), "{}", ran.stderr);
+    assert!(ran.stderr.contains("got the lock"), "{}", ran.stderr);
     // Usage errors: 64, as flock(1).
     for args in [
         &["-n"][..],
