@@ -192,11 +192,10 @@ pub(crate) fn apply_mode(file: &File, mode: Option<u32>) {
     }
 }
 
-/// As [`apply_mode`], for a lock directory: `x` wherever `mode` has `r`.
-pub(crate) fn apply_dir_mode(path: &Utf8Path, mode: Option<u32>) {
-    if let Some(mode) = mode {
-        let _ = sys::set_dir_mode(path.as_std_path(), mode | (mode & 0o444) >> 2);
-    }
+/// The bits of a lock directory for the file bits `mode`: `x` wherever
+/// `mode` has `r`.
+pub(crate) fn dir_mode(mode: u32) -> u32 {
+    mode | (mode & 0o444) >> 2
 }
 
 /// Creates `path`, which must not exist, for reading and writing (mode

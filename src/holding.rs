@@ -156,7 +156,7 @@ impl Holding {
             log::error!(
                 target: "portalock",
                 "lost the lock {}: it no longer carries this holder's token {} \
-                 (broken by another process, or its lease ran out)",
+                 (it was broken, removed or replaced by another process, or its lease ran out)",
                 self.path,
                 self.token()
             );

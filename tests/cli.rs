@@ -976,9 +976,16 @@ fn the_flock_form_answers_with_flocks_exit_codes() {
     let (code, ran) = both(&["--verbose", "-n", l, "true"]);
     assert_eq!((code, ran.code()), (0, 0), "{}", ran.stderr);
     assert!(ran.stderr.contains("got the lock"), "{}", ran.stderr);
+    // Options flock(1) takes together: the last of -s and -x counts, -n
+    // wins over -w.
+    for args in [&["-s", "-x", l, "true"][..], &["-n", "-w", "1", l, "true"]] {
+        let (code, ran) = both(args);
+        assert_eq!((code, ran.code()), (0, 0), "{args:?}: {}", ran.stderr);
+    }
     // Usage errors: 64, as flock(1).
     for args in [
-        &["-n"][..],
+        &[][..],
+        &["-n"],
         &["-w", "soon", l, "true"],
         &[l],
         &["--no-such-flag", l, "true"],
@@ -1023,6 +1030,10 @@ fn the_flock_form_answers_with_flocks_exit_codes() {
         "`run` alone is the subcommand: {}",
         ran.stderr
     );
+    // A subcommand's options before its name: not a lock file `status`.
+    let ran = tool(&["-n", "status", l], None);
+    assert_eq!(ran.code(), 64, "{}", ran.stderr);
+    assert!(ran.stderr.contains("./status"), "{}", ran.stderr);
 }
 
 /// fd mode: `portalock 9` locks descriptor 9 that the shell opened, as
@@ -1046,7 +1057,7 @@ fn fd_mode_locks_the_shells_descriptor_as_flock_does() {
             r#""$TOOL" -x 9 && "$TOOL" -s 9 && flock -s -n "$L" true"#,
             0,
         ),
-        (r#""$TOOL" 7"#, 65),
+        (r#"exec 7>&-; "$TOOL" 7"#, 65),
     ];
     for flock_or_portalock in ["flock", TOOL] {
         for (script, expected) in scripts {
@@ -1057,6 +1068,9 @@ fn fd_mode_locks_the_shells_descriptor_as_flock_does() {
             );
         }
     }
+    // A wait too long to have an end waits forever (flock(1) refuses it:
+    // "cannot set up timer"); free, it takes the lock.
+    assert_eq!(on_descriptor_9(TOOL, l, r#""$TOOL" -w 1e19 9"#), 0);
     let holder = FlockHolder::start("-x", l);
     for flock_or_portalock in ["flock", TOOL] {
         for (script, expected) in [
@@ -1113,13 +1127,14 @@ fn close_leaves_the_lock_to_the_tool_alone_as_flocks() {
                 tool_args.push("-o");
             }
             tool_args.extend([lock.as_str(), "sh", "-c", &command]);
-            let status = Command::new(flock_or_portalock)
+            let mut child = Command::new(flock_or_portalock)
                 .args(&tool_args)
                 .env("L", lock.as_str())
                 .env("OUT", out.as_str())
                 .stdin(Stdio::null())
-                .status()
+                .spawn()
                 .expect("run the tool");
+            let status = wait_bounded(&mut child, flock_or_portalock);
             assert_eq!(status.code(), None, "{flock_or_portalock}: killed");
             let deadline = Instant::now() + EVENT_TIMEOUT;
             let code = loop {

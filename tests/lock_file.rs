@@ -839,3 +839,91 @@ fn the_wait_hook_names_the_holder_while_the_wait_lasts(strategy: LockStrategy) {
     lock.try_lock().expect("free").release().expect("release");
     assert_eq!(reports.lock().expect("reports").len(), after.len());
 }
+
+/// A hook that blocks delays other reports, never a wait: a bounded wait
+/// whose hook never returns still ends at its deadline. Timings too long
+/// to add to an `Instant` mean "never" rather than a panic, and leave the
+/// reporting thread serving other waits. No report starts for a try-once,
+/// nor once a wait has ended.
+#[test]
+fn a_blocking_or_never_due_hook_does_not_hold_up_a_wait() {
+    let (_dir, path) = scratch();
+    let strategy = LockStrategy::Mkdir;
+    let holder = open(&path, strategy);
+    holder.acquire().expect("holder");
+
+    // Never due: no report, no panic.
+    let never = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lock = {
+        let never = Arc::clone(&never);
+        LockOptions::new()
+            .strategy(strategy)
+            .on_wait(move |_| {
+                never.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .on_wait_timing(Duration::MAX, Duration::MAX)
+            .open(&path)
+            .expect("open")
+    };
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(100)),
+        Err(Error::Timeout { .. })
+    ));
+
+    // A hook that blocks until the test lets it go.
+    let (release_hook, blocked) = mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let (entered, hook_entered) = mpsc::channel();
+    let lock = {
+        let blocked = Arc::clone(&blocked);
+        LockOptions::new()
+            .strategy(strategy)
+            .on_wait(move |_| {
+                let _ = entered.send(());
+                let _ = blocked.lock().map(|rx| rx.recv_timeout(EVENT_TIMEOUT));
+            })
+            .on_wait_timing(Duration::ZERO, Duration::from_millis(10))
+            .open(&path)
+            .expect("open")
+    };
+    let started = Instant::now();
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout { .. })
+    ));
+    hook_entered
+        .recv_timeout(EVENT_TIMEOUT)
+        .expect("the hook was called");
+    assert!(
+        started.elapsed() < EVENT_TIMEOUT,
+        "the wait waited for its hook"
+    );
+    drop(release_hook);
+
+    // The reporting thread still serves: a counting hook is called, and
+    // not for a try-once or after its wait ended.
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lock = {
+        let count = Arc::clone(&count);
+        LockOptions::new()
+            .strategy(strategy)
+            .on_wait(move |_| {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .on_wait_timing(Duration::from_millis(20), Duration::from_millis(20))
+            .open(&path)
+            .expect("open")
+    };
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(300)),
+        Err(Error::Timeout { .. })
+    ));
+    let after = count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after >= 2, "{after} reports of a 300 ms wait every 20 ms");
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
+    // (ten report intervals without a wait)
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), after);
+    assert_eq!(never.load(std::sync::atomic::Ordering::SeqCst), 0);
+    holder.release().expect("release");
+}

@@ -249,10 +249,10 @@ impl LockOptions {
     /// lasted. Never called for an acquisition that gets the lock sooner.
     ///
     /// It runs on a thread of portalock's (one per process, for every
-    /// handle's waits) and is never called for a wait that has ended: the
-    /// acquisition returns only once a call in progress for it has
-    /// returned. Keep it short, and do not take in it a lock that the
-    /// waiting thread may hold. A panic in it is caught.
+    /// handle's waits): no call for a wait starts once the wait has ended
+    /// (but one that started may still run when it ends; the wait never
+    /// waits for it). Keep it short: while it runs, no other wait of the
+    /// process is reported. A panic in it is caught.
     ///
     /// [`on_wait_timing`]: LockOptions::on_wait_timing
     ///
@@ -278,10 +278,13 @@ impl LockOptions {
 
     /// When the [`on_wait`](LockOptions::on_wait) hook is called: `first`
     /// after a wait began, then every `every` (at least 1 ms) while it goes
-    /// on. Default: 1 s, then every 10 s.
+    /// on; longer than a year counts as a year. Default: 1 s, then every
+    /// 10 s.
     pub fn on_wait_timing(&mut self, first: Duration, every: Duration) -> &mut Self {
-        self.on_wait_first = first;
-        self.on_wait_every = every.max(Duration::from_millis(1));
+        // (a year stands for "never": no wait lasts that long unnoticed)
+        const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+        self.on_wait_first = first.min(NEVER);
+        self.on_wait_every = every.clamp(Duration::from_millis(1), NEVER);
         self
     }
 

@@ -5,8 +5,12 @@
 //!
 //! A wait registers itself here (a mutex and a push; the thread is woken
 //! only when it must report sooner than it planned) and unregisters when it
-//! ends. The hook runs on the reporting thread, never after its wait has
-//! ended: unregistering waits for a report of that wait in progress.
+//! ends, without waiting for anything. The hook runs on the reporting
+//! thread; no report of a wait starts once the wait has ended (the thread
+//! looks again, after reading the holder's record, just before it calls
+//! the hook), but one that started may still be running when it ends: a
+//! hook that blocks, or a look at a lock on a server that does not answer,
+//! delays other reports, never a wait.
 //!
 //! [`LockOptions::on_wait`]: crate::LockOptions::on_wait
 
@@ -69,18 +73,16 @@ struct Entry {
 struct State {
     waits: Vec<Entry>,
     next_id: u64,
-    /// Whether the thread runs (started by the first wait).
-    running: bool,
+    /// The process whose thread reports (started by its first wait): a
+    /// child forked since has no thread, and starts its own.
+    running: Option<u32>,
     /// Until when the thread sleeps (`None`: until woken).
     sleeping_until: Option<Instant>,
-    /// The wait whose hook is being called.
-    reporting: Option<u64>,
 }
 
 struct Reporter {
     state: Mutex<State>,
-    /// Wakes the thread (a wait must be reported sooner) and the waits
-    /// that end while their report is in progress.
+    /// Wakes the thread: a wait must be reported sooner.
     changed: Condvar,
 }
 
@@ -111,6 +113,7 @@ pub(crate) fn start(path: &Utf8Path, strategy: Concrete, on_wait: &OnWait) -> Re
     let id = state.next_id;
     state.next_id += 1;
     let started = Instant::now();
+    // (`OnWait`'s durations are clamped: no overflow)
     let next = started + on_wait.first;
     state.waits.push(Entry {
         id,
@@ -121,13 +124,15 @@ pub(crate) fn start(path: &Utf8Path, strategy: Concrete, on_wait: &OnWait) -> Re
         next,
         reports: 0,
     });
-    if !state.running {
+    let me = std::process::id();
+    if state.running != Some(me) {
         // Without the thread nothing is reported: a hook is a courtesy,
         // and the wait goes on as without one.
         state.running = std::thread::Builder::new()
             .name("portalock-wait-report".into())
             .spawn(|| run(reporter))
-            .is_ok();
+            .ok()
+            .map(|_| me);
     } else if state.sleeping_until.is_none_or(|until| next < until) {
         reporter.changed.notify_all();
     }
@@ -136,15 +141,7 @@ pub(crate) fn start(path: &Utf8Path, strategy: Concrete, on_wait: &OnWait) -> Re
 
 impl Drop for Reported {
     fn drop(&mut self) {
-        let reporter = reporter();
-        let mut state = lock(reporter);
-        while state.reporting == Some(self.id) {
-            state = reporter
-                .changed
-                .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        state.waits.retain(|entry| entry.id != self.id);
+        lock(reporter()).waits.retain(|entry| entry.id != self.id);
     }
 }
 
@@ -165,22 +162,22 @@ fn run(reporter: &'static Reporter) {
             let (waited, reports) = (now - entry.started, entry.reports);
             entry.reports += 1;
             entry.next = now + on_wait.every;
-            state.reporting = Some(id);
             drop(state);
             let holder = strategy::probe(strategy, &path)
                 .ok()
                 .and_then(Probe::into_record);
-            let waiting = Waiting {
-                path: &path,
-                holder: holder.as_ref(),
-                waited,
-                reports,
-            };
-            // A panicking hook loses its report, not the thread.
-            let _ = catch_unwind(AssertUnwindSafe(|| (on_wait.hook)(&waiting)));
+            // The wait may have ended while the record was read.
+            if lock(reporter).waits.iter().any(|entry| entry.id == id) {
+                let waiting = Waiting {
+                    path: &path,
+                    holder: holder.as_ref(),
+                    waited,
+                    reports,
+                };
+                // A panicking hook loses its report, not the thread.
+                let _ = catch_unwind(AssertUnwindSafe(|| (on_wait.hook)(&waiting)));
+            }
             state = lock(reporter);
-            state.reporting = None;
-            reporter.changed.notify_all();
             continue;
         }
         let until = state.waits.iter().map(|entry| entry.next).min();

@@ -328,6 +328,8 @@ impl<'a> Turnstile<'a> {
             self.skip();
             return;
         };
+        // (made here if it was removed since the handle first looked)
+        files::apply_mode(&file, self.lock.permissions);
         match sys::gate_lock(&file, Wait::Try) {
             Ok(()) => {
                 self.held = Some(file);

@@ -41,12 +41,15 @@ const QUICK_RETRIES: u32 = 3;
 impl LockFile {
     /// Takes the lock and returns the token of its owner record.
     pub(super) fn acquire_token(&self, timeout: Option<Duration>) -> Result<String> {
-        let _reported = self.report_wait(timeout);
+        let reported = self.report_wait(timeout);
         let deadline = Deadline::after(timeout);
         if !registry().enter(&self.path, self.id, &deadline) {
             return Err(self.contended(timeout));
         }
-        match self.acquire_in_fs(timeout, &deadline) {
+        let acquired = self.acquire_in_fs(timeout, &deadline);
+        // The wait is over: no report starts from here on.
+        drop(reported);
+        match acquired {
             Ok((held, record)) => {
                 let breakable = self.strategy != Concrete::Os;
                 let holding =

@@ -116,9 +116,10 @@ pub struct OwnerRecord {
     /// known. A PID reused by a later process has another start stamp.
     pub start: Option<String>,
     /// When the lock was taken, by the holder's wall clock, to the second
-    /// (RFC 3339 in UTC in the record, as `"2026-11-22T10:00:00Z"`). For
-    /// people and logs only: no rule of portalock reads it, since clocks
-    /// of other hosts differ and a clock can be stepped.
+    /// (RFC 3339 in UTC in the record, as `"2026-11-22T10:00:00Z"`; a
+    /// text this version cannot read as such a time is read as the
+    /// epoch). For people and logs only: no rule of portalock reads it,
+    /// since clocks of other hosts differ and a clock can be stepped.
     #[serde(with = "rfc3339")]
     pub acquired_at: SystemTime,
     /// The strategy that took the lock.
@@ -369,7 +370,7 @@ fn now_to_the_second() -> SystemTime {
 mod rfc3339 {
     use std::time::{Duration, SystemTime};
 
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     /// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
     const LAST: Duration = Duration::from_secs(253_402_300_799);
@@ -388,8 +389,12 @@ mod rfc3339 {
         }
     }
 
+    /// Any string: a time this version cannot read (another offset than
+    /// `Z`, another format) is the epoch rather than no record at all, for
+    /// no rule reads it, and a record that does not parse would be judged
+    /// as no record (broken after the grace period, or never).
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map_err(D::Error::custom)
+        Ok(humantime::parse_rfc3339(&text).unwrap_or(SystemTime::UNIX_EPOCH))
     }
 }

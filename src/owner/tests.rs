@@ -85,15 +85,23 @@ fn acquired_at_is_a_time_written_as_rfc3339() {
         OwnerRecord::parse(parsed.to_json().as_bytes()),
         Some(parsed)
     );
-    // Not a time, or not UTC: no record.
-    for bad in [
+    // A time this version cannot read is the epoch, not a record lost: a
+    // record that did not parse would be judged as none (a live Mkdir
+    // holder's lock broken after the grace period, a dead Link holder's
+    // never).
+    for odd in [
         "yesterday",
         "2026-11-22T10:00:00+01:00",
         "2026-13-01T00:00:00Z",
     ] {
-        let bad = json.replace(&at, bad);
-        assert_eq!(OwnerRecord::parse(bad.as_bytes()), None, "{bad}");
+        let odd = json.replace(&at, odd);
+        let parsed = OwnerRecord::parse(odd.as_bytes()).expect("a record");
+        assert_eq!(parsed.acquired_at, SystemTime::UNIX_EPOCH, "{odd}");
+        assert_eq!((parsed.pid, &parsed.token), (rec.pid, &rec.token));
     }
+    // Not a string: not a record of this version.
+    let number = json.replace(&format!("\"{at}\""), "1795411051");
+    assert_eq!(OwnerRecord::parse(number.as_bytes()), None, "{number}");
     // Times RFC 3339 cannot write are clamped, not a panic.
     rec.acquired_at = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
     assert!(rec.to_json().contains("1970-01-01T00:00:00Z"));

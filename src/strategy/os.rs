@@ -117,8 +117,7 @@ pub(crate) fn try_acquire(
         } = match cached.take().filter(|open| open.pid == pid) {
             Some(open) => open,
             None => {
-                let file = files::open_create_no_atime(path).map_err(|e| open_error(path, e))?;
-                files::apply_mode(&file, how.mode);
+                let file = open_shared_file(path, how.mode).map_err(|e| open_error(path, e))?;
                 // The identity of an open file does not change; it is
                 // compared with the path's once the lock is held.
                 let id = check_regular(path, &file)?;
@@ -389,6 +388,32 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
         std::thread::yield_now();
     }
     Ok(Probe::Held(Box::new(Seen::new(record, Claim::Os, stamp))))
+}
+
+/// Opens (or creates) the lock file; with `mode` (a lock a group of users
+/// shares), gives a file it made those bits. Another user's file is made
+/// with the umask's bits and only then given `mode`: an open that comes in
+/// between is refused (`EACCES`), and is tried again for a moment.
+fn open_shared_file(path: &Utf8Path, mode: Option<u32>) -> io::Result<File> {
+    const TRIES: u32 = 50;
+    let mut tries = 0;
+    loop {
+        match files::open_create_no_atime(path) {
+            Ok(file) => {
+                files::apply_mode(&file, mode);
+                return Ok(file);
+            }
+            Err(e)
+                if mode.is_some()
+                    && e.kind() == io::ErrorKind::PermissionDenied
+                    && tries < TRIES =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn open_error(path: &Utf8Path, err: io::Error) -> Error {

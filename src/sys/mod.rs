@@ -32,9 +32,9 @@ pub(crate) use imp::{
     boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, fs_facts,
     ino, is_bad_handle, is_eperm, is_symlink_refusal, is_transient_os, link_count, lock_file,
     machine_id, may_be_smb_conflict, meta_id, name_max, no_follow, no_follow_no_atime,
-    no_follow_no_block, pid, pid_namespace, process_state, read_at, set_dir_mode, set_mode,
-    since_boot, spawn_gated, unlock_file, write_all_at, HAS_OS_LOCKS, ID_FROM_METADATA,
-    KEEPS_RELEASED_FILES, SYNCS_DIRECTORIES,
+    no_follow_no_block, pid, pid_namespace, process_state, read_at, set_mode, since_boot,
+    spawn_gated, unlock_file, write_all_at, HAS_OS_LOCKS, ID_FROM_METADATA, KEEPS_RELEASED_FILES,
+    SYNCS_DIRECTORIES,
 };
 
 #[cfg(any(target_os = "linux", target_os = "android"))]

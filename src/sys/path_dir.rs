@@ -33,6 +33,11 @@ impl DirHandle {
         })
     }
 
+    /// No permission bits here (see `set_mode`).
+    pub(crate) fn set_mode(&self, _mode: u32) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Creates (or, with [`Create::Truncate`], opens and empties) the file
     /// `name` in the directory, for writing.
     pub(crate) fn create(&self, name: &str, how: Create) -> io::Result<File> {

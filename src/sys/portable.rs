@@ -26,11 +26,6 @@ pub(crate) fn set_mode(_file: &std::fs::File, _mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// As [`set_mode`], for a directory.
-pub(crate) fn set_dir_mode(_path: &std::path::Path, _mode: u32) -> io::Result<()> {
-    Ok(())
-}
-
 /// A builder of lock directories.
 pub(crate) fn dir_builder() -> DirBuilder {
     DirBuilder::new()

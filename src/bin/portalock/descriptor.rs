@@ -102,10 +102,11 @@ mod unix {
                 FlockOperation::NonBlockingLockExclusive,
             )
         };
-        let taken = match args.wait.timeout() {
-            None => retry_interrupted(|| flock(descriptor, blocking)).map(|()| true),
-            Some(timeout) => {
-                let deadline = started + timeout;
+        // (a wait too long to have an end waits forever)
+        let deadline = args.wait.timeout().map(|t| started.checked_add(t));
+        let taken = match deadline {
+            None | Some(None) => retry_interrupted(|| flock(descriptor, blocking)).map(|()| true),
+            Some(Some(deadline)) => {
                 let mut pause = FIRST_PAUSE;
                 loop {
                     match retry_interrupted(|| flock(descriptor, nonblocking)) {

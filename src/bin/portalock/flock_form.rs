@@ -48,6 +48,16 @@ pub(crate) fn main(args: Vec<OsString>) -> Outcome {
     args.wait
         .conflict_exit_code
         .get_or_insert(EXIT_FLOCK_CONFLICT);
+    // `portalock -n status L` meant the subcommand, not a lock file called
+    // `status`.
+    if crate::names_a_subcommand(args.lock.as_os_str()) {
+        return usage(&format!(
+            "`{}` names a subcommand: options of a subcommand go after its name, \
+             and a lock file of that name is written `./{}`",
+            args.lock.display(),
+            args.lock.display()
+        ));
+    }
     if args.command.is_empty() && args.shell.is_none() {
         return match descriptor::number(&args.lock) {
             Some(fd) => descriptor::lock(fd, &args, unlock),

@@ -227,9 +227,9 @@ struct Wait {
     /// -w/--wait).
     #[arg(long, short = 'w', visible_alias = "wait", value_name = "DURATION", value_parser = duration)]
     timeout: Option<Duration>,
-    /// Try once: fail at once if the lock is busy (--timeout 0; flock(1)'s
-    /// -n).
-    #[arg(long, short = 'n', conflicts_with = "timeout")]
+    /// Try once: fail at once if the lock is busy (--timeout 0, whatever
+    /// --timeout says; flock(1)'s -n).
+    #[arg(long, short = 'n')]
     nonblock: bool,
     /// Never break a stale lock (one whose owner has exited, or whose lease
     /// ran out).
@@ -296,13 +296,14 @@ struct RunArgs {
     /// names COMMAND); with --close it lasts only as long as portalock.
     #[arg(long, short = 'o')]
     close: bool,
-    /// Take the lock exclusively (the default; flock(1)'s -x).
-    #[arg(long, short = 'x', conflicts_with = "shared")]
+    /// Take the lock exclusively (the default; flock(1)'s -x). The last of
+    /// -x and -s counts.
+    #[arg(long, short = 'x', overrides_with = "shared")]
     exclusive: bool,
     /// Take the lock shared: many shared holders at once, none while an
     /// exclusive one holds it (flock(1)'s -s; the os strategy). The lock
     /// lasts as long as portalock (as with --close).
-    #[arg(long, short = 's')]
+    #[arg(long, short = 's', overrides_with = "exclusive")]
     shared: bool,
     /// Run STRING with `sh -c` instead of COMMAND (flock(1)'s -c).
     #[arg(
@@ -457,6 +458,8 @@ fn main() -> ExitCode {
     faults::setup();
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = match args.get(1) {
+        // (no argument at all: flock(1)'s usage error)
+        None => flock_form::main(args),
         Some(first) if !names_a_subcommand(first) => {
             log_to_stderr();
             flock_form::main(args)
@@ -492,7 +495,7 @@ fn main() -> ExitCode {
 /// name, `help`, or a request for the help or the version. Anything else
 /// is the flock(1) form (`portalock [OPTIONS] LOCK COMMAND...` or
 /// `portalock [OPTIONS] FD`).
-fn names_a_subcommand(first: &OsString) -> bool {
+fn names_a_subcommand(first: &std::ffi::OsStr) -> bool {
     let Some(first) = first.to_str() else {
         return false;
     };

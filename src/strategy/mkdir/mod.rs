@@ -75,15 +75,11 @@ pub(crate) fn try_acquire(
         Err(e) => return Err(files::io_error(path, Op::CreateDir, e)),
     }
     match write_record(path, record, sync, mode) {
-        Ok(true) => {
-            // (the directory is ours: its mode, once it is known to be)
-            files::apply_dir_mode(path, mode);
-            Ok(Some(MkdirHold {
-                token: record.token.clone(),
-                sync,
-                look,
-            }))
-        }
+        Ok(true) => Ok(Some(MkdirHold {
+            token: record.token.clone(),
+            sync,
+            look,
+        })),
         Ok(false) => Ok(None),
         Err(e) => Err(e),
     }
@@ -128,6 +124,13 @@ fn write_record(
             return Err(Error::io(path, Op::OpenDir, e));
         }
     };
+    // The bits of a lock a group of users shares, before the record goes
+    // in (best effort, as `files::apply_mode`); through the directory
+    // opened, which is the one this acquisition made or another's that it
+    // will leave (a lock directory's bits are every user's same option).
+    if let Some(mode) = mode {
+        let _ = dir.set_mode(files::dir_mode(mode));
+    }
     let written = fault::step("mkdir.acquire.record", || {
         match files::stale_retry(|| dir.create(&name, Create::New)) {
             // The name is this acquisition's alone (a fresh token): if it

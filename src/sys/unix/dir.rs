@@ -32,6 +32,14 @@ impl DirHandle {
         Ok(DirHandle { fd })
     }
 
+    /// Gives the directory the permission bits `mode` exactly (`fchmod`).
+    pub(crate) fn set_mode(&self, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(
+            &self.fd,
+            Mode::from_raw_mode(mode as _),
+        )?)
+    }
+
     /// Creates (or, with [`Create::Truncate`], opens and empties) the file
     /// `name` in this directory, for writing, not following a symbolic link.
     pub(crate) fn create(&self, name: &str, how: Create) -> io::Result<File> {

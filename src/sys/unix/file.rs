@@ -59,16 +59,6 @@ pub(crate) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
-/// Gives the directory `path` (never a symbolic link's target) the
-/// permission bits `mode` exactly.
-pub(crate) fn set_dir_mode(path: &std::path::Path, mode: u32) -> io::Result<()> {
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    set_mode(&dir, mode)
-}
-
 /// A builder of lock directories, mode `0o755` less the umask.
 pub(crate) fn dir_builder() -> DirBuilder {
     let mut builder = DirBuilder::new();
