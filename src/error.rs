@@ -278,6 +278,31 @@ impl Error {
 
     /// The holder's owner record, for contention, lost-lock and not-stale
     /// errors.
+    ///
+    /// `None` also when the record could not be read (a holder between
+    /// taking the lock and writing its record), and always for the
+    /// contention errors of a [`LockedFile`](crate::LockedFile), a
+    /// [`PidFileLock`](crate::PidFileLock) or a
+    /// [`BoundedSemaphore`](crate::BoundedSemaphore), whose files carry no
+    /// record.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("deploy.lock");
+    /// let first = LockFile::new(&path)?;
+    /// let _guard = first.lock()?;
+    ///
+    /// let second = LockFile::new(&path)?;
+    /// let err = second.try_acquire().unwrap_err();
+    /// let holder = err.holder().expect("the holder's record");
+    /// assert_eq!(holder.pid, std::process::id());
+    /// assert!(err.to_string().contains(&format!("by pid {}", holder.pid)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn holder(&self) -> Option<&OwnerRecord> {
         match self {
             Error::WouldBlock { holder, .. }
@@ -300,6 +325,34 @@ impl Error {
 
     /// Whether this error means "someone else holds the lock"
     /// ([`WouldBlock`](Error::WouldBlock) or [`Timeout`](Error::Timeout)).
+    ///
+    /// # Examples
+    ///
+    /// A try-once and a bounded wait both fail as contended while another
+    /// handle holds the lock; any other error is something to report.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("deploy.lock");
+    /// let first = LockFile::new(&path)?;
+    /// first.acquire()?;
+    ///
+    /// let second = LockFile::new(&path)?;
+    /// assert!(second.try_acquire().unwrap_err().is_contended());
+    /// assert!(second.acquire_timeout(Duration::from_millis(10)).unwrap_err().is_contended());
+    /// // Releasing what this handle does not hold is not contention.
+    /// assert!(!second.release().unwrap_err().is_contended());
+    ///
+    /// match second.try_acquire() {
+    ///     Ok(()) => unreachable!("the first handle holds it"),
+    ///     Err(e) if e.is_contended() => { /* busy: try again later */ }
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_contended(&self) -> bool {
         matches!(self, Error::WouldBlock { .. } | Error::Timeout { .. })
     }

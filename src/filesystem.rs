@@ -109,6 +109,32 @@ impl FileSystem {
     ///
     /// The error of `statfs` (or its platform's equivalent) when no
     /// ancestor of `dir` can be inspected.
+    ///
+    /// # Examples
+    ///
+    /// Whatever file system the temporary directory is on, what
+    /// [`LockStrategy::Auto`] picks there is what a default handle locks
+    /// with, and it is never an OS lock where OS locks do not reach the
+    /// other clients:
+    ///
+    /// ```
+    /// use portalock::{FileSystem, LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let fs = FileSystem::detect(dir.path())?;
+    ///
+    /// // A directory not made yet is on its nearest existing ancestor's.
+    /// assert_eq!(FileSystem::detect(dir.path().join("not/made/yet"))?, fs);
+    ///
+    /// let lock = LockFile::new(dir.path().join("x.lock"))?;
+    /// assert_eq!(lock.strategy(), fs.auto_strategy());
+    /// assert_eq!(LockStrategy::Auto.resolve(&fs), fs.auto_strategy());
+    /// assert_eq!(lock.file_system()?, fs);
+    /// if !fs.os_locks_shared() {
+    ///     assert_ne!(fs.auto_strategy(), LockStrategy::Os);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn detect(dir: impl AsRef<Path>) -> io::Result<FileSystem> {
         let mut dir = dir.as_ref();
         loop {

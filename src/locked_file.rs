@@ -55,6 +55,41 @@ impl Mode {
 }
 
 /// Options for [`LockedFile`]; [`LockedFile::options`] makes one.
+///
+/// # Examples
+///
+/// Readers share the file, and a writer that must not wait gives up at
+/// once (contention errors here name no holder: the file is the caller's
+/// data and holds no owner record).
+///
+/// ```
+/// use std::io::Read;
+/// use std::time::Duration;
+/// use portalock::{Error, LockedFile, Mode};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("catalog.json");
+/// std::fs::write(&path, "{}")?;
+///
+/// let mut reader = LockedFile::options().mode(Mode::Read).shared(true).open(&path)?;
+/// let other_reader = LockedFile::options().mode(Mode::Read).shared(true).open(&path)?;
+/// let mut text = String::new();
+/// reader.read_to_string(&mut text)?;
+/// assert_eq!(text, "{}");
+///
+/// let writer = LockedFile::options()
+///     .mode(Mode::Truncate) // truncates only once the lock is held
+///     .timeout(Some(Duration::from_secs(5)))
+///     .fail_when_locked(true)
+///     .open(&path);
+/// assert!(matches!(writer, Err(Error::WouldBlock { holder: None, .. })));
+/// assert_eq!(std::fs::read_to_string(&path)?, "{}"); // the readers' data is intact
+/// drop((reader, other_reader));
+///
+/// let writer = LockedFile::options().mode(Mode::Truncate).open(&path)?;
+/// assert_eq!(writer.metadata()?.len(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct LockedFileOptions {
     mode: Mode,
@@ -271,6 +306,28 @@ impl LockedFile {
     /// # Errors
     ///
     /// As [`LockedFileOptions::open`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::time::Duration;
+    /// use portalock::{Error, LockedFile};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("journal.log");
+    /// let mut file = LockedFile::open(&path)?;
+    /// writeln!(file, "entry 1")?;
+    ///
+    /// // Anyone else (another process, or another open of the file here)
+    /// // waits; with a zero timeout, gives up at once.
+    /// let busy = LockedFile::options().timeout(Some(Duration::ZERO)).open(&path);
+    /// assert!(matches!(busy, Err(Error::WouldBlock { .. })));
+    ///
+    /// file.release()?;
+    /// assert_eq!(std::fs::read_to_string(&path)?, "entry 1\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<LockedFile> {
         LockedFile::options().open(path)
     }

@@ -112,6 +112,29 @@ impl PidFileLock {
     ///
     /// [`Error::Io`] if the file cannot be read; [`Error::Symlink`] and
     /// [`Error::WrongFileType`] for what is not a regular file.
+    ///
+    /// # Examples
+    ///
+    /// A PID file that a crashed daemon left behind still holds its PID,
+    /// but nobody holds it: [`holder`](PidFileLock::holder) is the one to
+    /// ask whether the daemon runs.
+    ///
+    /// ```
+    /// use portalock::PidFileLock;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("daemon.pid");
+    /// assert_eq!(PidFileLock::read(&path)?, None); // no file
+    ///
+    /// std::fs::write(&path, "4242\n")?; // left by a crash
+    /// assert_eq!(PidFileLock::read(&path)?, Some(4242));
+    /// assert_eq!(PidFileLock::holder(&path)?, None);
+    ///
+    /// let daemon = PidFileLock::try_acquire(&path)?; // not in the way
+    /// assert_eq!(PidFileLock::read(&path)?, Some(std::process::id()));
+    /// # daemon.release()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read(path: impl AsRef<Path>) -> Result<Option<u32>> {
         let path = crate::files::absolute(path.as_ref())?;
         match open(&path)? {
@@ -128,6 +151,34 @@ impl PidFileLock {
     /// # Errors
     ///
     /// As [`read`](PidFileLock::read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::PidFileLock;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("daemon.pid");
+    /// assert_eq!(PidFileLock::holder(&path)?, None);
+    ///
+    /// let running = PidFileLock::acquire(&path)?; // a daemon runs
+    ///
+    /// // A second start tells who runs; the holder may have exited in
+    /// // between, so `None` is an answer too.
+    /// let message = match PidFileLock::try_acquire(&path) {
+    ///     Ok(_) => unreachable!("the daemon holds it"),
+    ///     Err(e) if e.is_contended() => match PidFileLock::holder(&path)? {
+    ///         Some(pid) => format!("already running as pid {pid}"),
+    ///         None => "stopped just now; start again".to_owned(),
+    ///     },
+    ///     Err(e) => return Err(e.into()),
+    /// };
+    /// assert!(message.starts_with("already running as pid"));
+    /// # #[cfg(unix)]
+    /// assert_eq!(message, format!("already running as pid {}", std::process::id()));
+    /// running.release()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn holder(path: impl AsRef<Path>) -> Result<Option<u32>> {
         let path = crate::files::absolute(path.as_ref())?;
         let Some(file) = open(&path)? else {

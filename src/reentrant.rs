@@ -67,7 +67,34 @@ impl ReentrantLockFile {
     }
 
     /// How many times the holding thread has acquired the lock (0 if
-    /// nobody in this process holds it).
+    /// nobody in this process holds it). Any thread may ask: the count is
+    /// the holder's, not the caller's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portalock::{Error, LockFile, ReentrantLockFile};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = Arc::new(ReentrantLockFile::new(LockFile::new(dir.path().join("r.lock"))?));
+    /// assert_eq!(lock.count(), 0);
+    /// lock.acquire()?;
+    /// lock.acquire()?;
+    ///
+    /// let seen = Arc::clone(&lock);
+    /// let (count, released) = std::thread::spawn(move || (seen.count(), seen.release()))
+    ///     .join()
+    ///     .expect("the thread");
+    /// assert_eq!(count, 2); // another thread sees the holder's count ...
+    /// assert!(matches!(released, Err(Error::WrongThread { .. }))); // ... and cannot release
+    ///
+    /// while lock.count() > 0 {
+    ///     lock.release()?;
+    /// }
+    /// assert!(!lock.lock_file().is_held());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count(&self) -> usize {
         self.owner().count
     }

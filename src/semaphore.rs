@@ -52,6 +52,32 @@ impl BoundedSemaphore {
     ///
     /// [`Error::Io`] with `InvalidInput` if `n` is zero; the errors of
     /// [`LockOptions::open`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use portalock::{BoundedSemaphore, Error, LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let prefix = dir.path().join("encoders");
+    /// let mut options = LockOptions::new();
+    /// options.strategy(LockStrategy::Mkdir).timeout(Some(Duration::from_millis(20)));
+    /// let sem = BoundedSemaphore::new(&prefix, 3, &options)?;
+    /// assert_eq!(sem.slots(), 3);
+    ///
+    /// // Slot `i` is the lock `<prefix>.<i>`, a directory with `Mkdir`.
+    /// let slot = sem.acquire()?;
+    /// assert!(dir.path().join(format!("encoders.{}", slot.slot())).is_dir());
+    ///
+    /// // The options' timeout is the semaphore's.
+    /// let (_b, _c) = (sem.acquire()?, sem.acquire()?);
+    /// assert!(matches!(sem.acquire(), Err(Error::Timeout { .. })));
+    ///
+    /// let zero = BoundedSemaphore::new(&prefix, 0, &options).unwrap_err();
+    /// assert_eq!(zero.io_error().map(|e| e.kind()), Some(std::io::ErrorKind::InvalidInput));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(prefix: impl AsRef<Path>, n: usize, options: &LockOptions) -> Result<Self> {
         let prefix = crate::files::absolute(prefix.as_ref())?;
         if n == 0 {
@@ -159,7 +185,24 @@ pub struct SemaphoreGuard<'a> {
 }
 
 impl SemaphoreGuard<'_> {
-    /// Which slot this is (`0..n`).
+    /// Which slot this is (`0..n`): holders at once hold different slots,
+    /// so it can pick a resource of `n` (a GPU, a port, a worker directory)
+    /// that nobody else uses meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{BoundedSemaphore, LockOptions};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let gpus = BoundedSemaphore::new(dir.path().join("gpu"), 2, &LockOptions::new())?;
+    /// let guard = gpus.acquire()?;
+    /// let gpu = guard.slot();
+    /// assert!(gpu < gpus.slots());
+    /// assert_eq!(guard.lock_file().path().as_str(), format!("{}.{gpu}", gpus.prefix()));
+    /// // ... run on GPU `gpu` ...
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn slot(&self) -> usize {
         self.slot
     }

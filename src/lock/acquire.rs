@@ -69,6 +69,27 @@ impl LockFile {
     /// # Errors
     ///
     /// As [`lock`](LockFile::lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.lock");
+    /// let lock = Arc::new(LockFile::new(&path)?);
+    /// let guard = Arc::clone(&lock).lock_owned()?; // `lock` stays usable here
+    /// let worker = std::thread::spawn(move || {
+    ///     assert!(guard.lock_file().is_held());
+    ///     // ... the work, under the lock; dropping the guard releases it ...
+    /// });
+    /// let next = LockFile::new(&path)?;
+    /// let _next = next.lock()?; // waits for the worker to finish
+    /// worker.join().expect("the worker");
+    /// assert!(!lock.is_held());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn lock_owned(self: Arc<Self>) -> Result<OwnedLockGuard> {
         let token = self.acquire_token(self.timeout)?;
         Ok(OwnedLockGuard { lock: self, token })

@@ -84,6 +84,33 @@ impl LockFile {
     /// [`Error::Unsupported`] for an `Os` lock held by a process (only the
     /// kernel releases it); [`Error::Foreign`] for an artifact portalock
     /// cannot identify as its own; the typed path errors and [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{Error, LockFile, LockStatus, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("x.lock");
+    /// let operator = LockFile::with_strategy(&path, LockStrategy::Link)?;
+    /// assert_eq!(operator.force_break()?, None); // free: nothing to break
+    ///
+    /// let holder = LockFile::with_strategy(&path, LockStrategy::Link)?;
+    /// holder.acquire()?;
+    /// let removed = operator.force_break()?.expect("the holder's record");
+    /// assert_eq!(removed.pid, std::process::id());
+    /// assert_eq!(operator.status()?, LockStatus::Free);
+    /// assert!(holder.is_held()); // it learns of the loss when it checks
+    /// assert!(matches!(holder.ensure_held(), Err(Error::LockLost { .. })));
+    ///
+    /// // Only the kernel releases an `Os` lock.
+    /// let os_path = dir.path().join("os.lock");
+    /// let os_holder = LockFile::with_strategy(&os_path, LockStrategy::Os)?;
+    /// let _guard = os_holder.lock()?;
+    /// let os_operator = LockFile::with_strategy(&os_path, LockStrategy::Os)?;
+    /// assert!(matches!(os_operator.force_break(), Err(Error::Unsupported { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn force_break(&self) -> Result<Option<OwnerRecord>> {
         self.break_with(Breaking::Forced)
     }
@@ -99,6 +126,46 @@ impl LockFile {
     /// [`Error::NotLocked`] if the handle holds nothing;
     /// [`Error::Unsupported`] for an [`Os`](LockStrategy::Os) lock, which
     /// the kernel releases when this process exits (the handle keeps it).
+    ///
+    /// # Examples
+    ///
+    /// What `portalock acquire` does: take a lock for its parent (a shell
+    /// script) and exit, leaving the lock held.
+    ///
+    /// ```
+    /// use portalock::{Error, LockFile, LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("script.lock");
+    /// // The process the lock is for; here this one (`portalock acquire`
+    /// // names its parent).
+    /// let script = std::process::id();
+    /// let lock = LockOptions::new()
+    ///     .strategy(LockStrategy::Mkdir)
+    ///     .on_behalf_of(script)
+    ///     .open(&path)?;
+    /// lock.acquire()?;
+    /// let record = lock.detach()?;
+    /// assert_eq!(record.pid, script);
+    /// assert!(!lock.is_held()); // the handle lets go ...
+    /// drop(lock);
+    ///
+    /// // ... but the lock stays, held for `script` while it runs.
+    /// let other = LockFile::with_strategy(&path, LockStrategy::Mkdir)?;
+    /// assert!(matches!(other.try_acquire(), Err(Error::WouldBlock { .. })));
+    /// assert!(matches!(other.break_lock(), Err(Error::NotStale { .. })));
+    /// other.release_for(script)?;
+    /// other.try_acquire()?;
+    /// # other.release()?;
+    ///
+    /// // An `Os` lock (what `Auto` picks on a local disk) cannot outlive its
+    /// // process: refused, and still held.
+    /// let os_lock = LockFile::with_strategy(dir.path().join("os.lock"), LockStrategy::Os)?;
+    /// os_lock.acquire()?;
+    /// assert!(matches!(os_lock.detach(), Err(Error::Unsupported { .. })));
+    /// assert!(os_lock.is_held());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn detach(&self) -> Result<OwnerRecord> {
         let mut state = self.state();
         if state.is_none() {
@@ -134,6 +201,35 @@ impl LockFile {
     /// [`Error::NotLocked`] if the lock is free; [`Error::NotOwner`] if it
     /// is held for another process (or its record is unreadable);
     /// [`Error::Unsupported`] for an [`Os`](LockStrategy::Os) lock.
+    ///
+    /// # Examples
+    ///
+    /// What `portalock release` does for a lock that `portalock acquire`
+    /// took for a script (see [`detach`](LockFile::detach)):
+    ///
+    /// ```
+    /// use portalock::{Error, LockFile, LockOptions, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("script.lock");
+    /// let script = std::process::id();
+    /// let taker = LockOptions::new()
+    ///     .strategy(LockStrategy::Link)
+    ///     .on_behalf_of(script)
+    ///     .open(&path)?;
+    /// taker.acquire()?;
+    /// let taken = taker.detach()?;
+    ///
+    /// let releaser = LockFile::with_strategy(&path, LockStrategy::Link)?;
+    /// // Held for `script`, not for another process: left alone.
+    /// assert!(matches!(
+    ///     releaser.release_for(script.wrapping_add(1)),
+    ///     Err(Error::NotOwner { .. })
+    /// ));
+    /// assert_eq!(releaser.release_for(script)?.token, taken.token);
+    /// assert!(matches!(releaser.release_for(script), Err(Error::NotLocked { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn release_for(&self, pid: u32) -> Result<OwnerRecord> {
         // A lock taken afresh each time we look is plainly not ours.
         for _ in 0..64 {

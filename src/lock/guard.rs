@@ -14,6 +14,28 @@ use super::LockFile;
 /// The guard releases only the acquisition that created it: if the lock was
 /// released through the handle meanwhile and taken again, dropping the old
 /// guard leaves the new acquisition alone.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::LockFile;
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = LockFile::new(dir.path().join("x.lock"))?;
+/// let guard = lock.lock()?;
+/// // The guard names its acquisition in the owner record.
+/// assert_eq!(lock.owner()?.map(|o| o.token).as_deref(), Some(guard.token()));
+/// guard.release()?; // as a drop, but the error is the caller's to see
+/// assert!(!lock.is_held());
+///
+/// // A guard outlived by its acquisition releases nothing.
+/// let old = lock.lock()?;
+/// lock.release()?;
+/// lock.acquire()?;
+/// drop(old);
+/// assert!(lock.is_held());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<'a> {

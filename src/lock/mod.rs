@@ -47,6 +47,26 @@ use crate::vocab::{Concrete, LockStrategy, Writers};
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What [`LockFile::status`] found.
+///
+/// The enum is `#[non_exhaustive]`: a `match` on it needs a `_` arm.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{LockFile, LockStatus};
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = LockFile::new(dir.path().join("x.lock"))?;
+/// let _guard = lock.lock()?;
+/// let line = match lock.status()? {
+///     LockStatus::Free => "free".to_owned(),
+///     LockStatus::Held(Some(owner)) => format!("held by pid {} on {}", owner.pid, owner.hostname),
+///     LockStatus::Held(None) => "held by an unknown owner".to_owned(),
+///     _ => "unknown".to_owned(),
+/// };
+/// assert!(line.starts_with(&format!("held by pid {}", std::process::id())));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 // A value returned once per look: its size costs nothing worth a box.
@@ -307,6 +327,27 @@ impl LockFile {
     /// [`Error::LockLost`] if it was lost (the handle still counts as
     /// holding it until [`release`](LockFile::release), which then returns
     /// `LockLost` too); [`Error::Io`] if the check itself failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{Error, LockFile, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("deploy.lock");
+    /// let lock = LockFile::with_strategy(&path, LockStrategy::Mkdir)?;
+    /// assert!(matches!(lock.ensure_held(), Err(Error::NotLocked { .. })));
+    /// lock.acquire()?;
+    /// lock.ensure_held()?; // still ours: go on
+    ///
+    /// // An operator breaks the lock meanwhile.
+    /// LockFile::with_strategy(&path, LockStrategy::Mkdir)?.force_break()?;
+    /// assert!(matches!(lock.ensure_held(), Err(Error::LockLost { .. })));
+    /// assert!(lock.is_held()); // until released, which says so too
+    /// assert!(matches!(lock.release(), Err(Error::LockLost { .. })));
+    /// assert!(!lock.is_held());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ensure_held(&self) -> Result<()> {
         let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
         match holding.check() {
@@ -331,6 +372,24 @@ impl LockFile {
     /// # Errors
     ///
     /// The typed path errors and [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// [`is_held`](LockFile::is_held) asks about this handle,
+    /// `is_locked` about everyone:
+    ///
+    /// ```
+    /// use portalock::LockFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("x.lock");
+    /// let (mine, other) = (LockFile::new(&path)?, LockFile::new(&path)?);
+    /// assert!(!other.is_locked()?);
+    /// let _guard = mine.lock()?;
+    /// assert!(other.is_locked()?);
+    /// assert!(!other.is_held());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_locked(&self) -> Result<bool> {
         if registry().contains(&self.path) {
             return Ok(true);
@@ -343,6 +402,30 @@ impl LockFile {
     /// # Errors
     ///
     /// The typed path errors and [`Error::Io`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockFile, LockStatus, LockStrategy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("x.lock");
+    /// let lock = LockFile::with_strategy(&path, LockStrategy::Link)?;
+    /// assert_eq!(lock.status()?, LockStatus::Free);
+    ///
+    /// let holder = LockFile::with_strategy(&path, LockStrategy::Link)?;
+    /// let guard = holder.lock()?;
+    /// match lock.status()? {
+    ///     LockStatus::Held(Some(owner)) => {
+    ///         assert_eq!(owner.pid, std::process::id());
+    ///         assert_eq!(owner.token, guard.token());
+    ///     }
+    ///     other => panic!("expected a held lock with a record, got {other:?}"),
+    /// }
+    /// drop(guard);
+    /// assert_eq!(lock.status()?, LockStatus::Free);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn status(&self) -> Result<LockStatus> {
         Ok(match strategy::probe(self.strategy, &self.path)? {
             Probe::Free => LockStatus::Free,
@@ -385,6 +468,30 @@ impl LockFile {
     ///
     /// [`Liveness::Dead`]: crate::Liveness::Dead
     /// [`Liveness::Unknown`]: crate::Liveness::Unknown
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockFile, Liveness};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::new(dir.path().join("x.lock"))?;
+    /// let _guard = lock.lock()?;
+    /// let owner = lock.owner()?.expect("our own record");
+    /// assert_eq!(lock.owner_liveness(&owner), Liveness::Alive);
+    ///
+    /// // A record this machine wrote before it last booted. Nothing proves
+    /// // its process gone (`liveness` judges only this boot's PIDs), but
+    /// // on a local disk only this machine wrote it: that process is gone.
+    /// let mut before_reboot = owner.clone();
+    /// before_reboot.boot = Some("00000000-0000-0000-0000-000000000000".to_owned());
+    /// assert_eq!(before_reboot.liveness(), Liveness::Unknown);
+    /// // (Where the boot and machine ids are known: Linux.)
+    /// if owner.machine.is_some() && owner.boot.is_some() && lock.file_system()?.is_local() {
+    ///     assert_eq!(lock.owner_liveness(&before_reboot), Liveness::Dead);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn owner_liveness(&self, owner: &OwnerRecord) -> crate::Liveness {
         owner.liveness_here(self.writers())
     }

@@ -101,6 +101,32 @@ impl LockFile {
 /// A shared (reader) hold on an `Os` lock, from
 /// [`LockFile::lock_shared`]; dropping it (or [`release`](SharedGuard::release))
 /// lets go.
+///
+/// A shared hold is not the handle's exclusive one: while it lasts,
+/// [`LockFile::is_held`] is `false` and [`LockFile::release`] has nothing
+/// to release.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{Error, LockFile, LockStrategy};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("catalog.lock");
+/// let lock = LockFile::with_strategy(&path, LockStrategy::Os)?;
+/// let reader = lock.lock_shared()?;
+/// assert!(!lock.is_held());
+/// assert!(matches!(lock.release(), Err(Error::NotLocked { .. })));
+/// let writer = LockFile::with_strategy(&path, LockStrategy::Os)?;
+/// assert!(matches!(writer.try_acquire(), Err(Error::WouldBlock { .. })));
+/// reader.release()?;
+/// writer.try_acquire()?;
+///
+/// // Only `Os` locks have readers.
+/// let dir_lock = LockFile::with_strategy(dir.path().join("dir.lock"), LockStrategy::Mkdir)?;
+/// assert!(matches!(dir_lock.lock_shared(), Err(Error::Unsupported { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "if unused the shared lock is released at once"]
 pub struct SharedGuard {

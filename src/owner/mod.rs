@@ -89,6 +89,32 @@ pub const RECORD_VERSION: u32 = 2;
 ///
 /// Read one with [`LockFile::owner`](crate::LockFile::owner) or parse one
 /// with [`OwnerRecord::parse`].
+///
+/// The struct is `#[non_exhaustive]`: a record comes from a lock or from
+/// [`parse`](OwnerRecord::parse), never from a struct literal outside
+/// portalock.
+///
+/// # Examples
+///
+/// ```
+/// use portalock::{LockFile, LockStrategy, Mechanism, OwnerRecord};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("x.lock");
+/// let lock = LockFile::with_strategy(&path, LockStrategy::Link)?;
+/// let guard = lock.lock()?;
+/// let owner = lock.owner()?.expect("a record");
+/// assert_eq!(owner.pid, std::process::id());
+/// assert_eq!(owner.token, guard.token()); // this acquisition's, no other's
+/// assert_eq!(owner.strategy, Mechanism::Link);
+/// assert_eq!(owner.lease(), None);
+/// println!("held by pid {} on {} since {:?}", owner.pid, owner.hostname, owner.acquired_at);
+///
+/// // A `Link` lock file is the record itself: anyone may parse it.
+/// let json = std::fs::read(&path)?;
+/// assert_eq!(OwnerRecord::parse(&json), Some(owner));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -230,6 +256,29 @@ impl OwnerRecord {
     /// `kill(pid, 0)` if that cannot be read), never the whole process
     /// table. A clock step cannot change the answer: the start stamps
     /// compared do not depend on the wall clock.
+    ///
+    /// A waiter judges the lock it waits for with
+    /// [`LockFile::owner_liveness`](crate::LockFile::owner_liveness), which
+    /// also knows where the lock lives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::{LockFile, Liveness};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockFile::new(dir.path().join("x.lock"))?;
+    /// let _guard = lock.lock()?;
+    /// let owner = lock.owner()?.expect("our own record");
+    /// assert_eq!(owner.liveness(), Liveness::Alive);
+    ///
+    /// // A holder on another machine: its PID means nothing here, so it
+    /// // is never judged dead (its lock needs a lease to expire).
+    /// let mut elsewhere = owner.clone();
+    /// elsewhere.hostname = format!("not-{}", owner.hostname);
+    /// assert_eq!(elsewhere.liveness(), Liveness::Unknown);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn liveness(&self) -> Liveness {
         let me = Identity::get();
         if self.hostname != me.hostname {

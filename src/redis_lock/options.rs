@@ -10,6 +10,27 @@ use crate::error::{Op, Result};
 use super::{redis_error, RedisLock};
 
 /// Options for a [`RedisLock`]; [`RedisLock::options`] makes one.
+///
+/// # Examples
+///
+/// Opening a handle sends nothing to Redis: it only reads the URL.
+///
+/// ```
+/// use std::time::Duration;
+/// use portalock::{Error, RedisLock};
+///
+/// let lock = RedisLock::options()
+///     .lease(Duration::from_secs(30)) // a holder may stall this long
+///     .timeout(Some(Duration::from_secs(5)))
+///     .open("redis://127.0.0.1:6379/0", "nightly-report")?;
+/// assert_eq!(lock.name(), "nightly-report");
+/// assert!(!lock.is_held());
+/// assert_eq!(lock.fence(), None);
+///
+/// let bad = RedisLock::options().open("http://127.0.0.1/", "nightly-report");
+/// assert!(matches!(bad, Err(Error::Redis { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct RedisLockOptions {
     pub(super) lease: Duration,
