@@ -52,6 +52,14 @@ pub enum Error {
         /// The holder's owner record, when it could be read.
         holder: Option<Box<OwnerRecord>>,
     },
+    /// A wait for the lock was cancelled through its
+    /// [`CancelToken`](crate::CancelToken); nothing is held.
+    #[error("the wait for lock `{lock}` was cancelled")]
+    #[non_exhaustive]
+    Cancelled {
+        /// The lock: its path, or a Redis lock's key.
+        lock: LockName,
+    },
     /// `release` was called on a handle that does not hold the lock.
     #[error("lock `{lock}` is not held by this handle")]
     #[non_exhaustive]
@@ -259,6 +267,7 @@ impl Error {
             Error::WouldBlock { lock, .. }
             | Error::Timeout { lock, .. }
             | Error::NotLocked { lock }
+            | Error::Cancelled { lock }
             | Error::LockLost { lock, .. } => lock.path(),
             Error::NotStale { path, .. }
             | Error::Unsupported { path, .. }
@@ -391,6 +400,7 @@ impl From<Error> for io::Error {
             Error::Io { cause, .. } => cause.kind(),
             Error::WouldBlock { .. } => io::ErrorKind::WouldBlock,
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::Cancelled { .. } => io::ErrorKind::Interrupted,
             Error::MissingParent { .. } => io::ErrorKind::NotFound,
             Error::Unsupported { .. } | Error::OsLocksNotShared { .. } => {
                 io::ErrorKind::Unsupported

@@ -24,6 +24,8 @@
 //! | a PID file | [`PidFileLock`] |
 //! | a lock that outlives this process, held for a command or a shell | [`LockFile::spawn`], [`LockFile::detach`], [`LockFile::release_for`] |
 //! | to wait in async code (feature `tokio`) | `LockFile::lock_async` and its kin |
+//! | to stop a wait from another thread (Ctrl-C, a user who gives up) | [`CancelToken`] with [`LockFile::lock_cancellable`] or [`LockOptions::cancel_token`] |
+//! | to tell the user whom a wait waits for | [`LockOptions::on_wait`] |
 //! | machines that share a Redis server, not a file system (feature `redis`) | `RedisLock` |
 //! | to look at a lock you did not take | [`LockFile::status`], [`LockStrategy::found_at`] |
 //!
@@ -213,6 +215,7 @@ mod strategy;
 mod sys;
 mod vocab;
 mod wait;
+pub use wait::CancelToken;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, LockName, Operation, Result};

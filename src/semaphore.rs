@@ -152,7 +152,8 @@ impl BoundedSemaphore {
     }
 
     fn acquire_within(&self, timeout: Option<Duration>) -> Result<SemaphoreGuard<'_>> {
-        let deadline = Deadline::after(timeout);
+        let cancel = self.slots.first().and_then(LockFile::cancel_token);
+        let deadline = Deadline::after(timeout).or_cancelled(cancel);
         let mut backoff = Backoff::new(self.poll_interval);
         let mut order: Vec<usize> = (0..self.slots.len()).collect();
         loop {
@@ -170,7 +171,13 @@ impl BoundedSemaphore {
                 }
             }
             if !backoff.sleep(&deadline) {
-                return Err(Error::contended(self.prefix.clone(), timeout, None));
+                return Err(if deadline.cancelled() {
+                    Error::Cancelled {
+                        lock: self.prefix.clone().into(),
+                    }
+                } else {
+                    Error::contended(self.prefix.clone(), timeout, None)
+                });
             }
         }
     }

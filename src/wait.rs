@@ -1,11 +1,83 @@
 //! Deadlines and backoff for waiting on a lock held by another process.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// When a wait ends: never (`None`) or at an instant.
-#[derive(Debug, Clone, Copy)]
+/// How often at most a wait that can be cancelled looks at its
+/// [`CancelToken`]: a cancelled wait ends within this long.
+pub(crate) const CANCEL_CHECK: Duration = Duration::from_millis(10);
+
+/// Cancels waits for locks from another thread (or a signal handler's
+/// flag-setting thread): a wait watching a cancelled token ends with
+/// [`Error::Cancelled`](crate::Error::Cancelled) and holds nothing.
+///
+/// Give it to one call ([`LockFile::lock_cancellable`],
+/// [`LockFile::acquire_cancellable`]) or to every wait of a handle
+/// ([`LockOptions::cancel_token`]); clones share one state, and a token
+/// once cancelled stays cancelled (make a new one for the next waits).
+///
+/// A wait that watches a token looks at it at every wake-up, and wakes at
+/// least every 10 ms: it ends within that long of [`cancel`]. Such a wait
+/// never sleeps in the kernel for an `Os` lock (as an unbounded wait
+/// without a token does, where nothing but the release can wake it): it
+/// tries again at its poll interval, as a bounded wait does.
+///
+/// [`LockFile::lock_cancellable`]: crate::LockFile::lock_cancellable
+/// [`LockFile::acquire_cancellable`]: crate::LockFile::acquire_cancellable
+/// [`LockOptions::cancel_token`]: crate::LockOptions::cancel_token
+/// [`cancel`]: CancelToken::cancel
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use portalock::{CancelToken, Error, LockFile};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("job.lock");
+/// let (holder, waiter) = (LockFile::new(&path)?, LockFile::new(&path)?);
+/// let _held = holder.lock()?;
+///
+/// let token = CancelToken::new();
+/// let canceller = token.clone();
+/// let stop = std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_millis(50));
+///     canceller.cancel(); // e.g. on Ctrl-C, or when the user gives up
+/// });
+/// // Would wait forever; ends when the token is cancelled.
+/// assert!(matches!(waiter.lock_cancellable(&token), Err(Error::Cancelled { .. })));
+/// assert!(!waiter.is_held());
+/// stop.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not cancelled yet.
+    pub fn new() -> Self {
+        CancelToken::default()
+    }
+
+    /// Cancels every wait that watches this token (or a clone of it), now
+    /// and later.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether [`cancel`](CancelToken::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// When a wait ends: never (`None`) or at an instant, or when one of its
+/// cancel tokens is cancelled.
+#[derive(Debug, Clone)]
 pub(crate) struct Deadline {
     end: Option<Instant>,
+    cancel: Vec<CancelToken>,
 }
 
 impl Deadline {
@@ -15,18 +87,41 @@ impl Deadline {
         Deadline {
             // A timeout too large to represent is a wait forever.
             end: timeout.and_then(|t| now.checked_add(t)),
+            cancel: Vec::new(),
         }
     }
 
-    /// Whether this deadline waits forever.
-    pub(crate) fn is_unbounded(&self) -> bool {
-        self.end.is_none()
+    /// This deadline, which also passes once `token` is cancelled.
+    pub(crate) fn or_cancelled(mut self, token: Option<&CancelToken>) -> Self {
+        self.cancel.extend(token.cloned());
+        self
     }
 
-    /// Time left, `None` when unbounded; zero once passed.
+    /// Whether one of this deadline's tokens is cancelled.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.iter().any(CancelToken::is_cancelled)
+    }
+
+    /// Whether this deadline waits forever (and nothing can cancel it).
+    pub(crate) fn is_unbounded(&self) -> bool {
+        self.end.is_none() && self.cancel.is_empty()
+    }
+
+    /// Time left, `None` when unbounded; zero once passed or cancelled. A
+    /// deadline that can be cancelled says at most [`CANCEL_CHECK`]: every
+    /// wait sleeps at most what is left, and so looks at its tokens that
+    /// often.
     pub(crate) fn remaining(&self) -> Option<Duration> {
-        self.end
-            .map(|end| end.saturating_duration_since(Instant::now()))
+        let left = self
+            .end
+            .map(|end| end.saturating_duration_since(Instant::now()));
+        if self.cancel.is_empty() {
+            left
+        } else if self.cancelled() {
+            Some(Duration::ZERO)
+        } else {
+            Some(left.map_or(CANCEL_CHECK, |left| left.min(CANCEL_CHECK)))
+        }
     }
 
     /// Whether the deadline has passed.
@@ -88,6 +183,21 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancelled_deadline_has_passed_and_one_that_can_be_wakes_often() {
+        let token = CancelToken::new();
+        let d = Deadline::after(None).or_cancelled(Some(&token));
+        assert!(!d.is_unbounded());
+        assert_eq!(d.remaining(), Some(CANCEL_CHECK));
+        let mut backoff = Backoff::new(Duration::from_secs(1));
+        for _ in 0..20 {
+            assert!(backoff.next(&d).is_some_and(|nap| nap <= CANCEL_CHECK));
+        }
+        token.clone().cancel();
+        assert!(d.cancelled() && d.expired());
+        assert_eq!(backoff.next(&d), None);
+    }
 
     #[test]
     fn zero_timeout_is_expired_at_once() {

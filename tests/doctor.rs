@@ -99,15 +99,7 @@ fn tool(args: &[&str]) -> Ran {
     tool_in(args, None)
 }
 
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+use common::names;
 
 const PROBES: [&str; 4] = ["o_excl", "hard_link", "mkdir", "os_lock"];
 const STRATEGIES: [&str; 3] = ["os", "mkdir", "link"];

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::strategy::{self, Probe};
+use crate::wait::CancelToken;
 
 use super::guard::{LockGuard, OwnedLockGuard};
 use super::LockFile;
@@ -114,6 +115,32 @@ impl LockFile {
     pub fn lock_owned_timeout(self: Arc<Self>, timeout: Duration) -> Result<OwnedLockGuard> {
         let token = self.acquire_token(Some(timeout))?;
         Ok(OwnedLockGuard { lock: self, token })
+    }
+
+    /// Takes the lock as [`acquire`](LockFile::acquire) does (waiting as
+    /// long as the handle's timeout allows), unless `cancel` is cancelled
+    /// first: then it returns [`Error::Cancelled`] within 10 ms, holding
+    /// nothing (see [`CancelToken`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Cancelled`]; otherwise as [`acquire`](LockFile::acquire).
+    pub fn acquire_cancellable(&self, cancel: &CancelToken) -> Result<()> {
+        self.acquire_token_until(self.timeout, Some(cancel))
+            .map(drop)
+    }
+
+    /// Takes the lock as [`lock`](LockFile::lock) does, unless `cancel` is
+    /// cancelled first (see [`acquire_cancellable`]).
+    ///
+    /// [`acquire_cancellable`]: LockFile::acquire_cancellable
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire_cancellable`](LockFile::acquire_cancellable).
+    pub fn lock_cancellable(&self, cancel: &CancelToken) -> Result<LockGuard<'_>> {
+        let token = self.acquire_token_until(self.timeout, Some(cancel))?;
+        Ok(LockGuard { lock: self, token })
     }
 
     /// Tries once to take the lock, as [`try_acquire`](LockFile::try_acquire),

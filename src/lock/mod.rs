@@ -134,6 +134,8 @@ pub struct LockFile {
     on_wait: Option<report::OnWait>,
     /// The permission bits of the artifacts it makes (Unix).
     permissions: Option<u32>,
+    /// Cancels every wait of this handle.
+    cancel: Option<crate::wait::CancelToken>,
     /// Unique in this process; the registry's claim on the path.
     id: u64,
     held: Mutex<Option<Arc<Holding>>>,

@@ -16,6 +16,7 @@ use crate::holding::OnLost;
 use crate::stale::DEFAULT_GRACE;
 use crate::strategy::{self};
 use crate::vocab::{Concrete, LockStrategy};
+use crate::wait::CancelToken;
 
 use super::report::{Hook, OnWait, Waiting};
 use super::{LockFile, DEFAULT_POLL_INTERVAL};
@@ -63,6 +64,7 @@ pub struct LockOptions {
     on_wait_first: Duration,
     on_wait_every: Duration,
     permissions: Option<u32>,
+    cancel: Option<CancelToken>,
     trust_os_locks: bool,
     sync: bool,
     owner_pid: Option<u32>,
@@ -84,6 +86,7 @@ impl Default for LockOptions {
             on_wait_first: DEFAULT_WAIT_REPORT_FIRST,
             on_wait_every: DEFAULT_WAIT_REPORT_EVERY,
             permissions: None,
+            cancel: None,
             trust_os_locks: false,
             sync: false,
             owner_pid: None,
@@ -107,6 +110,7 @@ impl fmt::Debug for LockOptions {
             .field("on_wait_first", &self.on_wait_first)
             .field("on_wait_every", &self.on_wait_every)
             .field("permissions", &self.permissions.map(|m| format!("{m:o}")))
+            .field("cancel", &self.cancel)
             .field("trust_os_locks", &self.trust_os_locks)
             .field("sync", &self.sync)
             .field("owner_pid", &self.owner_pid)
@@ -330,6 +334,17 @@ impl LockOptions {
         self
     }
 
+    /// Makes every wait of the handle end with
+    /// [`Error::Cancelled`](crate::Error::Cancelled), holding nothing, once
+    /// `token` is cancelled (see [`CancelToken`]): also the waits of a
+    /// [`BoundedSemaphore`](crate::BoundedSemaphore) opened with these
+    /// options. For one call, see
+    /// [`LockFile::lock_cancellable`](crate::LockFile::lock_cancellable).
+    pub fn cancel_token(&mut self, token: &CancelToken) -> &mut Self {
+        self.cancel = Some(token.clone());
+        self
+    }
+
     /// Allows an explicit [`LockStrategy::Os`] on a file system where OS
     /// advisory locks do not reach its other clients (sshfs and other FUSE
     /// mounts, NFS mounted `nolock`, ...; see [`FileSystem`]). Without it,
@@ -492,6 +507,7 @@ impl LockOptions {
                 every: self.on_wait_every,
             }),
             permissions: self.permissions,
+            cancel: self.cancel.clone(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
             os_file: Mutex::new(None),

@@ -15,7 +15,7 @@ use crate::stale::LastSeen;
 use crate::strategy::{self, Hold};
 use crate::sys::{Armed, LockWatch, Wait};
 use crate::vocab::{Concrete, Writers};
-use crate::wait::{Backoff, Deadline};
+use crate::wait::{Backoff, CancelToken, Deadline};
 
 #[cfg(feature = "tokio")]
 use super::guard::LockGuard;
@@ -41,10 +41,25 @@ const QUICK_RETRIES: u32 = 3;
 impl LockFile {
     /// Takes the lock and returns the token of its owner record.
     pub(super) fn acquire_token(&self, timeout: Option<Duration>) -> Result<String> {
+        self.acquire_token_until(timeout, None)
+    }
+
+    /// As [`acquire_token`](LockFile::acquire_token), and the wait also
+    /// ends when `cancel` (or the handle's token) is cancelled.
+    pub(super) fn acquire_token_until(
+        &self,
+        timeout: Option<Duration>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<String> {
+        let deadline = Deadline::after(timeout)
+            .or_cancelled(self.cancel.as_ref())
+            .or_cancelled(cancel);
+        if deadline.cancelled() {
+            return Err(self.cancelled());
+        }
         let reported = self.report_wait(timeout);
-        let deadline = Deadline::after(timeout);
         if !registry().enter(&self.path, self.id, &deadline) {
-            return Err(self.contended(timeout));
+            return Err(self.contended_or_cancelled(timeout, &deadline));
         }
         let acquired = self.acquire_in_fs(timeout, &deadline);
         // The wait is over: no report starts from here on.
@@ -58,11 +73,37 @@ impl LockFile {
                 *self.state() = Some(holding);
                 Ok(token)
             }
+            Err(e) if e.is_contended() && deadline.cancelled() => {
+                registry().leave(&self.path, self.id);
+                Err(self.cancelled())
+            }
             Err(e) => {
                 registry().leave(&self.path, self.id);
                 Err(e)
             }
         }
+    }
+
+    /// The error of a wait whose token was cancelled.
+    fn cancelled(&self) -> Error {
+        Error::Cancelled {
+            lock: self.path.clone().into(),
+        }
+    }
+
+    /// The error of a wait that ended with the lock held: cancelled, or
+    /// busy.
+    fn contended_or_cancelled(&self, timeout: Option<Duration>, deadline: &Deadline) -> Error {
+        if deadline.cancelled() {
+            self.cancelled()
+        } else {
+            self.contended(timeout)
+        }
+    }
+
+    /// The handle's own cancel token, if its options gave one.
+    pub(crate) fn cancel_token(&self) -> Option<&CancelToken> {
+        self.cancel.as_ref()
     }
 
     /// The wait proper: tries, and between tries judges the holder,
@@ -156,7 +197,7 @@ impl LockFile {
         timeout: Option<Duration>,
     ) -> Result<LockGuard<'_>> {
         let _reported = self.report_wait(timeout);
-        let deadline = Deadline::after(timeout);
+        let deadline = Deadline::after(timeout).or_cancelled(self.cancel.as_ref());
         let mut backoff = Backoff::new(self.poll_interval);
         let mut failing: Option<(Instant, Error)> = None;
         loop {
@@ -182,7 +223,7 @@ impl LockFile {
                 None => {
                     return Err(match failing {
                         Some((_, e)) => e,
-                        None => self.contended(timeout),
+                        None => self.contended_or_cancelled(timeout, &deadline),
                     })
                 }
             }
