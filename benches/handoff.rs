@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench handoff            # all of it (about a minute)
 //! cargo bench --bench handoff -- quick   # fewer rounds
+//! cargo bench --bench handoff --features tokio   # and the async API's hand-off
 //! ```
 //!
 //! The harness re-runs its own executable as the contending processes
@@ -71,6 +72,10 @@ enum Pong {
     /// A claim file with the record, `link`ed to the lock path; a waiter
     /// sleeps on an inotify watch of the lock file.
     Link(std::path::PathBuf),
+    /// A `LockFile` taken through its async API (feature `tokio`), on a
+    /// current-thread runtime with its time driver only.
+    #[cfg(feature = "tokio")]
+    Async(Box<portalock::LockFile>, tokio::runtime::Runtime),
 }
 
 impl Pong {
@@ -88,6 +93,17 @@ impl Pong {
             ),
             "floor-mkdir" => Pong::Mkdir(path.into()),
             "floor-link" => Pong::Link(path.into()),
+            #[cfg(feature = "tokio")]
+            _ if kind.starts_with("async-") => {
+                let strategy: LockStrategy = kind["async-".len()..].parse().expect("strategy");
+                Pong::Async(
+                    Box::new(open(strategy, path)),
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .expect("runtime"),
+                )
+            }
             _ => {
                 let (strategy, fair) = match kind.strip_suffix("-unfair") {
                     Some(s) => (s, false),
@@ -108,6 +124,10 @@ impl Pong {
     fn acquire(&self) {
         match self {
             Pong::Lock(lock) => lock.acquire().expect("acquire"),
+            #[cfg(feature = "tokio")]
+            Pong::Async(lock, runtime) => runtime
+                .block_on(lock.acquire_async())
+                .expect("acquire_async"),
             Pong::Flock(file, _) => file.lock().expect("flock"),
             Pong::Mkdir(path) => loop {
                 match std::fs::create_dir(path) {
@@ -137,6 +157,8 @@ impl Pong {
     fn release(&self) {
         match self {
             Pong::Lock(lock) => lock.release().expect("release"),
+            #[cfg(feature = "tokio")]
+            Pong::Async(lock, _) => lock.release().expect("release"),
             Pong::Flock(file, polite) => {
                 file.unlock().expect("unlock");
                 if *polite {
@@ -603,6 +625,12 @@ fn main() {
         "floor-link",
         "link",
         "link-unfair",
+        #[cfg(feature = "tokio")]
+        "async-os",
+        #[cfg(feature = "tokio")]
+        "async-mkdir",
+        #[cfg(feature = "tokio")]
+        "async-link",
     ] {
         let p = pingpong(kind, &dir, rounds, 2000);
         let share = 100.0 * p.barges as f64 / (p.barges + p.handoffs).max(1) as f64;

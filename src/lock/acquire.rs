@@ -167,9 +167,13 @@ impl LockFile {
     /// `tokio`). The future is cancel-safe: dropping it before it completes
     /// leaves the lock not held by this handle.
     ///
-    /// Waiting polls: an unbounded wait on an `Os` lock does not sleep in
-    /// the kernel here, and a release in this process is noticed at the
-    /// next try rather than at once.
+    /// A wait for a `Mkdir` or `Link` lock on Linux sleeps on a watch of
+    /// the lock (on a thread of tokio's blocking pool, not a runtime
+    /// worker) and wakes when the lock is released, as the blocking wait
+    /// does. A wait for an `Os` lock, or elsewhere, polls with backoff (at
+    /// most the poll interval apart): it does not sleep in the kernel here.
+    /// The runtime needs its time driver (`enable_time`, or `enable_all` as
+    /// `#[tokio::main]` sets up).
     ///
     /// # Errors
     ///

@@ -185,8 +185,11 @@ impl LockFile {
     }
 
     /// Waits for the lock without blocking an async runtime: tries once,
-    /// then sleeps with `tokio::time::sleep` between tries (backoff with
-    /// jitter, at most the poll interval), until `timeout`. Dropping the
+    /// then sleeps between tries (backoff with jitter, at most the poll
+    /// interval), until `timeout`. A `Mkdir` or `Link` wait on Linux
+    /// sleeps on a watch of the lock registered with the runtime
+    /// (`sys::AsyncLockWatch`), and so wakes when the lock is released;
+    /// elsewhere, and for `Os`, it wakes at the next poll. Dropping the
     /// future between two tries leaves nothing held. As the blocking wait
     /// does, it goes on through errors that may pass on a network file
     /// system (for `SERVER_PATIENCE` at most), and says the last of them if
@@ -200,6 +203,11 @@ impl LockFile {
         let deadline = Deadline::after(timeout).or_cancelled(self.cancel.as_ref());
         let mut backoff = Backoff::new(self.poll_interval);
         let mut failing: Option<(Instant, Error)> = None;
+        let mut watch = match self.strategy {
+            Concrete::Os => None,
+            Concrete::Mkdir | Concrete::Link => crate::sys::AsyncLockWatch::new(),
+        };
+        let mut absent = 0;
         loop {
             match self.acquire_token(Some(Duration::ZERO)) {
                 Ok(token) => return Ok(LockGuard { lock: self, token }),
@@ -218,9 +226,33 @@ impl LockFile {
                 }
                 Err(e) => return Err(e),
             }
-            match backoff.next(&deadline) {
-                Some(nap) => tokio::time::sleep(nap).await,
-                None => {
+            match (backoff.next(&deadline), watch.as_mut()) {
+                (Some(nap), Some(watch)) if failing.is_none() => {
+                    match watch.arm(&self.path, self.strategy == Concrete::Mkdir) {
+                        // As the blocking wait (see `Waiter::busy`): a
+                        // `Link` lock's watch sees every release on a local
+                        // file system; a `Mkdir` one's keeps the backoff.
+                        Armed::Watching => {
+                            let nap = if self.strategy == Concrete::Link
+                                && self.writers() == Writers::ThisMachine
+                            {
+                                deadline
+                                    .remaining()
+                                    .map_or(self.poll_interval, |left| left.min(self.poll_interval))
+                                    .max(nap)
+                            } else {
+                                nap
+                            };
+                            absent = 0;
+                            watch.wait(nap).await;
+                        }
+                        // Just released: try again at once, a few times.
+                        Armed::Absent if absent < QUICK_BREAKS => absent += 1,
+                        Armed::Absent | Armed::Failed => tokio::time::sleep(nap).await,
+                    }
+                }
+                (Some(nap), _) => tokio::time::sleep(nap).await,
+                (None, _) => {
                     return Err(match failing {
                         Some((_, e)) => e,
                         None => self.contended_or_cancelled(timeout, &deadline),

@@ -46,6 +46,11 @@ mod no_watch;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) use no_watch::{Armed, LockWatch};
 
+#[cfg(feature = "tokio")]
+mod async_watch;
+#[cfg(feature = "tokio")]
+pub(crate) use async_watch::AsyncLockWatch;
+
 #[cfg(not(unix))]
 mod path_dir;
 #[cfg(not(unix))]
