@@ -59,6 +59,8 @@ pub(crate) struct Holding {
     /// may have removed, or moved, what it looked at).
     releases: std::sync::atomic::AtomicU64,
     on_lost: Option<OnLost>,
+    /// The acquisition's fencing token, once given (`LockOptions::fencing`).
+    pub(crate) fence: std::sync::OnceLock<u64>,
 }
 
 impl fmt::Debug for Holding {
@@ -103,6 +105,7 @@ impl Holding {
             lost: AtomicBool::new(false),
             releases: std::sync::atomic::AtomicU64::new(0),
             on_lost,
+            fence: std::sync::OnceLock::new(),
         });
         if let Some(lease) = lease {
             heartbeat_of(path).add(&holding, lease / 3);

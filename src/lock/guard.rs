@@ -49,6 +49,13 @@ impl LockGuard<'_> {
         self.lock
     }
 
+    /// The fencing token of this acquisition (with
+    /// [`LockOptions::fencing`](crate::LockOptions::fencing)): larger than
+    /// that of every acquisition of the lock before it.
+    pub fn fence(&self) -> Option<u64> {
+        self.lock.fence_of(&self.token)
+    }
+
     /// The token of this acquisition's owner record.
     pub fn token(&self) -> &str {
         &self.token
@@ -112,6 +119,11 @@ impl OwnedLockGuard {
     /// The handle this guard locks.
     pub fn lock_file(&self) -> &Arc<LockFile> {
         &self.lock
+    }
+
+    /// The fencing token of this acquisition, as [`LockGuard::fence`].
+    pub fn fence(&self) -> Option<u64> {
+        self.lock.fence_of(&self.token)
     }
 
     /// The token of this acquisition's owner record.

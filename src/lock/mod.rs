@@ -9,6 +9,7 @@
 
 mod acquire;
 mod breaking;
+mod fence;
 mod found;
 mod guard;
 mod options;
@@ -136,6 +137,8 @@ pub struct LockFile {
     permissions: Option<u32>,
     /// Cancels every wait of this handle.
     cancel: Option<crate::wait::CancelToken>,
+    /// Whether each acquisition gets a fencing token.
+    fencing: bool,
     /// Unique in this process; the registry's claim on the path.
     id: u64,
     held: Mutex<Option<Arc<Holding>>>,
@@ -357,6 +360,23 @@ impl LockFile {
             Ok(false) => Err(self.lost()),
             Err(e) => Err(Error::io(&self.path, Op::Check, e)),
         }
+    }
+
+    /// The fencing token of this handle's acquisition (with
+    /// [`LockOptions::fencing`]): larger than that of every acquisition of
+    /// the lock before it. `None` when the handle does not hold the lock or
+    /// gives no tokens.
+    pub fn fence(&self) -> Option<u64> {
+        self.state().as_ref().and_then(|h| h.fence.get().copied())
+    }
+
+    /// The fencing token of the acquisition of `token`, if it is this
+    /// handle's current one.
+    pub(crate) fn fence_of(&self, token: &str) -> Option<u64> {
+        self.state()
+            .as_ref()
+            .filter(|h| h.token() == token)
+            .and_then(|h| h.fence.get().copied())
     }
 
     /// Whether this handle holds the lock.

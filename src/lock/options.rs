@@ -65,6 +65,7 @@ pub struct LockOptions {
     on_wait_every: Duration,
     permissions: Option<u32>,
     cancel: Option<CancelToken>,
+    fencing: bool,
     trust_os_locks: bool,
     sync: bool,
     owner_pid: Option<u32>,
@@ -87,6 +88,7 @@ impl Default for LockOptions {
             on_wait_every: DEFAULT_WAIT_REPORT_EVERY,
             permissions: None,
             cancel: None,
+            fencing: false,
             trust_os_locks: false,
             sync: false,
             owner_pid: None,
@@ -111,6 +113,7 @@ impl fmt::Debug for LockOptions {
             .field("on_wait_every", &self.on_wait_every)
             .field("permissions", &self.permissions.map(|m| format!("{m:o}")))
             .field("cancel", &self.cancel)
+            .field("fencing", &self.fencing)
             .field("trust_os_locks", &self.trust_os_locks)
             .field("sync", &self.sync)
             .field("owner_pid", &self.owner_pid)
@@ -334,6 +337,42 @@ impl LockOptions {
         self
     }
 
+    /// Gives every acquisition a fencing token
+    /// ([`LockFile::fence`](crate::LockFile::fence),
+    /// [`LockGuard::fence`](crate::LockGuard::fence)): a number larger than
+    /// that of every acquisition of the lock before it, by any process on
+    /// any machine that shares the file system, across crashes, breaks and
+    /// forced breaks. Pass it with every request to the resource the lock
+    /// guards, and have the resource refuse a token smaller than the
+    /// largest it has seen: a holder that was paused while its lock was
+    /// broken and taken (a long GC pause, a stopped process, a host cut off
+    /// past its lease) then cannot act on the resource when it resumes,
+    /// which no lock alone can prevent.
+    ///
+    /// The counter is a directory beside the lock, `.<name>.fence`, holding
+    /// one file named by the last token (see the README for its argument).
+    /// It costs a directory listing and a rename per acquisition, and a
+    /// check that the lock is still held afterwards; default: off. Every
+    /// handle on a lock that gives tokens should set it (one that does not
+    /// takes the lock without moving the counter).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalock::LockOptions;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let lock = LockOptions::new().fencing(true).open(dir.path().join("db.lock"))?;
+    /// let first = lock.lock()?.fence().expect("a token");
+    /// let second = lock.lock()?.fence().expect("a token");
+    /// assert!(second > first);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fencing(&mut self, yes: bool) -> &mut Self {
+        self.fencing = yes;
+        self
+    }
+
     /// Makes every wait of the handle end with
     /// [`Error::Cancelled`](crate::Error::Cancelled), holding nothing, once
     /// `token` is cancelled (see [`CancelToken`]): also the waits of a
@@ -508,6 +547,7 @@ impl LockOptions {
             }),
             permissions: self.permissions,
             cancel: self.cancel.clone(),
+            fencing: self.fencing,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
             os_file: Mutex::new(None),

@@ -3,7 +3,7 @@
 //! or until a watch on the lock's directory sees a change; go on through
 //! errors that may pass on a network file system.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Op, Result};
@@ -18,6 +18,7 @@ use crate::vocab::{Concrete, Writers};
 use crate::wait::{Backoff, CancelToken, Deadline};
 
 #[cfg(feature = "tokio")]
+use super::fence;
 use super::guard::LockGuard;
 use super::report;
 use super::turnstile::{AtGate, Turnstile};
@@ -70,7 +71,10 @@ impl LockFile {
                 let holding =
                     Holding::start(&self.path, held, record, self.on_lost.clone(), breakable);
                 let token = holding.token().to_owned();
-                *self.state() = Some(holding);
+                *self.state() = Some(Arc::clone(&holding));
+                if self.fencing {
+                    self.give_fence(&holding)?;
+                }
                 Ok(token)
             }
             Err(e) if e.is_contended() && deadline.cancelled() => {
@@ -79,6 +83,27 @@ impl LockFile {
             }
             Err(e) => {
                 registry().leave(&self.path, self.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves the lock's fencing counter for the acquisition `holding`, just
+    /// taken, then checks that the lock is still its own (see
+    /// `lock::fence`); if not, or if the counter cannot move, the
+    /// acquisition is let go and the error returned.
+    fn give_fence(&self, holding: &Holding) -> Result<()> {
+        let given = fence::next(&self.path, holding.token()).and_then(|n| {
+            self.ensure_held()?;
+            Ok(n)
+        });
+        match given {
+            Ok(n) => {
+                let _ = holding.fence.set(n);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.release();
                 Err(e)
             }
         }

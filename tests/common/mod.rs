@@ -242,6 +242,7 @@ pub fn child_entry() {
     let code = match role.as_str() {
         "hold" => hold(&args),
         "count" => count(&args),
+        "fence-log" => fence_log(&args),
         "count-loose" => count_loose(&args),
         "run-count" => run_count(&args),
         "race" => race(&args),
@@ -291,7 +292,7 @@ fn say(line: &str) {
 /// The options a child's `STRATEGY` argument names: a strategy, then
 /// optional `+` flags: `trust` (`trust_os_locks(true)`), `sync`
 /// (`sync(true)`), `temp` (`remove_on_release(true)`), `unfair`
-/// (`fair(false)`), `modeNNN` (`permissions(0oNNN)`). `temp-os` is
+/// (`fair(false)`), `fence` (`fencing(true)`), `modeNNN` (`permissions(0oNNN)`). `temp-os` is
 /// `os+temp`.
 pub fn options_for(spec: &str) -> LockOptions {
     let spec = if spec == "temp-os" { "os+temp" } else { spec };
@@ -307,6 +308,7 @@ pub fn options_for(spec: &str) -> LockOptions {
             "sync" => options.sync(true),
             "temp" => options.remove_on_release(true),
             "unfair" => options.fair(false),
+            "fence" => options.fencing(true),
             // `mode664`: `permissions(0o664)`
             mode if mode.starts_with("mode") => {
                 options.permissions(u32::from_str_radix(&mode[4..], 8).expect("octal mode"))
@@ -359,6 +361,7 @@ fn serve(lock: &LockFile) {
                 Err(e) => say(&format!("OWNER error {e}")),
             },
             Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
+            Ok("fence") => say(&format!("FENCE {}", lock.fence().unwrap_or(0))),
             Ok("try") => say(&format!("TRIED {}", outcome(lock.try_acquire()))),
             Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
             Ok(line) if line.starts_with("wait ") => {
@@ -437,6 +440,52 @@ fn count(args: &[&str]) -> i32 {
             })
         },
     )
+}
+
+/// `fence-log STRATEGY LOCK LOG N`: N times takes the lock with a
+/// fencing token, and appends the token to LOG (one line) if it is larger
+/// than the last one there, as a fenced resource accepts it; otherwise
+/// says `REGRESSED <last> <token>` and exits 3. Says `DONE` at the end.
+fn fence_log(args: &[&str]) -> i32 {
+    let mut options = options_for(args[0]);
+    options.fencing(true);
+    let lock = options.open(args[1]).expect("open lock");
+    let log = Path::new(args[2]);
+    let n: u32 = args[3].parse().expect("iterations");
+    for _ in 0..n {
+        let guard = match lock.lock() {
+            Ok(guard) => guard,
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        };
+        let token = guard.fence().expect("a fencing token");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let last: u64 = text
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        if token <= last {
+            say(&format!("REGRESSED {last} {token}"));
+            return 3;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+            .expect("open the log");
+        file.write_all(format!("{token}\n").as_bytes())
+            .expect("append");
+        drop(file);
+        if let Err(e) = guard.release() {
+            say(&format!("ERROR release: {e}"));
+            return 1;
+        }
+    }
+    say("DONE");
+    0
 }
 
 /// `count-loose STRATEGY LOCK COUNTER N`: as `count`, but an overlap does
