@@ -26,6 +26,7 @@
 //! | to wait in async code (feature `tokio`) | `LockFile::lock_async` and its kin |
 //! | to stop a wait from another thread (Ctrl-C, a user who gives up) | [`CancelToken`] with [`LockFile::lock_cancellable`] or [`LockOptions::cancel_token`] |
 //! | to tell the user whom a wait waits for | [`LockOptions::on_wait`] |
+//! | a fencing token for the resource the lock guards (Kleppmann) | [`LockOptions::fencing`], [`LockGuard::fence`] |
 //! | machines that share a Redis server, not a file system (feature `redis`) | `RedisLock` |
 //! | to look at a lock you did not take | [`LockFile::status`], [`LockStrategy::found_at`] |
 //!

@@ -1198,3 +1198,41 @@ fn completions_and_man_pages_come_from_the_command_line() {
     assert_eq!(ran.code(), 74, "{}", ran.stderr);
     assert!(ran.stderr.contains("missing"), "{}", ran.stderr);
 }
+
+/// `run --fence` passes the acquisition's fencing token to the command
+/// (`PORTALOCK_FENCE`), larger at each run; without it, none.
+#[cfg(unix)]
+#[test]
+fn run_fence_passes_a_growing_token_to_the_command() {
+    let (_dir, root) = scratch();
+    let lock = root.join("fenced.lock");
+    let mut last = 0u64;
+    for _ in 0..3 {
+        let ran = tool(
+            &[
+                "run",
+                "--fence",
+                lock.as_str(),
+                "sh",
+                "-c",
+                "echo $PORTALOCK_FENCE",
+            ],
+            None,
+        );
+        assert_eq!(ran.code(), 0, "{}", ran.stderr);
+        let fence: u64 = ran.stdout.trim().parse().expect("a token");
+        assert!(fence > last, "{fence} after {last}");
+        last = fence;
+    }
+    let ran = tool(
+        &[
+            "run",
+            lock.as_str(),
+            "sh",
+            "-c",
+            "echo \"[$PORTALOCK_FENCE]\"",
+        ],
+        None,
+    );
+    assert_eq!(ran.stdout.trim(), "[]");
+}

@@ -17,8 +17,8 @@ use crate::sys::{Armed, LockWatch, Wait};
 use crate::vocab::{Concrete, Writers};
 use crate::wait::{Backoff, CancelToken, Deadline};
 
-#[cfg(feature = "tokio")]
 use super::fence;
+#[cfg(feature = "tokio")]
 use super::guard::LockGuard;
 use super::report;
 use super::turnstile::{AtGate, Turnstile};

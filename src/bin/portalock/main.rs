@@ -279,6 +279,12 @@ struct RunArgs {
     /// once the lease runs out.
     #[arg(long, value_name = "DURATION", value_parser = lease)]
     lease: Option<Duration>,
+    /// Give the acquisition a fencing token and pass it to COMMAND in the
+    /// environment as PORTALOCK_FENCE: larger than every earlier holder's
+    /// (see the README, "Fencing tokens"). Every command that shares the
+    /// lock should use it.
+    #[arg(long)]
+    fence: bool,
     /// Admit up to N commands at once instead of one: a semaphore of N
     /// slot locks named LOCK.0 ... LOCK.<N-1>.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]

@@ -28,6 +28,7 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
     if let Some(lease) = args.lease {
         options.lease(lease);
     }
+    options.fencing(args.fence);
     if args.slots > 1 {
         return run_in_slot(&args, &options);
     }
@@ -93,10 +94,20 @@ fn run_shared(lock: &LockFile, args: &RunArgs) -> Outcome {
 /// handed to the command unless `--close`.
 pub(crate) fn run_under(lock: &LockFile, args: &RunArgs) -> Outcome {
     faults::step("run.locked");
+    let fence = lock.fence();
+    let with_fence = |command: &mut std::process::Command| {
+        if let Some(fence) = fence {
+            command.env("PORTALOCK_FENCE", fence.to_string());
+        }
+    };
     if args.close {
-        run_command(&args.command(), |command| command.spawn())
+        run_command(&args.command(), |command| {
+            with_fence(command);
+            command.spawn()
+        })
     } else {
         run_command(&args.command(), |command| {
+            with_fence(command);
             lock.spawn(command).map_err(std::io::Error::from)
         })
     }
