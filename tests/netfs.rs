@@ -806,6 +806,67 @@ fn variant(result: &Result<(), Error>) -> String {
 /// it; and then the holder is told so (`LockLost`), never that it still
 /// holds. A holder that kept it releases it, and the waiter gets it then:
 /// never two holders.
+/// Fencing tokens across two clients: processes on both take the lock
+/// with `fencing`, each appending its token to a log that refuses a token
+/// not larger than the last; one process on client A is killed while the
+/// others go on (its lock, if it held one, is broken by its peers on A).
+/// The log grows strictly.
+#[rstest]
+#[ignore = "needs two mounts of one export (see the module docs); .ci/run runs it"]
+fn fencing_tokens_grow_across_clients(
+    #[values(LockStrategy::Auto, LockStrategy::Mkdir, LockStrategy::Link)] strategy: LockStrategy,
+) {
+    let lane = lane();
+    if lane.refusal(strategy).is_some() {
+        return;
+    }
+    let dir = lane.shared();
+    let s = spec(strategy);
+    let n = ITERATIONS.to_string();
+    let mut procs = Vec::new();
+    for client in [Client::A, Client::B] {
+        let root = dir.on(client);
+        let (lock, log) = (root.join("x.lock"), root.join("log"));
+        for _ in 0..PROCESSES_PER_CLIENT {
+            procs.push(lane.spawn_on(client, "fence-log", &[s, utf8(&lock), utf8(&log), &n]));
+        }
+    }
+    // One more on client A, killed once the log shows it has begun.
+    let mut victim = lane.spawn_on(
+        Client::A,
+        "fence-log",
+        &[s, utf8(&dir.a.join("x.lock")), utf8(&dir.a.join("log")), &n],
+    );
+    let deadline = Instant::now() + BOUND;
+    while std::fs::read_to_string(dir.a.join("log")).map_or(0, |text| text.lines().count()) < 3 {
+        assert!(Instant::now() < deadline, "no acquisition logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    victim.signal("KILL");
+    let _ = victim.wait_open();
+    for mut p in procs {
+        assert_eq!(p.expect("DONE"), "");
+        assert!(p.wait().success());
+    }
+    let text = std::fs::read_to_string(dir.b.join("log")).expect("log");
+    let tokens: Vec<u64> = text.lines().map(|l| l.parse().expect("a token")).collect();
+    assert!(
+        tokens.len() >= expected_count() as usize,
+        "{} {s}: {tokens:?}",
+        lane.name
+    );
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "{} {s}: {tokens:?}",
+        lane.name
+    );
+    println!(
+        "netfs: {} {s:<5}: fencing tokens grew over {} acquisitions on two clients, one process killed",
+        lane.name,
+        tokens.len()
+    );
+}
+
 #[test]
 #[ignore = "needs two mounts of one export (see the module docs); .ci/run runs it"]
 fn a_server_restart_under_holders_and_waiters_never_makes_two_holders() {

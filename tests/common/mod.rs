@@ -471,14 +471,20 @@ fn fence_log(args: &[&str]) -> i32 {
             say(&format!("REGRESSED {last} {token}"));
             return 3;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-            .expect("open the log");
-        file.write_all(format!("{token}\n").as_bytes())
-            .expect("append");
-        drop(file);
+        if std::env::var_os("PORTALOCK_TEST_COUNTER_BY_RENAME").is_some() {
+            // (see `write_counter`: a whole new log renamed over the old)
+            let new = log.with_extension(format!("new.{}", std::process::id()));
+            std::fs::write(&new, format!("{text}{token}\n")).expect("write the new log");
+            std::fs::rename(&new, log).expect("rename the new log over the old");
+        } else {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(log)
+                .expect("open the log");
+            file.write_all(format!("{token}\n").as_bytes())
+                .expect("append");
+        }
         if let Err(e) = guard.release() {
             say(&format!("ERROR release: {e}"));
             return 1;
