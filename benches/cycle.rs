@@ -86,12 +86,18 @@ fn cycle(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("cycle/{name}"));
 
         for strategy in LockStrategy::ALL {
-            // The default (fair: through the turnstile's gate), and without
-            // the gate, to show what the gate costs.
-            for (suffix, fair) in [("", true), ("-unfair", false)] {
+            // The default (fair: through the turnstile's gate), without
+            // the gate (what the gate costs), and with a fencing token
+            // (what the counter costs).
+            for (suffix, fair, fencing) in [
+                ("", true, false),
+                ("-unfair", false, false),
+                ("-fence", true, true),
+            ] {
                 let lock = LockOptions::new()
                     .strategy(strategy)
                     .fair(fair)
+                    .fencing(fencing)
                     .open(at(&format!("{strategy}{suffix}.lock")))
                     .expect("open");
                 group.bench_function(format!("portalock/{strategy}{suffix}"), |b| {
