@@ -73,6 +73,9 @@ pub const INJECTIONS: &[&str] = &[
     // Mkdir: opening the record just listed in the lock directory (the
     // same client can answer ENOTDIR for the directory in its path).
     "mkdir.probe.record",
+    // Fencing (`LockOptions::fencing`): the counter read, not yet moved
+    // (a test holds a caller here while another moves it).
+    "fence.moving",
 ];
 
 /// Runs the step `name`: `op`, unless a test made the step fail.

@@ -36,29 +36,45 @@
 //! holder killed between (2) and (3) leaves a number unused: tokens grow
 //! strictly, with gaps.
 //!
-//! On a network file system a rename whose reply was lost may be answered
-//! "no such file" though it was done: the new name then carries the inode
-//! the old one had, which tells. The directory is made complete or not at
-//! all: `0` is written into a private directory renamed into place, which
-//! fails if another process's is there first.
+//! A rename answered "no such file" is taken as not done, and the counter
+//! looked at again: a network client's cached view (a listing or a name
+//! that is gone on the server) costs a retry, and so does a rename whose
+//! reply was lost though it was done (it leaves a gap). It is never taken
+//! as done on the evidence of the new name's inode, which any process's
+//! rename of the same name would show alike: two acquisitions would share
+//! a token.
 //!
-//! Do not remove the directory while its numbers matter to a resource: a
-//! new one starts again from 1.
+//! The directory is made complete or not at all: its first number is
+//! written into a private directory renamed into place, which fails if
+//! another process's is there first. That first number is the wall clock
+//! in microseconds, not 0: a counter made again after someone removed the
+//! directory still gives tokens larger than those of the old one (each
+//! acquisition takes more than a microsecond), as long as the clock has
+//! not been set back by more than the time the old one lasted.
+//!
+//! "Earlier" is in the sense of the holds: a holder whose hold began after
+//! another's was broken or released has a larger token. A holder paused
+//! after its token was given (before its acquire returned) may return a
+//! token smaller than that of a holder that returned first; that is what a
+//! fenced resource refuses.
 //!
 //! [`LockOptions::fencing`]: crate::LockOptions::fencing
 
 use std::io;
+use std::time::{Duration, Instant, SystemTime};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Op, Result};
+use crate::fault;
 use crate::files;
 use crate::strategy;
 
-/// How many times the counter is looked at again when it moved under an
-/// acquisition: it moves only for holders, one at a time, so more means
-/// something else renames in the directory.
-const TRIES: u32 = 64;
+/// How long a holder goes on looking at a counter that moves under it, or
+/// that a listing shows without a number: the counter moves only for
+/// holders, one at a time, so this outlasts a network client's cached
+/// view (an NFS attribute cache, an SMB directory cache: seconds).
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The counter's directory beside the lock at `path`.
 pub(crate) fn fence_dir(path: &Utf8Path) -> Option<Utf8PathBuf> {
@@ -68,92 +84,96 @@ pub(crate) fn fence_dir(path: &Utf8Path) -> Option<Utf8PathBuf> {
 }
 
 /// Moves the counter beside the lock at `path` up by one, for the
-/// acquisition of `token` that holds the lock: the new number.
-pub(crate) fn next(path: &Utf8Path, token: &str) -> Result<u64> {
-    let err = |op: Op, e: io::Error| Error::io(path, op, e);
+/// acquisition of `token` that holds the lock: the new number. With
+/// `sync`, the counter's directory is flushed to stable storage.
+pub(crate) fn next(path: &Utf8Path, token: &str, sync: bool) -> Result<u64> {
+    let err = |e: io::Error| Error::io(path, Op::Fence, e);
     let dir = fence_dir(path).ok_or_else(|| {
-        err(
+        Error::io(
+            path,
             Op::UseAsLockPath,
             io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"),
         )
     })?;
-    for _ in 0..TRIES {
-        let current = match current(&dir) {
-            Ok(Some(n)) => n,
+    let began = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match current(&dir) {
+            Ok(Some((number, name))) => {
+                let up = number.checked_add(1).ok_or_else(|| {
+                    err(io::Error::other(
+                        "the fencing counter is at its largest number",
+                    ))
+                })?;
+                let (from, to) = (dir.join(name), dir.join(up.to_string()));
+                fault::point("fence.moving").map_err(err)?;
+                match std::fs::rename(&from, &to) {
+                    Ok(()) => {
+                        if sync {
+                            files::sync_dir(&dir).map_err(err)?;
+                        }
+                        return Ok(up);
+                    }
+                    // Moved meanwhile, or a cached view: look again.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            // A listing that shows no number (one taken while the counter
+            // moved, or a cached view): look again; after the patience,
+            // something removed it.
+            Ok(None) if began.elapsed() < PATIENCE => {}
             Ok(None) => {
-                return Err(err(
-                    Op::Fence,
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "the fencing counter {dir} holds no number (something removed it); \
-                             remove the directory to start again from 1, once no resource \
-                             remembers a larger token"
-                        ),
+                return Err(err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the fencing counter {dir} holds no number: something removes its file \
+                         (it holds one file named by the last token)"
                     ),
-                ))
+                )))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                start(&dir, token).map_err(|e| err(Op::Fence, e))?;
+                start(&dir, token, sync).map_err(err)?;
                 continue;
             }
-            Err(e) => return Err(err(Op::Fence, e)),
-        };
-        let Some(up) = current.checked_add(1) else {
-            return Err(err(
-                Op::Fence,
-                io::Error::other("the fencing counter is at its largest number"),
-            ));
-        };
-        let (from, to) = (dir.join(current.to_string()), dir.join(up.to_string()));
-        // The inode that moves, to tell a rename done but not answered.
-        let moving = match std::fs::symlink_metadata(&from) {
-            Ok(meta) => ino(&meta),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(err(Op::Fence, e)),
-        };
-        match std::fs::rename(&from, &to) {
-            Ok(()) => return Ok(up),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let moved = std::fs::symlink_metadata(&to).ok().map(|meta| ino(&meta));
-                if moving.is_some() && moved == Some(moving) {
-                    return Ok(up);
-                }
-                std::thread::yield_now();
-            }
-            Err(e) => return Err(err(Op::Fence, e)),
+            Err(e) => return Err(err(e)),
         }
+        if began.elapsed() >= PATIENCE {
+            return Err(err(io::Error::other(
+                "the fencing counter kept moving while this holder moved it",
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
-    Err(err(
-        Op::Fence,
-        io::Error::other("the fencing counter kept moving while this holder moved it"),
-    ))
 }
 
-/// The inode number in `meta`, where the platform says one.
-fn ino(meta: &std::fs::Metadata) -> Option<u64> {
-    Some(crate::sys::ino(meta)).filter(|&ino| ino != 0)
-}
-
-/// The counter's number: the largest number named in `dir`; `None` if it
-/// names none. Other names (a network client's `.nfs*` files) are not
-/// numbers.
-fn current(dir: &Utf8Path) -> io::Result<Option<u64>> {
-    let mut largest = None;
+/// The counter: the largest number named in `dir`, and the name that says
+/// it; `None` if no name does. Other names (a network client's `.nfs*`
+/// files) are not numbers.
+fn current(dir: &Utf8Path) -> io::Result<Option<(u64, String)>> {
+    let mut largest: Option<(u64, String)> = None;
     for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let number = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u64>().ok());
-        largest = largest.max(number);
+        let Ok(name) = entry?.file_name().into_string() else {
+            continue;
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(number) = name.parse::<u64>() else {
+            continue;
+        };
+        if largest.as_ref().is_none_or(|(n, _)| number > *n) {
+            largest = Some((number, name));
+        }
     }
     Ok(largest)
 }
 
-/// Makes the counter at `dir`, at 0, unless another process's is there
-/// first: a private directory with `0` in it, renamed into place.
-fn start(dir: &Utf8Path, token: &str) -> io::Result<()> {
+/// Makes the counter at `dir`, at the wall clock in microseconds, unless
+/// another process's is there first: a private directory with that number
+/// in it, renamed into place.
+fn start(dir: &Utf8Path, token: &str, sync: bool) -> io::Result<()> {
     let private = Utf8PathBuf::from(format!("{dir}.{token}.new"));
     match std::fs::create_dir(&private) {
         Ok(()) => {}
@@ -161,22 +181,81 @@ fn start(dir: &Utf8Path, token: &str) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    let zero = private.join("0");
-    match files::create_new(&zero) {
+    let micros = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+    let first = private.join(micros.to_string());
+    match files::create_new(&first) {
         Ok(file) => drop(file),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
+    if sync {
+        files::sync_dir(&private)?;
+    }
     let placed = std::fs::rename(&private, dir);
     if placed.is_err() || private.as_std_path().exists() {
         // Another process's counter is there (a rename onto a directory
-        // that is not empty fails), or ours went in and the reply was lost:
-        // either way the private one, if left, goes.
-        let _ = std::fs::remove_file(&zero);
+        // that is not empty fails), or ours went in and the reply was
+        // lost: either way the private one, if left, goes.
+        if let Ok(entries) = std::fs::read_dir(&private) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let _ = std::fs::remove_dir(&private);
     }
     match placed {
         Err(e) if !dir.as_std_path().is_dir() => Err(e),
+        _ if sync => files::sync_parent(dir),
         _ => Ok(()),
+    }
+}
+
+#[cfg(all(test, feature = "failpoints"))]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Two callers move one counter; the first is held just before its
+    /// rename while the second moves the counter past it (as a network
+    /// client's cached view of the old name would let it). The first's
+    /// rename then finds no such name: it must look again, not take the
+    /// second's number as its own.
+    #[test]
+    fn a_rename_that_finds_the_counter_moved_looks_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).expect("utf-8");
+        let path = root.join("x.lock");
+        let first = next(&path, "t0", false).expect("start");
+        let scenario = fail::FailScenario::setup();
+        let (paused, at_rename) = mpsc::channel();
+        let (resume, go) = mpsc::channel::<()>();
+        let go = std::sync::Mutex::new(go);
+        let once = std::sync::atomic::AtomicBool::new(true);
+        fail::cfg_callback("fence.moving", move || {
+            if once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = paused.send(());
+                let _ = go.lock().map(|rx| rx.recv_timeout(Duration::from_secs(30)));
+            }
+        })
+        .expect("fail point");
+        let held = {
+            let path = path.clone();
+            std::thread::spawn(move || next(&path, "t1", false))
+        };
+        at_rename
+            .recv_timeout(Duration::from_secs(30))
+            .expect("paused at the rename");
+        let second = next(&path, "t2", false).expect("the second");
+        resume.send(()).expect("resume");
+        let held = held.join().expect("the first").expect("a number");
+        scenario.teardown();
+        assert_eq!(second, first + 1);
+        assert_eq!(
+            held,
+            first + 2,
+            "the held caller took {held}, the other {second}"
+        );
     }
 }

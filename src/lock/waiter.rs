@@ -93,7 +93,7 @@ impl LockFile {
     /// `lock::fence`); if not, or if the counter cannot move, the
     /// acquisition is let go and the error returned.
     fn give_fence(&self, holding: &Holding) -> Result<()> {
-        let given = fence::next(&self.path, holding.token()).and_then(|n| {
+        let given = fence::next(&self.path, holding.token(), self.sync).and_then(|n| {
             self.ensure_held()?;
             Ok(n)
         });
