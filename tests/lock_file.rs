@@ -927,23 +927,3 @@ fn a_blocking_or_never_due_hook_does_not_hold_up_a_wait() {
     assert_eq!(never.load(std::sync::atomic::Ordering::SeqCst), 0);
     holder.release().expect("release");
 }
-
-/// While only shared (reader) holders have an `Os` lock, another handle
-/// sees it held: `status` is held (no record: readers write none),
-/// `is_locked` is true, and an exclusive try is refused. (They said free.)
-#[test]
-fn shared_holders_in_another_process_make_the_lock_held() {
-    let (_dir, path) = scratch();
-    let mut reader = spawn("shared", &[path.as_str()]);
-    reader.expect("SHARED");
-    let lock = open(&path, LockStrategy::Os);
-    assert_eq!(lock.status().expect("status"), LockStatus::Held(None));
-    assert!(lock.is_locked().expect("is_locked"));
-    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock { .. })));
-    // Another reader still gets in.
-    let other = open(&path, LockStrategy::Os);
-    let shared = other.try_lock_shared().expect("shared with the reader");
-    shared.release().expect("release");
-    reader.close_stdin();
-    assert!(reader.wait().success());
-}

@@ -388,10 +388,8 @@ impl LockFile {
     /// the lock now.
     ///
     /// For `Os` locks held elsewhere this takes and drops a shared lock on
-    /// the lock file (and, if no exclusive holder refuses it, an exclusive
-    /// one, which shared holders refuse: a lock held only by readers is
-    /// held), which can make another process's try-once acquire at that
-    /// very instant report [`Error::WouldBlock`].
+    /// the lock file, which can make another process's try-once acquire at
+    /// that very instant report [`Error::WouldBlock`].
     ///
     /// # Errors
     ///

@@ -364,19 +364,7 @@ pub(crate) fn probe(path: &Utf8Path) -> Result<Probe> {
     check_regular(path, &file)?;
     let (file, tried) = crate::sys::try_shared_for_a_moment(file);
     match tried {
-        // No exclusive holder. Shared (reader) holders let a shared try in
-        // and write no record: an exclusive try tells (where the file,
-        // open for reading only, can take one: not through NFS, whose
-        // exclusive locks need it open for writing).
-        Ok(()) => {
-            let (file, tried) = crate::sys::try_exclusive_for_a_moment(file);
-            return match tried {
-                Err(e) if crate::sys::lock_contended(&e, &file) => Ok(Probe::Held(Box::new(
-                    Seen::new(None, Claim::Os, Vec::new()),
-                ))),
-                _ => Ok(Probe::Free),
-            };
-        }
+        Ok(()) => return Ok(Probe::Free),
         Err(e) if crate::sys::lock_contended(&e, &file) => {}
         Err(e) => return Err(Error::io(path, Op::Inspect, e)),
     }

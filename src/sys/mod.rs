@@ -26,6 +26,8 @@ mod unsupported;
 #[cfg(not(any(unix, windows)))]
 use unsupported as imp;
 
+#[cfg(not(any(unix, windows)))]
+pub(crate) use imp::try_shared_for_a_moment;
 pub(crate) use imp::{
     boot_id, dev, dir_builder, entry_ino, file_id, file_is_smb, file_mode, file_state, fs_facts,
     ino, is_bad_handle, is_eperm, is_symlink_refusal, is_transient_os, link_count, lock_file,
@@ -34,8 +36,6 @@ pub(crate) use imp::{
     spawn_gated, unlock_file, write_all_at, HAS_OS_LOCKS, ID_FROM_METADATA, KEEPS_RELEASED_FILES,
     SYNCS_DIRECTORIES,
 };
-#[cfg(not(any(unix, windows)))]
-pub(crate) use imp::{try_exclusive_for_a_moment, try_shared_for_a_moment};
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod inotify;
@@ -169,15 +169,6 @@ pub(crate) type FileId = (u64, u64);
 pub(crate) fn try_shared_for_a_moment(file: File) -> (File, io::Result<()>) {
     let lock = fd_lock::RwLock::new(file);
     let tried = lock.try_read().map(drop);
-    (lock.into_inner(), tried)
-}
-
-/// As [`try_shared_for_a_moment`], exclusive: a look at whether another
-/// handle holds the lock at all (shared holders let a shared try in).
-#[cfg(any(unix, windows))]
-pub(crate) fn try_exclusive_for_a_moment(file: File) -> (File, io::Result<()>) {
-    let mut lock = fd_lock::RwLock::new(file);
-    let tried = lock.try_write().map(drop);
     (lock.into_inner(), tried)
 }
 

@@ -20,10 +20,6 @@ pub(crate) fn try_shared_for_a_moment(file: File) -> (File, io::Result<()>) {
     )
 }
 
-pub(crate) fn try_exclusive_for_a_moment(file: File) -> (File, io::Result<()>) {
-    try_shared_for_a_moment(file)
-}
-
 pub(crate) fn process_state(_pid: u32) -> ProcessState {
     ProcessState::Unknown
 }
