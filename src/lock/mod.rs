@@ -389,7 +389,11 @@ impl LockFile {
     ///
     /// For `Os` locks held elsewhere this takes and drops a shared lock on
     /// the lock file, which can make another process's try-once acquire at
-    /// that very instant report [`Error::WouldBlock`].
+    /// that very instant report [`Error::WouldBlock`]. An `Os` lock held
+    /// only by shared holders ([`lock_shared`](LockFile::lock_shared))
+    /// therefore reads as free: telling them apart would take an exclusive
+    /// look, which other lookers' shared looks (and readers' try-once
+    /// acquires) would find in their way, reporting a free lock held.
     ///
     /// # Errors
     ///
