@@ -99,6 +99,8 @@ pub struct LockedFileOptions {
     fail_when_locked: bool,
     sync_on_release: bool,
     remove_on_release: bool,
+    /// Ends the wait (a `LockFile`'s shared lock with its handle's token).
+    cancel: Option<crate::wait::CancelToken>,
 }
 
 impl Default for LockedFileOptions {
@@ -111,6 +113,7 @@ impl Default for LockedFileOptions {
             fail_when_locked: false,
             sync_on_release: false,
             remove_on_release: false,
+            cancel: None,
         }
     }
 }
@@ -180,7 +183,10 @@ impl LockedFileOptions {
     /// in the `Read` and `ReadWrite` modes, permissions, ...).
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockedFile> {
         let path = crate::files::absolute(path.as_ref())?;
-        let deadline = Deadline::after(self.timeout);
+        let deadline = Deadline::after(self.timeout).or_cancelled(self.cancel.as_ref());
+        if deadline.cancelled() {
+            return Err(Error::Cancelled { lock: path.into() });
+        }
         let mut backoff = Backoff::new(self.poll_interval);
         let kind = if self.shared {
             LockFlags::SHARED
@@ -207,10 +213,20 @@ impl LockedFileOptions {
             let give_up = (first && self.fail_when_locked) || !backoff.sleep(&deadline);
             first = false;
             if give_up {
+                if deadline.cancelled() {
+                    return Err(Error::Cancelled { lock: path.into() });
+                }
                 let waited = self.timeout.filter(|_| !self.fail_when_locked);
                 return Err(Error::contended(path, waited, None));
             }
         }
+    }
+
+    /// Ends the wait with [`Error::Cancelled`] once `token` is cancelled
+    /// (for the shared locks of a `LockFile` whose handle has one).
+    pub(crate) fn cancel_with(&mut self, token: Option<&crate::wait::CancelToken>) -> &mut Self {
+        self.cancel = token.cloned();
+        self
     }
 
     /// Finishes taking the lock on `file`: `None` if `path` no longer

@@ -72,7 +72,7 @@ impl Registry {
                 return false;
             }
             table.waiting += 1;
-            table = match left {
+            table = match deadline.slice(left) {
                 None => self
                     .released
                     .wait(table)

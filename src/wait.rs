@@ -17,11 +17,16 @@ pub(crate) const CANCEL_CHECK: Duration = Duration::from_millis(10);
 /// ([`LockOptions::cancel_token`]); clones share one state, and a token
 /// once cancelled stays cancelled (make a new one for the next waits).
 ///
-/// A wait that watches a token looks at it at every wake-up, and wakes at
-/// least every 10 ms: it ends within that long of [`cancel`]. Such a wait
-/// never sleeps in the kernel for an `Os` lock (as an unbounded wait
-/// without a token does, where nothing but the release can wake it): it
-/// tries again at its poll interval, as a bounded wait does.
+/// A wait that watches a token looks at it at least every 10 ms (between
+/// two file-system steps; a step of an unwell network file system can take
+/// longer), and otherwise tries the lock as often as a wait without a token
+/// does: it ends within that long of [`cancel`]. Such a wait never sleeps
+/// in the kernel for an `Os` lock (as an unbounded wait without a token
+/// does, where nothing but the release can wake it): it tries again at its
+/// poll interval, as a bounded wait does. An async wait that sleeps on a
+/// lock's watch sees the cancel when it wakes (at most the poll interval
+/// later); dropping its future ends it at once. A cancelled token also
+/// refuses a try-once acquire, which then does not try.
 ///
 /// [`LockFile::lock_cancellable`]: crate::LockFile::lock_cancellable
 /// [`LockFile::acquire_cancellable`]: crate::LockFile::acquire_cancellable
@@ -107,20 +112,50 @@ impl Deadline {
         self.end.is_none() && self.cancel.is_empty()
     }
 
-    /// Time left, `None` when unbounded; zero once passed or cancelled. A
-    /// deadline that can be cancelled says at most [`CANCEL_CHECK`]: every
-    /// wait sleeps at most what is left, and so looks at its tokens that
-    /// often.
+    /// Time left, `None` when unbounded; zero once passed or cancelled.
     pub(crate) fn remaining(&self) -> Option<Duration> {
-        let left = self
-            .end
-            .map(|end| end.saturating_duration_since(Instant::now()));
+        if self.cancelled() {
+            return Some(Duration::ZERO);
+        }
+        self.end
+            .map(|end| end.saturating_duration_since(Instant::now()))
+    }
+
+    /// How long one sleep of a wait that wants to sleep `want` (`None`:
+    /// until woken) may last: at most [`CANCEL_CHECK`] where a token can
+    /// cancel the wait, so that it looks at its tokens that often. A wait
+    /// sleeps again, without trying the lock, until its `want` is over.
+    pub(crate) fn slice(&self, want: Option<Duration>) -> Option<Duration> {
         if self.cancel.is_empty() {
-            left
-        } else if self.cancelled() {
-            Some(Duration::ZERO)
+            want
         } else {
-            Some(left.map_or(CANCEL_CHECK, |left| left.min(CANCEL_CHECK)))
+            Some(want.map_or(CANCEL_CHECK, |want| want.min(CANCEL_CHECK)))
+        }
+    }
+
+    /// Sleeps `nap`, or less if the deadline is cancelled meanwhile (seen
+    /// within [`CANCEL_CHECK`]).
+    pub(crate) fn sleep(&self, nap: Duration) {
+        let end = Instant::now() + nap;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.cancelled() {
+                return;
+            }
+            std::thread::sleep(self.slice(Some(left)).unwrap_or(left));
+        }
+    }
+
+    /// As [`sleep`](Deadline::sleep), in async code.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn sleep_async(&self, nap: Duration) {
+        let end = Instant::now() + nap;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.cancelled() {
+                return;
+            }
+            tokio::time::sleep(self.slice(Some(left)).unwrap_or(left)).await;
         }
     }
 
@@ -155,7 +190,7 @@ impl Backoff {
     pub(crate) fn sleep(&mut self, deadline: &Deadline) -> bool {
         match self.next(deadline) {
             Some(nap) => {
-                std::thread::sleep(nap);
+                deadline.sleep(nap);
                 true
             }
             None => false,
@@ -189,14 +224,16 @@ mod tests {
         let token = CancelToken::new();
         let d = Deadline::after(None).or_cancelled(Some(&token));
         assert!(!d.is_unbounded());
-        assert_eq!(d.remaining(), Some(CANCEL_CHECK));
-        let mut backoff = Backoff::new(Duration::from_secs(1));
-        for _ in 0..20 {
-            assert!(backoff.next(&d).is_some_and(|nap| nap <= CANCEL_CHECK));
-        }
+        assert_eq!(d.remaining(), None, "the time left is the wait's own");
+        assert_eq!(d.slice(None), Some(CANCEL_CHECK));
+        assert_eq!(d.slice(Some(Duration::from_secs(1))), Some(CANCEL_CHECK));
+        assert_eq!(Deadline::after(None).slice(None), None);
         token.clone().cancel();
         assert!(d.cancelled() && d.expired());
-        assert_eq!(backoff.next(&d), None);
+        assert_eq!(Backoff::new(Duration::from_secs(1)).next(&d), None);
+        let started = Instant::now();
+        d.sleep(Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

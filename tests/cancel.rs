@@ -159,3 +159,30 @@ fn the_handles_token_cancels_bounded_waits_and_semaphores(
     assert!(holder.wait().success());
     assert!(slot_holder.wait().success());
 }
+
+/// A shared (reader) wait of a handle with a token ends at the cancel too.
+#[test]
+fn the_handles_token_cancels_a_shared_wait() {
+    let (_dir, path) = scratch();
+    let mut holder = spawn("hold", &["os", path.as_str()]);
+    holder.expect("ACQUIRED");
+    let token = CancelToken::new();
+    let lock = LockOptions::new()
+        .strategy(LockStrategy::Os)
+        .cancel_token(&token)
+        .open(&path)
+        .expect("open");
+    let canceller = {
+        let token = token.clone();
+        std::thread::spawn(move || {
+            // (before the wait or during it: it ends either way)
+            std::thread::sleep(Duration::from_millis(50));
+            token.cancel();
+        })
+    };
+    let waited = lock.lock_shared();
+    canceller.join().expect("canceller");
+    assert!(matches!(waited, Err(Error::Cancelled { .. })), "{waited:?}");
+    holder.close_stdin();
+    assert!(holder.wait().success());
+}

@@ -375,9 +375,11 @@ impl LockOptions {
 
     /// Makes every wait of the handle end with
     /// [`Error::Cancelled`](crate::Error::Cancelled), holding nothing, once
-    /// `token` is cancelled (see [`CancelToken`]): also the waits of a
+    /// `token` is cancelled (see [`CancelToken`]): its exclusive, shared
+    /// and async waits, and those of a
     /// [`BoundedSemaphore`](crate::BoundedSemaphore) opened with these
-    /// options. For one call, see
+    /// options (not a [`ReentrantLockFile`](crate::ReentrantLockFile)'s
+    /// wait for another thread of this process). For one call, see
     /// [`LockFile::lock_cancellable`](crate::LockFile::lock_cancellable).
     pub fn cancel_token(&mut self, token: &CancelToken) -> &mut Self {
         self.cancel = Some(token.clone());

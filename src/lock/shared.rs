@@ -82,6 +82,7 @@ impl LockFile {
         }
         let _reported = self.report_wait(timeout);
         let opened = LockedFile::options()
+            .cancel_with(self.cancel.as_ref())
             .shared(true)
             .timeout(timeout)
             .poll_interval(self.poll_interval)

@@ -425,6 +425,10 @@ impl<'a> Turnstile<'a> {
         state.wanted = true;
         state.failed = false;
         helper.woken.notify_all();
+        // When the current nap ends: a wait that can be cancelled wakes
+        // more often to look at its tokens, and only looks at the lock
+        // once the nap is over.
+        let mut nap_end: Option<Instant> = None;
         let end = loop {
             if let Some(file) = state.file.take() {
                 self.held = Some(file);
@@ -439,7 +443,10 @@ impl<'a> Turnstile<'a> {
                 Some(left) => (left / 3).clamp(Duration::from_millis(1), patience),
                 None => patience,
             };
-            let (next, waited) = match helper.woken.wait_timeout(state, nap) {
+            let until = *nap_end.get_or_insert_with(|| Instant::now() + nap);
+            let left = until.saturating_duration_since(Instant::now());
+            let slice = deadline.slice(Some(left)).unwrap_or(left);
+            let (next, waited) = match helper.woken.wait_timeout(state, slice) {
                 Ok(woken) => woken,
                 Err(poisoned) => poisoned.into_inner(),
             };
@@ -447,6 +454,10 @@ impl<'a> Turnstile<'a> {
             if !waited.timed_out() || state.file.is_some() || state.failed {
                 continue;
             }
+            if Instant::now() < until && !deadline.expired() {
+                continue;
+            }
+            nap_end = None;
             drop(state);
             let stuck = self.head_is_stuck(&mut seen);
             state = holding::lock(&helper.state);

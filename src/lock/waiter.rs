@@ -228,10 +228,9 @@ impl LockFile {
         let deadline = Deadline::after(timeout).or_cancelled(self.cancel.as_ref());
         let mut backoff = Backoff::new(self.poll_interval);
         let mut failing: Option<(Instant, Error)> = None;
-        let mut watch = match self.strategy {
-            Concrete::Os => None,
-            Concrete::Mkdir | Concrete::Link => crate::sys::AsyncLockWatch::new(),
-        };
+        // Made at the first sleep (an inotify instance is a per-user
+        // resource): `None` until then, `Some(None)` where there is none.
+        let mut watch: Option<Option<crate::sys::AsyncLockWatch>> = None;
         let mut absent = 0;
         loop {
             match self.acquire_token(Some(Duration::ZERO)) {
@@ -251,7 +250,14 @@ impl LockFile {
                 }
                 Err(e) => return Err(e),
             }
-            match (backoff.next(&deadline), watch.as_mut()) {
+            let nap = backoff.next(&deadline);
+            if nap.is_some() && watch.is_none() {
+                watch = Some(match self.strategy {
+                    Concrete::Os => None,
+                    Concrete::Mkdir | Concrete::Link => crate::sys::AsyncLockWatch::new(),
+                });
+            }
+            match (nap, watch.as_mut().and_then(Option::as_mut)) {
                 (Some(nap), Some(watch)) if failing.is_none() => {
                     match watch.arm(&self.path, self.strategy == Concrete::Mkdir) {
                         // As the blocking wait (see `Waiter::busy`): a
@@ -273,10 +279,10 @@ impl LockFile {
                         }
                         // Just released: try again at once, a few times.
                         Armed::Absent if absent < QUICK_BREAKS => absent += 1,
-                        Armed::Absent | Armed::Failed => tokio::time::sleep(nap).await,
+                        Armed::Absent | Armed::Failed => deadline.sleep_async(nap).await,
                     }
                 }
-                (Some(nap), _) => tokio::time::sleep(nap).await,
+                (Some(nap), _) => deadline.sleep_async(nap).await,
                 (None, _) => {
                     return Err(match failing {
                         Some((_, e)) => e,
@@ -442,7 +448,17 @@ impl<'a> Waiter<'a> {
                         };
                         // Armed first: a release meanwhile is not missed.
                         sweep();
-                        watch.wait(nap)
+                        // (in slices where a token can cancel the wait)
+                        let end = Instant::now() + nap;
+                        loop {
+                            let left = end.saturating_duration_since(Instant::now());
+                            if left.is_zero() || self.deadline.cancelled() {
+                                break;
+                            }
+                            if watch.wait(self.deadline.slice(Some(left)).unwrap_or(left)) {
+                                break;
+                            }
+                        }
                     }
                     Armed::Absent if self.absent < QUICK_BREAKS => {
                         self.absent += 1;
@@ -450,13 +466,13 @@ impl<'a> Waiter<'a> {
                     }
                     Armed::Absent | Armed::Failed => {
                         sweep();
-                        std::thread::sleep(nap)
+                        self.deadline.sleep(nap)
                     }
                 }
             }
             Wake::Unset | Wake::Poll => {
                 sweep();
-                std::thread::sleep(nap)
+                self.deadline.sleep(nap)
             }
         }
         self.absent = 0;
@@ -469,6 +485,10 @@ impl<'a> Waiter<'a> {
     fn failed(&mut self, e: Error) -> Result<()> {
         if !e.io_error().is_some_and(files::is_transient) {
             return Err(e);
+        }
+        // (a wait cancelled while the file system erred says so)
+        if self.deadline.cancelled() {
+            return Err(self.lock.cancelled());
         }
         if self.retries < QUICK_RETRIES {
             self.retries += 1;
@@ -486,7 +506,7 @@ impl<'a> Waiter<'a> {
         let Some(nap) = self.backoff.next(self.deadline) else {
             return Err(e);
         };
-        std::thread::sleep(nap);
+        self.deadline.sleep(nap);
         Ok(())
     }
 }

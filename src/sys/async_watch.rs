@@ -44,7 +44,7 @@ impl AsyncLockWatch {
         };
         // (a runtime shutting down refuses the task: poll from then on)
         if let Ok(watch) = tokio::task::spawn_blocking(move || {
-            watch.wait(timeout);
+            let _ = watch.wait(timeout);
             watch
         })
         .await

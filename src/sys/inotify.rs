@@ -104,28 +104,33 @@ impl LockWatch {
         }
     }
 
-    /// Sleeps until the watched lock is removed, renamed or loses a link,
-    /// or `timeout` passes.
-    pub(crate) fn wait(&self, timeout: Duration) {
+    /// Sleeps until the watched lock is removed, renamed or loses a link
+    /// (true), or `timeout` passes (false).
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
         use rustix::event::{poll, PollFd, PollFlags};
         use rustix::fs::inotify::Reader;
         let end = std::time::Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
             let (Some(fd), Some(wd)) = (self.fd.as_ref(), self.wd) else {
-                return std::thread::sleep(left);
+                std::thread::sleep(left);
+                return false;
             };
             let Ok(ts) = rustix::time::Timespec::try_from(left) else {
-                return std::thread::sleep(left);
+                std::thread::sleep(left);
+                return false;
             };
             let mut fds = [PollFd::new(fd, PollFlags::IN)];
             match poll(&mut fds, Some(&ts)) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(_) => {}
-                Err(_) => return std::thread::sleep(left),
+                Err(_) => {
+                    std::thread::sleep(left);
+                    return false;
+                }
             }
             let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
             let mut reader = Reader::new(fd, &mut buf);
@@ -135,7 +140,7 @@ impl LockWatch {
                 ours |= event.wd() == wd;
             }
             if ours {
-                return;
+                return true;
             }
         }
     }

@@ -33,8 +33,9 @@ impl LockWatch {
         Armed::Failed
     }
 
-    /// Sleeps for `timeout`.
-    pub(crate) fn wait(&self, timeout: Duration) {
+    /// Sleeps for `timeout`; never woken early (false).
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
         std::thread::sleep(timeout);
+        false
     }
 }
