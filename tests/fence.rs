@@ -135,3 +135,45 @@ fn a_forced_break_gives_the_next_holder_a_larger_token(strategy: LockStrategy) {
         .expect("open");
     assert_eq!(plain.try_lock().expect("free").fence(), None);
 }
+
+/// The case fencing exists for: a holder stopped (`SIGSTOP`: a long GC
+/// pause, a suspended machine) past its lease. Another process waits out
+/// the lease, breaks the lock and takes it with a larger token; the
+/// stopped holder, resumed, still believes in its old token, which a
+/// fenced resource refuses, and is told it lost the lock when it looks.
+#[cfg(unix)]
+#[apply(lasting_strategies)]
+fn a_holder_stopped_past_its_lease_keeps_the_smaller_token(strategy: LockStrategy) {
+    let (_dir, root) = scratch_root();
+    let path = root.join("x.lock");
+    let spec = format!("{}+fence", strategy.as_str());
+    let mut holder = spawn("hold", &[&spec, path.as_str(), "300"]);
+    holder.expect("ACQUIRED");
+    holder.send("fence");
+    let old: u64 = holder.expect("FENCE").parse().expect("a token");
+    holder.signal("STOP");
+    let mine = LockOptions::new()
+        .strategy(strategy)
+        .fencing(true)
+        .open(&path)
+        .expect("open");
+    let guard = mine
+        .lock_timeout(EVENT_TIMEOUT)
+        .expect("taken once the stopped holder's lease ran out");
+    let new = guard.fence().expect("a token");
+    assert!(new > old, "{new} after {old}");
+    holder.signal("CONT");
+    holder.send("check");
+    let told = loop {
+        let (event, data) = holder.next_event();
+        if event == "CHECKED" {
+            break data;
+        }
+    };
+    assert_eq!(told, "LockLost");
+    holder.send("fence");
+    assert_eq!(holder.expect("FENCE"), old.to_string());
+    guard.release().expect("release");
+    holder.close_stdin();
+    let _ = holder.wait();
+}
