@@ -11,7 +11,7 @@ use portalock::{Error, FileKind, LockFile, LockOptions, LockStatus, LockStrategy
 use rstest::rstest;
 use rstest_reuse::apply;
 
-use common::fixture::{every_strategy, open, scratch};
+use common::fixture::{every_strategy, lasting_strategies, open, scratch};
 use common::{assert_would_block_by, spawn, EVENT_TIMEOUT};
 
 #[test]
@@ -925,5 +925,28 @@ fn a_blocking_or_never_due_hook_does_not_hold_up_a_wait() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), after);
     assert_eq!(never.load(std::sync::atomic::Ordering::SeqCst), 0);
+    holder.release().expect("release");
+}
+
+/// A handle whose lock was broken by force meanwhile does not go on
+/// counting as its holder: its next acquire says the lock was lost (once),
+/// and the one after that takes the lock as any. (It said `WouldBlock`,
+/// "is held", with no holder, until `release` was called.)
+#[apply(lasting_strategies)]
+fn acquiring_again_on_a_handle_whose_lock_was_lost_says_so_once(strategy: LockStrategy) {
+    let (_dir, path) = scratch();
+    let (holder, breaker) = (open(&path, strategy), open(&path, strategy));
+    holder.acquire().expect("acquire");
+    breaker.force_break().expect("force").expect("a record");
+    assert!(matches!(holder.try_acquire(), Err(Error::LockLost { .. })));
+    assert!(!holder.is_held());
+    holder.try_acquire().expect("free: taken");
+    holder.release().expect("release");
+    // Held and not lost: acquiring again is refused, as ever.
+    holder.acquire().expect("acquire");
+    assert!(matches!(
+        holder.try_acquire(),
+        Err(Error::WouldBlock { .. })
+    ));
     holder.release().expect("release");
 }

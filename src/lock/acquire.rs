@@ -17,8 +17,12 @@ impl LockFile {
     /// # Errors
     ///
     /// [`Error::WouldBlock`] (timeout zero) or [`Error::Timeout`] if the lock
-    /// stayed held, with the holder's record when readable; the typed path
-    /// errors ([`Error::MissingParent`], [`Error::Symlink`],
+    /// stayed held, with the holder's record when readable (this handle
+    /// too, if it holds the lock: it is not reentrant);
+    /// [`Error::LockLost`] if this handle held the lock and lost it
+    /// meanwhile (said once: the acquisition is let go, and the next
+    /// acquire takes the lock as any); the typed path errors
+    /// ([`Error::MissingParent`], [`Error::Symlink`],
     /// [`Error::WrongFileType`], [`Error::Foreign`]) and [`Error::Io`].
     ///
     /// Errors that may pass (a stale NFS file handle, `EIO`, a server out

@@ -58,6 +58,18 @@ impl LockFile {
         if deadline.cancelled() {
             return Err(self.cancelled());
         }
+        // A handle that holds the lock waits for itself, as a
+        // non-reentrant lock does; but one whose lock was lost meanwhile
+        // (broken, or its lease ran out) holds nothing: it says so, once,
+        // and lets the acquisition go, so that the next acquire takes the
+        // lock as any would.
+        let holds = self.state().is_some();
+        if holds {
+            if let Err(lost @ Error::LockLost { .. }) = self.ensure_held() {
+                let _ = self.release();
+                return Err(lost);
+            }
+        }
         let reported = self.report_wait(timeout);
         if !registry().enter(&self.path, self.id, &deadline) {
             return Err(self.contended_or_cancelled(timeout, &deadline));
