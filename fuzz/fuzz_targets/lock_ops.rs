@@ -9,14 +9,14 @@
 //!
 //! | operation | expected |
 //! | --- | --- |
-//! | `try_acquire` | `Ok` and held if nobody holds it, else `WouldBlock` (also for the holder: not reentrant) |
+//! | `try_acquire` | `Ok` and held if nobody holds it, else `WouldBlock` (also for the holder: not reentrant), but `LockLost` for a holder whose lock was broken (which then holds nothing) |
 //! | `acquire_timeout(1 ms)` | like `try_acquire`, but `Timeout` |
 //! | `release` | `Ok` by the holder, `LockLost` if it was broken, `NotLocked` by anyone else |
 //! | `ensure_held` | `Ok` / `LockLost` by the holder, `NotLocked` by anyone else |
 //! | drop and reopen the handle | the holder's drop frees the lock |
 //! | `break_lock` | `NotStale` while held by this (live) process, else `Ok(None)` |
 //! | `force_break` | the holder's record (`Mkdir`/`Link`), `Unsupported` (`Os`), `Ok(None)` if free |
-//! | `try_lock` guard, dropped | like `try_acquire` then `release` |
+//! | `try_lock` guard, dropped | like `try_acquire` then `release` (`LockLost` as there) |
 //!
 //! After every operation `is_held` (each handle), `is_locked` (true while
 //! any handle of the process holds it) and `owner` (the record on disk)
@@ -95,10 +95,15 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let expected = match (held, byte & 7) {
                     (false, _) => "Ok",
+                    _ if holds && model.lost => "LockLost",
                     (true, 0) => "WouldBlock",
                     (true, _) => "Timeout",
                 };
                 assert_eq!(variant(&result), expected, "{ctx}");
+                if expected == "LockLost" {
+                    model.holder = None;
+                    model.lost = false;
+                }
                 if result.is_ok() {
                     let token = handles[h].owner().expect("owner").expect("a record").token;
                     model.holder = Some((h, token));
@@ -152,9 +157,19 @@ fuzz_target!(|data: &[u8]| {
                 let got = match &guard {
                     Ok(_) => "Ok",
                     Err(Error::WouldBlock { .. }) => "WouldBlock",
+                    Err(Error::LockLost { .. }) => "LockLost",
                     Err(e) => panic!("{ctx}: unexpected error from try_lock: {e}"),
                 };
-                assert_eq!(got, if held { "WouldBlock" } else { "Ok" }, "{ctx}");
+                let expected = match held {
+                    false => "Ok",
+                    true if holds && model.lost => "LockLost",
+                    true => "WouldBlock",
+                };
+                assert_eq!(got, expected, "{ctx}");
+                if expected == "LockLost" {
+                    model.holder = None;
+                    model.lost = false;
+                }
                 drop(guard);
             }
         }
