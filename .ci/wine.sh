@@ -30,6 +30,11 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 
 export PATH="$wine_dir:$PATH"
 export WINEDEBUG=-all
+# A process start and a system call cost many times more under Wine than
+# natively: a child's answer may take longer than the 30 s a native run
+# allows (the eight fencing processes' thousand acquisitions, on a busy
+# machine). Only a failing test waits that long.
+export PORTALOCK_TEST_EVENT_TIMEOUT="${PORTALOCK_TEST_EVENT_TIMEOUT:-120}"
 export WINEPREFIX="${WINEPREFIX:-$PWD/target/wine-prefix}"
 export WINEDLLOVERRIDES="mscoree,mshtml="
 

@@ -532,6 +532,8 @@ pub(crate) enum Op {
     OpenRedis,
     Read,
     ReadRecord,
+    Readers,
+    Register,
     #[cfg(feature = "redis")]
     Release,
     RemoveDir,
@@ -584,6 +586,8 @@ impl Op {
             Op::OpenRedis => "open",
             Op::Read => "read",
             Op::ReadRecord => "read the owner record of",
+            Op::Readers => "wait for the readers of",
+            Op::Register => "register a reader of",
             #[cfg(feature = "redis")]
             Op::Release => "release",
             Op::RemoveDir => "remove lock directory",

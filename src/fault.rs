@@ -59,6 +59,11 @@ pub const STEPS: &[&str] = &[
     // `break_lock`; `force_break`).
     "break.judged",
     "force.judged",
+    // Readers (`LockFile::lock_shared` on `Mkdir` and `Link`): a reader's
+    // registration made, the lock not yet checked and let go; a writer
+    // holding the lock found readers registered, not yet judged.
+    "readers.registered",
+    "readers.draining",
 ];
 
 /// Points where a test injects an error that a file system can give but

@@ -192,6 +192,15 @@ pub(crate) fn apply_mode(file: &File, mode: Option<u32>) {
     }
 }
 
+/// Gives the directory `dir`, which an acquisition just made, the bits of a
+/// lock directory for the file bits `mode` (best effort, as
+/// [`apply_mode`]).
+pub(crate) fn set_dir_mode(dir: &Utf8Path, mode: u32) {
+    if let Ok(opened) = File::open(dir) {
+        let _ = sys::set_mode(&opened, dir_mode(mode));
+    }
+}
+
 /// The bits of a lock directory for the file bits `mode`: `x` wherever
 /// `mode` has `r`.
 pub(crate) fn dir_mode(mode: u32) -> u32 {

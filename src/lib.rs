@@ -17,7 +17,7 @@
 //! | one holder at a time, across processes (and machines sharing a file system) | [`LockFile`] |
 //! | to lock a [`File`](std::fs::File) you opened yourself (portalocker's `lock`/`unlock`) | [`flock::lock`], [`flock::unlock`] |
 //! | a lock that hands out the file it locks, portalocker's `Lock(path, 'r+', timeout=5)` | [`LockedFile`] |
-//! | shared (reader) locks | [`LockFile::lock_shared`] (the `Os` strategy), [`LockedFileOptions::shared`] |
+//! | many readers or one writer (a readers-writer lock), on every strategy | [`LockFile::lock_shared`] beside [`LockFile::lock`]; [`LockedFileOptions::shared`] |
 //! | a lock the owning thread may take again (portalocker's `RLock`) | [`ReentrantLockFile`] |
 //! | a lock file that exists only while held | [`LockOptions::remove_on_release`] |
 //! | at most N holders at once | [`BoundedSemaphore`] |

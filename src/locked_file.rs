@@ -311,6 +311,11 @@ pub struct LockedFile {
 }
 
 impl LockedFile {
+    /// The open file that holds the lock, for a command to inherit.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Options with the defaults: [`Mode::Create`], exclusive, wait forever.
     pub fn options() -> LockedFileOptions {
         LockedFileOptions::default()

@@ -1236,3 +1236,50 @@ fn run_fence_passes_a_growing_token_to_the_command() {
     );
     assert_eq!(ran.stdout.trim(), "[]");
 }
+
+/// `run -s` on every strategy: two shared runs hold the lock at once, an
+/// exclusive try is refused with the conflict code, `status` lists the
+/// readers (mkdir, link), and when they are gone an exclusive run gets in.
+#[rstest]
+fn shared_runs_overlap_and_keep_exclusive_runs_out(
+    #[values("os", "mkdir", "link")] strategy: &str,
+) {
+    let (_dir, root) = scratch();
+    let lock = root.join("shared.lock");
+    let (mut first, first_pid) = hold_with_run(&["-s", "--strategy", strategy], &lock);
+    let (mut second, _) = hold_with_run(&["-s", "-n", "--strategy", strategy], &lock);
+    let exclusive = tool(
+        &["run", "-n", "--strategy", strategy, lock.as_str(), "true"],
+        None,
+    );
+    assert_eq!(exclusive.code(), 75, "{strategy}: {}", exclusive.stderr);
+    if strategy != "os" {
+        let (code, json) = status_json(strategy, &lock);
+        assert_eq!(code, 1, "{strategy}: {json}");
+        assert_eq!(json["state"], "shared", "{strategy}: {json}");
+        let readers = json["readers"].as_array().expect("readers");
+        assert_eq!(readers.len(), 2, "{strategy}: {json}");
+        // Each registration names the command that `run` started.
+        assert!(
+            readers
+                .iter()
+                .any(|r| r["pid"] == first_pid && r["command"]["pid"].is_u64()),
+            "{strategy}: {json}"
+        );
+        let human = tool(&["status", lock.as_str()], None);
+        assert!(
+            human.stdout.starts_with("shared:"),
+            "{strategy}: {}",
+            human.stdout
+        );
+    }
+    first.close_stdin();
+    second.close_stdin();
+    assert!(first.wait().success());
+    assert!(second.wait().success());
+    let after = tool(
+        &["run", "-n", "--strategy", strategy, lock.as_str(), "true"],
+        None,
+    );
+    assert_eq!(after.code(), 0, "{strategy}: {}", after.stderr);
+}

@@ -950,6 +950,7 @@ fn actor(args: &[String]) -> i32 {
     say("READY");
     let mut command: Option<Child> = None;
     let mut guard: Option<portalock::LockGuard<'_>> = None;
+    let mut reading: Option<portalock::SharedGuard> = None;
     while let Ok(line) = commands.recv() {
         let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         let answer = match verb {
@@ -979,6 +980,28 @@ fn actor(args: &[String]) -> i32 {
                     "ok".to_owned()
                 }
                 Err(e) => kind(&e),
+            },
+            "shared" | "wshared" => {
+                let taken = if verb == "shared" {
+                    lock.try_lock_shared()
+                } else {
+                    lock.lock_shared_timeout(Duration::from_millis(arg.parse().expect("MS")))
+                };
+                match taken {
+                    Ok(g) => {
+                        reading = Some(g);
+                        "ok".to_owned()
+                    }
+                    Err(e) => kind(&e),
+                }
+            }
+            "sheck" => match &reading {
+                Some(g) => outcome(g.ensure_held()),
+                None => "notlocked".to_owned(),
+            },
+            "unshare" => match reading.take() {
+                Some(g) => outcome(g.release()),
+                None => "notlocked".to_owned(),
             },
             "dropguard" => {
                 drop(guard.take());
@@ -1326,6 +1349,178 @@ fn targeted_scenarios() -> Vec<(String, Result<String, String>)> {
             a_release_failing_half_way_is_finished_later(),
         ),
     ]
+    .into_iter()
+    .chain(reader_scenarios())
+    .collect()
+}
+
+/// The readers' steps (`LockFile::lock_shared` on `Mkdir` and `Link`),
+/// each resumed, killed and failed: a reader stopped between its
+/// registration and its check of the lock (`readers.registered`, role
+/// `reader`), and a writer stopped holding the lock with a reader
+/// registered (`readers.draining`, role `drainer`). At every point no
+/// writer holds beside a reader or another writer.
+fn reader_scenarios() -> Vec<(String, Result<String, String>)> {
+    let mut all = Vec::new();
+    for strategy in [LockStrategy::Mkdir, LockStrategy::Link] {
+        for outcome in [Outcome::Resume, Outcome::Kill, Outcome::Fail] {
+            for (step, role) in [
+                ("readers.registered", "reader"),
+                ("readers.draining", "drainer"),
+            ] {
+                let name = format!("{step} {role} {strategy} {}", outcome.name());
+                let result = reader_scenario(strategy, step, outcome);
+                all.push((name, result));
+            }
+        }
+    }
+    all
+}
+
+/// `cmd` to actor `i`, which must answer `want`.
+fn expect(world: &mut World, i: usize, cmd: &str, want: &str) -> Result<(), String> {
+    let got = world.call(i, cmd)?;
+    check(got == want, || {
+        format!("{}: {cmd} said {got}, not {want}", world.actors[i].name)
+    })
+}
+
+fn reader_scenario(strategy: LockStrategy, step: &str, outcome: Outcome) -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let path = dir.path().join("m.lock");
+    let mut world = World::new(strategy, &path);
+    let result = (|| -> Result<String, String> {
+        let summary = if step == "readers.registered" {
+            let a = world.spawn("A", 0)?;
+            match outcome {
+                Outcome::Fail => {
+                    world.call(a, &format!("fail {step}"))?;
+                    let got = world.call(a, "shared")?;
+                    check(got.starts_with("err"), || {
+                        format!("A's failed registration said {got}")
+                    })?;
+                    // It holds nothing, as a reader or a writer.
+                    let b = world.spawn("B", 0)?;
+                    expect(&mut world, b, "acquire", "ok")?;
+                    expect(&mut world, b, "release", "ok")?;
+                    got
+                }
+                Outcome::Kill => {
+                    world.call(a, &format!("pause {step}"))?;
+                    world.actors[a].send("shared")?;
+                    world.actors[a].expect_at(step)?;
+                    let b = world.spawn("B", 0)?;
+                    expect(&mut world, b, "acquire", "busy")?;
+                    world.actors[a].kill();
+                    // Its lock and its registration are a dead process's.
+                    expect(&mut world, b, "wait 5000", "ok")?;
+                    expect(&mut world, b, "release", "ok")?;
+                    "killed".to_owned()
+                }
+                Outcome::Resume => {
+                    // Stopped with its registration made, A loses the lock
+                    // to an operator's forced break, and a writer B takes
+                    // it: B must wait for A's registration, and A, resumed,
+                    // must not count as a reader.
+                    world.call(a, &format!("pause {step}"))?;
+                    world.actors[a].send("shared")?;
+                    world.actors[a].expect_at(step)?;
+                    let c = world.spawn("C", 0)?;
+                    let forced = world.call(c, "force")?;
+                    check(forced.starts_with("removed:"), || {
+                        format!("C's force said {forced}")
+                    })?;
+                    let b = world.spawn("B", 0)?;
+                    world.actors[b].send("wait 5000")?;
+                    // B has the lock, and waits for A's registration.
+                    let waited = world.call(c, "acquire")?;
+                    check(waited == "busy", || format!("C beside B's wait: {waited}"))?;
+                    world.actors[a].send("go")?;
+                    let got = world.actors[a].reply()?;
+                    check(got == "busy", || {
+                        format!("A, its lock broken while it registered, said {got}")
+                    })?;
+                    let b_got = world.actors[b].reply()?;
+                    check(b_got == "ok", || format!("B's wait said {b_got}"))?;
+                    expect(&mut world, a, "sheck", "notlocked")?;
+                    expect(&mut world, a, "shared", "busy")?;
+                    expect(&mut world, b, "release", "ok")?;
+                    expect(&mut world, a, "shared", "ok")?;
+                    expect(&mut world, b, "acquire", "busy")?;
+                    expect(&mut world, a, "unshare", "ok")?;
+                    expect(&mut world, b, "acquire", "ok")?;
+                    expect(&mut world, b, "release", "ok")?;
+                    got
+                }
+            }
+        } else {
+            let r = world.spawn("R", 0)?;
+            expect(&mut world, r, "shared", "ok")?;
+            let a = world.spawn("A", 0)?;
+            match outcome {
+                Outcome::Fail => {
+                    world.call(a, &format!("fail {step}"))?;
+                    let got = world.call(a, "wait 5000")?;
+                    check(got.starts_with("err"), || {
+                        format!("A's failed drain said {got}")
+                    })?;
+                    expect(&mut world, a, "check", "notlocked")?;
+                    let b = world.spawn("B", 0)?;
+                    expect(&mut world, b, "shared", "ok")?;
+                    expect(&mut world, b, "unshare", "ok")?;
+                    expect(&mut world, r, "unshare", "ok")?;
+                    expect(&mut world, a, "acquire", "ok")?;
+                    expect(&mut world, a, "release", "ok")?;
+                    got
+                }
+                Outcome::Kill => {
+                    world.call(a, &format!("pause {step}"))?;
+                    world.actors[a].send("wait 5000")?;
+                    world.actors[a].expect_at(step)?;
+                    world.actors[a].kill();
+                    // A dead writer's lock is broken; the reader stays.
+                    let b = world.spawn("B", 0)?;
+                    expect(&mut world, b, "wshared 5000", "ok")?;
+                    expect(&mut world, r, "sheck", "ok")?;
+                    let c = world.spawn("C", 0)?;
+                    expect(&mut world, c, "acquire", "busy")?;
+                    expect(&mut world, b, "unshare", "ok")?;
+                    expect(&mut world, r, "unshare", "ok")?;
+                    expect(&mut world, c, "acquire", "ok")?;
+                    expect(&mut world, c, "release", "ok")?;
+                    "killed".to_owned()
+                }
+                Outcome::Resume => {
+                    world.call(a, &format!("pause {step}"))?;
+                    world.actors[a].send("wait 5000")?;
+                    world.actors[a].expect_at(step)?;
+                    // A waiting writer holds the lock: no new reader.
+                    let b = world.spawn("B", 0)?;
+                    expect(&mut world, b, "shared", "busy")?;
+                    expect(&mut world, r, "sheck", "ok")?;
+                    expect(&mut world, r, "unshare", "ok")?;
+                    world.actors[a].send("go")?;
+                    let got = world.actors[a].reply()?;
+                    check(got == "ok", || format!("A's wait said {got}"))?;
+                    expect(&mut world, a, "check", "ok")?;
+                    expect(&mut world, b, "shared", "busy")?;
+                    expect(&mut world, a, "release", "ok")?;
+                    expect(&mut world, b, "shared", "ok")?;
+                    expect(&mut world, b, "unshare", "ok")?;
+                    got
+                }
+            }
+        };
+        // A writer comes last: it gets in, and leaves nothing behind.
+        let f = world.spawn("F", 0)?;
+        expect(&mut world, f, &format!("wait {}", GRACE_MS + 4000), "ok")?;
+        expect(&mut world, f, "release", "ok")?;
+        let left = leftovers(&path);
+        check(left.is_empty(), || format!("left behind: {left:?}"))?;
+        Ok(summary)
+    })();
+    world.end();
+    result.map_err(|e| format!("{e}\n    what happened: {}", world.log.join(" ")))
 }
 
 /// A `Link` release that fails after taking its claim (the lock path

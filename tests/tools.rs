@@ -200,18 +200,6 @@ fn readers_share_an_os_lock_across_processes_and_a_writer_is_excluded() {
 }
 
 #[test]
-fn shared_locks_need_the_os_strategy() {
-    let (_dir, root) = scratch();
-    for strategy in [LockStrategy::Mkdir, LockStrategy::Link] {
-        let lock = LockFile::with_strategy(root.join("x.lock"), strategy).expect("open");
-        assert!(matches!(
-            lock.try_lock_shared(),
-            Err(Error::Unsupported { .. })
-        ));
-    }
-}
-
-#[test]
 fn a_reentrant_lock_counts_its_owners_acquisitions() {
     let (_dir, root) = scratch();
     let path = root.join("r.lock");

@@ -35,6 +35,12 @@ impl LockFile {
     /// a lock taken afresh meanwhile is never removed (the protocol is
     /// argued in [`stale`](crate::stale)).
     ///
+    /// A lock that only readers hold ([`lock_shared`](LockFile::lock_shared)
+    /// on `Mkdir` or `Link`) has its stale readers' registrations broken
+    /// (by the same rules), and is [`Error::NotStale`] if live readers
+    /// remain; [`force_break`](LockFile::force_break) removes every
+    /// reader's.
+    ///
     /// For `Link`, breaking (or finding the lock free) also removes the
     /// private files that killed processes of this machine left beside the
     /// lock: claims never linked and taken names never removed.
@@ -330,7 +336,9 @@ impl LockFile {
             let seen = match strategy::probe(self.strategy, &self.path)? {
                 Probe::Free => {
                     strategy::sweep(self.strategy, &self.path, self.writers());
-                    return Ok(None);
+                    // Held by readers only: theirs are the registrations
+                    // to break.
+                    return self.break_readers(breaking);
                 }
                 Probe::Held(seen) => *seen,
             };

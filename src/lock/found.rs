@@ -17,6 +17,12 @@ impl LockStrategy {
     /// nothing is there, or when what is there tells nothing: a file
     /// without a readable record (a released `Os` lock's on a network file
     /// system, blanked, or another program's), a symbolic link, a FIFO.
+    /// A lock held only by readers ([`LockFile::lock_shared`] on `Mkdir` or
+    /// `Link`: nothing at `path`, registrations beside it) is found as
+    /// `Mkdir`, the strategy of the registrations; a `Mkdir` and a `Link`
+    /// lock on one path exclude each other and share their readers.
+    ///
+    /// [`LockFile::lock_shared`]: crate::LockFile::lock_shared
     ///
     /// A tool that looks at a lock it did not take (`portalock status`,
     /// `portalock break`) opens its handle with this strategy, so that it
@@ -53,7 +59,10 @@ impl LockStrategy {
             Some(FileKind::File) => {
                 strategy::record_at(&path).and_then(|record| record.strategy.file_strategy())
             }
-            Some(FileKind::Symlink | FileKind::Other) | None => None,
+            Some(FileKind::Symlink | FileKind::Other) => None,
+            None => super::readers::readers_dir(&path)
+                .filter(|dir| super::readers::any_registered(dir))
+                .map(|_| LockStrategy::Mkdir),
         })
     }
 }

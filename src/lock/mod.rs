@@ -13,6 +13,7 @@ mod fence;
 mod found;
 mod guard;
 mod options;
+mod readers;
 mod release;
 mod report;
 mod shared;
@@ -77,6 +78,11 @@ pub enum LockStatus {
     Free,
     /// Somebody holds the lock; their owner record, when it could be read.
     Held(Option<OwnerRecord>),
+    /// Readers hold a `Mkdir` or `Link` lock shared
+    /// ([`LockFile::lock_shared`]); the owner record of each, when it could
+    /// be read. (Readers of an `Os` lock keep no records: such a lock reads
+    /// as free.)
+    Shared(Vec<Option<OwnerRecord>>),
 }
 
 /// A cross-process lock identified by its path.
@@ -139,6 +145,10 @@ pub struct LockFile {
     cancel: Option<crate::wait::CancelToken>,
     /// Whether each acquisition gets a fencing token.
     fencing: bool,
+    /// Whether an exclusive acquisition waits for the lock's readers (see
+    /// [`readers`]): `Mkdir` and `Link` locks, but not a reader's own
+    /// registration.
+    readers: bool,
     /// Unique in this process; the registry's claim on the path.
     id: u64,
     held: Mutex<Option<Arc<Holding>>>,
@@ -454,13 +464,21 @@ impl LockFile {
     /// ```
     pub fn status(&self) -> Result<LockStatus> {
         Ok(match strategy::probe(self.strategy, &self.path)? {
-            Probe::Free => LockStatus::Free,
+            Probe::Free => {
+                let readers = self.reader_records()?;
+                if readers.is_empty() {
+                    LockStatus::Free
+                } else {
+                    LockStatus::Shared(readers)
+                }
+            }
             Probe::Held(seen) => LockStatus::Held(seen.record),
         })
     }
 
-    /// The owner record of whoever holds the lock; `None` if it is free or
-    /// its record cannot be read.
+    /// The owner record of whoever holds the lock; `None` if it is free,
+    /// held only by readers ([`LockStatus::Shared`]), or its record cannot
+    /// be read.
     ///
     /// # Errors
     ///
@@ -481,7 +499,7 @@ impl LockFile {
     pub fn owner(&self) -> Result<Option<OwnerRecord>> {
         Ok(match self.status()? {
             LockStatus::Held(rec) => rec,
-            LockStatus::Free => None,
+            LockStatus::Free | LockStatus::Shared(_) => None,
         })
     }
 

@@ -550,6 +550,7 @@ impl LockOptions {
             permissions: self.permissions,
             cancel: self.cancel.clone(),
             fencing: self.fencing,
+            readers: strategy != Concrete::Os,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: Mutex::new(None),
             os_file: Mutex::new(None),

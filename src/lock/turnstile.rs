@@ -51,7 +51,13 @@
 //! held): its next acquisitions, try-once ones included, pass the stuck
 //! head at once.
 //!
-//! **What the gate does not order.** Shared (reader) locks, `LockedFile`,
+//! **Readers.** A shared `Os` acquisition passes the gate too: one that
+//! finds it taken waits for it, and holds it until its shared lock is
+//! taken. Readers then do not join the readers a writer at the head waits
+//! for, which the kernel would let them do. (`Mkdir` and `Link` readers
+//! take the lock itself to register, and so queue as any acquisition.)
+//!
+//! **What the gate does not order.** `LockedFile`,
 //! and waits at more than [`MAX_HELPERS`] gates at once in one process go
 //! on as without one. A gate file that is removed (a cleaner of old files)
 //! while a handle keeps looking at it is noticed at that handle's next

@@ -20,6 +20,7 @@ use crate::wait::{Backoff, CancelToken, Deadline};
 use super::fence;
 #[cfg(feature = "tokio")]
 use super::guard::LockGuard;
+use super::release::Keep;
 use super::report;
 use super::turnstile::{AtGate, Turnstile};
 use super::LockFile;
@@ -52,6 +53,19 @@ impl LockFile {
         timeout: Option<Duration>,
         cancel: Option<&CancelToken>,
     ) -> Result<String> {
+        self.acquire_token_as(timeout, cancel, true)
+    }
+
+    /// As [`acquire_token_until`](LockFile::acquire_token_until); a
+    /// writer (`writer`) then also waits, holding the lock, until no reader
+    /// holds it (see [`super::readers`]), while a reader about to register
+    /// does not.
+    pub(super) fn acquire_token_as(
+        &self,
+        timeout: Option<Duration>,
+        cancel: Option<&CancelToken>,
+        writer: bool,
+    ) -> Result<String> {
         let deadline = Deadline::after(timeout)
             .or_cancelled(self.cancel.as_ref())
             .or_cancelled(cancel);
@@ -71,32 +85,53 @@ impl LockFile {
             }
         }
         let reported = self.report_wait(timeout);
-        if !registry().enter(&self.path, self.id, &deadline) {
-            return Err(self.contended_or_cancelled(timeout, &deadline));
-        }
-        let acquired = self.acquire_in_fs(timeout, &deadline);
-        // The wait is over: no report starts from here on.
-        drop(reported);
-        match acquired {
-            Ok((held, record)) => {
-                let breakable = self.strategy != Concrete::Os;
-                let holding =
-                    Holding::start(&self.path, held, record, self.on_lost.clone(), breakable);
-                let token = holding.token().to_owned();
-                *self.state() = Some(Arc::clone(&holding));
-                if self.fencing {
-                    self.give_fence(&holding)?;
+        loop {
+            if !registry().enter(&self.path, self.id, &deadline) {
+                return Err(self.contended_or_cancelled(timeout, &deadline));
+            }
+            let acquired = self.acquire_in_fs(timeout, &deadline);
+            let (held, record) = match acquired {
+                Ok(taken) => taken,
+                Err(e) if e.is_contended() && deadline.cancelled() => {
+                    registry().leave(&self.path, self.id);
+                    return Err(self.cancelled());
                 }
-                Ok(token)
+                Err(e) => {
+                    registry().leave(&self.path, self.id);
+                    return Err(e);
+                }
+            };
+            let breakable = self.strategy != Concrete::Os;
+            let holding = Holding::start(&self.path, held, record, self.on_lost.clone(), breakable);
+            let token = holding.token().to_owned();
+            *self.state() = Some(Arc::clone(&holding));
+            if writer && self.readers {
+                match self.drain_readers(timeout, &deadline) {
+                    Ok(()) => {}
+                    // Broken while it waited for the readers (its lease ran
+                    // out, a forced break): not this writer's any more. It
+                    // starts again while its wait lasts.
+                    Err(Error::LockLost { .. }) => {
+                        let _ = self.release_token(&token, Keep::Background);
+                        if deadline.expired() {
+                            return Err(self.contended_or_cancelled(timeout, &deadline));
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        // (a release that fails for a moment is finished in
+                        // the background: the caller holds nothing)
+                        let _ = self.release_token(&token, Keep::Background);
+                        return Err(e);
+                    }
+                }
             }
-            Err(e) if e.is_contended() && deadline.cancelled() => {
-                registry().leave(&self.path, self.id);
-                Err(self.cancelled())
+            // The wait is over: no report starts from here on.
+            drop(reported);
+            if self.fencing && writer {
+                self.give_fence(&holding)?;
             }
-            Err(e) => {
-                registry().leave(&self.path, self.id);
-                Err(e)
-            }
+            return Ok(token);
         }
     }
 

@@ -252,6 +252,9 @@ pub fn child_entry() {
         "wait" => wait_for_eof(),
         "flock" => flock_hold(&args),
         "shared" => shared_hold(&args),
+        "reader" => reader(&args),
+        "rw-mix" => rw_mix(&args),
+        "read-loop" => read_loop(&args),
         "file-count" => file_count(&args),
         "slot" => slot(&args),
         #[cfg(feature = "redis")]
@@ -723,6 +726,186 @@ fn shared_hold(args: &[&str]) -> i32 {
     let _guard = lock.lock_shared().expect("lock shared");
     say("SHARED");
     wait_for_eof()
+}
+
+/// `reader STRATEGY PATH [LEASE_MS]`: takes the lock at PATH shared (with
+/// a lease if given), says `SHARED <pid>`, then serves `check` (`CHECKED
+/// <result of ensure_held>`) and `release` (`RELEASED <result>`) until its
+/// input ends.
+fn reader(args: &[&str]) -> i32 {
+    let mut options = options_for(args[0]);
+    if let Some(ms) = args.get(2) {
+        options.lease(Duration::from_millis(ms.parse().expect("lease in ms")));
+    }
+    let lock = options.open(args[1]).expect("open lock");
+    let mut guard = match lock.lock_shared() {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+    };
+    say(&format!("SHARED {}", std::process::id()));
+    for line in std::io::stdin().lock().lines() {
+        match (line.as_deref(), guard.as_ref()) {
+            (Ok("check"), Some(g)) => say(&format!("CHECKED {}", outcome(g.ensure_held()))),
+            (Ok("release"), Some(_)) => {
+                let released = guard.take().map_or(Ok(()), |g| g.release());
+                say(&format!("RELEASED {}", outcome(released)));
+            }
+            (Ok(_), _) => {}
+            (Err(_), _) => break,
+        }
+    }
+    0
+}
+
+/// `rw-mix STRATEGY LOCK DIR N`: says `READY`, waits for `go`, then N
+/// times takes the lock, every third time exclusively and otherwise
+/// shared. A writer makes the marker `DIR/w` (failing if it exists), finds
+/// no reader's marker, increments the counter `DIR/counter` and removes
+/// its marker; a reader makes `DIR/r.<pid>`, finds no `DIR/w`, counts the
+/// other readers' markers, yields, and removes its marker. Exit 3 (saying
+/// `OVERLAP ...`) on a marker where none may be; says `DONE <times another
+/// reader was seen inside>` at the end.
+fn rw_mix(args: &[&str]) -> i32 {
+    let lock = open(args[0], args[1]);
+    let dir = Path::new(args[2]);
+    let n: u32 = args[3].parse().expect("iterations");
+    say("READY");
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+        return 2;
+    }
+    let readers_in = |dir: &Path, me: &str| {
+        std::fs::read_dir(dir)
+            .expect("list markers")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("r.") && name != me
+            })
+            .count()
+    };
+    let mut overlapped = 0u32;
+    for i in 0..n {
+        if i % 3 == 0 {
+            let guard = match lock.lock() {
+                Ok(guard) => guard,
+                Err(e) => {
+                    say(&format!("ERROR {e}"));
+                    return 1;
+                }
+            };
+            if let Err(e) = std::fs::File::create_new(dir.join("w")) {
+                say(&format!("OVERLAP writer beside a writer: {e}"));
+                return 3;
+            }
+            let readers = readers_in(dir, "");
+            if readers > 0 {
+                say(&format!("OVERLAP writer beside {readers} readers"));
+                return 3;
+            }
+            if !increment(&dir.join("counter")) {
+                return 3;
+            }
+            std::fs::remove_file(dir.join("w")).expect("remove writer marker");
+            if let Err(e) = guard.release() {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        } else {
+            let guard = match lock.lock_shared() {
+                Ok(guard) => guard,
+                Err(e) => {
+                    say(&format!("ERROR {e}"));
+                    return 1;
+                }
+            };
+            let me = format!("r.{}", std::process::id());
+            std::fs::File::create_new(dir.join(&me)).expect("reader marker");
+            if dir.join("w").exists() {
+                say("OVERLAP reader beside a writer");
+                return 3;
+            }
+            if readers_in(dir, &me) > 0 {
+                overlapped += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            std::fs::remove_file(dir.join(&me)).expect("remove reader marker");
+            if let Err(e) = guard.release() {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        }
+    }
+    say(&format!("DONE {overlapped}"));
+    0
+}
+
+/// `read-loop STRATEGY LOCK HOLD_MS`: takes the lock shared, holds it
+/// HOLD_MS, takes it shared again from a second handle before letting the
+/// first go (so that this process alone keeps readers in without a gap),
+/// and so on until its input ends; says `READING` once it first holds it,
+/// and `READS <n>` at the end.
+fn read_loop(args: &[&str]) -> i32 {
+    let (a, b) = (open(args[0], args[1]), open(args[0], args[1]));
+    let hold = Duration::from_millis(args[2].parse().expect("hold in ms"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = std::sync::Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().lock().lines().count();
+        stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let mut held = match a.lock_shared() {
+        Ok(guard) => guard,
+        Err(e) => {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+    };
+    say("READING");
+    let mut reads = 1u64;
+    let mut next_is_b = true;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(hold);
+        // The next read before this one ends: while no writer waits, the
+        // readers never all leave at once.
+        let next = if next_is_b {
+            b.try_lock_shared()
+        } else {
+            a.try_lock_shared()
+        };
+        match next {
+            Ok(guard) => {
+                let old = std::mem::replace(&mut held, guard);
+                drop(old);
+                next_is_b = !next_is_b;
+                reads += 1;
+            }
+            // A writer waits (or holds): let it in, then read again.
+            Err(e) if e.is_contended() => {
+                drop(held);
+                held = match a.lock_shared() {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        say(&format!("ERROR {e}"));
+                        return 1;
+                    }
+                };
+                next_is_b = true;
+                reads += 1;
+            }
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        }
+    }
+    drop(held);
+    say(&format!("READS {reads}"));
+    0
 }
 
 /// `file-count PATH N`: says `READY`, waits for `go`, then N times opens

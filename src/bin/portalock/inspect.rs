@@ -4,7 +4,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use portalock::{Liveness, LockOptions, LockStatus, LockStrategy, OwnerRecord, MAX_RECORD_LEN};
+use portalock::{
+    Liveness, LockFile, LockOptions, LockStatus, LockStrategy, OwnerRecord, MAX_RECORD_LEN,
+};
 
 use crate::waiting::{describe, since};
 use crate::{
@@ -86,7 +88,11 @@ pub(crate) fn status(args: StatusArgs) -> Outcome {
         .strategy(infer(&args.lock, args.strategy))
         .open(&args.lock)
         .map_err(lock_error)?;
-    let (state, owner, liveness) = match lock.status().map_err(lock_error)? {
+    let status = lock.status().map_err(lock_error)?;
+    if let LockStatus::Shared(readers) = &status {
+        return shared_status(&lock, readers, args.json);
+    }
+    let (state, owner, liveness) = match status {
         LockStatus::Held(Some(owner)) => {
             let liveness = lock.owner_liveness(&owner);
             // An OS lock is held only by a live process.
@@ -126,6 +132,40 @@ pub(crate) fn status(args: StatusArgs) -> Outcome {
         "stale" => EXIT_STALE,
         _ => EXIT_NO,
     })
+}
+
+/// `status` of a lock held by readers (`run --shared` on a mkdir or link
+/// lock): each reader; held (1).
+fn shared_status(lock: &LockFile, readers: &[Option<OwnerRecord>], json: bool) -> Outcome {
+    if json {
+        let json = serde_json::json!({
+            "path": lock.path().as_str(),
+            "strategy": lock.strategy(),
+            "state": "shared",
+            "readers": readers,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "shared: {} ({}) by {} reader{}",
+            lock.path(),
+            lock.strategy(),
+            readers.len(),
+            if readers.len() == 1 { "" } else { "s" }
+        );
+        for reader in readers {
+            match reader {
+                Some(owner) => println!(
+                    "  {}, {}, since {}",
+                    describe(owner),
+                    lock.owner_liveness(owner),
+                    since(owner)
+                ),
+                None => println!("  a reader whose record cannot be read"),
+            }
+        }
+    }
+    Ok(EXIT_NO)
 }
 
 /// `status` of a `run --slots` lock: each slot's state; held (1) when

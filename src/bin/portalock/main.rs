@@ -87,7 +87,7 @@ Examples:
   portalock run -n /var/lock/backup.lock ./backup.sh       # busy: give up at once (75)
   portalock run -w 30s -E 1 /var/lock/backup.lock ./backup.sh
   portalock run /var/lock/backup.lock -c 'make && make install'
-  portalock run -s /var/lock/db.lock ./read-only-report   # shared (os)
+  portalock run -s /var/lock/db.lock ./read-only-report   # shared
   portalock run --slots 4 /tmp/build.lock make -j2        # at most 4 at once
 
 ",
@@ -307,8 +307,10 @@ struct RunArgs {
     #[arg(long, short = 'x', overrides_with = "shared")]
     exclusive: bool,
     /// Take the lock shared: many shared holders at once, none while an
-    /// exclusive one holds it (flock(1)'s -s; the os strategy). The lock
-    /// lasts as long as portalock (as with --close).
+    /// exclusive one holds it (flock(1)'s -s; every strategy: a mkdir or
+    /// link lock's readers register beside it, each with its own record).
+    /// An exclusive holder waits for the readers that were in when it came,
+    /// and later readers wait behind it.
     #[arg(long, short = 's', overrides_with = "exclusive")]
     shared: bool,
     /// Run STRING with `sh -c` instead of COMMAND (flock(1)'s -c).

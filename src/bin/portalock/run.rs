@@ -66,8 +66,9 @@ fn verbose<T>(args: &RunArgs, lock: &LockFile, started: Instant, taken: &portalo
     }
 }
 
-/// `run --shared`: takes the lock shared (the `os` strategy), runs the
-/// command while this process holds it, and lets it go.
+/// `run --shared`: takes the lock shared (any strategy), runs the command
+/// under it (handed to the command unless `--close`, as for an exclusive
+/// lock), and lets it go.
 fn run_shared(lock: &LockFile, args: &RunArgs) -> Outcome {
     let started = Instant::now();
     let taken = wait_visibly(
@@ -85,7 +86,13 @@ fn run_shared(lock: &LockFile, args: &RunArgs) -> Outcome {
     verbose(args, lock, started, &taken);
     let guard = taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
     faults::step("run.locked");
-    let status = run_command(&args.command(), |command| command.spawn());
+    let status = if args.close {
+        run_command(&args.command(), |command| command.spawn())
+    } else {
+        run_command(&args.command(), |command| {
+            guard.spawn(command).map_err(std::io::Error::from)
+        })
+    };
     faults::step("run.exited");
     finish_run_with(status, guard.release())
 }
