@@ -107,6 +107,21 @@ fn cycle(c: &mut Criterion) {
                     })
                 });
             }
+            // A reader's cycle: `lock_shared` and its release (for `Mkdir`
+            // and `Link`: the lock taken and let go, a registration made
+            // and removed).
+            let lock = LockOptions::new()
+                .strategy(strategy)
+                .open(at(&format!("{strategy}-shared.lock")))
+                .expect("open");
+            group.bench_function(format!("portalock/{strategy}-shared"), |b| {
+                b.iter(|| {
+                    lock.lock_shared()
+                        .expect("shared")
+                        .release()
+                        .expect("release")
+                })
+            });
         }
 
         let (os, mk, rec, ln, claim) = (

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use portalock::{Error, FileSystem, Locality, LockFile, LockOptions, LockStrategy};
 use rstest::rstest;
+use rstest_reuse::{apply, template};
 
 use common::{spawn_command, Proc, CHILD_ARGS};
 
@@ -254,6 +255,22 @@ fn read_counter(path: &Path) -> u64 {
         .expect("a number in the counter")
 }
 
+/// Every strategy, `Auto` first: `#[apply(lane_strategies)]` on a test
+/// with an argument `strategy: LockStrategy` (a lane skips those its
+/// README row refuses).
+#[template]
+#[rstest]
+fn lane_strategies(
+    #[values(
+        LockStrategy::Auto,
+        LockStrategy::Mkdir,
+        LockStrategy::Link,
+        LockStrategy::Os
+    )]
+    strategy: LockStrategy,
+) {
+}
+
 fn expected_count() -> u64 {
     (2 * PROCESSES_PER_CLIENT) as u64 * u64::from(ITERATIONS)
 }
@@ -403,17 +420,9 @@ fn an_explicit_os_lock_excludes_across_clients_or_is_refused() {
 /// the lease ran out (at once where both clients are one machine); one
 /// without a lease is not broken from the other machine (its client,
 /// which can tell it is dead, breaks it); nothing is left behind.
-#[rstest]
+#[apply(lane_strategies)]
 #[ignore = "needs two mounts of one export (see the module docs); .ci/run runs it"]
-fn each_strategy_excludes_across_clients_and_recovers_by_its_rules(
-    #[values(
-        LockStrategy::Auto,
-        LockStrategy::Mkdir,
-        LockStrategy::Link,
-        LockStrategy::Os
-    )]
-    strategy: LockStrategy,
-) {
+fn each_strategy_excludes_across_clients_and_recovers_by_its_rules(strategy: LockStrategy) {
     let lane = lane();
     if let Some(refusal) = lane.refusal(strategy) {
         let refused = LockFile::with_strategy(lane.a.join("refused.lock"), strategy);
@@ -533,19 +542,145 @@ fn each_strategy_excludes_across_clients_and_recovers_by_its_rules(
     );
 }
 
+/// Readers and writers (`lock_shared` beside `lock`) across the clients:
+/// readers on both share the lock, a writer on either is kept out while
+/// they read and gets in once they are gone, a reader is kept out while a
+/// writer holds, a reader with a lease killed on client A is recovered
+/// from client B once its lease ran out, and writers counting on both
+/// clients amid readers reading without a gap stay exact.
+#[apply(lane_strategies)]
+#[ignore = "needs two mounts of one export (see the module docs); .ci/run runs it"]
+fn readers_and_writers_exclude_across_clients(strategy: LockStrategy) {
+    let lane = lane();
+    if lane.refusal(strategy).is_some() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = lane.shared();
+    let s = spec(strategy);
+    let (on_a, on_b) = (dir.a.join("rw.lock"), dir.b.join("rw.lock"));
+    let mut reader_a = lane.spawn_on(Client::A, "reader", &[s, utf8(&on_a)]);
+    reader_a.expect("SHARED");
+    let mut reader_b = lane.spawn_on(Client::B, "reader", &[s, utf8(&on_b)]);
+    reader_b.expect("SHARED");
+    let mut writer = lane.spawn_on(Client::B, "race", &[s, utf8(&on_b)]);
+    writer.expect("READY");
+    writer.send("try");
+    assert_eq!(
+        writer.expect("TRIED"),
+        "WouldBlock",
+        "{s}: beside two readers"
+    );
+    reader_a.send("release");
+    assert_eq!(reader_a.expect("RELEASED"), "Ok");
+    writer.send("try");
+    assert_eq!(
+        writer.expect("TRIED"),
+        "WouldBlock",
+        "{s}: beside one reader"
+    );
+    reader_b.send("release");
+    assert_eq!(reader_b.expect("RELEASED"), "Ok");
+    writer.send("wait 30000");
+    assert_eq!(writer.expect("WAITED"), "Ok", "{s}: no reader left");
+    let mut other = lane.spawn_on(Client::A, "race", &[s, utf8(&on_a)]);
+    other.expect("READY");
+    other.send("tryshared");
+    assert_eq!(
+        other.expect("TRIEDSHARED"),
+        "WouldBlock",
+        "{s}: a reader beside a writer"
+    );
+    writer.send("release");
+    assert_eq!(writer.expect("RELEASED"), "Ok");
+    other.send("tryshared");
+    assert_eq!(other.expect("TRIEDSHARED"), "Ok", "{s}: free again");
+
+    // A reader with a lease, killed on client A.
+    let lease_ms = LEASE.as_millis().to_string();
+    let mut leased = lane.spawn_on(Client::A, "reader", &[s, utf8(&on_a), &lease_ms]);
+    leased.expect("SHARED");
+    leased.kill();
+    let killed = Instant::now();
+    writer.send(&format!("wait {}", BOUND.as_millis()));
+    assert_eq!(
+        writer.expect("WAITED"),
+        "Ok",
+        "{s}: a killed reader's lease"
+    );
+    let recovered = killed.elapsed();
+    if lane.two_machines() && strategy != LockStrategy::Os {
+        assert!(
+            recovered >= LEASE.mul_f32(0.9),
+            "{s}: recovered after {recovered:?}, before the reader's lease of {LEASE:?} ran out"
+        );
+    }
+    writer.send("release");
+    assert_eq!(writer.expect("RELEASED"), "Ok");
+
+    // Writers count on both clients while a reader on each reads without
+    // a gap: writer preference. Not for `Os` locks here: the server's lock
+    // manager grants a shared lock beside shared holders while a writer
+    // waits (README, "Readers and writers").
+    let counted = if strategy == LockStrategy::Os {
+        "no writer preference for os locks here (the server orders them)".to_owned()
+    } else {
+        count_amid_readers(&lane, &dir, s)
+    };
+    writer.send("wait 1");
+    assert_eq!(writer.expect("WAITED"), "Ok", "{s}: free at the end");
+    writer.send("release");
+    assert_eq!(writer.expect("RELEASED"), "Ok");
+    println!(
+        "netfs: {} {:<5}: readers share across clients, writers wait for them; killed reader \
+         with a {:.1} s lease recovered from the other client after {:.1} s; {counted}; {:.1} s",
+        lane.name,
+        s,
+        LEASE.as_secs_f64(),
+        recovered.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Writers counting on both clients (`count_on_both`) while a reader on
+/// each reads without a gap; what they counted, in words.
+fn count_amid_readers(lane: &Lane, dir: &Shared, s: &str) -> String {
+    let mut readers: Vec<Proc> = [Client::A, Client::B]
+        .into_iter()
+        .map(|client| {
+            let lock = dir.on(client).join("counter.lock");
+            lane.spawn_on(client, "read-loop", &[s, utf8(&lock), "20"])
+        })
+        .collect();
+    for r in &mut readers {
+        r.expect("READING");
+    }
+    let (procs, counting) = count_on_both(lane, dir, "count", s);
+    for mut p in procs {
+        p.expect("DONE");
+        assert!(p.wait().success());
+    }
+    let counted = counting.elapsed();
+    let mut reads = 0;
+    for mut r in readers {
+        r.close_stdin();
+        reads += r.expect("READS").parse::<u64>().expect("a count");
+        assert!(r.wait().success());
+    }
+    let total = read_counter(&dir.b.join("counter"));
+    assert_eq!(total, expected_count(), "{} {s}", lane.name);
+    format!(
+        "counter {total}/{} amid {reads} reads in {:.1} s",
+        expected_count(),
+        counted.as_secs_f64()
+    )
+}
+
 /// `sync(true)` (the owner record and the lock's directory flushed before
 /// the lock counts as taken) works on every strategy the lane allows.
-#[rstest]
+#[apply(lane_strategies)]
 #[ignore = "needs two mounts of one export (see the module docs); .ci/run runs it"]
-fn synced_locks_exclude_across_clients(
-    #[values(
-        LockStrategy::Auto,
-        LockStrategy::Mkdir,
-        LockStrategy::Link,
-        LockStrategy::Os
-    )]
-    strategy: LockStrategy,
-) {
+fn synced_locks_exclude_across_clients(strategy: LockStrategy) {
     let lane = lane();
     if lane.refusal(strategy).is_some() {
         return;

@@ -175,6 +175,7 @@ fn a_killed_reader_does_not_keep_a_writer_out(strategy: LockStrategy) {
 /// A reader with a lease, stopped (SIGSTOP) while it reads: a writer gets
 /// in once the lease has run out, not before, and the reader, resumed, is
 /// told it lost the lock.
+#[cfg(unix)]
 #[apply(lasting_strategies)]
 fn a_stopped_reader_with_a_lease_gives_way_after_its_lease(strategy: LockStrategy) {
     const LEASE: Duration = Duration::from_millis(600);
@@ -303,6 +304,7 @@ fn the_readers_directory_is_named_after_the_lock() {
 }
 
 /// Waits (bounded) until the lock at `path` is held by `pid`.
+#[cfg(unix)]
 fn until_held_by(path: &camino::Utf8Path, strategy: LockStrategy, pid: u32) {
     let look = LockFile::with_strategy(path, strategy).expect("open");
     let deadline = Instant::now() + EVENT_TIMEOUT;
@@ -320,6 +322,7 @@ fn until_held_by(path: &camino::Utf8Path, strategy: LockStrategy, pid: u32) {
 /// A writer that lost the lock (stopped, and an operator's forced break)
 /// while it waited for a reader does not go on to hold it beside the writer that
 /// took it next: it starts its wait again, and gets in after that one.
+#[cfg(unix)]
 #[apply(lasting_strategies)]
 fn a_writer_broken_while_it_waits_for_readers_does_not_hold_beside_the_next(
     strategy: LockStrategy,

@@ -17,6 +17,15 @@
 //! | `break_lock` | `NotStale` while held by this (live) process, else `Ok(None)` |
 //! | `force_break` | the holder's record (`Mkdir`/`Link`), `Unsupported` (`Os`), `Ok(None)` if free |
 //! | `try_lock` guard, dropped | like `try_acquire` then `release` (`LockLost` as there) |
+//! | `try_lock_shared` (op 0 with the high bit) | `Ok` unless a handle holds the lock exclusively (`WouldBlock`; `LockLost` for a holder whose lock was broken) |
+//! | release of the newest shared guard (op 2 with the high bit) | `Ok`, `LockLost` if a forced break removed its registration |
+//!
+//! Readers change the rest as the contract says: an exclusive acquisition
+//! beside live readers is `WouldBlock` (`Timeout`); `break_lock` of a lock
+//! only live readers hold is `NotStale` (`Mkdir`, `Link`); `force_break`
+//! of it removes their registrations (a record), and an `Os` lock's
+//! readers are invisible to both (`Ok(None)`); `is_locked` is true while
+//! `Mkdir` or `Link` readers hold it.
 //!
 //! After every operation `is_held` (each handle), `is_locked` (true while
 //! any handle of the process holds it) and `owner` (the record on disk)
@@ -27,7 +36,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use portalock::{Error, LockFile, LockOptions, LockStrategy};
+use portalock::{Error, LockFile, LockOptions, LockStrategy, SharedGuard};
 
 const HANDLES: usize = 3;
 
@@ -81,12 +90,45 @@ fuzz_target!(|data: &[u8]| {
         holder: None,
         lost: false,
     };
+    // The shared guards taken, oldest first, each with whether a forced
+    // break removed its registration.
+    let mut readers: Vec<(SharedGuard, bool)> = Vec::new();
     for (step, &byte) in ops.iter().take(64).enumerate() {
         let h = usize::from(byte >> 3) % HANDLES;
         let holds = model.holder.as_ref().is_some_and(|(x, _)| *x == h);
         let held = model.holder.is_some();
         let ctx = format!("step {step}, op {}, handle {h}, {strategy}", byte & 7);
+        let live_readers = readers.iter().filter(|(_, lost)| !lost).count();
         match byte & 7 {
+            0 if byte & 0x80 != 0 => {
+                let result = handles[h].try_lock_shared();
+                let expected = match held {
+                    false => "Ok",
+                    true if holds && model.lost => "LockLost",
+                    true => "WouldBlock",
+                };
+                let got = match &result {
+                    Ok(_) => "Ok",
+                    Err(Error::WouldBlock { .. }) => "WouldBlock",
+                    Err(Error::LockLost { .. }) => "LockLost",
+                    Err(e) => panic!("{ctx}: unexpected error from try_lock_shared: {e}"),
+                };
+                assert_eq!(got, expected, "{ctx}: try_lock_shared");
+                if expected == "LockLost" {
+                    model.holder = None;
+                    model.lost = false;
+                }
+                if let Ok(guard) = result {
+                    readers.push((guard, false));
+                }
+            }
+            2 if byte & 0x80 != 0 => {
+                if let Some((guard, lost)) = readers.pop() {
+                    let result = guard.release();
+                    let expected = if lost { "LockLost" } else { "Ok" };
+                    assert_eq!(variant(&result), expected, "{ctx}: shared release");
+                }
+            }
             0 | 1 => {
                 let result = if byte & 7 == 0 {
                     handles[h].try_acquire()
@@ -94,10 +136,10 @@ fuzz_target!(|data: &[u8]| {
                     handles[h].acquire_timeout(Duration::from_millis(1))
                 };
                 let expected = match (held, byte & 7) {
-                    (false, _) => "Ok",
+                    (false, _) if live_readers == 0 => "Ok",
                     _ if holds && model.lost => "LockLost",
-                    (true, 0) => "WouldBlock",
-                    (true, _) => "Timeout",
+                    (_, 0) => "WouldBlock",
+                    (_, _) => "Timeout",
                 };
                 assert_eq!(variant(&result), expected, "{ctx}");
                 if expected == "LockLost" {
@@ -131,7 +173,8 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 let result = handles[h].break_lock();
-                if held && !model.lost {
+                let readers_seen = live_readers > 0 && strategy != LockStrategy::Os;
+                if (held && !model.lost) || readers_seen {
                     assert_eq!(variant(&result.map(drop)), "NotStale", "{ctx}");
                 } else {
                     assert!(matches!(result, Ok(None)), "{ctx}: {result:?}");
@@ -140,6 +183,14 @@ fuzz_target!(|data: &[u8]| {
             6 => {
                 let result = handles[h].force_break();
                 match (held && !model.lost, strategy) {
+                    (false, LockStrategy::Mkdir | LockStrategy::Link) if live_readers > 0 => {
+                        // Every reader's registration goes.
+                        let record = result.expect(&ctx).expect("a reader's record");
+                        assert_eq!(record.pid, std::process::id(), "{ctx}");
+                        for (_, lost) in &mut readers {
+                            *lost = true;
+                        }
+                    }
                     (false, _) => assert!(matches!(result, Ok(None)), "{ctx}: {result:?}"),
                     (true, LockStrategy::Os) => {
                         assert_eq!(variant(&result.map(drop)), "Unsupported", "{ctx}")
@@ -161,9 +212,9 @@ fuzz_target!(|data: &[u8]| {
                     Err(e) => panic!("{ctx}: unexpected error from try_lock: {e}"),
                 };
                 let expected = match held {
-                    false => "Ok",
+                    false if live_readers == 0 => "Ok",
                     true if holds && model.lost => "LockLost",
-                    true => "WouldBlock",
+                    _ => "WouldBlock",
                 };
                 assert_eq!(got, expected, "{ctx}");
                 if expected == "LockLost" {
@@ -181,9 +232,10 @@ fuzz_target!(|data: &[u8]| {
         // Locked while a handle of this process holds it (even one whose
         // lock was broken: it has not let go yet); the record is on disk
         // only while the lock was not broken.
+        let live_readers = readers.iter().filter(|(_, lost)| !lost).count();
         assert_eq!(
             handles[0].is_locked().expect("is_locked"),
-            model.holder.is_some(),
+            model.holder.is_some() || (live_readers > 0 && strategy != LockStrategy::Os),
             "{ctx}: is_locked"
         );
         let on_disk = model.holder.is_some() && !model.lost;

@@ -347,7 +347,8 @@ fn hold(args: &[&str]) -> i32 {
     0
 }
 
-/// Answers `check`, `try`, `release`, `wait MS` (`acquire_timeout`,
+/// Answers `check`, `try`, `tryshared` (a shared try, let go at once),
+/// `release`, `wait MS` (`acquire_timeout`,
 /// saying `WAITED <result>`) and `owner` (`OWNER <pid> <liveness>` of the
 /// holder as this process judges it, or `OWNER none`) on `lock` until end
 /// of input.
@@ -366,6 +367,10 @@ fn serve(lock: &LockFile) {
             Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
             Ok("fence") => say(&format!("FENCE {}", lock.fence().unwrap_or(0))),
             Ok("try") => say(&format!("TRIED {}", outcome(lock.try_acquire()))),
+            Ok("tryshared") => say(&format!(
+                "TRIEDSHARED {}",
+                outcome(lock.try_lock_shared().and_then(|g| g.release()))
+            )),
             Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
             Ok(line) if line.starts_with("wait ") => {
                 let ms: u64 = line[5..].parse().expect("wait MS");
