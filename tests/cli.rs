@@ -1248,9 +1248,10 @@ fn shared_runs_overlap_and_keep_exclusive_runs_out(
     let lock = root.join("shared.lock");
     let (mut first, first_pid) = hold_with_run(&["-s", "--strategy", strategy], &lock);
     let (mut second, _) = hold_with_run(&["-s", "-n", "--strategy", strategy], &lock);
+    let line = child_command_line();
     let exclusive = tool(
-        &["run", "-n", "--strategy", strategy, lock.as_str(), "true"],
-        None,
+        &run_args(&["-n", "--strategy", strategy], lock.as_str(), &line),
+        Some(("exit", &["0"])),
     );
     assert_eq!(exclusive.code(), 75, "{strategy}: {}", exclusive.stderr);
     if strategy != "os" {
@@ -1277,9 +1278,11 @@ fn shared_runs_overlap_and_keep_exclusive_runs_out(
     second.close_stdin();
     assert!(first.wait().success());
     assert!(second.wait().success());
+    // (the command: this test's own program, which exists everywhere)
+    let line = child_command_line();
     let after = tool(
-        &["run", "-n", "--strategy", strategy, lock.as_str(), "true"],
-        None,
+        &run_args(&["-n", "--strategy", strategy], lock.as_str(), &line),
+        Some(("exit", &["0"])),
     );
     assert_eq!(after.code(), 0, "{strategy}: {}", after.stderr);
 }

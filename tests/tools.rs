@@ -360,6 +360,139 @@ fn a_pid_file_names_its_holder_and_a_crashed_holders_file_is_no_obstacle() {
     assert!(!path.exists());
 }
 
+/// An async wait for an `Os` lock wakes when the holder (another
+/// process) releases it, not at its next poll: with a poll interval of a
+/// minute, after two seconds of waiting (when the backoff's naps are
+/// about as long), the lock is taken within a quarter of a second of the
+/// release, three times in a row. (A wait that polls would wake a nap's
+/// random part later: on average a second.)
+#[cfg(all(unix, feature = "tokio"))]
+#[test]
+fn an_async_wait_for_an_os_lock_wakes_at_the_release() {
+    let (_dir, root) = scratch();
+    let path = root.join("async-os.lock");
+    let lock = std::sync::Arc::new(
+        LockOptions::new()
+            .strategy(LockStrategy::Os)
+            .poll_interval(Duration::from_secs(60))
+            .open(&path)
+            .expect("open"),
+    );
+    for round in 0..3 {
+        let mut holder = spawn("hold", &["os", path.as_str()]);
+        holder.expect("ACQUIRED");
+        let waiter = std::sync::Arc::clone(&lock);
+        let waited = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let guard = waiter
+                    .lock_timeout_async(Duration::from_secs(60))
+                    .await
+                    .expect("the lock, once released");
+                let got = std::time::Instant::now();
+                guard.release().expect("release");
+                got
+            })
+        });
+        // (paces the round: the waiter's naps grow meanwhile)
+        std::thread::sleep(Duration::from_secs(2));
+        let released = std::time::Instant::now();
+        holder.send("release");
+        assert_eq!(holder.expect("RELEASED"), "Ok");
+        let got = waited.join().expect("the waiter");
+        let late = got.saturating_duration_since(released);
+        assert!(
+            late < Duration::from_millis(250),
+            "round {round}: woke {late:?} after the release"
+        );
+        assert!(holder.wait().success());
+    }
+}
+
+/// Async waits for an `Os` lock cancelled while another process holds it
+/// (fifty `timeout`s in a row) leave one thread waiting for the release,
+/// not one each: they share it.
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+#[test]
+fn cancelled_async_waits_for_an_os_lock_share_one_waiting_thread() {
+    let threads = || std::fs::read_dir("/proc/self/task").expect("tasks").count();
+    let (_dir, root) = scratch();
+    let path = root.join("many.lock");
+    let mut holder = spawn("hold", &["os", path.as_str()]);
+    holder.expect("ACQUIRED");
+    let lock = LockOptions::new()
+        .strategy(LockStrategy::Os)
+        .poll_interval(Duration::from_millis(5))
+        .open(&path)
+        .expect("open");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let before = threads();
+    runtime.block_on(async {
+        for _ in 0..50 {
+            let waited = tokio::time::timeout(Duration::from_millis(10), lock.lock_async()).await;
+            assert!(waited.is_err(), "the other process holds it");
+            assert!(!lock.is_held());
+        }
+    });
+    let during = threads();
+    assert!(
+        during <= before + 3,
+        "{before} threads before fifty cancelled waits, {during} after"
+    );
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    runtime.block_on(async {
+        lock.lock_async()
+            .await
+            .expect("free now")
+            .release()
+            .expect("release");
+    });
+    assert!(holder.wait().success());
+}
+
+/// A runtime dropped after an async wait for an `Os` lock was cancelled,
+/// the lock still held by another process, shuts down at once: the thread
+/// that waits for the release is not one of its blocking tasks, which it
+/// would wait for.
+#[cfg(all(unix, feature = "tokio"))]
+#[test]
+fn a_runtime_with_a_cancelled_os_wait_shuts_down_while_the_lock_is_held() {
+    let (_dir, root) = scratch();
+    let path = root.join("shutdown.lock");
+    let mut holder = spawn("hold", &["os", path.as_str()]);
+    holder.expect("ACQUIRED");
+    let (done, dropped) = std::sync::mpsc::channel();
+    let path_owned = path.clone();
+    std::thread::spawn(move || {
+        let lock = LockOptions::new()
+            .strategy(LockStrategy::Os)
+            .open(&path_owned)
+            .expect("open");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let waited = tokio::time::timeout(Duration::from_millis(50), lock.lock_async()).await;
+            assert!(waited.is_err(), "the other process holds it");
+        });
+        drop(runtime);
+        let _ = done.send(());
+    });
+    let shut_down = dropped.recv_timeout(Duration::from_secs(10));
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    assert!(shut_down.is_ok(), "the runtime waited for the lock's release");
+    assert!(holder.wait().success());
+}
+
 #[cfg(feature = "tokio")]
 #[test]
 fn an_async_wait_ends_when_another_process_releases_and_a_cancelled_one_holds_nothing() {

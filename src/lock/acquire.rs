@@ -174,8 +174,16 @@ impl LockFile {
     /// A wait for a `Mkdir` or `Link` lock on Linux sleeps on a watch of
     /// the lock (on a thread of tokio's blocking pool, not a runtime
     /// worker) and wakes when the lock is released, as the blocking wait
-    /// does. A wait for an `Os` lock, or elsewhere, polls with backoff (at
-    /// most the poll interval apart): it does not sleep in the kernel here.
+    /// does. A wait for an `Os` lock on Unix has a thread of its own (one
+    /// per lock path and process, shared by the waits) ask for a shared
+    /// lock of the lock file, waiting in the kernel, and let it go at
+    /// once: it wakes at the release too. (A future dropped meanwhile
+    /// leaves that thread waiting until the release, holding nothing; it
+    /// does not keep a runtime from shutting down. For an instant after a
+    /// release it holds the shared lock,
+    /// which a try-once acquire elsewhere may find in its way, as it may
+    /// an [`is_locked`](LockFile::is_locked) look.) Elsewhere a wait polls
+    /// with backoff, at most the poll interval apart.
     /// The runtime needs its time driver (`enable_time`, or `enable_all` as
     /// `#[tokio::main]` sets up).
     ///

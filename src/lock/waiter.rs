@@ -260,8 +260,11 @@ impl LockFile {
     /// then sleeps between tries (backoff with jitter, at most the poll
     /// interval), until `timeout`. A `Mkdir` or `Link` wait on Linux
     /// sleeps on a watch of the lock registered with the runtime
-    /// (`sys::AsyncLockWatch`), and so wakes when the lock is released;
-    /// elsewhere, and for `Os`, it wakes at the next poll. Dropping the
+    /// (`sys::AsyncLockWatch`), and so wakes when the lock is released; a
+    /// wait for an `Os` lock on Unix has a thread of its own (one per
+    /// lock path and process) wait in the kernel for the release
+    /// (`sys::OsReleaseWake`);
+    /// elsewhere it wakes at the next poll. Dropping the
     /// future between two tries leaves nothing held. As the blocking wait
     /// does, it goes on through errors that may pass on a network file
     /// system (for `SERVER_PATIENCE` at most), and says the last of them if
@@ -279,6 +282,13 @@ impl LockFile {
         // resource): `None` until then, `Some(None)` where there is none.
         let mut watch: Option<Option<crate::sys::AsyncLockWatch>> = None;
         let mut absent = 0;
+        #[cfg(unix)]
+        let mut os_wake = crate::sys::OsReleaseWake::default();
+        // Wake-ups in a row that found the lock free of an exclusive
+        // holder but the try still busy (shared holders): after a few,
+        // the backoff's sleep, so that readers do not make it spin.
+        #[cfg(unix)]
+        let mut quick_wakes = 0;
         loop {
             match self.acquire_token(Some(Duration::ZERO)) {
                 Ok(token) => return Ok(LockGuard { lock: self, token }),
@@ -298,6 +308,43 @@ impl LockFile {
                 Err(e) => return Err(e),
             }
             let nap = backoff.next(&deadline);
+            #[cfg(unix)]
+            if let (Some(short), Concrete::Os, None) = (nap, self.strategy, &failing) {
+                if quick_wakes < QUICK_BREAKS {
+                    // Until the holder releases, or the poll interval (or
+                    // the deadline) passes, in slices a token can cut.
+                    let nap = deadline
+                        .remaining()
+                        .map_or(self.poll_interval, |left| left.min(self.poll_interval))
+                        .max(short);
+                    let end = Instant::now() + nap;
+                    let mut free = false;
+                    loop {
+                        let left = end.saturating_duration_since(Instant::now());
+                        if left.is_zero() || deadline.cancelled() {
+                            break;
+                        }
+                        let slice = deadline.slice(Some(left)).unwrap_or(left);
+                        match os_wake.wait(&self.path, slice).await {
+                            crate::sys::OsWoke::Waiting => {}
+                            crate::sys::OsWoke::Released => break,
+                            crate::sys::OsWoke::Free => {
+                                free = true;
+                                break;
+                            }
+                            crate::sys::OsWoke::Failed => {
+                                deadline.sleep_async(short.min(left)).await;
+                                break;
+                            }
+                        }
+                    }
+                    quick_wakes = if free { quick_wakes + 1 } else { 0 };
+                } else {
+                    quick_wakes = 0;
+                    deadline.sleep_async(short).await;
+                }
+                continue;
+            }
             if nap.is_some() && watch.is_none() {
                 watch = Some(match self.strategy {
                     Concrete::Os => None,

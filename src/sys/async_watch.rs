@@ -9,10 +9,29 @@
 //! A future dropped while its watch sleeps leaves the blocking thread to
 //! finish that sleep (at most the poll interval), after which the watch is
 //! closed: nothing is held meanwhile.
+//!
+//! An `Os` lock has no watch: its release changes nothing a watch sees. On
+//! Unix an async wait for it is woken by [`OsReleaseWake`]: a thread of its
+//! own (not the runtime's: a runtime waits for its blocking tasks when it
+//! is dropped) that asks for a *shared* lock on the lock file, waiting in
+//! the kernel, and lets it go as soon as it has it. That happens when the
+//! exclusive holder releases; the future then tries the lock. The thread
+//! never holds what the wait is for (a shared lock for an instant, which a
+//! try-once acquirer elsewhere may find in its way at that instant, as it
+//! may find an `is_locked` look). A future dropped while it waits leaves
+//! the thread asleep in the kernel until the holder releases; then it lets
+//! go at once and ends. (On Windows a handle open on the lock file could
+//! stop a temporary lock's removal: the async wait polls there.)
 
+#[cfg(unix)]
+use std::collections::HashMap;
+#[cfg(unix)]
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use camino::Utf8Path;
+#[cfg(unix)]
+use camino::Utf8PathBuf;
 
 use super::{Armed, LockWatch};
 
@@ -52,4 +71,162 @@ impl AsyncLockWatch {
             self.watch = Some(watch);
         }
     }
+}
+
+/// Wakes an async wait for an `Os` lock when its holder releases it (see
+/// the module's docs). Unix only.
+///
+/// One thread per lock path and process waits at a time, whatever the
+/// number of waits (and of futures dropped while they waited): a wait
+/// joins the thread already waiting on its path, if there is one.
+#[cfg(unix)]
+#[derive(Debug, Default)]
+pub(crate) struct OsReleaseWake {
+    /// The release this wait listens for, while it listens.
+    release: Option<Arc<Release>>,
+}
+
+/// One thread's wait for the release of one lock file.
+#[cfg(unix)]
+#[derive(Debug, Default)]
+struct Release {
+    /// What the thread found, once it is done (see `OsWoke`).
+    done: Mutex<Option<OsWoke>>,
+    /// The tasks to wake when it is done.
+    wakers: Mutex<Vec<std::task::Waker>>,
+}
+
+/// The threads waiting now, by lock path.
+#[cfg(unix)]
+static RELEASES: Mutex<Option<HashMap<Utf8PathBuf, Arc<Release>>>> = Mutex::new(None);
+
+#[cfg(unix)]
+fn releases() -> MutexGuard<'static, Option<HashMap<Utf8PathBuf, Arc<Release>>>> {
+    RELEASES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(unix)]
+impl OsReleaseWake {
+    /// Waits until the lock file at `path` is released by its exclusive
+    /// holder (or has none), or `timeout` passes.
+    pub(crate) async fn wait(&mut self, path: &Utf8Path, timeout: Duration) -> OsWoke {
+        let release = match &self.release {
+            Some(release) => Arc::clone(release),
+            None => match join_or_start(path) {
+                Some(release) => release,
+                None => return OsWoke::Failed,
+            },
+        };
+        self.release = Some(Arc::clone(&release));
+        match tokio::time::timeout(timeout, Done(&release)).await {
+            // Still waiting: the same thread goes on waiting for the next
+            // call.
+            Err(_) => OsWoke::Waiting,
+            Ok(woke) => {
+                self.release = None;
+                woke
+            }
+        }
+    }
+}
+
+/// The thread waiting for the release of `path`: the one already waiting,
+/// or a new one (`None` if the runtime refuses it).
+#[cfg(unix)]
+fn join_or_start(path: &Utf8Path) -> Option<Arc<Release>> {
+    let mut all = releases();
+    let all = all.get_or_insert_with(HashMap::new);
+    if let Some(release) = all.get(path) {
+        return Some(Arc::clone(release));
+    }
+    let release = Arc::new(Release::default());
+    let (theirs, path_owned) = (Arc::clone(&release), path.to_owned());
+    // A thread of its own, not one of tokio's blocking pool: a runtime
+    // waits for its blocking tasks when it is dropped, and this one may
+    // wait as long as the holder holds the lock. Detached: it ends at the
+    // release (or with the process).
+    let spawned = std::thread::Builder::new()
+        .name("portalock-os-release".to_owned())
+        .spawn(move || {
+            let woke = wait_for_release(&path_owned);
+            // Done, and gone from the table, in one step: a wait that joins
+            // later starts a new thread.
+            let mut all = releases();
+            if let Some(all) = all.as_mut() {
+                all.remove(&path_owned);
+            }
+            *theirs.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(woke);
+            let wakers =
+                std::mem::take(&mut *theirs.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+            drop(all);
+            for waker in wakers {
+                waker.wake();
+            }
+        });
+    spawned.ok()?;
+    all.insert(path.to_owned(), Arc::clone(&release));
+    Some(release)
+}
+
+/// On the waiting thread: a shared lock of the lock file at
+/// `path`, waited for in the kernel, and let go at once.
+#[cfg(unix)]
+fn wait_for_release(path: &Utf8Path) -> OsWoke {
+    let Ok(file) = crate::files::open_read(path) else {
+        return OsWoke::Failed;
+    };
+    let shared = |wait| super::lock_file(&file, super::LockKind::Shared, wait);
+    let woke = match shared(super::Wait::Try) {
+        Ok(()) => OsWoke::Free,
+        Err(e) if super::lock_contended(&e, &file) => match shared(super::Wait::Block) {
+            Ok(()) => OsWoke::Released,
+            Err(_) => OsWoke::Failed,
+        },
+        Err(_) => OsWoke::Failed,
+    };
+    // (closing the file lets the lock go too; unlocked first, in case the
+    // descriptor was shared meanwhile)
+    let _ = super::unlock_file(&file);
+    woke
+}
+
+/// The future of a [`Release`]: ready once its thread is done.
+#[cfg(unix)]
+struct Done<'a>(&'a Release);
+
+#[cfg(unix)]
+impl std::future::Future for Done<'_> {
+    type Output = OsWoke;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<OsWoke> {
+        // The waker is registered before `done` is looked at, under the
+        // lock the thread takes to set it: no wake-up is missed.
+        let mut wakers = self.0.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(woke) = *self.0.done.lock().unwrap_or_else(PoisonError::into_inner) {
+            return std::task::Poll::Ready(woke);
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    }
+}
+
+/// What [`OsReleaseWake::wait`] came to.
+#[cfg(unix)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OsWoke {
+    /// The exclusive holder released the lock while the thread waited.
+    Released,
+    /// The lock had no exclusive holder at the thread's first look (it was
+    /// released just before, or only shared holders have it).
+    Free,
+    /// The timeout passed; the thread goes on waiting.
+    Waiting,
+    /// No thread could wait (the file cannot be opened, the runtime is
+    /// shutting down): sleep instead.
+    Failed,
 }

@@ -50,6 +50,8 @@ pub(crate) use no_watch::{Armed, LockWatch};
 mod async_watch;
 #[cfg(feature = "tokio")]
 pub(crate) use async_watch::AsyncLockWatch;
+#[cfg(all(feature = "tokio", unix))]
+pub(crate) use async_watch::{OsReleaseWake, OsWoke};
 
 #[cfg(not(unix))]
 mod path_dir;
