@@ -25,7 +25,9 @@ pub(crate) const CANCEL_CHECK: Duration = Duration::from_millis(10);
 /// does, where nothing but the release can wake it): it tries again at its
 /// poll interval, as a bounded wait does. An async wait that sleeps on a
 /// lock's watch sees the cancel when it wakes (at most the poll interval
-/// later); dropping its future ends it at once. A cancelled token also
+/// later); dropping its future ends it at once. (An async wait for an
+/// `Os` lock on Unix is woken by a thread that does wait in the kernel for
+/// the release; the wait itself looks at its token every 10 ms.) A cancelled token also
 /// refuses a try-once acquire, which then does not try.
 ///
 /// [`LockFile::lock_cancellable`]: crate::LockFile::lock_cancellable

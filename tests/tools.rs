@@ -457,6 +457,64 @@ fn cancelled_async_waits_for_an_os_lock_share_one_waiting_thread() {
     assert!(holder.wait().success());
 }
 
+/// Five tasks of one runtime wait for an `Os` lock another process holds,
+/// each through a handle of its own: once it is released, each gets it in
+/// turn (woken by the one thread they share, or by each other's releases),
+/// and all are done within a bound though their poll interval is a minute.
+#[cfg(all(unix, feature = "tokio"))]
+#[test]
+fn several_async_tasks_take_an_os_lock_in_turn() {
+    let (_dir, root) = scratch();
+    let path = root.join("tasks.lock");
+    let mut holder = spawn("hold", &["os", path.as_str()]);
+    holder.expect("ACQUIRED");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let handles: Vec<std::sync::Arc<portalock::LockFile>> = (0..5)
+        .map(|_| {
+            std::sync::Arc::new(
+                LockOptions::new()
+                    .strategy(LockStrategy::Os)
+                    .poll_interval(Duration::from_secs(60))
+                    .open(&path)
+                    .expect("open"),
+            )
+        })
+        .collect();
+    let tasks: Vec<_> = handles
+        .iter()
+        .map(|lock| {
+            let lock = std::sync::Arc::clone(lock);
+            runtime.spawn(async move {
+                let guard = lock
+                    .lock_timeout_async(Duration::from_secs(60))
+                    .await
+                    .expect("the lock");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                guard.release().expect("release");
+            })
+        })
+        .collect();
+    // (the tasks start waiting meanwhile)
+    runtime.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    let released = std::time::Instant::now();
+    runtime.block_on(async {
+        for task in tasks {
+            task.await.expect("a task");
+        }
+    });
+    assert!(
+        released.elapsed() < Duration::from_secs(20),
+        "five hand-offs took {:?}",
+        released.elapsed()
+    );
+    assert!(holder.wait().success());
+}
+
 /// A runtime dropped after an async wait for an `Os` lock was cancelled,
 /// the lock still held by another process, shuts down at once: the thread
 /// that waits for the release is not one of its blocking tasks, which it
@@ -489,7 +547,10 @@ fn a_runtime_with_a_cancelled_os_wait_shuts_down_while_the_lock_is_held() {
     let shut_down = dropped.recv_timeout(Duration::from_secs(10));
     holder.send("release");
     assert_eq!(holder.expect("RELEASED"), "Ok");
-    assert!(shut_down.is_ok(), "the runtime waited for the lock's release");
+    assert!(
+        shut_down.is_ok(),
+        "the runtime waited for the lock's release"
+    );
     assert!(holder.wait().success());
 }
 

@@ -175,15 +175,23 @@ impl LockFile {
     /// the lock (on a thread of tokio's blocking pool, not a runtime
     /// worker) and wakes when the lock is released, as the blocking wait
     /// does. A wait for an `Os` lock on Unix has a thread of its own (one
-    /// per lock path and process, shared by the waits) ask for a shared
+    /// per lock file and process, shared by the waits) ask for a shared
     /// lock of the lock file, waiting in the kernel, and let it go at
-    /// once: it wakes at the release too. (A future dropped meanwhile
-    /// leaves that thread waiting until the release, holding nothing; it
-    /// does not keep a runtime from shutting down. For an instant after a
-    /// release it holds the shared lock,
-    /// which a try-once acquire elsewhere may find in its way, as it may
-    /// an [`is_locked`](LockFile::is_locked) look.) Elsewhere a wait polls
-    /// with backoff, at most the poll interval apart.
+    /// once: it wakes at the release too, and otherwise tries at the
+    /// backoff's pace as a polling wait would. Costs to know of:
+    ///
+    /// - the thread, with the lock file open, stays until the release
+    ///   (or the process ends), even once every future waiting on it was
+    ///   dropped: one thread per lock file that async waits wait for;
+    ///   it does not keep a runtime from shutting down;
+    /// - right after a release (or at once, where only shared holders have
+    ///   the lock) it holds a shared lock for an instant, which another
+    ///   process's try of an exclusive lock at that instant finds in its
+    ///   way (a try-once acquire, `portalock run -n`, a bounded wait's
+    ///   try, which then waits on).
+    ///
+    /// Elsewhere a wait polls with backoff, at most the poll interval
+    /// apart.
     /// The runtime needs its time driver (`enable_time`, or `enable_all` as
     /// `#[tokio::main]` sets up).
     ///

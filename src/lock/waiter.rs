@@ -262,9 +262,9 @@ impl LockFile {
     /// sleeps on a watch of the lock registered with the runtime
     /// (`sys::AsyncLockWatch`), and so wakes when the lock is released; a
     /// wait for an `Os` lock on Unix has a thread of its own (one per
-    /// lock path and process) wait in the kernel for the release
-    /// (`sys::OsReleaseWake`);
-    /// elsewhere it wakes at the next poll. Dropping the
+    /// lock file and process) wait in the kernel for the release
+    /// (`sys::OsReleaseWake`), within the same backoff; elsewhere it
+    /// wakes at the next poll. Dropping the
     /// future between two tries leaves nothing held. As the blocking wait
     /// does, it goes on through errors that may pass on a network file
     /// system (for `SERVER_PATIENCE` at most), and says the last of them if
@@ -311,16 +311,15 @@ impl LockFile {
             #[cfg(unix)]
             if let (Some(short), Concrete::Os, None) = (nap, self.strategy, &failing) {
                 if quick_wakes < QUICK_BREAKS {
-                    // Until the holder releases, or the poll interval (or
-                    // the deadline) passes, in slices a token can cut.
-                    let nap = deadline
-                        .remaining()
-                        .map_or(self.poll_interval, |left| left.min(self.poll_interval))
-                        .max(short);
-                    let end = Instant::now() + nap;
+                    // Until the holder releases, or the backoff's nap
+                    // passes (a wake-up that does not come, say for a file
+                    // replaced under its holder, costs no more than the
+                    // polling it replaces), in slices a token can cut.
+                    let end = Instant::now().checked_add(short);
                     let mut free = false;
                     loop {
-                        let left = end.saturating_duration_since(Instant::now());
+                        let left =
+                            end.map_or(short, |end| end.saturating_duration_since(Instant::now()));
                         if left.is_zero() || deadline.cancelled() {
                             break;
                         }

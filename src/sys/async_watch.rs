@@ -76,33 +76,64 @@ impl AsyncLockWatch {
 /// Wakes an async wait for an `Os` lock when its holder releases it (see
 /// the module's docs). Unix only.
 ///
-/// One thread per lock path and process waits at a time, whatever the
+/// One thread per lock file and process waits at a time, whatever the
 /// number of waits (and of futures dropped while they waited): a wait
-/// joins the thread already waiting on its path, if there is one.
+/// joins the thread already waiting on the file its path names, if there
+/// is one, and leaves it (its task waker with it) when it is dropped.
 #[cfg(unix)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct OsReleaseWake {
+    /// This wait's name among the listeners of a release.
+    id: u64,
     /// The release this wait listens for, while it listens.
     release: Option<Arc<Release>>,
 }
 
 /// One thread's wait for the release of one lock file.
 #[cfg(unix)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Release {
+    /// The lock file the thread opened (its identity) and the process
+    /// that started it (a child of `fork()` has no such thread).
+    file: super::FileId,
+    pid: u32,
     /// What the thread found, once it is done (see `OsWoke`).
     done: Mutex<Option<OsWoke>>,
-    /// The tasks to wake when it is done.
-    wakers: Mutex<Vec<std::task::Waker>>,
+    /// The tasks to wake when it is done, by listener.
+    wakers: Mutex<HashMap<u64, std::task::Waker>>,
 }
 
 /// The threads waiting now, by lock path.
 #[cfg(unix)]
 static RELEASES: Mutex<Option<HashMap<Utf8PathBuf, Arc<Release>>>> = Mutex::new(None);
 
+/// The smallest stack the waiting thread needs (it calls `flock` twice).
 #[cfg(unix)]
-fn releases() -> MutexGuard<'static, Option<HashMap<Utf8PathBuf, Arc<Release>>>> {
-    RELEASES.lock().unwrap_or_else(PoisonError::into_inner)
+const THREAD_STACK: usize = 64 * 1024;
+
+#[cfg(unix)]
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(unix)]
+impl Default for OsReleaseWake {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        OsReleaseWake {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            release: None,
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for OsReleaseWake {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            lock(&release.wakers).remove(&self.id);
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -118,7 +149,11 @@ impl OsReleaseWake {
             },
         };
         self.release = Some(Arc::clone(&release));
-        match tokio::time::timeout(timeout, Done(&release)).await {
+        let done = Done {
+            release: &release,
+            id: self.id,
+        };
+        match tokio::time::timeout(timeout, done).await {
             // Still waiting: the same thread goes on waiting for the next
             // call.
             Err(_) => OsWoke::Waiting,
@@ -130,55 +165,86 @@ impl OsReleaseWake {
     }
 }
 
-/// The thread waiting for the release of `path`: the one already waiting,
-/// or a new one (`None` if the runtime refuses it).
+/// The thread waiting for the release of the file `path` names: the one
+/// already waiting on it, or a new one; `None` if none can wait (the file
+/// cannot be opened, no thread can be started, or the table is held by a
+/// thread that a `fork()` left behind).
 #[cfg(unix)]
 fn join_or_start(path: &Utf8Path) -> Option<Arc<Release>> {
-    let mut all = releases();
+    // (read-only, not following a final symbolic link, not waiting on a
+    // FIFO put there)
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    super::no_follow_no_block(&mut opts);
+    let file = opts.open(path).ok()?;
+    let id = super::file_id(&file).ok()?;
+    let pid = super::pid();
+    // (a bounded look: a child of `fork()` may find the table locked for
+    // good; it polls instead)
+    let mut all = (0..1000).find_map(|_| match RELEASES.try_lock() {
+        Ok(all) => Some(all),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            std::thread::yield_now();
+            None
+        }
+    })?;
     let all = all.get_or_insert_with(HashMap::new);
     if let Some(release) = all.get(path) {
-        return Some(Arc::clone(release));
+        // The same file, by a thread of this process: join it. (A
+        // release of a file the path no longer names would never come.)
+        if release.file == id && release.pid == pid {
+            return Some(Arc::clone(release));
+        }
     }
-    let release = Arc::new(Release::default());
+    let release = Arc::new(Release {
+        file: id,
+        pid,
+        done: Mutex::new(None),
+        wakers: Mutex::new(HashMap::new()),
+    });
     let (theirs, path_owned) = (Arc::clone(&release), path.to_owned());
     // A thread of its own, not one of tokio's blocking pool: a runtime
     // waits for its blocking tasks when it is dropped, and this one may
     // wait as long as the holder holds the lock. Detached: it ends at the
     // release (or with the process).
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("portalock-os-release".to_owned())
+        .stack_size(THREAD_STACK)
         .spawn(move || {
-            let woke = wait_for_release(&path_owned);
-            // Done, and gone from the table, in one step: a wait that joins
-            // later starts a new thread.
-            let mut all = releases();
+            let woke = wait_for_release(&file);
+            drop(file);
+            // Done, and gone from the table (if still its own), in one
+            // step: a wait that joins later starts a new thread.
+            let mut all = lock(&RELEASES);
             if let Some(all) = all.as_mut() {
-                all.remove(&path_owned);
+                if all
+                    .get(&path_owned)
+                    .is_some_and(|r| Arc::ptr_eq(r, &theirs))
+                {
+                    all.remove(&path_owned);
+                }
             }
-            *theirs.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(woke);
-            let wakers =
-                std::mem::take(&mut *theirs.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+            *lock(&theirs.done) = Some(woke);
+            let wakers = std::mem::take(&mut *lock(&theirs.wakers));
             drop(all);
-            for waker in wakers {
+            for waker in wakers.into_values() {
                 waker.wake();
             }
-        });
-    spawned.ok()?;
+        })
+        .ok()?;
     all.insert(path.to_owned(), Arc::clone(&release));
     Some(release)
 }
 
-/// On the waiting thread: a shared lock of the lock file at
-/// `path`, waited for in the kernel, and let go at once.
+/// On the waiting thread: a shared lock of the lock file, waited for in
+/// the kernel, and let go at once.
 #[cfg(unix)]
-fn wait_for_release(path: &Utf8Path) -> OsWoke {
-    let Ok(file) = crate::files::open_read(path) else {
-        return OsWoke::Failed;
-    };
-    let shared = |wait| super::lock_file(&file, super::LockKind::Shared, wait);
+fn wait_for_release(file: &std::fs::File) -> OsWoke {
+    let shared = |wait| super::lock_file(file, super::LockKind::Shared, wait);
     let woke = match shared(super::Wait::Try) {
         Ok(()) => OsWoke::Free,
-        Err(e) if super::lock_contended(&e, &file) => match shared(super::Wait::Block) {
+        Err(e) if super::lock_contended(&e, file) => match shared(super::Wait::Block) {
             Ok(()) => OsWoke::Released,
             Err(_) => OsWoke::Failed,
         },
@@ -186,13 +252,17 @@ fn wait_for_release(path: &Utf8Path) -> OsWoke {
     };
     // (closing the file lets the lock go too; unlocked first, in case the
     // descriptor was shared meanwhile)
-    let _ = super::unlock_file(&file);
+    let _ = super::unlock_file(file);
     woke
 }
 
-/// The future of a [`Release`]: ready once its thread is done.
+/// The future of a [`Release`] for one listener: ready once its thread is
+/// done.
 #[cfg(unix)]
-struct Done<'a>(&'a Release);
+struct Done<'a> {
+    release: &'a Release,
+    id: u64,
+}
 
 #[cfg(unix)]
 impl std::future::Future for Done<'_> {
@@ -202,15 +272,15 @@ impl std::future::Future for Done<'_> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<OsWoke> {
-        // The waker is registered before `done` is looked at, under the
-        // lock the thread takes to set it: no wake-up is missed.
-        let mut wakers = self.0.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(woke) = *self.0.done.lock().unwrap_or_else(PoisonError::into_inner) {
+        // The thread sets `done` before it takes the wakers; this looks at
+        // `done` while it holds them: either it sees `done`, or its waker
+        // is among those taken.
+        let mut wakers = lock(&self.release.wakers);
+        if let Some(woke) = *lock(&self.release.done) {
+            wakers.remove(&self.id);
             return std::task::Poll::Ready(woke);
         }
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
-        }
+        wakers.insert(self.id, cx.waker().clone());
         std::task::Poll::Pending
     }
 }
@@ -226,7 +296,7 @@ pub(crate) enum OsWoke {
     Free,
     /// The timeout passed; the thread goes on waiting.
     Waiting,
-    /// No thread could wait (the file cannot be opened, the runtime is
-    /// shutting down): sleep instead.
+    /// No thread could wait (the file cannot be opened, no thread can be
+    /// started): sleep instead.
     Failed,
 }
