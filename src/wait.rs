@@ -138,13 +138,25 @@ impl Deadline {
     /// Sleeps `nap`, or less if the deadline is cancelled meanwhile (seen
     /// within [`CANCEL_CHECK`]).
     pub(crate) fn sleep(&self, nap: Duration) {
+        self.wait_for(nap, |slice| {
+            std::thread::sleep(slice);
+            false
+        });
+    }
+
+    /// Waits `nap` through `wait`, called with slices of it (as
+    /// [`slice`](Deadline::slice) cuts them) until it says that what it
+    /// waits for happened, `nap` has passed, or the deadline is cancelled.
+    pub(crate) fn wait_for(&self, nap: Duration, mut wait: impl FnMut(Duration) -> bool) {
         let end = Instant::now() + nap;
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() || self.cancelled() {
                 return;
             }
-            std::thread::sleep(self.slice(Some(left)).unwrap_or(left));
+            if wait(self.slice(Some(left)).unwrap_or(left)) {
+                return;
+            }
         }
     }
 

@@ -87,12 +87,6 @@ pub(crate) fn any_registered(dir: &Utf8Path) -> bool {
     })
 }
 
-/// Whether a drain removed the readers directory at its first try, with
-/// no registration judged: no reader was there.
-fn none_judged(judged: &HashMap<String, (LockFile, LastSeen)>) -> bool {
-    judged.is_empty()
-}
-
 /// The UTF-8 names in the readers directory `dir` but what a network
 /// client leaves of unlinked files; none if there is no directory.
 fn registered_names(dir: &Utf8Path) -> Result<Vec<String>> {
@@ -252,9 +246,9 @@ impl LockFile {
                 // goes on only while the lock is still its own.
                 self.ensure_held()?;
             }
-            first = false;
             match files::remove_dir(&dir) {
-                Ok(()) if quick == 0 && none_judged(&judged) => return Ok(()),
+                Ok(()) if first => return Ok(()),
+                // (and still its own once the readers are gone)
                 Ok(()) => return self.ensure_held(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) if not_empty(&e) || files::is_transient(&e) => {}
@@ -262,19 +256,18 @@ impl LockFile {
                 // sticky bit (`/tmp`, `/var/lock`): on a local disk its
                 // listing is the truth.
                 Err(e)
-                    if matches!(e.kind(), io::ErrorKind::PermissionDenied)
-                        || e.raw_os_error() == Some(1) =>
+                    if e.kind() == io::ErrorKind::PermissionDenied || crate::sys::is_eperm(&e) =>
                 {
-                    if self.writers() == crate::vocab::Writers::ThisMachine && !any_registered(&dir)
-                    {
-                        return Ok(());
-                    }
                     if self.writers() != crate::vocab::Writers::ThisMachine {
                         return Err(Error::io(&dir, Op::Readers, e));
+                    }
+                    if !any_registered(&dir) {
+                        return Ok(());
                     }
                 }
                 Err(e) => return Err(Error::io(&dir, Op::Readers, e)),
             }
+            first = false;
             fault::point("readers.draining").map_err(|e| Error::io(&self.path, Op::Readers, e))?;
             let live = match self.judge_readers(&dir, &mut judged)? {
                 // One was broken, or went: look again at once, a few times
@@ -307,18 +300,7 @@ impl LockFile {
                 _ => Armed::Failed,
             };
             match (armed, watch.as_ref()) {
-                (Armed::Watching, Some(watch)) => {
-                    let end = std::time::Instant::now() + nap;
-                    loop {
-                        let left = end.saturating_duration_since(std::time::Instant::now());
-                        if left.is_zero() || deadline.cancelled() {
-                            break;
-                        }
-                        if watch.wait(deadline.slice(Some(left)).unwrap_or(left)) {
-                            break;
-                        }
-                    }
-                }
+                (Armed::Watching, Some(watch)) => deadline.wait_for(nap, |slice| watch.wait(slice)),
                 (Armed::Absent, _) => {}
                 _ => deadline.sleep(nap),
             }

@@ -542,16 +542,7 @@ impl<'a> Waiter<'a> {
                         // Armed first: a release meanwhile is not missed.
                         sweep();
                         // (in slices where a token can cancel the wait)
-                        let end = Instant::now() + nap;
-                        loop {
-                            let left = end.saturating_duration_since(Instant::now());
-                            if left.is_zero() || self.deadline.cancelled() {
-                                break;
-                            }
-                            if watch.wait(self.deadline.slice(Some(left)).unwrap_or(left)) {
-                                break;
-                            }
-                        }
+                        self.deadline.wait_for(nap, |slice| watch.wait(slice));
                     }
                     Armed::Absent if self.absent < QUICK_BREAKS => {
                         self.absent += 1;

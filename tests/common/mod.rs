@@ -286,6 +286,14 @@ pub fn child_entry() {
     std::process::exit(code);
 }
 
+/// Says `READY` and waits for the line `go`; false if input ends or says
+/// something else.
+fn ready_then_go() -> bool {
+    say("READY");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).is_ok() && line.trim() == "go"
+}
+
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "PL:{line}");
@@ -512,9 +520,7 @@ fn count_loose(args: &[&str]) -> i32 {
     let lock = open(args[0], args[1]);
     let counter = Path::new(args[2]);
     let n: u32 = args[3].parse().expect("iterations");
-    say("READY");
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+    if !ready_then_go() {
         return 2;
     }
     let occupied = counter.with_extension("occupied");
@@ -567,9 +573,7 @@ fn run_count(args: &[&str]) -> i32 {
         return 2;
     };
     let n: u32 = n.parse().expect("iterations");
-    say("READY");
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+    if !ready_then_go() {
         return 2;
     }
     let command = child_command_line();
@@ -627,9 +631,7 @@ fn count_under<G, E: std::fmt::Display>(
     mut take: impl FnMut() -> Result<G, E>,
     mut give: impl FnMut(G) -> Result<(), E>,
 ) -> i32 {
-    say("READY");
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+    if !ready_then_go() {
         return 2;
     }
     for _ in 0..n {
@@ -777,9 +779,7 @@ fn rw_mix(args: &[&str]) -> i32 {
     let lock = open(args[0], args[1]);
     let dir = Path::new(args[2]);
     let n: u32 = args[3].parse().expect("iterations");
-    say("READY");
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+    if !ready_then_go() {
         return 2;
     }
     let readers_in = |dir: &Path, me: &str| {
@@ -918,9 +918,7 @@ fn read_loop(args: &[&str]) -> i32 {
 fn file_count(args: &[&str]) -> i32 {
     use std::io::{Read, Seek, Write};
     let n: u32 = args[1].parse().expect("iterations");
-    say("READY");
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+    if !ready_then_go() {
         return 2;
     }
     for _ in 0..n {
