@@ -767,7 +767,9 @@ fn reader(args: &[&str]) -> i32 {
     0
 }
 
-/// `rw-mix STRATEGY LOCK DIR N`: says `READY`, waits for `go`, then N
+/// `rw-mix STRATEGY LOCK DIR N [PROCS]`: says `READY`, waits for `go`,
+/// (with PROCS, first holds a read with all PROCS processes at once,
+/// see below), then N
 /// times takes the lock, every third time exclusively and otherwise
 /// shared. A writer makes the marker `DIR/w` (failing if it exists), finds
 /// no reader's marker, increments the counter `DIR/counter` and removes
@@ -793,7 +795,56 @@ fn rw_mix(args: &[&str]) -> i32 {
             })
             .count()
     };
+    // First a read that every process holds at once (PROCS of them, from
+    // the optional fifth argument): each makes its marker, waits until it
+    // sees all of them, says so with a file `DIR/seen.<pid>`, and lets go
+    // once every process has said so. Readers then overlap by
+    // construction, not by chance; every wait is bounded.
     let mut overlapped = 0u32;
+    if let Some(procs) = args.get(4) {
+        let procs: usize = procs.parse().expect("process count");
+        let count = |prefix: &str| {
+            std::fs::read_dir(dir)
+                .expect("list markers")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        };
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+            while !done() {
+                if std::time::Instant::now() > deadline {
+                    say(&format!("ERROR {what} did not happen"));
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            true
+        };
+        let guard = match lock.lock_shared() {
+            Ok(guard) => guard,
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        };
+        let me = format!("r.{}", std::process::id());
+        std::fs::File::create_new(dir.join(&me)).expect("reader marker");
+        if !until("all readers in", &|| count("r.") >= procs) {
+            return 1;
+        }
+        overlapped += 1;
+        std::fs::File::create_new(dir.join(format!("seen.{}", std::process::id())))
+            .expect("seen marker");
+        if !until("all readers seen", &|| count("seen.") >= procs) {
+            return 1;
+        }
+        std::fs::remove_file(dir.join(&me)).expect("remove reader marker");
+        if let Err(e) = guard.release() {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+    }
     for i in 0..n {
         if i % 3 == 0 {
             let guard = match lock.lock() {
