@@ -325,7 +325,13 @@ impl LockFile {
         };
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(dir, Op::List, e))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                // As for the open: a directory made again by another client
+                // meanwhile (`ESTALE`) is looked at again at the next poll.
+                Err(e) if files::is_transient(&e) => return Ok(Some(None)),
+                Err(e) => return Err(Error::io(dir, Op::List, e)),
+            };
             // A name that is not UTF-8 is no reader's registration.
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 return Err(Error::Foreign {
