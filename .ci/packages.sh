@@ -8,7 +8,9 @@
 # with SIGSTOP), redis-server (the `redis` feature's tests start their
 # own), script(1) (a terminal for the Ctrl-C test), unshare(1) (a PID
 # namespace), flock(1) (the CLI is compared with it) and mkfifo(1) (the
-# fault matrix).
+# fault matrix). The `etcd` feature builds with protoc and its
+# well-known types (protobuf-compiler, libprotobuf-dev), and its tests
+# start their own etcd (etcd-server).
 #
 #   install_missing_packages [COMMAND...]
 #
@@ -25,6 +27,9 @@ install_missing_packages() {
     command -v script >/dev/null 2>&1 || missing+=(bsdutils)
     { command -v unshare && command -v flock; } >/dev/null 2>&1 || missing+=(util-linux)
     command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
+    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     for command in "$@"; do
         command -v "$command" >/dev/null 2>&1 || missing+=("$command")
     done

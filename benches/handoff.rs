@@ -6,7 +6,13 @@
 //! cargo bench --bench handoff            # all of it (about a minute)
 //! cargo bench --bench handoff -- quick   # fewer rounds
 //! cargo bench --bench handoff --features tokio   # and the async API's hand-off
+//! cargo bench --bench handoff --features redis,etcd -- net   # the network locks only
 //! ```
+//!
+//! With `redis` or `etcd`, the harness also starts a `redis-server` and a
+//! single-member `etcd` of its own (on free loopback ports, data in a
+//! temporary directory) and times the hand-off of `RedisLock` and
+//! `EtcdLock` beside one request's round trip to the same server.
 //!
 //! The harness re-runs its own executable as the contending processes
 //! (the role is in `PORTALOCK_BENCH_ROLE`) and talks to them over pipes.
@@ -76,6 +82,12 @@ enum Pong {
     /// current-thread runtime with its time driver only.
     #[cfg(feature = "tokio")]
     Async(Box<portalock::LockFile>, tokio::runtime::Runtime),
+    /// A `RedisLock` (feature `redis`); the path is the server's URL.
+    #[cfg(feature = "redis")]
+    Redis(Box<portalock::RedisLock>),
+    /// An `EtcdLock` (feature `etcd`); the path is the member's URL.
+    #[cfg(feature = "etcd")]
+    Etcd(Box<portalock::EtcdLock>),
 }
 
 impl Pong {
@@ -92,6 +104,14 @@ impl Pong {
                 kind.ends_with("polite"),
             ),
             "floor-mkdir" => Pong::Mkdir(path.into()),
+            #[cfg(feature = "redis")]
+            "redis" => Pong::Redis(Box::new(
+                portalock::RedisLock::new(path, "bench").expect("redis lock"),
+            )),
+            #[cfg(feature = "etcd")]
+            "etcd" => Pong::Etcd(Box::new(
+                portalock::EtcdLock::new(&[path], "bench").expect("etcd lock"),
+            )),
             "floor-link" => Pong::Link(path.into()),
             #[cfg(feature = "tokio")]
             _ if kind.starts_with("async-") => {
@@ -128,6 +148,10 @@ impl Pong {
             Pong::Async(lock, runtime) => runtime
                 .block_on(lock.acquire_async())
                 .expect("acquire_async"),
+            #[cfg(feature = "redis")]
+            Pong::Redis(lock) => lock.acquire().expect("acquire"),
+            #[cfg(feature = "etcd")]
+            Pong::Etcd(lock) => lock.acquire().expect("acquire"),
             Pong::Flock(file, _) => file.lock().expect("flock"),
             Pong::Mkdir(path) => loop {
                 match std::fs::create_dir(path) {
@@ -159,6 +183,10 @@ impl Pong {
             Pong::Lock(lock) => lock.release().expect("release"),
             #[cfg(feature = "tokio")]
             Pong::Async(lock, _) => lock.release().expect("release"),
+            #[cfg(feature = "redis")]
+            Pong::Redis(lock) => lock.release().expect("release"),
+            #[cfg(feature = "etcd")]
+            Pong::Etcd(lock) => lock.release().expect("release"),
             Pong::Flock(file, polite) => {
                 file.unlock().expect("unlock");
                 if *polite {
@@ -375,10 +403,14 @@ struct PingPong {
 /// from just before the release to just after the acquisition, or the
 /// releaser takes it back: a barge.
 fn pingpong(kind: &str, dir: &str, n: usize, hold_us: u64) -> PingPong {
-    let path = format!("{dir}/ping-{kind}.lock");
+    pingpong_at(kind, &format!("{dir}/ping-{kind}.lock"), n, hold_us)
+}
+
+/// [`pingpong`] of the lock at `path` (a server's URL for a network lock).
+fn pingpong_at(kind: &str, path: &str, n: usize, hold_us: u64) -> PingPong {
     let (n_s, hold_s) = (n.to_string(), hold_us.to_string());
     let mut procs: Vec<Proc> = (0..2)
-        .map(|_| Proc::spawn("ping", &[kind, &path, &n_s, &hold_s]))
+        .map(|_| Proc::spawn("ping", &[kind, path, &n_s, &hold_s]))
         .collect();
     for p in &procs {
         p.expect("READY");
@@ -606,6 +638,10 @@ fn main() {
         }
         return;
     }
+    if std::env::args().any(|a| a == "net") {
+        network_locks(quick);
+        return;
+    }
     let rounds = if quick { 100 } else { 300 };
     let ms = if quick { 300 } else { 1000 };
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -676,9 +712,161 @@ fn main() {
         None => println!("(skipped: build with `--features cli`, and util-linux `flock` on PATH)"),
     }
 
+    network_locks(quick);
+
     println!("\n## Liveness check of an owner record\n");
     println!("| extra processes | time per check |\n| --- | --- |");
     for extra in [0, 2000] {
         println!("| {extra} | {:.1} us |", liveness(extra));
     }
+}
+
+// ------------------------------------------------------- network locks
+
+/// A server process of the harness, killed when dropped.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+struct Server(Child);
+
+#[cfg(any(feature = "redis", feature = "etcd"))]
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Median of `n` timings of `f`, in microseconds.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn median_us(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    percentile(&times, 0.5)
+}
+
+/// The hand-off of `RedisLock` and `EtcdLock` between two processes, each
+/// beside the round trip of one request to its server (for etcd, a write:
+/// one commit through its log).
+fn network_locks(quick: bool) {
+    #[cfg(any(feature = "redis", feature = "etcd"))]
+    {
+        let rounds = if quick { 50 } else { 200 };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        println!("\n## Network locks: ping-pong hand-off ({rounds} acquisitions per process, hold 2 ms, servers on loopback)\n");
+        println!("| lock | median | p99 | barges | one request (floor) |\n| --- | --- | --- | --- | --- |");
+        #[cfg(feature = "redis")]
+        redis_figures(rounds);
+        #[cfg(feature = "etcd")]
+        etcd_figures(rounds, tmp.path());
+        drop(tmp);
+    }
+    #[cfg(not(any(feature = "redis", feature = "etcd")))]
+    let _ = quick;
+}
+
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn print_row(kind: &str, p: &PingPong, floor: f64) {
+    println!(
+        "| {kind} | {:.1} us | {:.1} us | {} of {} | {floor:.1} us |",
+        p.median,
+        p.p99,
+        p.barges,
+        p.barges + p.handoffs
+    );
+}
+
+#[cfg(feature = "redis")]
+fn redis_figures(rounds: usize) {
+    let port = free_port();
+    let Ok(child) = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        println!("| redis | (skipped: no redis-server on PATH) | | | |");
+        return;
+    };
+    let _server = Server(child);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let deadline = Instant::now() + WAIT;
+    let mut con = loop {
+        if let Ok(con) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+            break con;
+        }
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let floor = median_us(200, || {
+        let _: String = redis::cmd("PING").query(&mut con).expect("PING");
+    });
+    print_row("redis", &pingpong_at("redis", &url, rounds, 2000), floor);
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_figures(rounds: usize, dir: &std::path::Path) {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let Ok(child) = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .args(["--logger", "zap", "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        println!("| etcd | (skipped: no etcd on PATH) | | | |");
+        return;
+    };
+    let _server = Server(child);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut client = runtime.block_on(async {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([endpoint.as_str()], None).await {
+                if c.put("bench-ready", "1", None).await.is_ok() {
+                    break c;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let floor = median_us(200, || {
+        runtime
+            .block_on(client.put("bench-floor", "1", None))
+            .expect("put");
+    });
+    print_row("etcd", &pingpong_at("etcd", &endpoint, rounds, 2000), floor);
 }

@@ -16,7 +16,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong when taking, releasing or inspecting a lock.
 ///
 /// Every variant names the lock it concerns: its path, or, for the
-/// variants a [`RedisLock`](crate::RedisLock) shares, a [`LockName`]. Contention errors
+/// variants a [`RedisLock`](crate::RedisLock) or an
+/// [`EtcdLock`](crate::EtcdLock) shares, a [`LockName`]. Contention errors
 /// ([`WouldBlock`](Error::WouldBlock), [`Timeout`](Error::Timeout)) carry the
 /// holder's [`OwnerRecord`] when it could be read, so that a caller can say
 /// who holds the lock.
@@ -245,6 +246,17 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// etcd could not be reached, or answered an error (feature `etcd`).
+    #[error("failed to {op} etcd lock `{name}`: {message}")]
+    #[non_exhaustive]
+    Etcd {
+        /// The lock's name.
+        name: String,
+        /// What was being done.
+        op: Operation,
+        /// What went wrong.
+        message: String,
+    },
     /// An I/O error, with the path and the operation it concerns.
     #[error("failed to {op} `{path}`: {cause}")]
     #[non_exhaustive]
@@ -281,7 +293,7 @@ impl Error {
             | Error::StrategyMismatch { path, .. }
             | Error::NameTooLong { path, .. }
             | Error::Io { path, .. } => Some(path),
-            Error::NonUtf8Path { .. } | Error::Redis { .. } => None,
+            Error::NonUtf8Path { .. } | Error::Redis { .. } | Error::Etcd { .. } => None,
         }
     }
 
@@ -415,7 +427,8 @@ impl From<Error> for io::Error {
             Error::NotLocked { .. }
             | Error::LockLost { .. }
             | Error::WrongThread { .. }
-            | Error::Redis { .. } => io::ErrorKind::Other,
+            | Error::Redis { .. }
+            | Error::Etcd { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
     }
@@ -430,6 +443,8 @@ pub enum LockName {
     Path(Utf8PathBuf),
     /// The key of a [`RedisLock`](crate::RedisLock) (feature `redis`).
     RedisKey(String),
+    /// The key prefix of an [`EtcdLock`](crate::EtcdLock) (feature `etcd`).
+    EtcdKey(String),
 }
 
 impl LockName {
@@ -437,7 +452,7 @@ impl LockName {
     pub fn path(&self) -> Option<&Utf8Path> {
         match self {
             LockName::Path(path) => Some(path),
-            LockName::RedisKey(_) => None,
+            LockName::RedisKey(_) | LockName::EtcdKey(_) => None,
         }
     }
 }
@@ -446,7 +461,7 @@ impl fmt::Display for LockName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LockName::Path(path) => path.fmt(f),
-            LockName::RedisKey(key) => f.write_str(key),
+            LockName::RedisKey(key) | LockName::EtcdKey(key) => f.write_str(key),
         }
     }
 }
@@ -505,7 +520,7 @@ impl From<Op> for Operation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Op {
     Absolute,
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "etcd"))]
     Acquire,
     Break,
     Check,
@@ -514,6 +529,12 @@ pub(crate) enum Op {
     Connect,
     CreateClaim,
     CreateDir,
+    #[cfg(feature = "etcd")]
+    EtcdConnect,
+    #[cfg(feature = "etcd")]
+    EtcdLease,
+    #[cfg(feature = "etcd")]
+    EtcdRuntime,
     DetectFileSystem,
     Fence,
     Inspect,
@@ -534,7 +555,7 @@ pub(crate) enum Op {
     ReadRecord,
     Readers,
     Register,
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "etcd"))]
     Release,
     RemoveDir,
     RemoveFile,
@@ -548,7 +569,7 @@ pub(crate) enum Op {
     Truncate,
     Unlock,
     UseAsLockPath,
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "etcd"))]
     Wait,
     WriteClaim,
     WritePid,
@@ -559,7 +580,7 @@ impl Op {
     fn phrase(self) -> &'static str {
         match self {
             Op::Absolute => "make an absolute path of",
-            #[cfg(feature = "redis")]
+            #[cfg(any(feature = "redis", feature = "etcd"))]
             Op::Acquire => "acquire",
             Op::Break => "break",
             Op::Check => "check the lock at",
@@ -568,6 +589,12 @@ impl Op {
             Op::Connect => "connect to Redis for",
             Op::CreateClaim => "create a private record file beside",
             Op::CreateDir => "create lock directory",
+            #[cfg(feature = "etcd")]
+            Op::EtcdConnect => "connect to etcd for",
+            #[cfg(feature = "etcd")]
+            Op::EtcdLease => "keep the lease of",
+            #[cfg(feature = "etcd")]
+            Op::EtcdRuntime => "start the client runtime of",
             Op::DetectFileSystem => "detect the file system of",
             Op::Fence => "give a fencing token for",
             Op::Inspect => "inspect",
@@ -588,7 +615,7 @@ impl Op {
             Op::ReadRecord => "read the owner record of",
             Op::Readers => "wait for the readers of",
             Op::Register => "register a reader of",
-            #[cfg(feature = "redis")]
+            #[cfg(any(feature = "redis", feature = "etcd"))]
             Op::Release => "release",
             Op::RemoveDir => "remove lock directory",
             Op::RemoveFile => "remove lock file",
@@ -602,7 +629,7 @@ impl Op {
             Op::Truncate => "truncate locked file",
             Op::Unlock => "unlock",
             Op::UseAsLockPath => "use as a lock path",
-            #[cfg(feature = "redis")]
+            #[cfg(any(feature = "redis", feature = "etcd"))]
             Op::Wait => "wait",
             Op::WriteClaim => "write a private record file beside",
             Op::WritePid => "write the PID into",

@@ -67,8 +67,8 @@ pub const STEPS: &[&str] = &[
 ];
 
 /// Points where a test injects an error that a file system can give but
-/// no local test can provoke on cue: not protocol steps (the fault-point
-/// matrix leaves them out), only places to fail.
+/// no local test can provoke on cue, or pauses a network lock: not
+/// file-system protocol steps (the fault-point matrix leaves them out).
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 pub const INJECTIONS: &[&str] = &[
     // Mkdir: listing the lock directory that `lstat` just called a
@@ -81,6 +81,11 @@ pub const INJECTIONS: &[&str] = &[
     // Fencing (`LockOptions::fencing`): the counter read, not yet moved
     // (a test holds a caller here while another moves it).
     "fence.moving",
+    // EtcdLock (feature `etcd`), where a test pauses a process past its
+    // lease: `ensure_held` with etcd's answer in hand; an acquisition that
+    // found itself first in line, not yet granted.
+    "etcd.check.answered",
+    "etcd.acquire.first",
 ];
 
 /// Runs the step `name`: `op`, unless a test made the step fail.

@@ -28,6 +28,7 @@
 //! | to tell the user whom a wait waits for | [`LockOptions::on_wait`] |
 //! | a fencing token for the resource the lock guards (Kleppmann) | [`LockOptions::fencing`], [`LockGuard::fence`] |
 //! | machines that share a Redis server, not a file system (feature `redis`) | `RedisLock` |
+//! | machines that share an etcd cluster: fair, fenced, no single point of failure (feature `etcd`) | `EtcdLock` |
 //! | to look at a lock you did not take | [`LockFile::status`], [`LockStrategy::found_at`] |
 //!
 //! # Quick start
@@ -181,6 +182,11 @@
 //!   `redis_lock`), a lock in one Redis server for machines that share no
 //!   file system; with `cli`, also `portalock run --redis URL NAME`. Pulls
 //!   in `redis` (its default features off, `script` on).
+//! - `etcd`: `EtcdLock`, `EtcdGuard` and `EtcdLockOptions` (the module
+//!   `etcd_lock`), a lock in an etcd cluster, served first come, first
+//!   served and fenced by etcd's revision; with `cli`, also `portalock run
+//!   --etcd URL NAME`. Pulls in `etcd-client` and tokio; building it needs
+//!   `protoc` (Debian's `protobuf-compiler`).
 //! - `failpoints`: named fault points on every file-system step of the
 //!   protocols, for the project's own tests (through the `fail` crate, with
 //!   its `failpoints` feature). Off by default; never enable it in a build
@@ -192,6 +198,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd_lock;
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]
 pub mod fault;
@@ -220,6 +229,9 @@ pub use wait::CancelToken;
 
 pub use camino::{Utf8Path, Utf8PathBuf};
 pub use error::{Error, LockName, Operation, Result};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd_lock::{EtcdGuard, EtcdLock, EtcdLockOptions};
 pub use filesystem::{FileSystem, Locality};
 pub use lock::{
     lock_file, LockFile, LockGuard, LockOptions, LockStatus, OwnedLockGuard, SharedGuard, Waiting,

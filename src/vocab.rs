@@ -182,6 +182,9 @@ pub enum Mechanism {
     /// A [`RedisLock`](crate::RedisLock) (feature `redis`): a key in a
     /// Redis server, not a file.
     Redis,
+    /// An [`EtcdLock`](crate::EtcdLock) (feature `etcd`): a key in an etcd
+    /// cluster, not a file.
+    Etcd,
 }
 
 impl Mechanism {
@@ -192,6 +195,7 @@ impl Mechanism {
             Mechanism::Mkdir => "mkdir",
             Mechanism::Link => "link",
             Mechanism::Redis => "redis",
+            Mechanism::Etcd => "etcd",
         }
     }
 
@@ -202,7 +206,7 @@ impl Mechanism {
             Mechanism::Os => Some(LockStrategy::Os),
             Mechanism::Mkdir => Some(LockStrategy::Mkdir),
             Mechanism::Link => Some(LockStrategy::Link),
-            Mechanism::Redis => None,
+            Mechanism::Redis | Mechanism::Etcd => None,
         }
     }
 }

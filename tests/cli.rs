@@ -13,7 +13,9 @@ use rstest::rstest;
 use serde_json::Value;
 
 use common::fixture::scratch_root as scratch;
-use common::{child_command_line, spawn, spawn_command, spawn_retrying, Proc, EVENT_TIMEOUT};
+use common::{
+    child_command_line, run_to_end, spawn, spawn_command, spawn_retrying, Proc, EVENT_TIMEOUT,
+};
 
 #[test]
 fn child() {
@@ -63,42 +65,16 @@ fn tool(args: &[&str], role: Option<(&str, &[&str])>) -> Ran {
 
 fn tool_once(args: &[&str], role: Option<(&str, &[&str])>) -> Ran {
     let mut cmd = Command::new(TOOL);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     if let Some((role, role_args)) = role {
         cmd.env("PORTALOCK_TEST_ROLE", role)
             .env("PORTALOCK_TEST_ARGS", role_args.join("\u{1f}"));
     }
-    let mut child = spawn_retrying(&mut cmd).expect("run portalock");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("portalock {args:?} did not finish within {EVENT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, stdout, stderr) = run_to_end(&mut cmd, &format!("portalock {args:?}"));
     Ran {
         status,
-        stdout: reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
+        stdout,
+        stderr,
     }
 }
 

@@ -9,15 +9,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
 
 use serde_json::Value;
 
 use common::fixture::scratch_root as scratch;
-use common::{spawn_retrying, EVENT_TIMEOUT};
 
 const TOOL: &str = env!("CARGO_BIN_EXE_portalock");
 
@@ -56,42 +53,15 @@ impl Ran {
 /// to completion, bounded.
 fn tool_in(args: &[&str], cwd: Option<&Path>) -> Ran {
     let mut cmd = Command::new(TOOL);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
-    let mut child = spawn_retrying(&mut cmd).expect("run portalock");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("portalock {args:?} did not finish within {EVENT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, stdout, stderr) = common::run_to_end(&mut cmd, &format!("portalock {args:?}"));
     Ran {
         status,
-        stdout: reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
+        stdout,
+        stderr,
     }
 }
 

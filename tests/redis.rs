@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use portalock::{Error, RedisLock};
 
+use common::proxy::BlackHole;
 use common::{run_counters, spawn, EVENT_TIMEOUT};
 
 #[test]
@@ -351,74 +352,9 @@ fn the_cli_runs_a_command_under_a_redis_lock() {
     assert_eq!(run("0"), Some(6));
 }
 
-/// A TCP proxy on loopback in front of a server, that can turn into a
-/// black hole: connections stay open and every byte is dropped, as behind
-/// a silent network partition (no reset, no FIN).
-struct BlackHole {
-    port: u16,
-    dropping: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl BlackHole {
-    fn in_front_of(server: &Server) -> BlackHole {
-        use std::io::{Read, Write};
-        use std::net::TcpStream;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let upstream = server.port;
-        let dropping = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&dropping);
-        // Threads that end when their connections end (or with the test
-        // process): the proxy serves only this test's clients.
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    break;
-                };
-                for (mut from, mut to) in [
-                    (
-                        client.try_clone().expect("clone"),
-                        server.try_clone().expect("clone"),
-                    ),
-                    (server, client),
-                ] {
-                    let flag = std::sync::Arc::clone(&flag);
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        loop {
-                            match from.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) if !flag.load(Ordering::SeqCst) => {
-                                    if to.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Ok(_) => {} // dropped
-                            }
-                        }
-                        // A connection ended before the partition is
-                        // passed on; during it, nothing is.
-                        if !flag.load(Ordering::SeqCst) {
-                            let _ = to.shutdown(std::net::Shutdown::Write);
-                        }
-                    });
-                }
-            }
-        });
-        BlackHole { port, dropping }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// From now on, every byte in either direction is dropped.
-    fn partition(&self) {
-        self.dropping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
+/// The black hole's URL.
+fn url_of(proxy: &BlackHole) -> String {
+    format!("redis://127.0.0.1:{}/", proxy.port)
 }
 
 /// Runs `f` on a thread of its own and returns what it returned and how
@@ -443,11 +379,11 @@ fn bounded<T: Send + 'static>(
 fn a_holder_behind_a_silent_partition_learns_of_it_within_a_lease() {
     const LEASE: Duration = Duration::from_millis(900);
     let server = Server::start();
-    let proxy = BlackHole::in_front_of(&server);
+    let proxy = BlackHole::in_front_of(server.port);
     let holder = std::sync::Arc::new(
         RedisLock::options()
             .lease(LEASE)
-            .open(&proxy.url(), "partition")
+            .open(&url_of(&proxy), "partition")
             .expect("open"),
     );
     holder.acquire().expect("acquire");
@@ -497,12 +433,12 @@ fn a_holder_behind_a_silent_partition_learns_of_it_within_a_lease() {
 #[test]
 fn the_cli_behind_a_silent_partition_exits_after_its_command() {
     let server = Server::start();
-    let proxy = BlackHole::in_front_of(&server);
+    let proxy = BlackHole::in_front_of(server.port);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portalock"));
     cmd.args([
         "run",
         "--redis",
-        &proxy.url(),
+        &url_of(&proxy),
         "--lease",
         "0.9",
         "cut",
@@ -572,11 +508,11 @@ fn a_holder_keeps_its_lock_when_the_server_closes_idle_connections() {
 fn ensure_held_never_answers_ok_after_the_lease_ran_out() {
     const LEASE: Duration = Duration::from_millis(900);
     let server = Server::start();
-    let proxy = BlackHole::in_front_of(&server);
+    let proxy = BlackHole::in_front_of(server.port);
     let holder = RedisLock::options()
         .lease(LEASE)
         .command_timeout(LEASE / 3)
-        .open(&proxy.url(), "late-check")
+        .open(&url_of(&proxy), "late-check")
         .expect("open");
     let before = Instant::now();
     holder.acquire().expect("acquire");

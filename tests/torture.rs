@@ -16,7 +16,8 @@
 //! Windows (Wine in CI) the default is a tenth. `PORTALOCK_TORTURE_DIR`
 //! puts the locks in that directory (CI: on each network file system)
 //! instead of a temporary one. `PORTALOCK_TORTURE_CHAOS_SKIP` (a comma
-//! list of strategies) leaves their chaos rounds out, saying so. A
+//! list of strategies) leaves their chaos rounds out, saying so;
+//! `PORTALOCK_TORTURE_EXCLUSION_SKIP` their exclusion rounds. A
 //! strategy that the file system refuses (`Link` on an SMB share) is left
 //! out, saying so.
 //!
@@ -74,7 +75,19 @@ fn main() {
             Err(e) => failures.push(format!("{strategy}: {e}")),
         }
     }
+    // Strategies whose exclusion rounds a run leaves out (to repeat the
+    // chaos rounds alone, when chasing a rare failure).
+    let skip_exclusion = std::env::var("PORTALOCK_TORTURE_EXCLUSION_SKIP").unwrap_or_default();
     for &strategy in &strategies {
+        if skip_exclusion
+            .split(',')
+            .any(|s| s.trim() == strategy.as_str())
+        {
+            println!(
+                "torture: mutual exclusion {strategy} left out (PORTALOCK_TORTURE_EXCLUSION_SKIP)"
+            );
+            continue;
+        }
         match mutual_exclusion(strategy, scale) {
             Ok(figures) => {
                 totals.acquisitions += figures.acquisitions;
@@ -533,6 +546,13 @@ fn chaos(strategy: LockStrategy, scale: f64) -> Result<Chaos, String> {
     figures.held_twice = check_log(&log, &kills, true)?;
     figures.took = started.elapsed();
     if figures.held_twice != 0 {
+        // The whole story, for the one who looks into it: the log of
+        // critical sections with the kills where the harness decided them.
+        let written = std::fs::read_to_string(&log).map_err(|e| format!("log: {e}"))?;
+        eprintln!(
+            "torture: the chaos log, kills inserted:\n{}",
+            with_kills(&written, &kills)
+        );
         return Err(format!("held twice: {figures}"));
     }
     if !left.is_empty() {

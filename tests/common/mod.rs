@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use portalock::{Error, LockFile, LockOptions, LockStrategy};
 
 pub mod fixture;
+pub mod proxy;
 
 const ROLE_ENV: &str = "PORTALOCK_TEST_ROLE";
 const ARGS_ENV: &str = "PORTALOCK_TEST_ARGS";
@@ -261,6 +262,14 @@ pub fn child_entry() {
         "redis-hold" => redis_roles::hold(&args),
         #[cfg(feature = "redis")]
         "redis-count" => redis_roles::count(&args),
+        #[cfg(feature = "etcd")]
+        "etcd-hold" => etcd_roles::hold(&args),
+        #[cfg(feature = "etcd")]
+        "etcd-count" => etcd_roles::count(&args),
+        #[cfg(feature = "etcd")]
+        "etcd-queue" => etcd_roles::queue(&args),
+        #[cfg(all(feature = "etcd", feature = "failpoints"))]
+        "etcd-pause" => etcd_roles::pause(&args),
         "pidfile" => pidfile(&args),
         "liveness-starved" => liveness_starved(&args),
         #[cfg(unix)]
@@ -1188,11 +1197,10 @@ pub fn assert_would_block_by(result: Result<(), Error>, pid: u32) {
 
 #[cfg(feature = "redis")]
 mod redis_roles {
-    use std::io::BufRead;
     use std::path::Path;
     use std::time::Duration;
 
-    use super::{count_under, outcome, say};
+    use super::{count_under, say};
 
     fn open(url: &str, name: &str, lease_ms: &str) -> portalock::RedisLock {
         let lease: u64 = lease_ms.parse().expect("lease in ms");
@@ -1217,14 +1225,7 @@ mod redis_roles {
             std::process::id(),
             lock.fence().unwrap_or(0)
         ));
-        for line in std::io::stdin().lock().lines() {
-            match line.as_deref() {
-                Ok("check") => say(&format!("CHECKED {}", outcome(lock.ensure_held()))),
-                Ok("release") => say(&format!("RELEASED {}", outcome(lock.release()))),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
+        super::serve_checks(|| lock.ensure_held(), || lock.release());
         0
     }
 
@@ -1239,6 +1240,223 @@ mod redis_roles {
             || lock.lock(),
             |guard| guard.release(),
         )
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd_roles {
+    use std::io::Write;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use portalock::{Error, EtcdLock};
+
+    use super::{increment, outcome, ready_then_go, say, EVENT_TIMEOUT};
+
+    fn open(endpoints: &str, name: &str, lease_s: &str) -> EtcdLock {
+        let lease: u64 = lease_s.parse().expect("lease in s");
+        let endpoints: Vec<&str> = endpoints.split(',').collect();
+        EtcdLock::options()
+            .lease(Duration::from_secs(lease))
+            .open(&endpoints, name)
+            .expect("etcd lock")
+    }
+
+    /// `etcd-hold ENDPOINTS NAME LEASE_S`: takes the lock, says `ACQUIRED
+    /// <pid> <fence>`, then serves `check` (`CHECKED <ensure_held>`) and
+    /// `release` (`RELEASED <result>`) until its input ends.
+    pub(super) fn hold(args: &[&str]) -> i32 {
+        let lock = open(args[0], args[1], args[2]);
+        if let Err(e) = lock.acquire() {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+        say(&format!(
+            "ACQUIRED {} {}",
+            std::process::id(),
+            lock.fence().unwrap_or(0)
+        ));
+        super::serve_checks(|| lock.ensure_held(), || lock.release());
+        0
+    }
+
+    /// `etcd-count ENDPOINTS NAME COUNTER N FENCES`: says `READY`, waits
+    /// for `go`, then N times: takes the lock (an etcd error, as while the
+    /// cluster elects a leader, is tried again, within a bound), increments
+    /// the counter file, appends its fence to FENCES, and releases. Says
+    /// `DONE`. Exit 0, 1 (a lock error, said as `ERROR`), 2 (no `go`) or 3
+    /// (an overlap).
+    pub(super) fn count(args: &[&str]) -> i32 {
+        let lock = open(args[0], args[1], "4");
+        let counter = Path::new(args[2]);
+        let n: u32 = args[3].parse().expect("iterations");
+        let fences = Path::new(args[4]);
+        if !ready_then_go() {
+            return 2;
+        }
+        for _ in 0..n {
+            let until = Instant::now() + EVENT_TIMEOUT;
+            let guard = loop {
+                match lock.lock() {
+                    Ok(guard) => break guard,
+                    Err(Error::Etcd { .. }) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        say(&format!("ERROR {e}"));
+                        return 1;
+                    }
+                }
+            };
+            if !increment(counter) {
+                return 3;
+            }
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(fences)
+                .expect("open the fence log");
+            writeln!(log, "{} {}", guard.fence(), std::process::id()).expect("log the fence");
+            drop(log);
+            match guard.release() {
+                // Not reachable now: the lock goes with its lease.
+                Ok(()) | Err(Error::Etcd { .. }) => {}
+                Err(e) => {
+                    say(&format!("ERROR {e}"));
+                    return 1;
+                }
+            }
+        }
+        say("DONE");
+        0
+    }
+
+    /// `etcd-pause ENDPOINTS NAME LEASE_S POINT RESUME`: stops the handle's
+    /// runtime at the fault point POINT once (saying `PAUSED`) until the
+    /// file RESUME exists, its keep-alive stalled with it. At
+    /// `etcd.check.answered` it first takes the lock (`ACQUIRED <fence>`),
+    /// then checks it; at `etcd.acquire.first` it takes a free lock. Says
+    /// `RESULT <outcome>` of the call that paused.
+    #[cfg(feature = "failpoints")]
+    pub(super) fn pause(args: &[&str]) -> i32 {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let lock = open(args[0], args[1], args[2]);
+        let point = args[3];
+        let resume = std::path::PathBuf::from(args[4]);
+        let checking = point == "etcd.check.answered";
+        if checking {
+            if let Err(e) = lock.acquire() {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+            say(&format!("ACQUIRED {}", lock.fence().unwrap_or(0)));
+        }
+        let once = AtomicBool::new(false);
+        fail::cfg_callback(point, move || {
+            if once.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            say("PAUSED");
+            let until = Instant::now() + EVENT_TIMEOUT * 2;
+            while !resume.exists() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .expect("configure the fault point");
+        let result = if checking {
+            lock.ensure_held()
+        } else {
+            lock.acquire_timeout(Duration::from_secs(30))
+        };
+        say(&format!("RESULT {}", outcome(result)));
+        0
+    }
+
+    /// `etcd-queue ENDPOINTS NAME ORDER ID`: takes the lock, saying
+    /// `WAITING` once it stands in the line; under the lock appends ID to
+    /// ORDER; releases; says `DONE`.
+    pub(super) fn queue(args: &[&str]) -> i32 {
+        let endpoints: Vec<&str> = args[0].split(',').collect();
+        let lock = EtcdLock::options()
+            .lease(Duration::from_secs(10))
+            .on_wait(|_| say("WAITING"))
+            .open(&endpoints, args[1])
+            .expect("etcd lock");
+        let guard = match lock.lock() {
+            Ok(guard) => guard,
+            Err(e) => {
+                say(&format!("ERROR {e}"));
+                return 1;
+            }
+        };
+        let mut order = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(args[2])
+            .expect("open the order file");
+        writeln!(order, "{}", args[3]).expect("append");
+        drop(order);
+        if let Err(e) = guard.release() {
+            say(&format!("ERROR {e}"));
+            return 1;
+        }
+        say("DONE");
+        0
+    }
+}
+
+/// Runs `cmd` to completion, its standard input empty and its outputs
+/// read: (status, stdout, stderr). Bounded: a command still running after
+/// [`EVENT_TIMEOUT`] is killed, and the test fails naming `what`.
+pub fn run_to_end(cmd: &mut Command, what: &str) -> (ExitStatus, String, String) {
+    use std::io::Read;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_retrying(cmd).unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {EVENT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (
+        status,
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
+/// Serves `check` (says `CHECKED <outcome of check()>`) and `release`
+/// (`RELEASED <outcome of release()>`) until standard input ends: the
+/// network locks' holder roles.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn serve_checks(check: impl Fn() -> Result<(), Error>, release: impl Fn() -> Result<(), Error>) {
+    for line in std::io::stdin().lock().lines() {
+        match line.as_deref() {
+            Ok("check") => say(&format!("CHECKED {}", outcome(check()))),
+            Ok("release") => say(&format!("RELEASED {}", outcome(release()))),
+            Ok(_) => {}
+            Err(_) => break,
+        }
     }
 }
 

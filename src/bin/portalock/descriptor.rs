@@ -44,6 +44,10 @@ fn check(args: &RunArgs) -> Option<&'static str> {
     if args.redis.is_some() {
         return Some("fd mode locks a descriptor, not a Redis lock");
     }
+    #[cfg(feature = "etcd")]
+    if args.etcd.is_some() {
+        return Some("fd mode locks a descriptor, not an etcd lock");
+    }
     None
 }
 

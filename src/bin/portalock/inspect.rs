@@ -77,6 +77,10 @@ fn slot_locks(lock: &Path) -> Vec<std::path::PathBuf> {
 }
 
 pub(crate) fn status(args: StatusArgs) -> Outcome {
+    #[cfg(feature = "etcd")]
+    if let Some(endpoints) = &args.etcd {
+        return etcd_status(endpoints, &args);
+    }
     if args.strategy.is_none() && foreign_file(&args.lock) {
         return foreign(&args.lock, args.json);
     }
@@ -132,6 +136,36 @@ pub(crate) fn status(args: StatusArgs) -> Outcome {
         "stale" => EXIT_STALE,
         _ => EXIT_NO,
     })
+}
+
+/// `status --etcd URL NAME`: held (1) with the holder's record, or free
+/// (0). An etcd lock is never stale: its lease ends it.
+#[cfg(feature = "etcd")]
+fn etcd_status(endpoints: &str, args: &StatusArgs) -> Outcome {
+    let name = args.lock.to_string_lossy();
+    let lock = crate::run::open_etcd(endpoints, &name, None)?;
+    let owner = lock.owner().map_err(lock_error)?;
+    let state = if owner.is_some() { "held" } else { "free" };
+    if args.json {
+        let json = serde_json::json!({
+            "name": lock.name(),
+            "strategy": "etcd",
+            "state": state,
+            "owner": owner,
+        });
+        println!("{json}");
+    } else {
+        match &owner {
+            Some(owner) => println!(
+                "held: {} (etcd) by {}, since {}",
+                lock.name(),
+                describe(owner),
+                since(owner)
+            ),
+            None => println!("free: {} (etcd)", lock.name()),
+        }
+    }
+    Ok(if owner.is_some() { EXIT_NO } else { 0 })
 }
 
 /// `status` of a lock held by readers (`run --shared` on a mkdir or link

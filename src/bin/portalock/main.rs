@@ -296,6 +296,17 @@ struct RunArgs {
     #[cfg(feature = "redis")]
     #[arg(long, value_name = "URL", conflicts_with = "slots")]
     redis: Option<String>,
+    /// Take the lock in the etcd cluster at URL[,URL...]
+    /// (http://host:2379, one or more members) instead of the file system:
+    /// LOCK is then the lock's name (feature `etcd`). Waiters are served in
+    /// the order they came; the lock is a lease of --lease seconds (default
+    /// 10, whole seconds), kept alive while COMMAND runs. With --fence, the
+    /// lock's fencing token (etcd's revision) is passed to COMMAND as
+    /// PORTALOCK_FENCE. A user and password come from PORTALOCK_ETCD_USER
+    /// and PORTALOCK_ETCD_PASSWORD.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "URL[,URL...]", conflicts_with_all = ["slots", "shared"])]
+    etcd: Option<String>,
     /// Do not hand the lock to COMMAND: by default the lock lasts as long
     /// as COMMAND runs, even if portalock is killed (COMMAND inherits an os
     /// lock's open file, as with flock(1); a mkdir or link lock's record
@@ -359,6 +370,11 @@ struct StatusArgs {
     /// "liveness"} (see the README).
     #[arg(long)]
     json: bool,
+    /// Ask the etcd cluster at URL[,URL...] about the lock named LOCK
+    /// (feature `etcd`): held (with its owner record) or free.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "URL[,URL...]", conflicts_with = "strategy")]
+    etcd: Option<String>,
     /// The lock's path.
     lock: PathBuf,
 }

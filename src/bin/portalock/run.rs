@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use portalock::{Error, LockFile, LockOptions};
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "etcd"))]
 use crate::waiting::describe_holder;
 use crate::waiting::{secs, wait_visibly, waiting_line};
 use crate::{
@@ -19,6 +19,10 @@ pub(crate) fn run(args: RunArgs) -> Outcome {
     #[cfg(feature = "redis")]
     if let Some(url) = &args.redis {
         return run_redis(&args, url);
+    }
+    #[cfg(feature = "etcd")]
+    if let Some(endpoints) = &args.etcd {
+        return run_etcd(&args, endpoints);
     }
     let strategy = match args.slots {
         1 => crate::inspect::infer(&args.lock, args.strategy),
@@ -120,20 +124,68 @@ pub(crate) fn run_under(lock: &LockFile, args: &RunArgs) -> Outcome {
     }
 }
 
-/// `run --redis URL NAME`: the lock lives in Redis.
+/// A lock in a server (Redis, etcd), as `run` uses it.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+trait ServerLock: Sync {
+    /// "Redis lock", "etcd lock".
+    const WHAT: &'static str;
+    fn name(&self) -> &str;
+    fn owner(&self) -> portalock::Result<Option<portalock::OwnerRecord>>;
+    fn try_acquire(&self) -> portalock::Result<()>;
+    fn acquire_timeout(&self, timeout: Duration) -> portalock::Result<()>;
+    fn acquire(&self) -> portalock::Result<()>;
+    fn fence(&self) -> Option<u64>;
+    fn release(&self) -> portalock::Result<()>;
+}
+
+/// `ServerLock` for a lock type whose inherent methods have its names.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+macro_rules! server_lock {
+    ($lock:ty, $what:literal) => {
+        impl ServerLock for $lock {
+            const WHAT: &'static str = $what;
+            fn name(&self) -> &str {
+                <$lock>::name(self)
+            }
+            fn owner(&self) -> portalock::Result<Option<portalock::OwnerRecord>> {
+                <$lock>::owner(self)
+            }
+            fn try_acquire(&self) -> portalock::Result<()> {
+                <$lock>::try_acquire(self)
+            }
+            fn acquire_timeout(&self, timeout: Duration) -> portalock::Result<()> {
+                <$lock>::acquire_timeout(self, timeout)
+            }
+            fn acquire(&self) -> portalock::Result<()> {
+                <$lock>::acquire(self)
+            }
+            fn fence(&self) -> Option<u64> {
+                <$lock>::fence(self)
+            }
+            fn release(&self) -> portalock::Result<()> {
+                <$lock>::release(self)
+            }
+        }
+    };
+}
+
 #[cfg(feature = "redis")]
-pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
-    let name = args.lock.to_string_lossy();
-    let mut options = portalock::RedisLock::options();
-    if let Some(lease) = args.lease {
-        options.lease(lease);
-    }
-    let lock = options.open(url, &name).map_err(lock_error)?;
+server_lock!(portalock::RedisLock, "Redis lock");
+#[cfg(feature = "etcd")]
+server_lock!(portalock::EtcdLock, "etcd lock");
+
+/// `run` under a lock in a server: waits as the options say (reporting
+/// the holder), runs the command (with `--fence`, the lock's fencing token
+/// in `PORTALOCK_FENCE`), releases. The lease governs such a lock: nothing
+/// is handed to the command.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn run_under_server<L: ServerLock>(args: &RunArgs, lock: &L) -> Outcome {
     let line = |waited: Duration| {
         let holder = describe_holder(lock.owner());
         format!(
-            "portalock: waiting {} for Redis lock {}, held by {holder}",
+            "portalock: waiting {} for {} {}, held by {holder}",
             secs(waited),
+            L::WHAT,
             lock.name()
         )
     };
@@ -146,9 +198,58 @@ pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
         )
     });
     taken.map_err(|e| Failure::from_lock(&e, args.wait.conflict()))?;
-    // The lease governs a Redis lock: nothing to hand to the command.
-    let status = run_command(&args.command(), |command| command.spawn());
+    let fence = lock.fence().filter(|_| args.fence);
+    let status = run_command(&args.command(), |command| {
+        if let Some(fence) = fence {
+            command.env("PORTALOCK_FENCE", fence.to_string());
+        }
+        command.spawn()
+    });
     finish_run_with(status, lock.release())
+}
+
+/// `run --redis URL NAME`: the lock lives in Redis.
+#[cfg(feature = "redis")]
+pub(crate) fn run_redis(args: &RunArgs, url: &str) -> Outcome {
+    let name = args.lock.to_string_lossy();
+    let mut options = portalock::RedisLock::options();
+    if let Some(lease) = args.lease {
+        options.lease(lease);
+    }
+    let lock = options.open(url, &name).map_err(lock_error)?;
+    run_under_server(args, &lock)
+}
+
+/// An etcd lock for the tool: the endpoints (comma-separated), the user
+/// and password from the environment.
+#[cfg(feature = "etcd")]
+pub(crate) fn open_etcd(
+    endpoints: &str,
+    name: &str,
+    lease: Option<Duration>,
+) -> Result<portalock::EtcdLock, Failure> {
+    let endpoints: Vec<&str> = endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut options = portalock::EtcdLock::options();
+    if let Some(lease) = lease {
+        options.lease(lease);
+    }
+    if let Ok(user) = std::env::var("PORTALOCK_ETCD_USER") {
+        let password = std::env::var("PORTALOCK_ETCD_PASSWORD").unwrap_or_default();
+        options.user(&user, &password);
+    }
+    options.open(&endpoints, name).map_err(lock_error)
+}
+
+/// `run --etcd URL[,URL...] NAME`: the lock lives in etcd.
+#[cfg(feature = "etcd")]
+pub(crate) fn run_etcd(args: &RunArgs, endpoints: &str) -> Outcome {
+    let name = args.lock.to_string_lossy();
+    let lock = open_etcd(endpoints, &name, args.lease)?;
+    run_under_server(args, &lock)
 }
 
 /// `run --slots N`: takes one of N slots, runs the command, frees it.
