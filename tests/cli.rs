@@ -3,8 +3,11 @@
 
 mod common;
 
+#[cfg(target_os = "linux")]
 use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
+#[cfg(target_os = "linux")]
+use std::process::Stdio;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use camino::Utf8Path;
@@ -13,9 +16,9 @@ use rstest::rstest;
 use serde_json::Value;
 
 use common::fixture::scratch_root as scratch;
-use common::{
-    child_command_line, run_to_end, spawn, spawn_command, spawn_retrying, Proc, EVENT_TIMEOUT,
-};
+#[cfg(target_os = "linux")]
+use common::spawn_retrying;
+use common::{child_command_line, run_to_end, spawn, spawn_command, Proc, EVENT_TIMEOUT};
 
 #[test]
 fn child() {

@@ -200,28 +200,6 @@ fn processes_increment_a_counter_under_the_redis_lock() {
     assert_eq!(run_counters(procs, &counter), 200);
 }
 
-#[test]
-fn a_killed_holder_frees_the_lock_within_its_lease() {
-    let server = Server::start();
-    let url = server.url();
-    let mut holder = spawn("redis-hold", &[&url, "crash", "600"]);
-    holder.expect("ACQUIRED");
-    let waiter = lock(&server, "crash", 600);
-    assert!(matches!(
-        waiter.try_acquire(),
-        Err(Error::WouldBlock { .. })
-    ));
-    holder.kill();
-    let died = Instant::now();
-    waiter
-        .acquire_timeout(Duration::from_secs(10))
-        .expect("taken after the lease");
-    let after = died.elapsed();
-    eprintln!("redis: lock of a killed holder taken {after:?} after its death (lease 600 ms)");
-    assert!(after <= Duration::from_millis(600 + 400), "{after:?}");
-    waiter.release().expect("release");
-}
-
 /// Killing the holder's connection (`CLIENT KILL`) does not take its lock
 /// away: the key is still its own, and the holder renews it on a new
 /// connection. Deleting the key does: the holder learns it at its next
@@ -500,13 +478,16 @@ fn a_holder_keeps_its_lock_when_the_server_closes_idle_connections() {
     holder.release().expect("release");
 }
 
-/// `ensure_held` asked near the end of the lease, behind a silent
-/// partition: its question to Redis takes a command timeout or two, and
-/// by the time it answers the lease has run out. It must not answer `Ok`
-/// then: another client may hold the lock.
+/// `ensure_held` asked near the end of the holder's trust, behind a silent
+/// partition: the trust ends with the presence window (half of this
+/// lease), before the lease. Its question to Redis takes a command
+/// timeout, and by the time it answers the trust has run out. It must not
+/// answer `Ok` then: a waiter may have taken the lock over.
 #[test]
-fn ensure_held_never_answers_ok_after_the_lease_ran_out() {
+fn ensure_held_never_answers_ok_after_its_trust_ran_out() {
     const LEASE: Duration = Duration::from_millis(900);
+    // The presence window of this lease: at most half of it.
+    const TRUST: Duration = Duration::from_millis(450);
     let server = Server::start();
     let proxy = BlackHole::in_front_of(server.port);
     let holder = RedisLock::options()
@@ -517,19 +498,247 @@ fn ensure_held_never_answers_ok_after_the_lease_ran_out() {
     let before = Instant::now();
     holder.acquire().expect("acquire");
     proxy.partition();
-    // 150 ms before the lease runs out (a bound of the contract, not a
+    // 150 ms before the trust runs out (a bound of the contract, not a
     // synchronisation): the question cannot be answered before it does.
-    let ask_at = before + LEASE - Duration::from_millis(150);
+    let ask_at = before + TRUST - Duration::from_millis(150);
     std::thread::sleep(ask_at.saturating_duration_since(Instant::now()));
     let result = holder.ensure_held();
     let answered = Instant::now();
     assert!(
-        answered >= before + LEASE,
-        "answered {:?} before the lease's end: the question was not asked",
-        (before + LEASE).saturating_duration_since(answered)
+        answered >= before + TRUST,
+        "answered {:?} before the trust's end: the question was not asked",
+        (before + TRUST).saturating_duration_since(answered)
     );
     assert!(
         matches!(result, Err(Error::LockLost { .. })),
-        "after the lease ran out ensure_held said {result:?}"
+        "after the trust ran out ensure_held said {result:?}"
     );
+}
+
+/// The id of the client connection named `name` in `CLIENT LIST`.
+fn client_id(server: &Server, name: &str) -> Option<String> {
+    let list: String = server.query(redis::cmd("CLIENT").arg("LIST"));
+    list.lines()
+        .find(|line| line.split(' ').any(|field| field == format!("name={name}")))
+        .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+}
+
+/// A holder killed with SIGKILL, under a short lease or a 30 s one: its
+/// presence connection closes with it, and a waiter takes the lock over at
+/// once, not after the lease.
+#[rstest::rstest]
+#[case(600)]
+#[case(30_000)]
+fn a_killed_holder_is_replaced_at_once(#[case] lease_ms: u64) {
+    let server = Server::start();
+    let url = server.url();
+    let mut holder = spawn("redis-hold", &[&url, "present", &lease_ms.to_string()]);
+    holder.expect("ACQUIRED");
+    let waiter = lock(&server, "present", lease_ms);
+    assert!(matches!(
+        waiter.try_acquire(),
+        Err(Error::WouldBlock { .. })
+    ));
+    holder.kill();
+    let died = Instant::now();
+    waiter
+        .acquire_timeout(Duration::from_secs(20))
+        .expect("taken over");
+    let after = died.elapsed();
+    eprintln!(
+        "redis: lock of a killed holder (lease {lease_ms} ms) taken over {after:?} after its death"
+    );
+    assert!(after < Duration::from_secs(3), "{after:?}");
+    waiter.release().expect("release");
+}
+
+/// A holder stopped with SIGSTOP keeps its connection open: nobody takes
+/// its lock before the lease runs out; after it, a waiter does, and the
+/// holder, resumed, is told.
+#[cfg(unix)]
+#[test]
+fn a_stopped_holder_is_not_taken_over_before_its_lease() {
+    const LEASE: Duration = Duration::from_millis(1500);
+    let server = Server::start();
+    let url = server.url();
+    let lease_ms = LEASE.as_millis().to_string();
+    let mut holder = spawn("redis-hold", &[&url, "slow", &lease_ms]);
+    holder.expect("ACQUIRED");
+    holder.signal("STOP");
+    let stopped = Instant::now();
+    let waiter = lock(&server, "slow", 1500);
+    assert!(
+        matches!(
+            waiter.acquire_timeout(LEASE / 2),
+            Err(Error::Timeout { .. })
+        ),
+        "a stopped holder's lock was taken before its lease ran out"
+    );
+    waiter
+        .acquire_timeout(Duration::from_secs(20))
+        .expect("taken after the lease");
+    assert!(
+        stopped.elapsed() >= LEASE.mul_f32(0.9),
+        "{:?}",
+        stopped.elapsed()
+    );
+    holder.signal("CONT");
+    holder.send("check");
+    assert_eq!(holder.expect("CHECKED"), "LockLost");
+    waiter.release().expect("release");
+}
+
+/// The holder's presence connection killed on the server (`CLIENT KILL`):
+/// the holder says `LockLost` at once (before a waiter's poll could take
+/// the lock over), and a waiter takes it over without waiting out the
+/// lease.
+#[test]
+fn a_holder_whose_presence_is_killed_learns_it_at_once() {
+    let server = Server::start();
+    let holder = lock(&server, "cut", 30_000);
+    holder.acquire().expect("acquire");
+    let name = format!("portalock-present-{}", std::process::id());
+    let mut id = None;
+    eventually("the presence connection is listed", || {
+        id = client_id(&server, &name);
+        id.is_some()
+    });
+    let id = id.expect("an id");
+    let killed: i64 = server.query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id));
+    assert_eq!(killed, 1);
+    let cut = Instant::now();
+    eventually("the holder learns it", || {
+        matches!(holder.ensure_held(), Err(Error::LockLost { .. }))
+    });
+    let learnt = cut.elapsed();
+    let waiter = lock(&server, "cut", 30_000);
+    waiter
+        .acquire_timeout(Duration::from_secs(20))
+        .expect("taken over");
+    eprintln!(
+        "redis: a holder whose presence was killed learnt it {learnt:?} after; taken over {:?} after",
+        cut.elapsed()
+    );
+    assert!(learnt < Duration::from_secs(1), "{learnt:?}");
+    assert!(
+        learnt < cut.elapsed(),
+        "taken over before the holder knew it lost the lock"
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert!(matches!(holder.release(), Err(Error::LockLost { .. })));
+    waiter.release().expect("release");
+}
+
+/// A Redis whose ACL refuses the presence subscription refuses the
+/// acquisition, saying so: a lock without a presence could be taken over
+/// by a waiter at once.
+#[test]
+fn a_refused_presence_refuses_the_acquisition() {
+    let server = Server::start();
+    let _: () = server.query(
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("nosub")
+            .arg("on")
+            .arg(">secret")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg("-subscribe"),
+    );
+    let url = format!("redis://nosub:secret@127.0.0.1:{}/", server.port);
+    let lock = RedisLock::options()
+        .lease(Duration::from_secs(5))
+        .open(&url, "acl")
+        .expect("open");
+    match lock.try_acquire() {
+        Err(Error::Redis { op, message, .. }) => {
+            assert_eq!(op.as_str(), "subscribe", "{message}");
+            assert!(message.to_lowercase().contains("subscri"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!lock.is_held());
+    let owner: Option<String> = server.query(redis::cmd("GET").arg("portalock:acl"));
+    assert_eq!(owner, None, "no key left behind");
+}
+
+/// A Redis that stalls (`CLIENT PAUSE`) longer than the holder's presence
+/// window: the holder's pings go unanswered meanwhile, but nobody could
+/// take its lock over (its presence stayed counted), so once Redis answers
+/// again the holder still holds it, and no waiter took it.
+#[test]
+fn a_stalled_server_leaves_the_holder_its_lock() {
+    let server = Server::start();
+    let holder = lock(&server, "stall", 10_000);
+    holder.acquire().expect("acquire");
+    let _: () = server.query(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL"));
+    let waiter = lock(&server, "stall", 10_000);
+    assert!(matches!(
+        waiter.acquire_timeout(Duration::from_millis(2500)),
+        Err(Error::Timeout { .. })
+    ));
+    holder
+        .ensure_held()
+        .expect("still held once Redis answers again");
+    holder.release().expect("release");
+}
+
+/// A record that no presence marks (another client's, or a holder that
+/// never subscribed) is never taken over, however long its channel has no
+/// subscriber: only its lease frees it.
+#[test]
+fn a_holder_without_a_presence_is_not_taken_over() {
+    let server = Server::start();
+    let holder = lock(&server, "unmarked", 2000);
+    holder.acquire().expect("acquire");
+    let record: String = server.query(redis::cmd("GET").arg("portalock:unmarked"));
+    holder.release().expect("release");
+    // The same record, written by hand: no presence key, no subscriber.
+    let _: () = server.query(
+        redis::cmd("SET")
+            .arg("portalock:unmarked")
+            .arg(&record)
+            .arg("PX")
+            .arg(30_000),
+    );
+    let waiter = lock(&server, "unmarked", 2000);
+    assert!(matches!(
+        waiter.acquire_timeout(Duration::from_millis(2000)),
+        Err(Error::Timeout { .. })
+    ));
+}
+
+/// A holder stopped and continued again and again (a terminal's Ctrl-Z and
+/// `fg`, a debugger): its presence survives every interrupted read, and
+/// nobody takes its lock over.
+#[cfg(unix)]
+#[test]
+fn a_holder_stopped_and_continued_keeps_its_lock() {
+    let server = Server::start();
+    let url = server.url();
+    let mut holder = spawn("redis-hold", &[&url, "stopgo", "30000"]);
+    holder.expect("ACQUIRED");
+    let waiter = lock(&server, "stopgo", 30_000);
+    for _ in 0..15 {
+        holder.signal("STOP");
+        std::thread::sleep(Duration::from_millis(30));
+        holder.signal("CONT");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(matches!(
+        waiter.acquire_timeout(Duration::from_millis(1500)),
+        Err(Error::Timeout { .. })
+    ));
+    holder.send("check");
+    assert_eq!(holder.expect("CHECKED"), "Ok");
+    holder.send("release");
+    assert_eq!(holder.expect("RELEASED"), "Ok");
+    waiter.try_acquire().expect("free");
+    waiter.release().expect("release");
 }

@@ -61,7 +61,7 @@
 //! | a holder cut off or stalled | keeps the lock, unless it took a lease (`LockOptions::lease`): then others break it after the lease, and the holder learns it from `ensure_held` | learns of the loss within a lease | learns of the loss within a lease |
 //! | order of waiters | a turnstile by default (`LockOptions::fair`): a waiter that asked before a release goes before the releaser | none (whoever asks first after a release) | first come, first served |
 //! | fencing token | [`fence`](crate::LockFile::fence) (a counter file) | the server's clock, kept rising | etcd's revision |
-//! | hand-off, median (`BENCHMARKS.md`, loopback) | tens to hundreds of microseconds | 0.8 ms (a third of the turns barged) | 2.8 ms (none barged; p99: the server's `fsync`) |
+//! | hand-off, median (`BENCHMARKS.md`, loopback) | tens to hundreds of microseconds | 0.7 ms | 3.2 ms (p99: the server's `fsync`) |
 //!
 //! # Timeouts: no call hangs
 //!

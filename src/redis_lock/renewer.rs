@@ -51,6 +51,11 @@ impl Renewer {
                     return;
                 }
             }
+            // Lost as the holder sees it (its presence closed): give the
+            // lock up rather than keep it from waiters.
+            if self.holding.lost.load(Ordering::Acquire) {
+                return self.lose();
+            }
             self.record.beat += 1;
             let sent = sys::since_boot();
             let sent_at = Instant::now();
@@ -61,6 +66,7 @@ impl Renewer {
             .and_then(|mut c| {
                 let renewed = script
                     .key(&self.key)
+                    .key(super::presence_channel(&self.key, &self.holding.token))
                     .arg(&self.holding.token)
                     .arg(self.record.to_json())
                     .arg(self.lease_ms)
@@ -105,10 +111,12 @@ impl Renewer {
     /// bounded try) so that waiters need not wait out the lease.
     pub(super) fn lose(&self) {
         self.holding.lost.store(true, Ordering::Release);
+        self.holding.presence_done.store(true, Ordering::Release);
         if let Ok(mut con) = connect(&self.client, self.connect_timeout, self.io_timeout) {
             let _: redis::RedisResult<i64> = Script::new(&release_script())
                 .key(&self.key)
                 .key(&self.channel)
+                .key(super::presence_channel(&self.key, &self.holding.token))
                 .arg(&self.holding.token)
                 .invoke(&mut con);
         }
