@@ -44,6 +44,8 @@ impl Server {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // (`DEBUG SLEEP` stalls the whole server, for a test)
+            .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server (install Debian's redis-server)");
@@ -668,7 +670,7 @@ fn a_refused_presence_refuses_the_acquisition() {
     assert_eq!(owner, None, "no key left behind");
 }
 
-/// A Redis that stalls (`CLIENT PAUSE`) longer than the holder's presence
+/// A Redis that stalls (`DEBUG SLEEP`) longer than the holder's presence
 /// window: the holder's pings go unanswered meanwhile, but nobody could
 /// take its lock over (its presence stayed counted), so once Redis answers
 /// again the holder still holds it, and no waiter took it.
@@ -677,7 +679,24 @@ fn a_stalled_server_leaves_the_holder_its_lock() {
     let server = Server::start();
     let holder = lock(&server, "stall", 10_000);
     holder.acquire().expect("acquire");
-    let _: () = server.query(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL"));
+    // The whole server stalls for 1.5 s (its event loop sleeps).
+    let url = server.url();
+    let stall = std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg("1.5").query(&mut con);
+    });
+    // Asked early in the stall: its question is answered only after the
+    // presence window (750 ms) has passed; it asks again, and says Ok.
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    holder
+        .ensure_held()
+        .expect("held: Redis still counted the presence");
+    eprintln!(
+        "redis: ensure_held asked during a stall answered after {:?}",
+        asked.elapsed()
+    );
     let waiter = lock(&server, "stall", 10_000);
     assert!(matches!(
         waiter.acquire_timeout(Duration::from_millis(2500)),
@@ -686,7 +705,10 @@ fn a_stalled_server_leaves_the_holder_its_lock() {
     holder
         .ensure_held()
         .expect("still held once Redis answers again");
+    let record: Option<String> = server.query(redis::cmd("GET").arg("portalock:stall"));
+    assert!(record.is_some(), "the holder's key is still there");
     holder.release().expect("release");
+    stall.join().expect("the stalling client");
 }
 
 /// A record that no presence marks (another client's, or a holder that

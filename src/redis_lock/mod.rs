@@ -50,12 +50,16 @@
 //!   it, or the last check in which Redis still counted its subscriber. A
 //!   ping that fails (a closed connection) counts the lock as lost at once.
 //!   [`ensure_held`](RedisLock::ensure_held) asks Redis whether the lock is
-//!   still this acquisition's and its presence still counted; when Redis
-//!   cannot answer, it says `Ok` only while both the lease and the
-//!   presence window hold. So by the time a waiter takes over, the holder
-//!   no longer vouches for the lock. A holder whose pings go unanswered
-//!   while Redis stalls keeps its lock: Redis still counts it, and its
-//!   next check says so.
+//!   still this acquisition's and its presence still counted, and says
+//!   `Ok` only while both the lease and the presence window surely hold;
+//!   when the window lapsed unanswered (a stalled Redis, a slow or cut
+//!   network) it asks again until Redis confirms or the lease runs out.
+//!   So by the time a waiter takes over, the holder no longer vouches for
+//!   the lock, and a stall alone never costs a holder its lock. A ping
+//!   that fails because the connection closed is a loss: the holder gives
+//!   the key up at once. An acquisition whose grant was answered late is
+//!   checked the same way before `acquire` says `Ok`; while it waits, it
+//!   pings on its presence too, and subscribes anew if that went.
 //! - A Redis that refuses the subscription (an ACL without `SUBSCRIBE`,
 //!   `PUBSUB`, `PING` or the channels `portalock:*`) refuses the
 //!   acquisition, with [`Error::Redis`] saying so.
@@ -280,14 +284,23 @@ impl RedisHolding {
         sys::since_boot() >= *lock(&self.present_until)
     }
 
-    /// Whether the lock may be someone else's by now, without asking: the
-    /// loss seen, the lease run out, or the presence lapsed. Remembered.
-    fn may_be_lost(&self) -> bool {
-        if self.lost.load(Ordering::Acquire) || self.lease_ran_out() || self.presence_lapsed() {
-            self.lost.store(true, Ordering::Release);
+    /// Whether the lock is lost for good: the loss seen, or the lease run
+    /// out. Remembered. (A lapsed presence alone is not a loss: Redis may
+    /// still count it; see `RedisLock::ensure_held`.)
+    fn surely_lost(&self) -> bool {
+        if self.lost.load(Ordering::Acquire) || self.lease_ran_out() {
+            self.lose();
             return true;
         }
         false
+    }
+
+    /// Marks the acquisition lost, and wakes its renewal thread (which then
+    /// gives the key up).
+    fn lose(&self) {
+        self.lost.store(true, Ordering::Release);
+        let _stop = lock(&self.stop);
+        self.wake.notify_all();
     }
 }
 
@@ -397,7 +410,10 @@ impl RedisLock {
     /// and, when Redis answers
     /// (within the command timeout), that Redis still holds this
     /// acquisition's record. If Redis cannot be reached the lease and the
-    /// presence answer.
+    /// presence answer. When the presence went unanswered for its window
+    /// (a stalled Redis, a slow or cut network), it asks again until Redis
+    /// confirms or the lease runs out: it returns within the lease at
+    /// most.
     ///
     /// # Errors
     ///
@@ -406,51 +422,52 @@ impl RedisLock {
     /// connection closed or unanswered, Redis restarted, a partition).
     pub fn ensure_held(&self) -> Result<()> {
         let holding = self.state().clone().ok_or_else(|| self.not_locked())?;
-        if holding.lost.load(Ordering::Acquire) || holding.lease_ran_out() {
-            holding.lost.store(true, Ordering::Release);
-            return Err(self.lost_without_asking());
-        }
-        let sent = sys::since_boot();
-        let checked: Result<i64> = self.connect().and_then(|mut con| {
-            Script::new(&check_script())
-                .key(&self.key)
-                .key(presence_channel(&self.key, &holding.token))
-                .arg(&holding.token)
-                .invoke(&mut con)
-                .map_err(|e| redis_error(&self.name, Op::Check, &e))
-        });
-        match checked {
-            // Ours, with Redis counting our presence when it answered:
-            // no waiter can have taken it over before then, whatever the
-            // presence thread last heard (a stalled Redis, a paused
-            // holder), so the presence is trusted anew. The lease must
-            // still surely hold now (the answer may have come late).
-            Ok(1) => {
-                {
+        loop {
+            if holding.surely_lost() {
+                return Err(self.lost_without_asking());
+            }
+            let sent = sys::since_boot();
+            let checked: Result<i64> = self.connect().and_then(|mut con| {
+                Script::new(&check_script())
+                    .key(&self.key)
+                    .key(presence_channel(&self.key, &holding.token))
+                    .arg(&holding.token)
+                    .invoke(&mut con)
+                    .map_err(|e| redis_error(&self.name, Op::Check, &e))
+            });
+            match checked {
+                // Ours, with Redis counting our presence when it answered:
+                // no waiter can have taken it over before then, whatever
+                // the presence thread last heard (a stalled Redis, a
+                // paused holder), so the presence is trusted anew.
+                Ok(1) => {
                     let until = sent + presence_window(self.options.lease);
                     let mut trusted = lock(&holding.present_until);
                     if until > *trusted {
                         *trusted = until;
                     }
                 }
-                if holding.may_be_lost() {
-                    Err(self.lost_without_asking())
-                } else {
-                    Ok(())
+                // Not ours, or ours without a presence (a waiter may take
+                // it over at any moment).
+                Ok(_) => {
+                    holding.lose();
+                    return Err(self.lost());
                 }
+                // Not reachable (asking may take a command timeout or
+                // two): the clock after asking decides, below.
+                Err(_) => {}
             }
-            // Not ours, or ours without a presence (a waiter may take it
-            // over at any moment).
-            Ok(_) => {
-                holding.lost.store(true, Ordering::Release);
-                Err(self.lost())
+            // Ok only while the lease and the presence surely hold now (an
+            // answer may come late). A lapsed presence is asked about
+            // again: Redis may still count it (a stall, a slow network);
+            // past the lease, the lock is lost.
+            if holding.surely_lost() {
+                return Err(self.lost_without_asking());
             }
-            // Not reachable (asking may take a command timeout or two):
-            // within the lease and the presence, as the clock says after
-            // asking, the lock is still ours; past either, it may be
-            // someone else's.
-            Err(_) if !holding.may_be_lost() => Ok(()),
-            Err(_) => Err(self.lost_without_asking()),
+            if !holding.presence_lapsed() {
+                return Ok(());
+            }
+            std::thread::sleep(ping_every(self.options.lease));
         }
     }
 
@@ -585,6 +602,11 @@ impl RedisLock {
                 if fence != 0 || deadline.expired() {
                     break;
                 }
+                // The presence, idle while waiting: a ping each round; a
+                // new one if it went.
+                if !presence.ping() {
+                    presence = Presence::subscribe(self, &token, &mut con)?;
+                }
                 // Sleep until a release is announced, the holder's lease
                 // runs out, a takeover of a holder without a presence is
                 // due, the fallback poll, or the deadline.
@@ -612,13 +634,28 @@ impl RedisLock {
                     .map_err(|e| redis_error(&self.name, Op::Wait, &e))?;
                 match pubsub.get_message() {
                     Ok(_) => {}
-                    Err(e) if e.is_timeout() => {}
+                    // (a stop and continue interrupts the read: look again)
+                    Err(e) if e.is_timeout() || (e.is_io_error() && !e.is_connection_dropped()) => {
+                    }
                     Err(e) => return Err(redis_error(&self.name, Op::Wait, &e)),
                 }
             }
         }
         if fence > 0 {
-            self.start(record, fence.unsigned_abs(), lease_ms, sent, presence);
+            self.start(record, fence.unsigned_abs(), lease_ms, sent, presence)?;
+            // A grant whose answer came late (a slow network, a stopped
+            // process) may already be past the presence window: vouch for
+            // it before saying Ok, or give it back.
+            let late = self
+                .state()
+                .as_ref()
+                .is_some_and(|h| h.presence_lapsed() || h.lease_ran_out());
+            if late {
+                if let Err(e) = self.ensure_held() {
+                    let _ = self.release();
+                    return Err(e);
+                }
+            }
             return Ok(());
         }
         if fence < 0 {
@@ -698,7 +735,7 @@ impl RedisLock {
         lease_ms: u64,
         sent: Duration,
         presence: Presence,
-    ) {
+    ) -> Result<()> {
         let holding = Arc::new(RedisHolding {
             token: record.token.clone(),
             fence,
@@ -732,13 +769,26 @@ impl RedisLock {
         let thread = std::thread::Builder::new()
             .name("portalock-redis-renew".to_owned())
             .spawn(move || renewer.run());
-        match thread {
-            Ok(thread) => *lock(&holding.renewer) = Some(thread),
-            // No renewal: the lease runs out; the holder finds out through
-            // `ensure_held`.
-            Err(_) => holding.lost.store(true, Ordering::Release),
+        let started = match thread {
+            Ok(thread) => {
+                *lock(&holding.renewer) = Some(thread);
+                !holding.lost.load(Ordering::Acquire)
+            }
+            Err(_) => false,
+        };
+        if !started {
+            // No renewal or no presence thread: give the lock back.
+            holding.presence_done.store(true, Ordering::Release);
+            holding.stop_renewing();
+            self.release_quietly(&holding.token);
+            return Err(Error::Redis {
+                name: self.name.clone(),
+                op: Op::Acquire.into(),
+                message: "could not start the threads that keep the lock".to_owned(),
+            });
         }
         *self.state() = Some(holding);
+        Ok(())
     }
 
     /// Runs the release script for `token` (a bounded try, errors
@@ -891,6 +941,8 @@ fn ping_every(lease: Duration) -> Duration {
 struct Presence {
     con: Connection,
     done: Arc<AtomicBool>,
+    /// The number of the last `PING` sent on it.
+    pinged: u64,
 }
 
 impl Presence {
@@ -957,20 +1009,50 @@ impl Presence {
         Ok(Presence {
             con: presence,
             done: Arc::new(AtomicBool::new(false)),
+            pinged: 0,
         })
+    }
+
+    /// Pings on the presence while its acquisition waits (so that no
+    /// middlebox takes the connection for idle): whether Redis answered.
+    fn ping(&mut self) -> bool {
+        self.pinged += 1;
+        let n = self.pinged;
+        if self
+            .con
+            .send_packed_command(&redis::cmd("PING").arg(n).get_packed_command())
+            .is_err()
+        {
+            return false;
+        }
+        loop {
+            match self.con.recv_response() {
+                Ok(reply) => match pong_number(&reply) {
+                    Some(k) if k == n => return true,
+                    _ => {}
+                },
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Watches the connection for `holding` until its acquisition is over,
     /// on a thread of its own; a watch that cannot start counts the lock
     /// as lost (its presence would end unseen).
     fn watch(self, holding: Arc<RedisHolding>, lease: Duration, io: Duration) {
-        let Presence { mut con, done, .. } = self;
+        let Presence {
+            mut con,
+            done,
+            pinged,
+        } = self;
         let theirs = Arc::clone(&holding);
         let watching = std::thread::Builder::new()
             .name("portalock-redis-present".to_owned())
             .spawn(move || {
-                if !present(&mut con, &done, &theirs, lease, io) && !done.load(Ordering::Acquire) {
-                    theirs.lost.store(true, Ordering::Release);
+                if !present(&mut con, &done, &theirs, lease, io, pinged)
+                    && !done.load(Ordering::Acquire)
+                {
+                    theirs.lose();
                 }
             })
             .is_ok();
@@ -995,6 +1077,7 @@ fn present(
     holding: &RedisHolding,
     lease: Duration,
     io: Duration,
+    pinged: u64,
 ) -> bool {
     let every = ping_every(lease);
     let window = presence_window(lease);
@@ -1003,7 +1086,7 @@ fn present(
     }
     // The sending time of the pings not yet answered, by number.
     let mut waiting: std::collections::VecDeque<(u64, Duration)> = Default::default();
-    let mut n: u64 = 0;
+    let mut n: u64 = pinged;
     loop {
         if done.load(Ordering::Acquire) {
             return true;
@@ -1079,6 +1162,14 @@ const PRESENCE_LOOK: Duration = Duration::from_millis(50);
 /// The kind of a pub/sub reply (`subscribe`, `pong`, `message`): its first
 /// element, lower-case.
 fn reply_kind(reply: &redis::Value) -> Option<&'static str> {
+    if let redis::Value::Push { kind, .. } = reply {
+        // RESP3
+        return match kind {
+            redis::PushKind::Subscribe => Some("subscribe"),
+            redis::PushKind::Message => Some("message"),
+            _ => None,
+        };
+    }
     let redis::Value::Array(items) = reply else {
         return None;
     };

@@ -54,9 +54,12 @@ impl Default for RedisLockOptions {
 
 impl RedisLockOptions {
     /// How long the lock outlives its holder's last renewal. Default 10 s;
-    /// at least 30 ms.
+    /// at least 30 ms, at most 30 days.
     pub fn lease(&mut self, lease: Duration) -> &mut Self {
-        self.lease = lease.max(Duration::from_millis(30));
+        self.lease = lease.clamp(
+            Duration::from_millis(30),
+            Duration::from_secs(30 * 24 * 3600),
+        );
         self
     }
 

@@ -35,7 +35,7 @@ impl Renewer {
         loop {
             {
                 let mut stop = lock(&self.holding.stop);
-                while !*stop {
+                while !*stop && !self.holding.lost.load(Ordering::Acquire) {
                     let left = next.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
