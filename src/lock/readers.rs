@@ -220,6 +220,14 @@ impl LockFile {
             }
             match registration.try_acquire() {
                 Err(Error::MissingParent { .. }) if tries < 16 => tries += 1,
+                // On NFS the same race can read as a plain ENOENT from the
+                // registration's `mkdir` (the parent looked up from a
+                // cache that still had it): made again, the same way.
+                Err(Error::Io { cause, .. })
+                    if cause.kind() == io::ErrorKind::NotFound && tries < 16 =>
+                {
+                    tries += 1;
+                }
                 other => return other.map(|()| registration),
             }
         }
