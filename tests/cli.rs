@@ -42,31 +42,7 @@ impl Ran {
 
 /// Runs the tool with `args` (and `role` in the environment of a child it
 /// starts) to completion, bounded.
-///
-/// Wine now and then fails to start a process with ERROR_INTERNAL_ERROR
-/// (1359); seen in CI as `portalock run` exiting 126, "cannot run ...:
-/// Internal error. (os error 1359)", with its command never started. Such a
-/// run did nothing but take and release the lock, so it is run once more,
-/// and said so. Only that error, only on Windows: any other exit stands.
 fn tool(args: &[&str], role: Option<(&str, &[&str])>) -> Ran {
-    let mut attempt = 1;
-    loop {
-        let ran = tool_once(args, role);
-        let could_not_start = cfg!(windows)
-            && ran.status.code() == Some(126)
-            && ran.stderr.contains("(os error 1359)");
-        if !could_not_start || attempt == 3 {
-            return ran;
-        }
-        eprintln!(
-            "portalock {args:?}: the system failed to start the command, run again: {}",
-            ran.stderr.trim()
-        );
-        attempt += 1;
-    }
-}
-
-fn tool_once(args: &[&str], role: Option<(&str, &[&str])>) -> Ran {
     let mut cmd = Command::new(TOOL);
     cmd.args(args);
     if let Some((role, role_args)) = role {

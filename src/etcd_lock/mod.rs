@@ -262,15 +262,9 @@ impl EtcdLock {
                 .with_auto_token_refresh(true);
         }
         let bound = options.connect_timeout.saturating_add(io);
-        let connecting =
-            async { tokio::time::timeout(bound, Client::connect(&endpoints, Some(connect))).await };
-        // Inside async code (a handle opened in a task), blocking on a
-        // runtime is refused: connect on a thread of its own.
-        let connected = if tokio::runtime::Handle::try_current().is_err() {
-            Some(runtime.block_on(connecting))
-        } else {
-            std::thread::scope(|scope| scope.spawn(|| runtime.block_on(connecting)).join()).ok()
-        };
+        let connected = block_on_anywhere(&runtime, async {
+            tokio::time::timeout(bound, Client::connect(&endpoints, Some(connect))).await
+        });
         let client = match connected {
             Some(Ok(Ok(client))) => client,
             failed => {
@@ -486,24 +480,17 @@ impl EtcdLock {
         Ok(())
     }
 
-    /// Runs `request` on the handle's runtime and waits for it. Called from
-    /// inside async code (a guard dropped there), where blocking on a
-    /// runtime is refused, it waits on a thread of its own instead.
+    /// Runs `request` on the handle's runtime and waits for it (see
+    /// [`block_on_anywhere`]).
     fn run<T: Send>(
         &self,
         request: impl std::future::Future<Output = Result<T>> + Send,
     ) -> Result<T> {
-        let runtime = self.runtime()?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return runtime.block_on(request);
-        }
-        std::thread::scope(|scope| scope.spawn(|| runtime.block_on(request)).join()).unwrap_or_else(
-            |_| {
-                Err(self
-                    .inner
-                    .error(Op::EtcdRuntime, "the request's thread panicked"))
-            },
-        )
+        block_on_anywhere(self.runtime()?, request).unwrap_or_else(|| {
+            Err(self
+                .inner
+                .error(Op::EtcdRuntime, "the request's thread panicked"))
+        })
     }
 
     async fn run_async(&self, timeout: Option<Duration>) -> Result<()> {
@@ -528,6 +515,20 @@ impl EtcdLock {
         }
         Ok(())
     }
+}
+
+/// Runs `future` on `runtime` and waits for it. Called from inside async
+/// code (a handle opened, or a guard dropped, in a task), where blocking on
+/// a runtime is refused, it waits on a thread of its own instead; `None`
+/// if that thread panicked.
+fn block_on_anywhere<T: Send>(
+    runtime: &Runtime,
+    future: impl std::future::Future<Output = T> + Send,
+) -> Option<T> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Some(runtime.block_on(future));
+    }
+    std::thread::scope(|scope| scope.spawn(|| runtime.block_on(future)).join()).ok()
 }
 
 /// An async acquisition on the handle's runtime whose outcome the caller
@@ -604,30 +605,35 @@ struct Place {
 }
 
 impl Place {
+    /// Disarms the place: stops its keep-alive and returns the revocation
+    /// of its lease (bounded), unless it was disarmed already.
+    fn take_back(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if !std::mem::take(&mut self.armed) {
+            return None;
+        }
+        self.lease.stop();
+        let mut client = self.client.clone();
+        let (id, io) = (self.lease.id, self.io);
+        Some(async move {
+            let _ = tokio::time::timeout(io, client.lease_revoke(id)).await;
+        })
+    }
+
     /// Gives the place back and waits (bounded) until etcd confirms.
     async fn give_back(&mut self) {
-        if std::mem::take(&mut self.armed) {
-            self.lease.stop();
-            let mut client = self.client.clone();
-            let _ = tokio::time::timeout(self.io, client.lease_revoke(self.lease.id)).await;
+        if let Some(revoke) = self.take_back() {
+            revoke.await;
         }
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        if !std::mem::take(&mut self.armed) {
-            return;
-        }
-        // An error or a cancelled future: bounded, and detached (a drop
-        // cannot wait).
-        self.lease.stop();
-        let mut client = self.client.clone();
-        let (id, io) = (self.lease.id, self.io);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = tokio::time::timeout(io, client.lease_revoke(id)).await;
-            });
+        // An error or a cancelled future: detached (a drop cannot wait).
+        if let (Some(revoke), Ok(handle)) =
+            (self.take_back(), tokio::runtime::Handle::try_current())
+        {
+            handle.spawn(revoke);
         }
     }
 }
@@ -951,14 +957,12 @@ impl Inner {
             Ok(got) => match got.kvs().first() {
                 // The key was there when etcd answered; the lease must
                 // also surely live now (the answer may have come late).
-                Some(kv)
-                    if kv.create_revision().unsigned_abs() == holding.fence
-                        && !holding.lease.is_lost() =>
-                {
-                    Ok(())
-                }
                 Some(kv) if kv.create_revision().unsigned_abs() == holding.fence => {
-                    Err(self.lost(None))
+                    if holding.lease.is_lost() {
+                        Err(self.lost(None))
+                    } else {
+                        Ok(())
+                    }
                 }
                 _ => {
                     holding.lease.lost.store(true, Ordering::Release);

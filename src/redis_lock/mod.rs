@@ -177,6 +177,23 @@ return 0"
     )
 }
 
+/// Runs the release script of the lock `key` for the acquisition `token`:
+/// deletes the lock (and its presence key) only if it still names that
+/// acquisition, and announces the release on `channel`. 1 if it did.
+fn release_of(
+    con: &mut Connection,
+    key: &str,
+    channel: &str,
+    token: &str,
+) -> redis::RedisResult<i64> {
+    Script::new(&release_script())
+        .key(key)
+        .key(channel)
+        .key(presence_channel(key, token))
+        .arg(token)
+        .invoke(con)
+}
+
 /// The holder's check. KEYS: the lock, the presence; ARGV: the token.
 /// 1: ours, and Redis counts our presence; 0: not ours; -1: ours, but no
 /// presence (a waiter may take it over).
@@ -505,12 +522,7 @@ impl RedisLock {
         // Compare-and-delete: removes the key only if it is still ours, so
         // it is safe even after the lease ran out.
         let released: Result<i64> = self.connect().and_then(|mut con| {
-            Script::new(&release_script())
-                .key(&self.key)
-                .key(&self.channel)
-                .key(presence_channel(&self.key, &holding.token))
-                .arg(&holding.token)
-                .invoke(&mut con)
+            release_of(&mut con, &self.key, &self.channel, &holding.token)
                 .map_err(|e| redis_error(&self.name, Op::Release, &e))
         });
         // Present until the key is gone: a waiter must not take the key
@@ -634,9 +646,7 @@ impl RedisLock {
                     .map_err(|e| redis_error(&self.name, Op::Wait, &e))?;
                 match pubsub.get_message() {
                     Ok(_) => {}
-                    // (a stop and continue interrupts the read: look again)
-                    Err(e) if e.is_timeout() || (e.is_io_error() && !e.is_connection_dropped()) => {
-                    }
+                    Err(e) if read_may_pass(&e) => {}
                     Err(e) => return Err(redis_error(&self.name, Op::Wait, &e)),
                 }
             }
@@ -795,12 +805,7 @@ impl RedisLock {
     /// ignored): deletes the lock only if it holds that token.
     fn release_quietly(&self, token: &str) {
         if let Ok(mut con) = self.connect() {
-            let _: redis::RedisResult<i64> = Script::new(&release_script())
-                .key(&self.key)
-                .key(&self.channel)
-                .key(presence_channel(&self.key, token))
-                .arg(token)
-                .invoke(&mut con);
+            let _ = release_of(&mut con, &self.key, &self.channel, token);
         }
     }
 
@@ -1124,10 +1129,9 @@ fn present(
                     }
                 }
                 // Unanswered within the command timeout, or a read that a
-                // stop (SIGSTOP and SIGCONT) interrupted: no trust gained,
-                // the next ping tries again.
-                Err(e) if e.is_timeout() => break,
-                Err(e) if e.is_io_error() && !e.is_connection_dropped() => break,
+                // stop interrupted: no trust gained, the next ping tries
+                // again.
+                Err(e) if read_may_pass(&e) => break,
                 Err(_) => return false,
             }
         }
@@ -1159,14 +1163,19 @@ fn pong_number(reply: &redis::Value) -> Option<u64> {
 /// acquisition is over.
 const PRESENCE_LOOK: Duration = Duration::from_millis(50);
 
-/// The kind of a pub/sub reply (`subscribe`, `pong`, `message`): its first
-/// element, lower-case.
+/// Whether a failed read leaves the connection usable: it timed out, or a
+/// stop (SIGSTOP and SIGCONT) interrupted it; the connection did not close.
+fn read_may_pass(e: &redis::RedisError) -> bool {
+    e.is_timeout() || (e.is_io_error() && !e.is_connection_dropped())
+}
+
+/// The kind of a pub/sub reply this client waits for (`subscribe`,
+/// `pong`): its first element, lower-case; `None` for any other.
 fn reply_kind(reply: &redis::Value) -> Option<&'static str> {
     if let redis::Value::Push { kind, .. } = reply {
         // RESP3
         return match kind {
             redis::PushKind::Subscribe => Some("subscribe"),
-            redis::PushKind::Message => Some("message"),
             _ => None,
         };
     }
@@ -1176,7 +1185,7 @@ fn reply_kind(reply: &redis::Value) -> Option<&'static str> {
     let Some(redis::Value::BulkString(kind)) = items.first() else {
         return None;
     };
-    ["subscribe", "pong", "message"]
+    ["subscribe", "pong"]
         .into_iter()
         .find(|k| kind.eq_ignore_ascii_case(k.as_bytes()))
 }

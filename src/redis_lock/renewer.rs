@@ -11,7 +11,7 @@ use crate::holding::lock;
 use crate::owner::OwnerRecord;
 use crate::sys;
 
-use super::{connect, release_script, renew_script, RedisHolding};
+use super::{connect, release_of, renew_script, RedisHolding};
 
 /// The renewal thread of one acquisition.
 pub(super) struct Renewer {
@@ -113,12 +113,7 @@ impl Renewer {
         self.holding.lost.store(true, Ordering::Release);
         self.holding.presence_done.store(true, Ordering::Release);
         if let Ok(mut con) = connect(&self.client, self.connect_timeout, self.io_timeout) {
-            let _: redis::RedisResult<i64> = Script::new(&release_script())
-                .key(&self.key)
-                .key(&self.channel)
-                .key(super::presence_channel(&self.key, &self.holding.token))
-                .arg(&self.holding.token)
-                .invoke(&mut con);
+            let _ = release_of(&mut con, &self.key, &self.channel, &self.holding.token);
         }
     }
 }
